@@ -1,0 +1,91 @@
+"""Parameters and MACs of a network, in the paper's convention (method.md §2).
+
+"GFLOPs" in the paper are thop MACs at a 256×256 **LR** input: per conv N_out·(Cin/groups·k² + bias),
+plus one per output element of every LeakyReLU; ReLU, nearest upsampling, PixelShuffle and tanh
+count 0. We count with forward hooks on a meta-device copy, so counting ESRGAN at 256×256 costs
+no compute and no memory, and the count is exactly what the module executes (including the
+slimmable convs of the supernet, which count at their sliced widths).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from search_space.genotype import Genotype
+
+__all__ = ["Cost", "count", "count_macs", "macs_per_output"]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Parameter count and multiply-accumulates of one forward pass."""
+
+    params: int
+    macs: int
+
+    @property
+    def params_m(self) -> float:
+        return self.params / 1e6
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
+
+
+def macs_per_output(conv: nn.Conv2d, cin: int) -> int:
+    """MACs per output element of `conv` applied to `cin` input channels (slimmable convs included)."""
+    kh, kw = conv.kernel_size
+    per_group = 1 if getattr(conv, "depthwise", False) else cin // conv.groups
+    return per_group * kh * kw + (1 if conv.bias is not None else 0)
+
+
+def count_macs(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    call: Callable[[nn.Module, Tensor], Tensor] | None = None,
+) -> int:
+    """MACs of one call of `module` on an input of `input_shape`, counted on a meta-device copy.
+
+    `call(module, x)` runs it when its forward needs more than `x` (e.g. a slimmable op's width).
+    """
+    meta = copy.deepcopy(module).to("meta")
+    total = 0
+
+    def on_conv(conv: nn.Conv2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        nonlocal total
+        total += output.numel() * macs_per_output(conv, inputs[0].shape[1])
+
+    def on_leaky(leaky: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        nonlocal total
+        total += output.numel()
+
+    handles = []
+    for sub in meta.modules():
+        if isinstance(sub, nn.Conv2d):
+            handles.append(sub.register_forward_hook(on_conv))
+        elif isinstance(sub, nn.LeakyReLU):
+            handles.append(sub.register_forward_hook(on_leaky))
+    try:
+        with torch.no_grad():
+            x = torch.empty(*input_shape, device="meta")
+            meta(x) if call is None else call(meta, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def count(net: nn.Module | Genotype, lr_size: tuple[int, int] = (256, 256)) -> Cost:
+    """Params and MACs of `net` (or of the network of a genotype) for one 3×H×W LR input."""
+    if isinstance(net, Genotype):
+        from search_space.derived import build_network
+
+        with torch.device("meta"):
+            net = build_network(net)
+    params = sum(p.numel() for p in net.parameters())
+    return Cost(params=params, macs=count_macs(net, (1, 3, *lr_size)))

@@ -1,0 +1,384 @@
+"""The trilevel supernet: network-level tree × cell-level mixed ops × kernel-level slimmable widths.
+
+Architecture parameters (method.md §4 naming in brackets):
+- `alpha` [cells, 5, ops]: op logits per slot (paper α).
+- `width_logits` [cells, 4, widths]: output-width logits of slots 1-4 (paper γ; slot 5 is nf).
+- `path_logits` [nodes]: one distribution over every prefix path of the tree (paper β; code "gamma").
+
+Forward = Σ_n p_n · h_n over tree nodes, each cell Σ_k w_k · op_k at sampled widths, then the
+backbone head. Ops or subtrees whose combiner weight is exactly 0 are not computed ("sparse
+execution"); because the combiners give exactly-zero weights zero gradient, this equals dense
+execution in outputs and gradients, and makes late (nearly one-hot) sparsestmax searches cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from search_space.backbones import BACKBONES, Head, UpLayer, make_stem, required_ups
+from search_space.combiners import COMBINERS, combine
+from search_space.cost import count_macs
+from search_space.derived import RESIDUAL_SCALE
+from search_space.genotype import SLOTS_PER_CELL, Genotype, OpChoice
+from search_space.ops import PRIMITIVES, build_op
+from search_space.tree import PathTree
+
+__all__ = ["WIDTH_MODES", "MixedCell", "Supernet", "SupernetConfig", "WidthSample"]
+
+WIDTH_MODES: tuple[str, ...] = ("max", "min", "random", "gumbel", "argmax")
+LEVELS: tuple[str, ...] = ("trilevel", "bilevel")
+AGD_FIXED_PATH: tuple[int, ...] = (0, 0, 0, 0, 0, 1, 1)
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """Everything that shapes a supernet; the defaults are the paper's (method.md §1, §4)."""
+
+    backbone: str = "B"
+    nf: int = 64
+    scale: int = 4
+    num_cells: int = 5
+    num_ups: int = 2
+    widths: tuple[int, ...] = (24, 32, 40, 56, 64)
+    ops: tuple[str, ...] = PRIMITIVES
+    combiner: str = "sparsestmax"
+    levels: str = "trilevel"
+    fixed_path: tuple[int, ...] = AGD_FIXED_PATH  # used when levels == "bilevel"
+    sparse_execution: bool = True
+    cost_lr_size: tuple[int, int] = (256, 256)
+    alpha_init: float = 1e-3
+    width_init: float = 1e-3
+    path_init: float = 0.3
+    omega_ops: float = 2 / 7  # ω1: FLOPs term at max widths, current ops and path
+    omega_widths: float = 5 / 7  # ω2: FLOPs term at Gumbel widths, uniform ops
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"supernet.{name}: {why}, got {getattr(self, name)!r}")
+
+        if self.backbone not in BACKBONES:
+            raise bad("backbone", f"must be one of {', '.join(BACKBONES)}")
+        if self.combiner not in COMBINERS:
+            raise bad("combiner", f"must be one of {', '.join(COMBINERS)}")
+        if self.levels not in LEVELS:
+            raise bad("levels", f"must be one of {', '.join(LEVELS)}")
+        if not self.ops or any(op not in PRIMITIVES for op in self.ops) or len(set(self.ops)) != len(self.ops):
+            raise bad("ops", f"must be distinct names from {', '.join(PRIMITIVES)}")
+        if list(self.widths) != sorted(set(self.widths)) or self.widths[-1] != self.nf or self.widths[0] < 1:
+            raise bad("widths", f"must be strictly increasing positive widths ending at nf={self.nf}")
+        if self.num_cells < 1:
+            raise bad("num_cells", "must be >= 1")
+        ups = required_ups(self.backbone, self.scale)
+        if ups is not None and self.num_ups != ups:
+            raise bad("num_ups", f"backbone A at scale {self.scale} needs exactly {ups} up-convs")
+        if self.levels == "bilevel":
+            tree = PathTree(self.num_cells, self.num_ups)
+            try:
+                tree.index_of(self.fixed_path)
+            except ValueError as err:
+                raise bad("fixed_path", str(err)) from None
+            if ups is not None and list(self.fixed_path).count(1) != ups:
+                raise bad("fixed_path", f"backbone A needs {ups} ones")
+
+
+@dataclass(frozen=True)
+class WidthSample:
+    """Output-width choice of every slot of every cell for one forward pass.
+
+    `index` [cells][5] indexes `config.widths` (slot 5 always nf). `gates` [cells, 5] carries the
+    straight-through Gumbel values (1 in the forward pass) through which the width logits get
+    their gradient: a slot's output is scaled by gate_in · gate_out (AGD `arch_ratio`, §1).
+    """
+
+    index: tuple[tuple[int, ...], ...]
+    gates: Tensor | None = None
+
+    def slot_gates(self) -> Tensor | None:
+        if self.gates is None:
+            return None
+        gate_in = F.pad(self.gates[:, :-1], (1, 0), value=1.0)
+        return gate_in * self.gates
+
+
+class MixedCell(nn.Module):
+    """One RiR cell of the supernet: 5 sequential slots, each a weighted sum of candidate ops."""
+
+    def __init__(self, nf: int, ops: Sequence[str]) -> None:
+        super().__init__()
+        self.op_names = tuple(ops)
+        self.slots = nn.ModuleList(
+            nn.ModuleDict({name: build_op(name, nf, nf, slimmable=True) for name in ops}) for _ in range(SLOTS_PER_CELL)
+        )
+
+    def forward(
+        self,
+        x: Tensor,
+        op_weights: Tensor,
+        widths: Sequence[int],
+        gates: Tensor | None = None,
+        active: Sequence[Sequence[int]] | None = None,
+    ) -> Tensor:
+        """`op_weights` [5, ops]; `widths` output width per slot; `active[i]` the ops to compute."""
+        h = x
+        for i, slot in enumerate(self.slots):
+            ops = range(len(self.op_names)) if active is None else active[i]
+            mixed = None
+            for k in ops:
+                term = op_weights[i, k] * slot[self.op_names[k]](h, widths[i])
+                mixed = term if mixed is None else mixed + term
+            assert mixed is not None, "a slot needs at least one op with non-zero weight"
+            h = mixed if gates is None else mixed * gates[i]
+        return x + RESIDUAL_SCALE * h
+
+
+class Supernet(nn.Module):
+    """The trilevel supernet of method.md §4 (55-node tree, 35 cells, 20 "1"-layers by default)."""
+
+    def __init__(self, config: SupernetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or SupernetConfig()
+        self.tree = tree = PathTree(config.num_cells, config.num_ups)
+        self.stem = make_stem(config.nf)
+        self.cells = nn.ModuleList(MixedCell(config.nf, config.ops) for _ in range(tree.num_cell_edges))
+        self.ups = nn.ModuleList(UpLayer(config.backbone, config.nf) for _ in range(tree.num_up_edges))
+        self.head = Head(config.backbone, config.nf, config.scale)
+        n_cells, n_ops, n_widths = tree.num_cell_edges, len(config.ops), len(config.widths)
+        self.alpha = nn.Parameter(torch.full((n_cells, SLOTS_PER_CELL, n_ops), config.alpha_init))
+        self.width_logits = nn.Parameter(torch.full((n_cells, SLOTS_PER_CELL - 1, n_widths), config.width_init))
+        self.path_logits = nn.Parameter(
+            torch.full((len(tree),), config.path_init), requires_grad=config.levels == "trilevel"
+        )
+        self.register_buffer("radius", torch.zeros(()))
+        # Nodes whose features may be the output: backbone A needs both up-convs done (ambiguity 2).
+        ups_needed = required_ups(config.backbone, config.scale)
+        eligible = [ups_needed is None or n.num_ups == ups_needed for n in tree.nodes]
+        self.register_buffer("output_mask", torch.tensor(eligible), persistent=False)
+        self._resolution = [2**n.num_ups if config.backbone == "A" else 1 for n in tree.nodes]
+        self._cost_tables = self._build_cost_tables()
+
+    # --- parameters -------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture parameters the search optimises (the path only when trilevel)."""
+        params = [self.alpha, self.width_logits]
+        return [*params, self.path_logits] if self.config.levels == "trilevel" else params
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in (self.alpha, self.width_logits, self.path_logits)}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def set_radius(self, radius: float) -> None:
+        """Sparsestmax radius r (0 = sparsemax, ≥ √(1−1/K) = one-hot); ignored by softmax."""
+        self.radius.fill_(float(radius))
+
+    # --- combiners --------------------------------------------------------------------------
+    def op_weights(self, radius: float | None = None) -> Tensor:
+        r = self.radius if radius is None else radius
+        return combine(self.config.combiner, self.alpha, r, dim=-1)
+
+    def path_weights(self, radius: float | None = None) -> Tensor:
+        """One distribution over the tree's nodes (zero where a node cannot be the output)."""
+        if self.config.levels == "bilevel":
+            weights = torch.zeros_like(self.path_logits)
+            weights[self.tree.index_of(self.config.fixed_path)] = 1.0
+            return weights
+        r = self.radius if radius is None else radius
+        mask = self.output_mask
+        if bool(mask.all()):
+            return combine(self.config.combiner, self.path_logits, r, dim=-1)
+        weights = torch.zeros_like(self.path_logits)
+        return weights.masked_scatter(mask, combine(self.config.combiner, self.path_logits[mask], r, dim=-1))
+
+    # --- widths -----------------------------------------------------------------------------
+    def sample_widths(self, mode: str = "max", generator: torch.Generator | None = None) -> WidthSample:
+        """Width choice for every slot: max / min / uniform random / hard Gumbel straight-through /
+        argmax of the width logits (what `derive` picks; used to validate the current architecture)."""
+        n_cells, n_widths = self.tree.num_cell_edges, len(self.config.widths)
+        top = n_widths - 1
+        gates = None
+        if mode == "max":
+            index = torch.full((n_cells, SLOTS_PER_CELL - 1), top)
+        elif mode == "min":
+            index = torch.zeros((n_cells, SLOTS_PER_CELL - 1), dtype=torch.long)
+        elif mode == "argmax":
+            index = self.width_logits.detach().argmax(dim=-1).cpu()
+        elif mode == "random":
+            index = torch.randint(n_widths, (n_cells, SLOTS_PER_CELL - 1), generator=generator)
+        elif mode == "gumbel":
+            logits = F.log_softmax(self.width_logits, dim=-1)
+            uniform = torch.rand(logits.shape, generator=generator).to(logits.device)
+            gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
+            soft = F.softmax(logits + gumbel, dim=-1)
+            index = soft.argmax(dim=-1)
+            hard = F.one_hot(index, n_widths).to(soft) - soft.detach() + soft
+            chosen = hard.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+            gates = F.pad(chosen, (0, 1), value=1.0)
+            index = index.cpu()
+        else:
+            raise ValueError(f"width mode must be one of {', '.join(WIDTH_MODES)}, got {mode!r}")
+        full = F.pad(index, (0, 1), value=top)
+        return WidthSample(tuple(tuple(row) for row in full.tolist()), gates)
+
+    # --- forward ----------------------------------------------------------------------------
+    def forward(self, x: Tensor, widths: WidthSample | str = "max", generator: torch.Generator | None = None) -> Tensor:
+        """SR image in [0, 1] for LR `x` under the current combiners and the given widths."""
+        sample = self.sample_widths(widths, generator) if isinstance(widths, str) else widths
+        op_w = self.op_weights()
+        path_w = self.path_weights()
+        gates = sample.slot_gates()
+        sparse = self.config.sparse_execution
+        active_ops = _nonzero_indices(op_w) if sparse else None
+        needed = self._needed_nodes(path_w) if sparse else [True] * len(self.tree)
+        widths_of = self.config.widths
+        stem = self.stem(x)
+        features: dict[int, Tensor] = {}
+        out = None
+        for node in self.tree.nodes:
+            if not needed[node.index]:
+                continue
+            source = stem if node.parent is None else features[node.parent]
+            if node.cell is not None:
+                c = node.cell
+                h = self.cells[c](
+                    source,
+                    op_w[c],
+                    [widths_of[i] for i in sample.index[c]],
+                    None if gates is None else gates[c],
+                    None if active_ops is None else active_ops[c],
+                )
+            else:
+                assert node.up is not None
+                h = self.ups[node.up](source)
+            features[node.index] = h
+            if self._contributes(node.index, path_w, sparse):
+                term = path_w[node.index] * h
+                out = term if out is None else out + term
+        assert out is not None, "no tree node carries path weight"
+        return self.head(out)
+
+    def _contributes(self, index: int, path_w: Tensor, sparse: bool) -> bool:
+        if not bool(self.output_mask[index]):
+            return False
+        return not sparse or self._path_nonzero[index]
+
+    def _needed_nodes(self, path_w: Tensor) -> list[bool]:
+        """A node is computed when it carries weight or a descendant does (reverse DFS order)."""
+        nonzero = (path_w > 0).tolist()
+        self._path_nonzero = nonzero
+        needed = list(nonzero)
+        for node in reversed(self.tree.nodes):
+            if needed[node.index] and node.parent is not None:
+                needed[node.parent] = True
+        return needed
+
+    # --- differentiable cost ----------------------------------------------------------------
+    def _build_cost_tables(self) -> dict[str, Tensor]:
+        """Per-LR-pixel MACs of every op at every (Cin, Cout), and the fixed layers' MACs."""
+        config = self.config
+        widths, nf = config.widths, config.nf
+        height, width = config.cost_lr_size
+        pixels = height * width
+        per_pixel = torch.zeros(len(config.ops), len(widths), len(widths))
+        for k, name in enumerate(config.ops):
+            for a, cin in enumerate(widths):
+                for b, cout in enumerate(widths):
+                    op = build_op(name, cin, cout, slimmable=False)
+                    per_pixel[k, a, b] = count_macs(op, (1, cin, 1, 1), call=lambda m, x, c=cout: m(x, c))
+        stem = count_macs(make_stem(nf), (1, 3, 1, 1)) * pixels
+        up_edge = []
+        for node in self.tree.nodes:
+            if node.up is None:
+                up_edge.append(0.0)
+                continue
+            res_in = self._resolution[node.parent] if node.parent is not None else 1
+            layer = UpLayer(config.backbone, nf)
+            up_edge.append(float(count_macs(layer, (1, nf, res_in, res_in))) * pixels)
+        res_out = max(self._resolution)
+        head = count_macs(Head(config.backbone, nf, config.scale), (1, nf, res_out, res_out)) * pixels
+        pixel_scale = torch.tensor([float(r * r * pixels) for r in self._resolution])
+        return {
+            "per_pixel": per_pixel,
+            "fixed": torch.tensor(float(stem + head)),
+            "up_edge": torch.tensor(up_edge),
+            "cell_pixels": pixel_scale,
+        }
+
+    def expected_cost(self, op_weights: Tensor, path_weights: Tensor, widths: WidthSample) -> Tensor:
+        """Differentiable expected MACs F at `config.cost_lr_size` (method.md §2).
+
+        F = fixed layers + Σ_n p_n · (cumulative MACs of the root→n path), each cell costing
+        Σ_slots Σ_k w_k · MACs_k(Cin, Cout) · gate_in · gate_out.
+        """
+        device = op_weights.device
+        tables = {k: v.to(device) for k, v in self._cost_tables.items()}
+        index = torch.tensor(widths.index, device=device)  # [cells, 5]
+        cin = F.pad(index[:, :-1], (1, 0), value=len(self.config.widths) - 1)
+        per_slot = tables["per_pixel"][:, cin, index].permute(1, 2, 0)  # [cells, 5, ops]
+        slot_cost = (op_weights * per_slot).sum(-1)
+        gates = widths.slot_gates()
+        if gates is not None:
+            slot_cost = slot_cost * gates
+        cell_cost = slot_cost.sum(-1)  # per LR pixel at the cell's own resolution
+        cell_nodes = [n.index for n in self.tree.nodes if n.cell is not None]
+        cell_of_node = [n.cell for n in self.tree.nodes if n.cell is not None]
+        edge = tables["up_edge"].clone()
+        edge = edge.index_put(
+            (torch.tensor(cell_nodes, device=device),),
+            cell_cost[cell_of_node] * tables["cell_pixels"][cell_nodes],
+        )
+        cumulative = self.tree.ancestry_matrix.to(device) @ edge
+        return tables["fixed"] + (path_weights * cumulative).sum()
+
+    def flops_penalty(self, widths: WidthSample) -> Tensor:
+        """ω1·F(α, widths = max) + ω2·F(α uniform, widths = the Gumbel sample), in MACs (AGD architect)."""
+        op_w = self.op_weights()
+        path_w = self.path_weights()
+        at_max = self.expected_cost(op_w, path_w, self.sample_widths("max"))
+        uniform = torch.full_like(op_w, 1.0 / op_w.shape[-1])
+        sampled = self.expected_cost(uniform, path_w, widths)
+        return self.config.omega_ops * at_max + self.config.omega_widths * sampled
+
+    # --- derivation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def derive(self, name: str = "") -> Genotype:
+        """Argmax per level (method.md §4): path node, then op and width of every slot on it.
+
+        Sparsestmax is evaluated at r = 1 (one-hot where the logits are not tied); ties go to the
+        first index. The output width of slot 5 is always nf.
+        """
+        config = self.config
+        if config.levels == "bilevel":
+            node_index = self.tree.index_of(config.fixed_path)
+        else:
+            path_w = self.path_weights(radius=1.0)
+            scores = torch.where(self.output_mask, path_w, torch.full_like(path_w, -1.0))
+            node_index = int(scores.argmax())
+        op_w = self.op_weights(radius=1.0)
+        width_index = self.width_logits.argmax(dim=-1).tolist()
+        cells = []
+        for i in self.tree.ancestry(node_index):
+            node = self.tree.nodes[i]
+            if node.cell is None:
+                continue
+            ops = op_w[node.cell].argmax(dim=-1).tolist()
+            widths = [config.widths[w] for w in width_index[node.cell]] + [config.nf]
+            cells.append(tuple(OpChoice(config.ops[k], w) for k, w in zip(ops, widths, strict=True)))
+        return Genotype(
+            backbone=config.backbone,
+            path=self.tree.nodes[node_index].path,
+            cells=tuple(cells),
+            nf=config.nf,
+            scale=config.scale,
+            name=name,
+        )
+
+
+def _nonzero_indices(op_weights: Tensor) -> list[list[list[int]]]:
+    """[cells][slots] → indices of ops with non-zero weight (one host sync per forward)."""
+    mask = (op_weights > 0).tolist()
+    return [[[k for k, on in enumerate(slot) if on] for slot in cell] for cell in mask]
