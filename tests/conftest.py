@@ -19,3 +19,13 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> str:
+    """The built-in data set (scikit-image's photographs), written once per test session."""
+    from workers.shards import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo-data")
+    write_demo_dataset(str(root))
+    return str(root)

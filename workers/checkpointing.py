@@ -1,0 +1,85 @@
+"""Stage checkpoints: what they hold, how they are written and read back (safely).
+
+A checkpoint directory holds `state.pt` (model, optimisers, schedulers, the next epoch and the
+settings) and, for search/train stages, `genotype.json`. It is written into a fresh temporary
+directory and handed to `ray.train.report`, which copies it to the storage path, so a crash while
+writing never leaves a half-written "latest" checkpoint. Reading uses `torch.load(weights_only=True)`:
+a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "GENOTYPE_FILE",
+    "STATE_FILE",
+    "CheckpointError",
+    "load_state",
+    "open_checkpoint",
+    "read_genotype_json",
+    "staged_checkpoint",
+]
+
+STATE_FILE = "state.pt"
+GENOTYPE_FILE = "genotype.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or not plain data."""
+
+
+@contextmanager
+def staged_checkpoint(state: dict[str, Any], genotype_json: str | None = None) -> Iterator[str]:
+    """Write a checkpoint into a temporary directory and yield its path (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="trilevel-ckpt-") as tmp:
+        partial = os.path.join(tmp, STATE_FILE + ".partial")
+        torch.save(state, partial)
+        os.replace(partial, os.path.join(tmp, STATE_FILE))
+        if genotype_json is not None:
+            Path(tmp, GENOTYPE_FILE).write_text(genotype_json)
+        yield tmp
+
+
+def load_state(directory: str | os.PathLike) -> dict[str, Any]:
+    """`state.pt` of a checkpoint directory; refuses pickles that are not plain tensors/containers."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint state here (expected {STATE_FILE})")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refusing to unpickle arbitrary objects from a checkpoint ({err})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({err})") from None
+
+
+@contextmanager
+def open_checkpoint(path: str) -> Iterator[Path]:
+    """A local directory view of a checkpoint on any storage (local path or URI such as s3://)."""
+    local = Path(path)
+    if local.is_dir():
+        yield local
+        return
+    from ray.train import Checkpoint
+
+    try:
+        checkpoint = Checkpoint(path)
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path}: checkpoint not found ({err})") from None
+
+
+def read_genotype_json(directory: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(directory) / GENOTYPE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,138 @@
+"""Run one stage as a TorchTrainer job and hand its outputs to the next stage as paths.
+
+Driver-side glue shared by the orchestrator's trials, tests and benchmarks. A stage's run name is
+deterministic (`<sweep>/<trial>/<stage>` by convention), so running it again resumes from its latest
+checkpoint (Train V2 restores its checkpoint manager from the storage path), and a finished stage
+leaves `_STAGE_DONE.json` beside its checkpoints, so it is skipped, not repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from workers.checkpointing import open_checkpoint, read_genotype_json
+from workers.pipeline import DEFAULT_NUM_CPUS, TRAIN_A, TRAIN_W, read_pairs, split_search
+from workers.shards import resolve_uri
+from workers.stages import LOOPS, TRAIN
+
+__all__ = ["DONE_MARKER", "StageResult", "run_stage", "stage_datasets"]
+
+DONE_MARKER = "_STAGE_DONE.json"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a finished stage hands on: checkpoint paths, last metrics, derived genotype."""
+
+    stage: str
+    name: str
+    checkpoint: str
+    best_checkpoint: str | None
+    metrics: dict[str, Any]
+    genotype: dict[str, Any] | None
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def stage_datasets(stage: str, train_path: str, scale: int, num_cpus: float = DEFAULT_NUM_CPUS) -> dict[str, Any]:
+    """The Ray datasets a stage reads: χ1 (pretrain), χ1 + χ2 (search), all images (train)."""
+    if stage == "pretrain":
+        return {TRAIN_W: split_search(train_path, scale, num_cpus=num_cpus)[0]}
+    if stage == "search":
+        chi1, chi2 = split_search(train_path, scale, num_cpus=num_cpus)
+        return {TRAIN_W: chi1, TRAIN_A: chi2}
+    if stage == "train":
+        return {TRAIN: read_pairs(train_path, scale, num_cpus=num_cpus)}
+    raise ValueError(f"stage must be one of {', '.join(LOOPS)}, got {stage!r}")
+
+
+def _marker_path(storage_path: str, name: str) -> tuple[pafs.FileSystem, str]:
+    fs, root = resolve_uri(storage_path)
+    return fs, posixpath.join(root, name, DONE_MARKER)
+
+
+def read_done_marker(storage_path: str, name: str) -> StageResult | None:
+    fs, path = _marker_path(storage_path, name)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        data = json.loads(stream.read().decode())
+    return StageResult(**(data | {"skipped": True}))
+
+
+def _write_done_marker(storage_path: str, name: str, result: StageResult) -> None:
+    fs, path = _marker_path(storage_path, name)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    partial = path + ".partial"
+    with fs.open_output_stream(partial) as stream:
+        stream.write(json.dumps(result.to_dict(), indent=2).encode())
+    fs.move(partial, path)
+
+
+def run_stage(
+    stage: str,
+    loop_config: dict[str, Any],
+    *,
+    name: str,
+    storage_path: str,
+    datasets: dict[str, Any],
+    num_workers: int = 1,
+    use_gpu: bool = False,
+    cpus_per_worker: float = 0.5,
+    max_failures: int = 0,
+    num_to_keep: int | None = None,
+) -> StageResult:
+    """Fit the stage's TorchTrainer (or return the recorded result of a finished stage)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    if stage not in LOOPS:
+        raise ValueError(f"stage must be one of {', '.join(LOOPS)}, got {stage!r}")
+    done = read_done_marker(storage_path, name)
+    if done is not None:
+        return done
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    trainer = TorchTrainer(
+        LOOPS[stage],
+        train_loop_config=loop_config | {"stage": stage},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets), execution_options=options),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"stage {name}: finished without a checkpoint")
+    with open_checkpoint(result.checkpoint.path) as directory:
+        genotype = read_genotype_json(directory)
+    outcome = StageResult(
+        stage=stage,
+        name=name,
+        checkpoint=result.checkpoint.path,
+        best_checkpoint=_best_checkpoint(result),
+        metrics=dict(result.metrics),
+        genotype=genotype,
+    )
+    _write_done_marker(storage_path, name, outcome)
+    return outcome
+
+
+def _best_checkpoint(result: Any) -> str | None:
+    """The checkpoint with the highest validation PSNR, when validation ran."""
+    scored = [(m.get("val_psnr"), c) for c, m in (result.best_checkpoints or []) if m.get("val_psnr") is not None]
+    return max(scored, key=lambda pair: pair[0])[1].path if scored else None
