@@ -1,0 +1,404 @@
+"""The experiment: one validated schema, loaded from a YAML file or a shipped preset.
+
+A value is defined once, validated once, here at the top; errors name the field and the allowed
+values. A sweep is the experiment plus grid axes (dotted field paths → values); each trial is the
+experiment with one combination of axis values filled in, validated again, and turned into the
+plain per-stage dicts the Ray Train workers receive (`stage_configs`).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from search_space.supernet import SupernetConfig
+
+__all__ = [
+    "DEMO",
+    "PRESET_SCALES",
+    "Experiment",
+    "ExperimentError",
+    "Trial",
+    "load_experiment",
+    "preset_names",
+    "stage_configs",
+    "trials",
+]
+
+DEMO = "demo"  # data.train / data.val value meaning "the built-in data set"
+PRESET_SCALES: tuple[str, ...] = ("tiny", "paper")
+
+
+class ExperimentError(ValueError):
+    """An experiment that does not validate; the message names the source, the field and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    """Prepared shard folders (`trilevel data prepare`), or "demo" for the built-in photographs."""
+
+    train: str = DEMO
+    val: dict[str, str] = Field(default_factory=lambda: {DEMO: DEMO})
+    scale: int = Field(4, ge=2, le=8)
+    data_cpus: float = Field(0.25, gt=0, lt=1, description="CPU fraction of each Ray Data task")
+
+
+class SearchSpaceSpec(_Strict):
+    backbone: Literal["A", "B"] = "B"
+    combiner: Literal["softmax", "sparsemax", "sparsestmax"] = "sparsestmax"
+    levels: Literal["trilevel", "bilevel"] = "trilevel"
+    fixed_path: list[int] = Field(default_factory=lambda: [0, 0, 0, 0, 0, 1, 1])
+    nf: int = Field(64, ge=4)
+    widths: list[int] = Field(default_factory=lambda: [24, 32, 40, 56, 64])
+    num_cells: int = Field(5, ge=1, le=8)
+    num_ups: int = Field(2, ge=0, le=4)
+    omega_ops: float = Field(2 / 7, ge=0)
+    omega_widths: float = Field(5 / 7, ge=0)
+
+
+class PhaseSpec(_Strict):
+    """One optimisation phase (method.md §3); milestones in epochs, lr ×gamma at each."""
+
+    epochs: int = Field(1, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)
+    batch_size: int = Field(3, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.5, gt=0, le=1)
+    loss: Literal["content", "perceptual"] = "content"
+    grad_clip: float | None = Field(5.0, gt=0)
+
+
+class SearchPhaseSpec(PhaseSpec):
+    arch_lr: float = Field(3e-4, gt=0)
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    radius_start: float = Field(0.0, ge=0)
+    radius_end: float = Field(1.0, ge=0)
+    lambda_order: float = Field(0.0, ge=0)
+    lambda_flops: float = Field(1e-20, ge=0)
+
+
+class TrainPhaseSpec(PhaseSpec):
+    from_search: bool = True
+    genotype: str | None = Field(None, description="zoo name or JSON file: train it instead of the searched one")
+    finetune: PhaseSpec | None = None
+
+
+class StagesSpec(_Strict):
+    patch: int = Field(32, ge=4)
+    checkpoint_every: int = Field(1, ge=1)
+    val_max_images: int | None = Field(None, ge=1)
+    pretrain: PhaseSpec = Field(default_factory=PhaseSpec)
+    search: SearchPhaseSpec = Field(default_factory=SearchPhaseSpec)
+    train: TrainPhaseSpec = Field(default_factory=TrainPhaseSpec)
+
+
+class SupervisionSpec(_Strict):
+    kind: Literal["hr", "teacher"] = "hr"
+    weights: str | None = None
+    nb: int = Field(23, ge=1)
+    nf: int = Field(64, ge=1)
+    gc: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _teacher_needs_weights(self) -> SupervisionSpec:
+        if self.kind == "teacher" and not self.weights:
+            raise ValueError("a teacher needs weights: the path of RRDB_PSNR_x4.pth or RRDB_ESRGAN_x4.pth")
+        return self
+
+
+class PerceptualSpec(_Strict):
+    vgg_weights: str | None = None
+
+
+class ResourcesSpec(_Strict):
+    """Per-stage Ray Train workers (0 = run inside the trial process: Train V2 local mode)."""
+
+    workers: dict[Literal["pretrain", "search", "train"], int] = Field(
+        default_factory=lambda: {"pretrain": 1, "search": 1, "train": 1}
+    )
+    gpus_per_worker: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(0.5, gt=0)
+    trial_cpus: float = Field(0.01, gt=0, description="what a Tune trial reserves; tiny so trials never deadlock")
+    max_concurrent_trials: int = Field(1, ge=1)
+    max_failures: int = Field(1, ge=0, description="retries of a failed Train worker group and of a failed trial")
+
+    @field_validator("workers")
+    @classmethod
+    def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
+        for stage, count in value.items():
+            if count < 0:
+                raise ValueError(f"workers.{stage} must be >= 0, got {count}")
+        return value
+
+
+class TrackingSpec(_Strict):
+    uri: str = "sqlite:///./trilevel-mlflow.db"
+    experiment: str = "trilevel"
+    registered_model: str | None = None
+
+
+class Experiment(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    search_space: SearchSpaceSpec = Field(default_factory=SearchSpaceSpec)
+    stages: StagesSpec = Field(default_factory=StagesSpec)
+    supervision: SupervisionSpec = Field(default_factory=SupervisionSpec)
+    perceptual: PerceptualSpec = Field(default_factory=PerceptualSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    storage: str = "./trilevel-runs"
+    sweep: dict[str, list[Any]] = Field(default_factory=dict, description="grid axes: dotted field → values")
+    labels: dict[str, str] = Field(default_factory=dict, description="display names of axis values (reports)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        try:
+            self.supernet_config()
+        except ValueError as err:
+            raise ValueError(str(err).replace("supernet.", "search_space.")) from None
+        for axis, values in self.sweep.items():
+            if not values:
+                raise ValueError(f"sweep.{axis}: needs at least one value")
+            _get(self.model_dump(), axis, where=f"sweep.{axis}")
+        if self.stages.search.radius_end < self.stages.search.radius_start:
+            raise ValueError("stages.search.radius_end must be >= radius_start")
+        return self
+
+    def supernet_config(self) -> SupernetConfig:
+        s = self.search_space
+        return SupernetConfig(
+            backbone=s.backbone,
+            nf=s.nf,
+            scale=self.data.scale,
+            num_cells=s.num_cells,
+            num_ups=s.num_ups,
+            widths=tuple(s.widths),
+            combiner=s.combiner,
+            levels=s.levels,
+            fixed_path=tuple(s.fixed_path),
+            omega_ops=s.omega_ops,
+            omega_widths=s.omega_widths,
+        )
+
+
+# --- loading ----------------------------------------------------------------------------------
+def preset_names() -> list[str]:
+    files = resources.files("orchestrator.presets").iterdir()
+    return sorted(p.name[: -len(".yaml")] for p in files if p.name.endswith(".yaml"))
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ExperimentError(f"{source}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ExperimentError(f"{source}: expected a mapping of fields at the top level")
+    return data
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ExperimentError(f"override {item!r}: expected FIELD=VALUE, e.g. stages.search.epochs=10")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def _preset_data(name: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset's raw fields with its `extends:` chain merged in (child over parent, scales too)."""
+    entry = resources.files("orchestrator.presets") / f"{name}.yaml"
+    if not entry.is_file():
+        where = f" (extended by preset {chain[-1]})" if chain else ""
+        raise ExperimentError(
+            f"unknown experiment {name!r}{where}: presets are {', '.join(preset_names())}, or give a YAML file"
+        )
+    if name in chain:
+        raise ExperimentError(f"preset {name}: circular extends ({' -> '.join((*chain, name))})")
+    data = _read_yaml(entry.read_text(), f"preset {name}")
+    parent = data.pop("extends", None)
+    return _deep_merge(_preset_data(parent, (*chain, name)), data) if parent else data
+
+
+def load_experiment(
+    name_or_path: str | Path, scale: str = "tiny", overrides: Sequence[str] = (), **fields: Any
+) -> Experiment:
+    """A preset name (see `preset_names`) at `scale`, or a YAML file; then `FIELD=VALUE` overrides.
+
+    A YAML file may `extends: <preset>` to start from a preset and change only what differs.
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ExperimentError(f"{path}: no such experiment file")
+        source = str(path)
+        data = _read_yaml(path.read_text(), source)
+        parent = data.pop("extends", None)
+        if parent:
+            data = _deep_merge(_preset_data(parent), data)
+    else:
+        source = f"preset {name_or_path}"
+        data = _preset_data(str(name_or_path))
+    scales = data.pop("scales", None)
+    if scales is not None:
+        if scale not in scales:
+            raise ExperimentError(f"{source}: scale must be one of {', '.join(scales)}, got {scale!r}")
+        data = _deep_merge(data, scales[scale] or {})
+    for item in overrides:
+        key, value = _parse_override(item)
+        data = _set(data, key, value)
+    for key, value in fields.items():
+        if value is not None:
+            data = _set(data, key, value)
+    return validate(data, source)
+
+
+def validate(data: Mapping[str, Any], source: str = "experiment") -> Experiment:
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as err:
+        raise ExperimentError(_describe(err, source)) from None
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} problem(s)"]
+    for problem in err.errors():
+        field = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        got = problem.get("input")
+        shown = "" if isinstance(got, dict) or problem["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"  {field}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _get(data: Mapping[str, Any], dotted: str, where: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ValueError(f"{where}: no field {dotted!r} in the experiment")
+        node = node[part]
+    return node
+
+
+def _set(data: Mapping[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    updated = copy.deepcopy(dict(data))
+    node = updated
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ExperimentError(f"override {dotted}: {part!r} is not a section")
+    node[parts[-1]] = value
+    return updated
+
+
+# --- sweeps -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Trial:
+    """One grid point of a sweep: its id, its axis values and the resolved experiment."""
+
+    trial_id: str
+    axes: dict[str, Any]
+    experiment: Experiment
+
+
+def _trial_id(axes: Mapping[str, Any]) -> str:
+    if not axes:
+        return "default"
+    return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in axes.items())
+
+
+def trials(experiment: Experiment) -> list[Trial]:
+    """Every combination of the sweep axes, in a deterministic order, each validated."""
+    axes = list(experiment.sweep)
+    base = experiment.model_dump() | {"sweep": {}}
+    out = []
+    for values in itertools.product(*(experiment.sweep[a] for a in axes)):
+        assignment = dict(zip(axes, values, strict=True))
+        data = base
+        for key, value in assignment.items():
+            data = _set(data, key, value)
+        trial_id = _trial_id(assignment)
+        out.append(Trial(trial_id, assignment, validate(data, f"{experiment.name} trial {trial_id}")))
+    return out
+
+
+def stage_configs(experiment: Experiment, data_paths: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The plain `train_loop_config` of each stage (without `init_from`, which the trial fills in)."""
+    stages, space = experiment.stages, experiment.search_space
+    supernet = {
+        "backbone": space.backbone,
+        "nf": space.nf,
+        "scale": experiment.data.scale,
+        "num_cells": space.num_cells,
+        "num_ups": space.num_ups,
+        "widths": list(space.widths),
+        "combiner": space.combiner,
+        "levels": space.levels,
+        "fixed_path": list(space.fixed_path),
+        "omega_ops": space.omega_ops,
+        "omega_widths": space.omega_widths,
+    }
+    first_val = next(iter(data_paths.get("val", {}).values()), None) if data_paths.get("val") else None
+    common = {
+        "seed": experiment.seed,
+        "scale": experiment.data.scale,
+        "patch": stages.patch,
+        "supernet": supernet,
+        "val_path": first_val,
+        "val_max_images": stages.val_max_images,
+        "vgg_weights": experiment.perceptual.vgg_weights,
+        "supervision": experiment.supervision.model_dump(),
+        "checkpoint_every": stages.checkpoint_every,
+    }
+
+    def optim(phase: PhaseSpec) -> dict[str, Any]:
+        keys = ("epochs", "steps_per_epoch", "lr", "milestones", "gamma", "loss", "grad_clip")
+        return {k: getattr(phase, k) for k in keys}
+
+    search = stages.search
+    train = stages.train
+    return {
+        "pretrain": common | {"batch_size": stages.pretrain.batch_size, "optim": optim(stages.pretrain)},
+        "search": common
+        | {
+            "batch_size": search.batch_size,
+            "optim": optim(search),
+            "arch_lr": search.arch_lr,
+            "arch_betas": list(search.arch_betas),
+            "radius_start": search.radius_start,
+            "radius_end": search.radius_end,
+            "lambda_order": search.lambda_order,
+            "lambda_flops": search.lambda_flops,
+        },
+        "train": common
+        | {
+            "batch_size": train.batch_size,
+            "optim": optim(train),
+            "from_search": train.from_search,
+            "finetune": optim(train.finetune) if train.finetune else None,
+        },
+    }

@@ -1,0 +1,98 @@
+"""Experiment schema, presets, overrides, sweep grids and the per-stage configs they produce."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.experiment import (
+    ExperimentError,
+    load_experiment,
+    preset_names,
+    stage_configs,
+    trials,
+)
+from workers.settings import StageSettings
+
+PRESETS = ["aim", "backbones", "fig1", "psnr-b", "table7", "table8", "table9", "vis-a", "vis-b"]
+
+
+def test_presets_ship_every_paper_setup():
+    assert preset_names() == PRESETS
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("scale", ["tiny", "paper"])
+def test_every_preset_validates_and_yields_worker_configs(name, scale):
+    experiment = load_experiment(name, scale)
+    for trial in trials(experiment):
+        configs = stage_configs(trial.experiment, {"train": "x", "val": {"v": "y"}})
+        for stage, config in configs.items():
+            assert StageSettings.from_dict(config | {"stage": stage}).stage == stage
+
+
+def test_paper_scale_uses_the_papers_hyperparameters():
+    vis = load_experiment("vis-a", "paper")
+    assert vis.search_space.backbone == "A" and vis.stages.search.lambda_order == 0.1
+    assert vis.stages.pretrain.epochs == 100 and vis.stages.pretrain.milestones == [25, 50, 75]
+    assert vis.stages.search.arch_lr == 3e-4 and vis.stages.search.arch_betas == (0.5, 0.999)
+    assert vis.stages.train.epochs == 900 and vis.stages.train.batch_size == 16
+    assert vis.stages.train.finetune is not None and vis.stages.train.finetune.epochs == 1800
+    assert vis.supervision.kind == "teacher" and vis.supervision.weights.endswith("RRDB_ESRGAN_x4.pth")
+    psnr = load_experiment("psnr-b", "paper")
+    assert psnr.search_space.backbone == "B" and psnr.stages.train.finetune is None
+    assert psnr.supervision.weights.endswith("RRDB_PSNR_x4.pth")
+    aim = load_experiment("aim", "paper")
+    assert aim.stages.train.epochs == 300 and aim.stages.train.milestones == [75, 150, 225]
+
+
+def test_ablation_grids():
+    assert [t.trial_id for t in trials(load_experiment("table8"))] == [
+        "lambda_order=0.0",
+        "lambda_order=0.01",
+        "lambda_order=0.1",
+    ]
+    table9 = {t.trial_id: t.experiment for t in trials(load_experiment("table9"))}
+    assert table9["levels=bilevel"].search_space.fixed_path == [0, 0, 0, 0, 0, 1, 1]
+    assert table9["levels=trilevel"].search_space.levels == "trilevel"
+    fig1 = [t.experiment.stages.train.from_search for t in trials(load_experiment("fig1"))]
+    assert fig1 == [True, False]
+
+
+def test_overrides_and_yaml_files_extending_a_preset(tmp_path):
+    experiment = load_experiment("table8", "tiny", ["stages.search.epochs=7", "seed=11"], name="mine")
+    assert experiment.stages.search.epochs == 7 and experiment.seed == 11 and experiment.name == "mine"
+    path = tmp_path / "exp.yaml"
+    path.write_text("extends: psnr-b\nname: custom\nsearch_space: {combiner: softmax}\n")
+    custom = load_experiment(path, "tiny")
+    assert custom.search_space.combiner == "softmax" and custom.search_space.backbone == "B"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["search_space.backbone=C"], r"search_space.backbone: Input should be 'A' or 'B' \(got 'C'\)"),
+        (["stages.search.lr=-1"], r"stages.search.lr: Input should be greater than 0 \(got -1\)"),
+        (["stages.search.epochz=3"], r"stages.search.epochz: Extra inputs are not permitted"),
+        (["supervision.kind=teacher", "supervision.weights=null"], r"supervision: a teacher needs weights"),
+        (["search_space.widths=[24, 48]"], r"search_space.widths: .*ending at nf=16"),
+        (["sweep={stages.search.nope: [1]}"], r"sweep.stages.search.nope: no field"),
+        (["resources.workers.search=-1"], r"workers.search must be >= 0"),
+        (["stages.search.radius_end=-0.5"], r"stages.search.radius_end"),
+    ],
+)
+def test_errors_name_the_field(overrides, message):
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment("table8", "tiny", overrides)
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(ExperimentError, match=r"unknown experiment 'nope': presets are aim, backbones"):
+        load_experiment("nope")
+    with pytest.raises(ExperimentError, match=r"scale must be one of tiny, paper, got 'huge'"):
+        load_experiment("table8", "huge")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ExperimentError, match=r"bad.yaml: not valid YAML"):
+        load_experiment(bad)
+    with pytest.raises(ExperimentError, match=r"override 'oops': expected FIELD=VALUE"):
+        load_experiment("table8", overrides=["oops"])
