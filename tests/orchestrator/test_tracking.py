@@ -1,0 +1,393 @@
+"""orchestrator.tracking against real MLflow: a SQLite store in a temp dir, and a port nothing listens on."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import pickle
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from orchestrator.tracking import (
+    KIND_TAG,
+    PARENT_TAG,
+    STAGE_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    Tracker,
+    TrackingUnavailable,
+    flatten,
+    run_environment_tags,
+    tracked,
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict:
+    """One SQLite database for the module (creating its schema takes seconds); tests use their own experiments."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    Tracker.check_reachable(uri)  # creates the schema once
+    return {"uri": uri, "root": root, "db": root / "mlflow.db"}
+
+
+@pytest.fixture
+def tracker(store, request, monkeypatch, tmp_path) -> Tracker:
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    experiment = re.sub(r"\W", "_", request.node.name)
+    return Tracker(
+        store["uri"],
+        experiment,
+        retries=2,
+        backoff_s=0.01,
+        max_backoff_s=0.05,
+        artifact_location=str(store["root"] / "artifacts" / experiment),
+    )
+
+
+@pytest.fixture
+def client(store) -> MlflowClient:
+    return MlflowClient(tracking_uri=store["uri"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def unreachable(monkeypatch) -> str:
+    """An http:// URI where nothing listens; MLflow's own HTTP retries off so each attempt fails at once."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return f"http://127.0.0.1:{_free_port()}"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Hierarchy and find-or-create
+
+
+def test_find_or_create_is_idempotent_with_the_hierarchy_tags(tracker, client):
+    sweep = tracker.sweep_run("sw", params={"seed": 1})
+    assert tracker.sweep_run("sw", params={"seed": 1}) == sweep
+    trial = tracker.trial_run(sweep, "sw", "t0", params={"lr": 0.1}, tags={"trilevel.seed": 7})
+    assert tracker.trial_run(sweep, "sw", "t0", params={"lr": 0.1}, tags={"trilevel.seed": 7}) == trial
+    stages = {stage: tracker.stage_run(trial, "sw", "t0", stage) for stage in ("pretrain", "search")}
+    assert tracker.stage_run(trial, "sw", "t0", "search") == stages["search"]
+    assert tracker.pending == 0
+
+    assert [r.info.run_id for r in tracker.runs_of_sweep("sw", "sweep")] == [sweep]
+    assert [r.info.run_id for r in tracker.runs_of_sweep("sw", "trial")] == [trial]
+    assert sorted(r.info.run_id for r in tracker.runs_of_sweep("sw", "stage")) == sorted(stages.values())
+    assert len(tracker.runs_of_sweep("sw")) == 4
+
+    s, t, p = client.get_run(sweep), client.get_run(trial), client.get_run(stages["search"])
+    assert s.info.run_name == "sw" and s.data.tags[KIND_TAG] == "sweep" and s.data.tags[SWEEP_TAG] == "sw"
+    assert PARENT_TAG not in s.data.tags
+    assert t.info.run_name == "t0" and t.data.tags[KIND_TAG] == "trial" and t.data.tags[TRIAL_TAG] == "t0"
+    assert t.data.tags[PARENT_TAG] == sweep and t.data.tags[SWEEP_TAG] == "sw"
+    assert t.data.tags["trilevel.seed"] == "7" and "trilevel.version.torch" in t.data.tags
+    assert t.data.params == {"lr": "0.1"} and s.data.params == {"seed": "1"}
+    assert p.info.run_name == "t0/search" and p.data.tags[KIND_TAG] == "stage"
+    assert p.data.tags[STAGE_TAG] == "search" and p.data.tags[PARENT_TAG] == trial
+    assert p.data.tags[SWEEP_TAG] == "sw" and p.data.tags[TRIAL_TAG] == "t0"
+    assert {s.info.status, t.info.status, p.info.status} == {"RUNNING"}
+
+
+def test_found_runs_reopen_unless_finished(tracker, client):
+    sweep = tracker.sweep_run("sw")
+    trial = tracker.trial_run(sweep, "sw", "t0", params={}, tags={})
+    done = tracker.stage_run(trial, "sw", "t0", "pretrain")
+    tracker.finish(done, "FINISHED")
+    tracker.finish(trial, "KILLED")
+
+    assert tracker.trial_run(sweep, "sw", "t0", params={}, tags={}) == trial
+    assert client.get_run(trial).info.status == "RUNNING"  # killed work continues
+    assert tracker.stage_run(trial, "sw", "t0", "pretrain") == done
+    assert tracker.status(done) == "FINISHED"  # a finished stage stays finished...
+    tracker.reopen(done)
+    assert tracker.status(done) == "RUNNING"  # ...unless reopened explicitly
+
+
+def test_runs_of_sweep_keeps_sweeps_apart_and_checks_names(tracker):
+    a = tracker.sweep_run("a")
+    b = tracker.sweep_run("b")
+    tracker.trial_run(a, "a", "t0", params={}, tags={})
+    tracker.trial_run(b, "b", "t0", params={}, tags={})
+    tracker.trial_run(b, "b", "t1", params={}, tags={})
+    assert len(tracker.runs_of_sweep("a")) == 2
+    assert len(tracker.runs_of_sweep("b", "trial")) == 2
+    assert tracker.runs_of_sweep("c") == []
+    with pytest.raises(ValueError, match="kind"):
+        tracker.runs_of_sweep("a", "stages")
+    with pytest.raises(ValueError, match="stage must be one of"):
+        tracker.stage_run(a, "a", "t0", "trian")
+    with pytest.raises(ValueError, match="status"):
+        tracker.finish(a, "DONE")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Params, metrics, tags, artifacts
+
+
+def test_flatten_joins_keys_with_dots():
+    nested = {"stages": {"search": {"lr": 0.1, "epochs": 3}}, "axes": [1, 2], "none": None, "empty": {}}
+    assert flatten(nested) == {
+        "stages.search.lr": "0.1",
+        "stages.search.epochs": "3",
+        "axes": "[1, 2]",
+        "none": "None",
+        "empty": "{}",
+    }
+    assert flatten({"a": {"b": True}}, "cfg") == {"cfg.a.b": "True"}
+
+
+def test_params_flatten_truncate_and_record_conflicts(tracker, client, caplog):
+    run = tracker.sweep_run("sw")
+    config = {"stages": {"search": {"lr": 0.1}}, "note": "x" * 7000, "bad key!": 1}
+    tracker.log_params(run, config)
+    tracker.log_params(run, config)  # same values again: skipped, not an error
+    with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
+        tracker.log_params(run, {"stages": {"search": {"lr": 0.2, "wd": 0.0}}})
+    params = client.get_run(run).data.params
+    assert params["stages.search.lr"] == "0.1"  # MLflow keeps the first value
+    assert params["stages.search.wd"] == "0.0"
+    assert len(params["note"]) == 6000
+    assert params["bad key_"] == "1"  # characters MLflow refuses are replaced
+    assert client.get_run(run).data.tags["trilevel.param_conflict.stages.search.lr"] == "0.2"
+    assert "stages.search.lr" in caplog.text and tracker.pending == 0
+
+
+def test_metrics_with_steps_and_non_numeric_values_as_tags(tracker, client):
+    run = tracker.sweep_run("sw")
+    for step in range(3):
+        tracker.log_metrics(
+            run,
+            {
+                "loss": 1.0 / (step + 1),
+                "psnr": np.float32(30 + step),
+                "acc": torch.tensor(0.5),
+                "val": {"ssim": 0.9},
+                "phase": "search",
+                "skipped": None,
+                "vector": [1, 2],
+            },
+            step=step,
+        )
+    tracker.log_metrics(run, {"nan": float("nan")}, step=3)
+    history = client.get_metric_history(run, "loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
+    data = client.get_run(run).data
+    assert data.metrics["psnr"] == 32.0 and data.metrics["acc"] == 0.5 and data.metrics["val.ssim"] == 0.9
+    assert math.isnan(data.metrics["nan"])
+    assert "skipped" not in data.metrics and "vector" not in data.metrics and "phase" not in data.metrics
+    assert data.tags["phase"] == "search"
+
+
+def test_text_dict_table_and_artifacts(tracker, client, tmp_path):
+    run = tracker.sweep_run("sw")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "weights.pt").write_bytes(b"w")
+    (tmp_path / "report.md").write_text("# report")
+    tracker.log_text(run, '{"ops": []}', "genotype.json")
+    tracker.log_dict(run, {"lr": 0.1}, "config/resolved.yaml")
+    tracker.log_table(run, {"layer": [0, 1], "op": ["conv3x3", "skip"]}, "genotype_table.json")
+    tracker.log_artifact(run, str(tmp_path / "report.md"))
+    tracker.log_artifact(run, str(tmp_path / "ckpt"), "checkpoint")
+    tracker.log_artifact(run, str(tmp_path / "missing.bin"))  # warned, not raised
+    top = {f.path for f in client.list_artifacts(run)}
+    assert {"genotype.json", "config", "genotype_table.json", "report.md", "checkpoint"} <= top
+    assert {f.path for f in client.list_artifacts(run, "checkpoint")} == {"checkpoint/weights.pt"}
+    local = client.download_artifacts(run, "genotype.json", str(tmp_path / "dl"))
+    assert Path(local).read_text() == '{"ops": []}'
+    assert tracker.pending == 0
+
+
+def test_log_model_with_signature_round_trips(tracker, client):
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    run = tracker.sweep_run("sw")
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 3, 3, padding=1)
+    net.train()
+    example = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    model_id = tracker.log_model(run, net, input_example=example, name="derived", registered_model_name="tiny-sr")
+    assert model_id is not None and net.training  # mode restored
+
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == run and logged.name == "derived" and str(logged.status).endswith("READY")
+    assert [o.model_id for o in client.get_run(run).outputs.model_outputs] == [model_id]
+    loaded = mlflow.pytorch.load_model(logged.artifact_location)
+    x = torch.from_numpy(example)
+    torch.testing.assert_close(loaded(x), net(x))
+    mlmodel = Model.load(logged.artifact_location)
+    assert (mlmodel.model_id, mlmodel.run_id) == (model_id, run)
+    assert tuple(mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 8, 8)
+    assert tuple(mlmodel.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 8, 8)
+    version = client.get_model_version("tiny-sr", "1")
+    assert (version.source, version.run_id) == (logged.artifact_location, run)
+    assert '"version": 1' in client.get_logged_model(model_id).tags["mlflow.modelVersions"]
+    torch.testing.assert_close(
+        mlflow.pytorch.load_model(client.get_model_version_download_uri("tiny-sr", "1"))(x), net(x)
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Ending runs
+
+
+def test_tracked_marks_finished_failed_killed(tracker, client):
+    sweep = tracker.sweep_run("sw")
+    ok, bad, stop = (tracker.trial_run(sweep, "sw", name, params={}, tags={}) for name in ("ok", "bad", "stop"))
+    with tracked(tracker, ok):
+        pass
+    with pytest.raises(ValueError), tracked(tracker, bad):
+        raise ValueError("diverged")
+    with pytest.raises(KeyboardInterrupt), tracked(tracker, stop):
+        raise KeyboardInterrupt
+    assert client.get_run(ok).info.status == "FINISHED"
+    assert client.get_run(bad).info.status == "FAILED"
+    assert client.get_run(bad).data.tags["trilevel.error"] == "ValueError: diverged"
+    assert client.get_run(stop).info.status == "KILLED"
+    assert client.get_run(ok).info.end_time is not None
+
+
+def test_end_unfinished_marks_every_running_run_of_the_sweep(tracker, client):
+    sweep = tracker.sweep_run("sw")
+    other = tracker.sweep_run("other")
+    trial = tracker.trial_run(sweep, "sw", "t0", params={}, tags={})
+    done = tracker.stage_run(trial, "sw", "t0", "pretrain")
+    tracker.stage_run(trial, "sw", "t0", "search")
+    tracker.finish(done)
+    assert tracker.end_unfinished("sw", "KILLED") == 3
+    statuses = {r.info.run_id: r.info.status for r in tracker.runs_of_sweep("sw")}
+    assert statuses.pop(done) == "FINISHED" and set(statuses.values()) == {"KILLED"}
+    assert client.get_run(other).info.status == "RUNNING"
+    assert tracker.end_unfinished("sw", "KILLED") == 0
+
+
+def test_environment_tags_name_versions_and_commit():
+    tags = run_environment_tags()
+    for package in ("torch", "ray", "mlflow", "numpy"):
+        assert tags[f"trilevel.version.{package}"] == importlib.metadata.version(package)
+    assert tags["trilevel.version.python"].count(".") == 2
+    assert tags["trilevel.version.trilevel-nas"] != "unknown"
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", tags["trilevel.git_commit"])
+    assert tags["trilevel.hostname"] == socket.gethostname() and tags["trilevel.platform"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Outages
+
+
+def test_unreachable_server_queues_logging_and_warns_once(unreachable, caplog):
+    tracker = Tracker(unreachable, retries=1, backoff_s=0.01, max_backoff_s=0.05)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
+        tracker.log_metrics("0" * 32, {"loss": 1.0}, step=0)
+        assert tracker.pending == 1
+        tracker.log_metrics("0" * 32, {"loss": 0.5}, step=1)
+        tracker.set_tags("0" * 32, {"phase": "search"})
+        tracker.finish("0" * 32, "FINISHED")
+    assert tracker.pending == 4
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1 and unreachable in warnings[0].getMessage()
+    assert "log_metrics" in warnings[0].getMessage()
+    failed = tracker.flush(timeout_s=0.5)
+    assert len(failed) == 4 and failed[0].startswith("log_metrics") and tracker.pending == 4
+    assert time.monotonic() - started < 15
+    with pytest.raises(TrackingUnavailable, match=re.escape(unreachable)):
+        tracker.sweep_run("sw")  # nothing can be tracked without a run id
+
+
+def test_queue_is_bounded(unreachable, caplog):
+    tracker = Tracker(unreachable, retries=1, backoff_s=0.0, max_backoff_s=0.0, max_pending=2)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
+        for step in range(5):
+            tracker.log_metrics("0" * 32, {"loss": float(step)}, step=step)
+    assert tracker.pending == 2 and tracker.dropped == 3
+    assert tracker.flush(timeout_s=0.2) == [
+        f"log_metrics run 00000000 step {step} [loss]" for step in (3, 4)
+    ]  # oldest dropped first
+    assert "queue full" in caplog.text
+
+
+def test_queued_calls_are_delivered_in_order_once_the_store_is_back(store, tracker, client, tmp_path):
+    """A real outage: the store's directory is blocked by a file, then the database appears."""
+    run = tracker.sweep_run("sw")
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a directory")
+    down = Tracker(f"sqlite:///{blocked / 'mlflow.db'}", tracker.experiment, retries=1, backoff_s=0.01)
+    down.log_metrics(run, {"loss": 2.0}, step=0)
+    down.log_params(run, {"late": {"param": 1}})
+    down.set_tags(run, {"phase": "search"})
+    down.set_tags(run, {"phase": "train"})  # order matters: the last tag value must win
+    down.finish(run, "FINISHED")
+    assert down.pending == 5
+    before = int(time.time() * 1000)
+
+    blocked.unlink()
+    blocked.mkdir()
+    shutil.copy(store["db"], blocked / "mlflow.db")  # the same runs, now reachable under the new URI
+    assert down.flush(timeout_s=30) == [] and down.pending == 0
+    back = MlflowClient(tracking_uri=f"sqlite:///{blocked / 'mlflow.db'}").get_run(run)
+    assert back.data.metrics["loss"] == 2.0 and back.data.params["late.param"] == "1"
+    assert back.data.tags["phase"] == "train" and back.info.status == "FINISHED"
+    assert back.info.end_time <= before  # end time taken at the call, not at delivery
+
+
+def test_rejected_calls_are_dropped_not_queued(tracker, caplog):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
+        tracker.log_metrics("f" * 32, {"loss": 1.0})  # no such run: retrying cannot help
+    assert tracker.pending == 0 and "rejected" in caplog.text
+
+
+def test_check_reachable_fails_fast_naming_the_uri(store, unreachable, tmp_path):
+    Tracker.check_reachable(store["uri"])
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match=re.escape(unreachable)):
+        Tracker.check_reachable(unreachable, timeout_s=2)
+    assert time.monotonic() - started < 5
+    (tmp_path / "a_file").write_text("")
+    bad_sqlite = f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}"
+    with pytest.raises(TrackingUnavailable, match=re.escape(bad_sqlite)):
+        Tracker.check_reachable(bad_sqlite)
+    file_store = f"file://{tmp_path / 'mlruns'}"
+    with pytest.raises(TrackingUnavailable, match=re.escape(file_store)):
+        Tracker.check_reachable(file_store)
+
+
+def test_http_tracker_owns_retries_unless_configured(monkeypatch):
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(name, "placeholder")  # so monkeypatch restores the original state afterwards
+        monkeypatch.delenv(name)
+    Tracker(f"http://127.0.0.1:{_free_port()}")
+    import os
+
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    Tracker(f"http://127.0.0.1:{_free_port()}")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
+
+
+def test_tracker_pickles_as_settings(tracker):
+    tracker.sweep_run("sw")
+    copy = pickle.loads(pickle.dumps(tracker))
+    assert (copy.tracking_uri, copy.experiment, copy.retries, copy.pending) == (
+        tracker.tracking_uri,
+        tracker.experiment,
+        tracker.retries,
+        0,
+    )
+    assert [r.info.run_name for r in copy.runs_of_sweep("sw")] == ["sw"]
