@@ -1,0 +1,199 @@
+"""`trilevel report` and `trilevel status`: what a sweep found, and how far it is, read from MLflow.
+
+Both commands read only MLflow (through :mod:`orchestrator.report`), so they work from any machine
+that reaches the tracking server, while the sweep runs or after it. `report` also reads the sweep's
+saved experiment (`<storage>/<sweep>/experiment.yaml`) for the display labels of its axis values and
+its tracking settings; without it the report still works, with raw axis values. Every failure is a
+one-line message (`click.ClickException`), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import click
+
+from orchestrator import report as rep
+
+__all__ = ["DEFAULT_STORAGE", "DEFAULT_TRACKING", "print_report", "report", "status"]
+
+# The same defaults as `trilevel sweep` (orchestrator.experiment: TrackingSpec.uri, Experiment.storage).
+DEFAULT_TRACKING = "sqlite:///./trilevel-mlflow.db"
+DEFAULT_STORAGE = "./trilevel-runs"
+DEFAULT_MLFLOW_EXPERIMENT = "trilevel"
+
+
+def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Missing sweeps, experiments or servers become one-line messages."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, OSError, MlflowException) as err:
+            message = err.message if isinstance(err, MlflowException) else str(err)
+            raise click.ClickException(message) from None
+
+    return wrapper
+
+
+def _saved_experiment(sweep: str, storage: str) -> Any | None:
+    """The experiment the sweep was started with, or None (no such sweep under `storage`, unreadable).
+
+    A local storage without the sweep's file is answered without importing `orchestrator.sweep` (Ray, torch).
+    """
+    saved = os.path.join(storage, sweep, "experiment.yaml")
+    if "://" not in storage and not os.path.isfile(saved):
+        click.echo(f"Note: no saved experiment {saved}; reporting raw axis values.", err=True)
+        return None
+    try:
+        from orchestrator.sweep import load_sweep_experiment
+
+        return load_sweep_experiment(sweep, storage)
+    except Exception as err:  # any failure only costs the labels
+        click.echo(f"Note: {err}; reporting raw axis values.", err=True)
+        return None
+
+
+def _default_out(sweep: str, storage: str) -> str:
+    if "://" in storage:  # the report is written locally first (matplotlib needs a file), then logged to MLflow
+        return os.path.join("trilevel-reports", sweep)
+    return os.path.join(storage, sweep, "report")
+
+
+def _report(
+    sweep: str, tracking_uri: str, mlflow_experiment: str, labels: Mapping[str, str] | None, out: str
+) -> rep.ReportFiles:
+    files = rep.build_report(tracking_uri, mlflow_experiment, sweep, labels, out)
+    click.echo(rep.to_markdown(files.table))
+    click.echo(f"CSV:      {files.csv}")
+    click.echo(f"Plot:     {files.png}")
+    click.echo(f"Markdown: {files.markdown}")
+    if files.parent_run_id:
+        click.echo(f"Logged to MLflow run {files.parent_run_id} under {rep.REPORT_ARTIFACT_DIR}/")
+    else:
+        click.echo(f"Sweep {sweep} has no parent run in MLflow: the report was not logged there.", err=True)
+    return files
+
+
+@_friendly_errors
+def print_report(sweep: str, storage: str, tracking_uri: str, mlflow_experiment: str = "trilevel") -> None:
+    """Print the sweep's table and write its report under `<storage>/<sweep>/report` (for `trilevel demo`)."""
+    experiment = _saved_experiment(sweep, storage)
+    labels = experiment.labels if experiment is not None else None
+    _report(sweep, tracking_uri, mlflow_experiment, labels, _default_out(sweep, storage))
+
+
+@click.command("report")
+@click.argument("sweep")
+@click.option(
+    "--storage",
+    default=DEFAULT_STORAGE,
+    show_default=True,
+    help="Where the sweep's state lives (for its labels and tracking settings).",
+)
+@click.option(
+    "--tracking-uri", default=None, help=f"MLflow tracking URI [default: the sweep's, else {DEFAULT_TRACKING}]"
+)
+@click.option(
+    "--mlflow-experiment",
+    default=None,
+    help=f"MLflow experiment [default: the sweep's, else {DEFAULT_MLFLOW_EXPERIMENT}]",
+)
+@click.option(
+    "--out", default=None, help="Directory for report.md/csv and pareto.png [default: <storage>/<sweep>/report]"
+)
+@_friendly_errors
+def report(sweep: str, storage: str, tracking_uri: str | None, mlflow_experiment: str | None, out: str | None) -> None:
+    """The paper-style table of SWEEP (Markdown, CSV) and its PSNR-vs-GFLOPs Pareto plot.
+
+    The files are also logged to the sweep's MLflow parent run under report/.
+    """
+    experiment = _saved_experiment(sweep, storage)
+    if experiment is not None:
+        tracking_uri = tracking_uri or experiment.tracking.uri
+        mlflow_experiment = mlflow_experiment or experiment.tracking.experiment
+    _report(
+        sweep,
+        tracking_uri or DEFAULT_TRACKING,
+        mlflow_experiment or DEFAULT_MLFLOW_EXPERIMENT,
+        experiment.labels if experiment is not None else None,
+        out or _default_out(sweep, storage),
+    )
+
+
+# --- status ------------------------------------------------------------------------------------
+def _time(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else rep.MISSING
+
+
+def sweeps_overview(tracking_uri: str, mlflow_experiment: str) -> list[dict[str, str]]:
+    """One row per sweep: name, parent run status, start time, trials finished/tracked (oldest sweep first)."""
+    client, experiment_id = rep.open_experiment(tracking_uri, mlflow_experiment)
+    parents = rep.search_all(client, experiment_id, rep.sweep_filter(kind="sweep"))
+    trials = rep.search_all(client, experiment_id, rep.sweep_filter(kind="trial"))
+    per_sweep: dict[str, dict[str, str]] = {}  # sweep → trial id → status (oldest run of a trial id wins)
+    for run in trials:
+        tags = run.data.tags
+        per_sweep.setdefault(tags.get(rep.SWEEP_TAG, ""), {}).setdefault(tags.get(rep.TRIAL_TAG, ""), run.info.status)
+    rows, seen = [], set()
+    for run in parents:
+        name = run.data.tags.get(rep.SWEEP_TAG, "")
+        if name in seen:
+            continue
+        seen.add(name)
+        rows.append((name, run.info.status, run.info.start_time))
+    rows += [(name, rep.MISSING, None) for name in per_sweep if name not in seen]  # trials without a parent run
+    out = []
+    for name, state, start in rows:
+        statuses = per_sweep.get(name, {}).values()
+        finished = sum(s == "FINISHED" for s in statuses)
+        out.append({"Sweep": name, "Status": state, "Started": _time(start), "Trials": f"{finished}/{len(statuses)}"})
+    return out
+
+
+def trials_progress(tracking_uri: str, mlflow_experiment: str, sweep: str) -> list[dict[str, str]]:
+    """One row per trial of `sweep`: status, path, latest stage (and its status), headline metrics."""
+    trial_rows = rep.collect(tracking_uri, mlflow_experiment, sweep)
+    client, experiment_id = rep.open_experiment(tracking_uri, mlflow_experiment)
+    latest: dict[str, Any] = {}
+    for run in rep.search_all(client, experiment_id, rep.sweep_filter(sweep, "stage")):  # oldest first
+        latest[run.data.tags.get(rep.TRIAL_TAG, "")] = run
+    sets = rep.validation_sets(trial_rows)
+    out = []
+    for row in trial_rows:
+        stage_run = latest.get(row.trial)
+        stage = (
+            f"{stage_run.data.tags.get('trilevel.stage', '?')} ({stage_run.info.status})" if stage_run else rep.MISSING
+        )
+        entry = {"Trial": row.trial, "Status": row.status, "Stage": stage, "Path": rep.format_path(row)}
+        entry |= {"Params (M)": rep.format_value(row.params_m), "GFLOPs": rep.format_value(row.gflops)}
+        entry |= {f"PSNR {s}": rep.format_value(row.psnr.get(s)) for s in sets}
+        out.append(entry)
+    return out
+
+
+@click.command("status")
+@click.argument("sweep", required=False)
+@click.option("--tracking-uri", default=DEFAULT_TRACKING, show_default=True, help="MLflow tracking URI.")
+@click.option("--mlflow-experiment", default=DEFAULT_MLFLOW_EXPERIMENT, show_default=True, help="MLflow experiment.")
+@_friendly_errors
+def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str) -> None:
+    """Without SWEEP: every tracked sweep. With SWEEP: its trials, their current stage and headline metrics."""
+    if sweep is None:
+        rows = sweeps_overview(tracking_uri, mlflow_experiment)
+        if not rows:
+            click.echo(f"No sweeps tracked in experiment {mlflow_experiment!r} at {tracking_uri}.")
+            return
+        click.echo(rep.to_markdown(rows), nl=False)
+        return
+    rows = trials_progress(tracking_uri, mlflow_experiment, sweep)
+    finished = sum(row["Status"] == "FINISHED" for row in rows)
+    click.echo(f"Sweep {sweep}: {finished}/{len(rows)} trials finished\n")
+    click.echo(rep.to_markdown(rows), nl=False)
