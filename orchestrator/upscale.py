@@ -1,0 +1,619 @@
+"""Use a trained network: load it from wherever a trial left it, and upscale images with it.
+
+Why it looks like this:
+
+* **Sources.** A trained network lives in three places: the train stage's checkpoint directory
+  (``state.pt`` + ``genotype.json``, read as data with ``torch.load(weights_only=True)``), the
+  trial's MLflow run (logged model ``model``, reachable by run id), and the model registry
+  (``models:/<name>/<version>``, ``models:/<name>@<alias>``). A genotype alone (a zoo name or a
+  JSON file) is refused on purpose: it has no trained weights, and an untrained network's output
+  looks like a result without being one.
+* **No global MLflow state.** Everything goes through an ``MlflowClient`` bound to the given
+  tracking URI. ``mlflow.pytorch.load_model("runs:/…")`` is not used: MLflow resolves ``runs:/`` and
+  ``models:/`` URIs of MLflow 3 logged models through the *global* registry URI (MLflow 3.17
+  ``ModelsArtifactRepository``), which is not ours, and, for a SQLite default, silently creates an
+  empty ``./mlflow.db``. We resolve run → logged model → artifact location ourselves, download that
+  plain location, and load the local copy. A SQLite database that does not exist is an error,
+  never created.
+* **Both MLflow formats.** A pickled model (what the trial's tracker logs by default) unpickles to
+  the ``DerivedNetwork`` (MLflow's own pickle rules apply, see ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``).
+  A ``pt2`` model (``mlflow.pytorch.log_model``'s default) is a ``torch.export`` graph whose input
+  height and width are fixed to the example it was logged with, so it cannot take other image
+  sizes; when its run holds ``genotype.json`` (trials log it), the network is rebuilt from the
+  genotype and the graph's weights, which restores any input size.
+* **Tiles.** A super-resolution network is fully convolutional, so a large image is cut into
+  ``tile``-pixel LR tiles, each run with ``overlap`` pixels of real neighbouring context on every
+  side (fewer at the image border, where the network's own zero padding applies exactly as for the
+  whole image) and only its centre × scale is kept. With ``overlap`` at least the network's
+  receptive-field radius (:func:`receptive_radius` bounds it) the tiled result equals whole-image
+  inference up to float rounding; with less, seams differ by little, since residual blocks damp
+  far context. Tiles bound memory: a 4000×3000 photo at ×4 never needs the whole feature maps.
+* **Files.** Outputs are ``<stem>_x<scale>.png`` (lossless), written atomically; JPEG orientation
+  (EXIF) is applied first, non-RGB inputs are converted to RGB and each conversion is reported;
+  an unreadable file is an error naming it (or, with ``keep_going``, reported and skipped), and
+  two inputs that would write the same output are refused before any work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor, nn
+
+from search_space.derived import DerivedNetwork, build_network
+from search_space.genotype import Genotype, zoo_names
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MODEL_ARTIFACT",
+    "InputConversionWarning",
+    "UpscaleError",
+    "collect_images",
+    "load_model",
+    "output_name",
+    "receptive_radius",
+    "resolve_device",
+    "upscale_files",
+    "upscale_image",
+    "upscale_tensor",
+]
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+MODEL_ARTIFACT = "model"  # the name a trial logs its network under
+_RUN_ID = re.compile(r"[0-9a-fA-F]{32}")
+_SOURCES_HELP = (
+    "expected a train-stage checkpoint directory (state.pt + genotype.json), an MLflow run id "
+    "(32 hex characters) or runs:/<run id>/<name>, a models:/<name>/<version>, models:/<name>@<alias> "
+    "or models:/<logged model id> URI, or a local MLflow model directory (MLmodel)"
+)
+
+Report = Callable[[str], None]
+
+
+class UpscaleError(RuntimeError):
+    """A model source or an image file that cannot be used; the message names it."""
+
+
+class InputConversionWarning(UserWarning):
+    """An input image was not 8-bit RGB and was converted (alpha dropped, gray replicated, 16-bit reduced)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_model(source: str, tracking_uri: str | None = None) -> tuple[nn.Module, int]:
+    """The trained network named by `source`, in eval mode on the CPU, and its scale factor.
+
+    `source` is a train-stage checkpoint directory, a local MLflow model directory, an MLflow run id
+    (its logged model ``model``), ``runs:/<run id>/<name>``, or ``models:/<name>/<version>``,
+    ``models:/<name>@<alias>``, ``models:/<name>/latest``, ``models:/<logged model id>``.
+    `tracking_uri` is used for the MLflow forms only (None: MLflow's usual resolution,
+    ``MLFLOW_TRACKING_URI`` first). The scale is the genotype's, or measured on a 1×3×8×8 input.
+    Raises :class:`UpscaleError` naming the source when it is none of these or cannot be loaded.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise UpscaleError(f"model source {source!r}: {_SOURCES_HELP}")
+    source = source.strip()
+    if source.startswith(("models:/", "runs:/")) or (_RUN_ID.fullmatch(source) and not Path(source).exists()):
+        net = _load_from_mlflow(source, tracking_uri)
+    elif Path(source).is_dir():
+        net = _load_from_directory(Path(source))
+    else:
+        raise UpscaleError(_unknown_source(source))
+    net = net.cpu()
+    with contextlib.suppress(NotImplementedError):  # a torch.export graph is an inference graph and refuses .eval()
+        net.eval()
+    return net, _scale_of(net, source)
+
+
+def _unknown_source(source: str) -> str:
+    path = Path(source)
+    if source in zoo_names() or (path.suffix == ".json" and path.is_file()):
+        return (
+            f"model source {source!r} is a genotype: it has no trained weights. Train it (`trilevel run …`) and "
+            "pass the trial's MLflow run id, its registered model (models:/…) or its train-stage checkpoint"
+        )
+    if path.exists():
+        return f"model source {source}: a file, not a directory; {_SOURCES_HELP}"
+    if os.sep in source or source.startswith("."):
+        return f"model source {source}: no such directory; {_SOURCES_HELP}"
+    return f"model source {source!r}: not recognised; {_SOURCES_HELP}"
+
+
+def _load_from_directory(directory: Path) -> nn.Module:
+    if (directory / "MLmodel").is_file():
+        return _load_mlflow_model_dir(directory, str(directory), lambda: None)
+    from workers.checkpointing import GENOTYPE_FILE, STATE_FILE, CheckpointError
+    from workers.evaluate import load_derived
+
+    if not (directory / STATE_FILE).is_file() and not (directory / GENOTYPE_FILE).is_file():
+        raise UpscaleError(f"model source {directory}: no {STATE_FILE} or {GENOTYPE_FILE} here; {_SOURCES_HELP}")
+    try:
+        return load_derived(str(directory))
+    except (CheckpointError, ValueError, KeyError, RuntimeError, OSError) as err:
+        detail = f"missing {err}" if isinstance(err, KeyError) else str(err)
+        raise UpscaleError(f"model source {directory}: cannot load it as a train-stage checkpoint ({detail})") from None
+
+
+def _check_store(source: str, tracking_uri: str) -> None:
+    """A SQLite tracking URI must name an existing database: opening a missing one would create it."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = unquote(tracking_uri[len("sqlite:///") :]).split("?", 1)[0]
+    if path and path != ":memory:" and not Path(path).is_file():
+        raise UpscaleError(
+            f"model source {source}: MLflow tracking URI {tracking_uri}: no database at {Path(path).absolute()}; "
+            "pass the --tracking-uri the trials were tracked with"
+        )
+
+
+def _load_from_mlflow(source: str, tracking_uri: str | None) -> nn.Module:
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    _check_store(source, uri)
+    if uri.startswith(("http://", "https://")):  # fail in seconds, not after MLflow's minutes of retries
+        from orchestrator.tracking import Tracker, TrackingUnavailable
+
+        try:
+            Tracker.check_reachable(uri)
+        except TrackingUnavailable as err:
+            raise UpscaleError(f"model source {source}: {err}") from None
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        location, run_id = _resolve_mlflow(client, source, uri)
+        with tempfile.TemporaryDirectory(prefix="trilevel-upscale-") as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=location, tracking_uri=uri, dst_path=os.path.join(tmp, "model")
+            )
+            return _load_mlflow_model_dir(Path(local), source, lambda: _run_genotype(client, run_id, tmp))
+    except MlflowException as err:
+        raise UpscaleError(f"model source {source} (MLflow {uri}): {err.message}") from None
+    except OSError as err:  # an artifact store that lost the files, a full temp disk
+        raise UpscaleError(f"model source {source} (MLflow {uri}): cannot download the model ({err})") from None
+
+
+def _resolve_mlflow(client: MlflowClient, source: str, uri: str) -> tuple[str, str | None]:
+    """(artifact location of the model's files, id of the run it came from) for a run id, runs:/ or models:/."""
+    if source.startswith("models:/"):
+        return _resolve_models_uri(client, source)
+    if source.startswith("runs:/"):
+        run_id, _, name = source[len("runs:/") :].partition("/")
+        name = name.strip("/") or MODEL_ARTIFACT
+    else:
+        run_id, name = source.lower(), MODEL_ARTIFACT
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise UpscaleError(f"model source {source}: no MLflow run {run_id} at {uri}") from None
+    models = []
+    token = None
+    while True:  # MLflow 3 logged models of this run and name (MLflow's own runs:/ lookup, by our client)
+        page = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"name = '{name}'", page_token=token
+        )
+        models.extend(m for m in page if m.source_run_id == run_id)
+        token = page.token
+        if not token:
+            break
+    ready = [m for m in models if m.status == LoggedModelStatus.READY]
+    if ready:  # a retried trial may have logged it twice: the newest wins
+        return max(ready, key=lambda m: m.creation_timestamp).artifact_location, run_id
+    if models:
+        raise UpscaleError(
+            f"model source {source}: the model {name!r} of run {run_id} never finished uploading "
+            f"(status {models[0].status}); log it again"
+        )
+    listed = {f.path for f in client.list_artifacts(run_id, name)}
+    if f"{name}/MLmodel" in listed:  # an MLflow 2 style model, stored as run artifacts
+        return f"{run.info.artifact_uri.rstrip('/')}/{name}", run_id
+    raise UpscaleError(f"model source {source}: MLflow run {run_id} has no logged model named {name!r}")
+
+
+def _resolve_models_uri(client: MlflowClient, source: str) -> tuple[str, str | None]:
+    from mlflow.exceptions import MlflowException
+
+    path = source[len("models:/") :].strip("/")
+    parts = path.split("/")
+    try:
+        if len(parts) == 1 and "@" in path:
+            name, alias = path.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        elif len(parts) == 1:  # models:/<logged model id>
+            logged = client.get_logged_model(path)
+            return logged.artifact_location, logged.source_run_id
+        elif len(parts) == 2 and parts[1].isdigit():
+            version = client.get_model_version(parts[0], parts[1])
+        elif len(parts) == 2 and parts[1].lower() == "latest":
+            versions = client.search_model_versions(f"name = '{parts[0]}'")
+            if not versions:
+                raise UpscaleError(f"model source {source}: registered model {parts[0]!r} has no versions")
+            version = max(versions, key=lambda v: int(v.version))
+        else:
+            raise UpscaleError(
+                f"model source {source}: expected models:/<name>/<version>, models:/<name>@<alias>, "
+                "models:/<name>/latest or models:/<logged model id> (stages are not supported: use an alias)"
+            )
+    except MlflowException as err:
+        raise UpscaleError(f"model source {source}: {err.message}") from None
+    model_id = getattr(version, "model_id", None)
+    location = client.get_model_version_download_uri(version.name, version.version)
+    if model_id and (not location or location.startswith("models:/")):
+        location = client.get_logged_model(model_id).artifact_location
+    elif location.startswith("models:/"):  # registered from models:/<id> without a resolved storage location
+        location = client.get_logged_model(location[len("models:/") :].split("/")[0]).artifact_location
+    return location, version.run_id
+
+
+def _run_genotype(client: MlflowClient, run_id: str | None, tmp: str) -> Genotype | None:
+    """The run's ``genotype.json`` artifact (a trial logs it next to its model), or None."""
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if not any(f.path == "genotype.json" for f in client.list_artifacts(run_id)):
+            return None
+        path = client.download_artifacts(run_id, "genotype.json", os.path.join(tmp, "run"))
+        return Genotype.from_json(Path(path).read_text(), source=f"run {run_id} genotype.json")
+    except (MlflowException, OSError):
+        return None
+
+
+def _load_mlflow_model_dir(local: Path, source: str, genotype: Callable[[], Genotype | None]) -> nn.Module:
+    """An MLflow pytorch model directory as a module; a graph of fixed shape is rebuilt from its genotype."""
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    if not (local / "MLmodel").is_file():
+        raise UpscaleError(f"model source {source}: not an MLflow model (no MLmodel file in {local})")
+    try:
+        module = mlflow.pytorch.load_model(str(local), map_location="cpu")
+    except MlflowException as err:
+        raise UpscaleError(f"model source {source}: not a loadable MLflow pytorch model ({err.message})") from None
+    except Exception as err:  # unpickling runs arbitrary code: anything can fail
+        raise UpscaleError(
+            f"model source {source}: loading the MLflow model failed ({type(err).__name__}: {err})"
+        ) from None
+    if not isinstance(module, nn.Module):
+        raise UpscaleError(f"model source {source}: the MLflow model is a {type(module).__name__}, not a torch module")
+    if isinstance(module, DerivedNetwork):
+        return module
+    found = genotype()
+    if found is None:
+        return module  # e.g. a graph exported with variable size; _scale_of tells when it is not
+    net = build_network(found)
+    try:
+        net.load_state_dict(module.state_dict())
+    except RuntimeError as err:
+        raise UpscaleError(
+            f"model source {source}: its weights do not fit the genotype.json of its run ({err})"
+        ) from None
+    return net
+
+
+def _scale_of(net: nn.Module, source: str) -> int:
+    scale = getattr(getattr(net, "genotype", None), "scale", None)
+    if isinstance(scale, int) and not isinstance(scale, bool) and scale >= 1:
+        return scale
+    probe = torch.full((1, 3, 8, 8), 0.5)
+    try:
+        with torch.inference_mode():
+            out = net(probe)
+    except Exception as err:
+        raise UpscaleError(
+            f"model source {source}: the model does not run on a 1×3×8×8 image ({type(err).__name__}: {err}). "
+            "A torch.export (pt2) model is fixed to the size it was logged with; log genotype.json in its run "
+            "so the network can be rebuilt"
+        ) from None
+    if not isinstance(out, Tensor) or out.ndim != 4 or out.shape[:2] != (1, 3):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise UpscaleError(f"model source {source}: not an image-to-image network (1×3×8×8 gave {shape})")
+    height, width = out.shape[-2:]
+    if height != width or height % 8:
+        raise UpscaleError(f"model source {source}: no integer scale (1×3×8×8 gave {tuple(out.shape)})")
+    return height // 8
+
+
+def receptive_radius(model: nn.Module) -> int:
+    """An upper bound, in LR pixels, of how far an output pixel sees: the sum of the conv kernels' radii.
+
+    Exact for chains of convolutions; branches (shortcuts) and upsampling only make the true radius
+    smaller. 0 when the model has no ``nn.Conv2d`` modules (e.g. an exported graph).
+    """
+    radius = 0
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            dh, dw = module.dilation
+            radius += max((kh - 1) // 2 * dh, (kw - 1) // 2 * dw)
+    return radius
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inference
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch device that exists here; UpscaleError otherwise."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UpscaleError(f"device {device!r}: not a torch device (cpu, cuda, cuda:1, …)") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UpscaleError(f"device {device}: CUDA is not available here (use --device cpu)")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise UpscaleError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise UpscaleError(f"device {device}: MPS is not available here")
+    return resolved
+
+
+def _check_tiling(tile: int | None, overlap: int) -> int:
+    if tile is None:
+        tile = 0
+    if not isinstance(tile, int) or tile < 0:
+        raise ValueError(f"tile must be a non-negative number of pixels (0 = whole image), got {tile!r}")
+    if not isinstance(overlap, int) or overlap < 0:
+        raise ValueError(f"overlap must be a non-negative number of pixels, got {overlap!r}")
+    return tile
+
+
+def _spans(length: int, tile: int) -> list[tuple[int, int]]:
+    step = tile if 0 < tile < length else length
+    return [(start, min(start + step, length)) for start in range(0, length, step)]
+
+
+def _tiles(
+    model: nn.Module, lr: Tensor, scale: int, tile: int, overlap: int, device: torch.device
+) -> Iterator[tuple[tuple[int, int, int, int], Tensor]]:
+    """((top, bottom, left, right) in HR pixels, the HR crop on `device`) for every tile of `lr` [N,3,H,W]."""
+    height, width = lr.shape[-2:]
+    for y0, y1 in _spans(height, tile):
+        for x0, x1 in _spans(width, tile):
+            py0, py1 = max(0, y0 - overlap), min(height, y1 + overlap)
+            px0, px1 = max(0, x0 - overlap), min(width, x1 + overlap)
+            patch = lr[..., py0:py1, px0:px1].to(device)
+            with torch.inference_mode():
+                out = model(patch)
+            expected = (lr.shape[0], 3, (py1 - py0) * scale, (px1 - px0) * scale)
+            if not isinstance(out, Tensor) or tuple(out.shape) != expected:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise UpscaleError(f"the model turned a {tuple(patch.shape)} input into {got}, expected {expected}")
+            crop = out[..., (y0 - py0) * scale : (y1 - py0) * scale, (x0 - px0) * scale : (x1 - px0) * scale]
+            yield (y0 * scale, y1 * scale, x0 * scale, x1 * scale), crop
+
+
+def upscale_tensor(
+    model: nn.Module,
+    lr: Tensor,
+    scale: int,
+    *,
+    tile: int | None = 256,
+    overlap: int = 24,
+    device: str | torch.device = "cpu",
+) -> Tensor:
+    """Tiled inference on a float batch [N,3,h,w] in [0,1]: the float output [N,3,h·s,w·s] on the CPU (not clamped).
+
+    `tile` is the LR tile size (0 or None: the whole image at once), `overlap` the context each tile
+    gets on every side. The model is moved to `device`.
+    """
+    tile = _check_tiling(tile, overlap)
+    if lr.ndim != 4 or lr.shape[1] != 3:
+        raise ValueError(f"expected an LR batch [N,3,h,w], got shape {tuple(lr.shape)}")
+    target = resolve_device(device)
+    model.to(target)
+    n, _, height, width = lr.shape
+    out = torch.empty((n, 3, height * scale, width * scale), dtype=torch.float32)
+    for (top, bottom, left, right), crop in _tiles(model, lr.float(), scale, tile, overlap, target):
+        out[..., top:bottom, left:right] = crop.float().cpu()
+    return out
+
+
+def _as_rgb(image: Image.Image) -> tuple[np.ndarray, str | None]:
+    """(H×W×3 float32 in [0,1], a note saying what was converted, or None for 8-bit RGB)."""
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image, dtype=np.float32) / 255.0, None
+    has_alpha = "A" in mode or (mode == "P" and "transparency" in image.info)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255) else 255.0
+        if mode == "F" and values.max(initial=0) <= 1.0:
+            peak = 1.0
+        gray = np.clip(values / peak, 0.0, 1.0)
+        note = f"{mode} ({'16-bit' if peak == 65535.0 else 'high-precision'}) grayscale converted to 8-bit RGB"
+        return np.repeat(gray[..., None], 3, axis=2), note
+    try:
+        rgb = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32)[..., :3] / 255.0
+    except (ValueError, OSError) as err:
+        raise UpscaleError(f"image mode {mode}: cannot convert it to RGB ({err})") from None
+    if has_alpha:
+        note = f"{mode} image: alpha channel dropped, output is RGB"
+    elif mode in ("L", "1"):
+        note = f"grayscale ({mode}) image converted to RGB"
+    else:
+        note = f"{mode} image converted to RGB"
+    return rgb, note
+
+
+def _upscale(
+    model: nn.Module, image: Image.Image, scale: int, tile: int, overlap: int, device: torch.device
+) -> tuple[Image.Image, str | None]:
+    rgb, note = _as_rgb(image)
+    lr = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+    height, width = rgb.shape[:2]
+    out = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
+    for (top, bottom, left, right), crop in _tiles(model, lr, scale, tile, overlap, device):
+        pixels = crop[0].float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+        out[top:bottom, left:right] = pixels.permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(out, mode="RGB"), note
+
+
+def upscale_image(
+    model: nn.Module,
+    image: Image.Image,
+    scale: int,
+    *,
+    tile: int | None = 256,
+    overlap: int = 24,
+    device: str | torch.device = "cpu",
+) -> Image.Image:
+    """`image` upscaled ×`scale` as an 8-bit RGB image (rounded, clamped), by tiled inference.
+
+    Non-RGB inputs are converted to RGB first (alpha dropped, gray replicated, 16-bit scaled) with an
+    :class:`InputConversionWarning` saying so. See :func:`upscale_tensor` for `tile` and `overlap`;
+    the model is moved to `device`.
+    """
+    tile = _check_tiling(tile, overlap)
+    target = resolve_device(device)
+    model.to(target)
+    result, note = _upscale(model, image, scale, tile, overlap, target)
+    if note:
+        warnings.warn(note, InputConversionWarning, stacklevel=2)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def collect_images(inputs: Sequence[Path | str], report: Report | None = None) -> list[Path]:
+    """Files as given, folders expanded to their PNG/JPEG files (sorted, not recursive), duplicates removed.
+
+    A missing path or a folder without images is an UpscaleError; other files in a folder are
+    left out and reported.
+    """
+    report = report or _stderr
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            children = sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith("."))
+            images = [p for p in children if p.suffix.lower() in IMAGE_SUFFIXES]
+            if not images:
+                raise UpscaleError(f"{entry}: no PNG/JPEG images in this folder")
+            if len(images) < len(children):
+                others = [p.name for p in children if p.suffix.lower() not in IMAGE_SUFFIXES]
+                shown = ", ".join(others[:5]) + (", …" if len(others) > 5 else "")
+                report(f"{entry}: {len(others)} file(s) that are not PNG/JPEG left out ({shown})")
+        elif entry.is_file():
+            images = [entry]
+        else:
+            raise UpscaleError(f"{entry}: no such file or folder")
+        for path in images:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(path)
+    return files
+
+
+def output_name(path: Path, scale: int) -> str:
+    """``<stem>_x<scale>.png``."""
+    return f"{path.stem}_x{scale}.png"
+
+
+def _read(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return ImageOps.exif_transpose(opened)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UpscaleError(f"{path}: cannot read the image ({err})") from None
+
+
+def _write(image: Image.Image, target: Path) -> None:
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        image.save(partial, format="PNG")
+        os.replace(partial, target)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise UpscaleError(f"{target}: cannot write the output ({err})") from None
+
+
+def upscale_files(
+    model: nn.Module,
+    scale: int,
+    inputs: Sequence[Path | str],
+    out_dir: Path | str,
+    *,
+    tile: int | None = 256,
+    overlap: int = 24,
+    device: str | torch.device = "cpu",
+    keep_going: bool = False,
+    report: Report | None = None,
+) -> list[Path]:
+    """Upscale image files and folders of PNG/JPEG into `out_dir` as ``<stem>_x<scale>.png``; the paths written.
+
+    Progress, conversions and left-out files go to `report` (default: stderr). An unreadable image
+    (or an unwritable output) raises an UpscaleError naming the file; with `keep_going` it is
+    reported and skipped instead, so fewer paths come back than inputs went in. Two inputs that
+    would write the same output are refused before anything runs.
+    """
+    tile = _check_tiling(tile, overlap)
+    report = report or _stderr
+    target_device = resolve_device(device)
+    files = collect_images(inputs, report)
+    out = Path(out_dir)
+    claimed: dict[str, Path] = {}
+    for path in files:
+        name = output_name(path, scale)
+        if name.lower() in claimed:  # lower: a.png and A.png collide on case-insensitive file systems
+            other = claimed[name.lower()]
+            raise UpscaleError(f"{other} and {path} would both be written to {out / name}; rename one")
+        claimed[name.lower()] = path
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UpscaleError(f"{out}: cannot create the output folder ({err})") from None
+    model.to(target_device)
+    written: list[Path] = []
+    for index, path in enumerate(files, 1):
+        target = out / output_name(path, scale)
+        started = time.perf_counter()
+        try:
+            image = _read(path)
+            result, note = _upscale(model, image, scale, tile, overlap, target_device)
+            if note:
+                report(f"{path}: {note}")
+            _write(result, target)
+        except UpscaleError as err:
+            if not keep_going:
+                raise
+            report(f"[{index}/{len(files)}] skipped: {err}")
+            continue
+        written.append(target)
+        report(
+            f"[{index}/{len(files)}] {path} → {target} ({image.width}×{image.height} → "
+            f"{result.width}×{result.height}, {time.perf_counter() - started:.1f} s)"
+        )
+    return written
