@@ -11,15 +11,25 @@ def cli() -> None:
     """Trilevel NAS for efficient super-resolution, on Ray, tracked in MLflow."""
 
 
-def _register_groups() -> None:
-    """Attach the command groups; imported lazily so `trilevel --help` stays fast."""
-    from orchestrator import cli_arch, cli_data
+def _register_commands() -> None:
+    """Attach the commands; kept out of import time so importing the module has no side effects."""
+    from orchestrator import cli_arch, cli_data, cli_report, cli_run, cli_upscale
 
-    cli.add_command(cli_arch.arch)
-    cli.add_command(cli_data.data)
+    for command in (
+        cli_run.run,
+        cli_run.sweep,
+        cli_run.resume,
+        cli_run.demo,
+        cli_report.status,
+        cli_report.report,
+        cli_arch.arch,
+        cli_upscale.upscale,
+        cli_data.data,
+    ):
+        cli.add_command(command)
 
 
 def main() -> None:
     """Console-script entry point."""
-    _register_groups()
+    _register_commands()
     cli()

@@ -8,16 +8,12 @@ leaves `_STAGE_DONE.json` beside its checkpoints, so it is skipped, not repeated
 
 from __future__ import annotations
 
-import json
-import posixpath
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from workers.checkpointing import open_checkpoint, read_genotype_json
+from workers.markers import read_marker, write_marker
 from workers.pipeline import DEFAULT_NUM_CPUS, TRAIN_A, TRAIN_W, read_pairs, split_search
-from workers.shards import resolve_uri
 from workers.stages import LOOPS, TRAIN
 
 __all__ = ["DONE_MARKER", "StageResult", "run_stage", "stage_datasets"]
@@ -53,27 +49,9 @@ def stage_datasets(stage: str, train_path: str, scale: int, num_cpus: float = DE
     raise ValueError(f"stage must be one of {', '.join(LOOPS)}, got {stage!r}")
 
 
-def _marker_path(storage_path: str, name: str) -> tuple[pafs.FileSystem, str]:
-    fs, root = resolve_uri(storage_path)
-    return fs, posixpath.join(root, name, DONE_MARKER)
-
-
 def read_done_marker(storage_path: str, name: str) -> StageResult | None:
-    fs, path = _marker_path(storage_path, name)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as stream:
-        data = json.loads(stream.read().decode())
-    return StageResult(**(data | {"skipped": True}))
-
-
-def _write_done_marker(storage_path: str, name: str, result: StageResult) -> None:
-    fs, path = _marker_path(storage_path, name)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    partial = path + ".partial"
-    with fs.open_output_stream(partial) as stream:
-        stream.write(json.dumps(result.to_dict(), indent=2).encode())
-    fs.move(partial, path)
+    data = read_marker(storage_path, name, DONE_MARKER)
+    return None if data is None else StageResult(**(data | {"skipped": True}))
 
 
 def run_stage(
@@ -88,6 +66,7 @@ def run_stage(
     cpus_per_worker: float = 0.5,
     max_failures: int = 0,
     num_to_keep: int | None = None,
+    callbacks: list[Any] | None = None,
 ) -> StageResult:
     """Fit the stage's TorchTrainer (or return the recorded result of a finished stage)."""
     import ray.train
@@ -111,6 +90,7 @@ def run_stage(
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),
+            callbacks=callbacks,
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets), execution_options=options),
@@ -128,7 +108,7 @@ def run_stage(
         metrics=dict(result.metrics),
         genotype=genotype,
     )
-    _write_done_marker(storage_path, name, outcome)
+    write_marker(storage_path, outcome.to_dict(), name, DONE_MARKER)
     return outcome
 
 

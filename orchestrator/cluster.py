@@ -1,0 +1,31 @@
+"""Connecting the driver to Ray: an existing cluster (`--address`) or a local one sized for this machine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["ray_connection"]
+
+
+@contextmanager
+def ray_connection(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[None]:
+    """`ray.init` for the duration of a command; a local Ray is shut down again, a cluster is left running.
+
+    `address` is `auto`, `ray://host:10001` or a head's GCS address. Only what this context
+    started is stopped: never `ray stop`, which would end every Ray on the machine.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,202 @@
+"""A sweep: a Ray Tune grid over an experiment's axes, one trial per grid point, one MLflow parent run.
+
+The driver checks the tracking server before any compute, writes the resolved experiment beside
+Tune's state (`<storage>/<sweep>/experiment.yaml`) so `trilevel resume NAME` needs nothing else,
+then lets Tune run the trials (`max_concurrent_trials`, retries from `FailureConfig`). Resuming
+uses `Tuner.restore`: finished trials are not rerun, unfinished ones resume their stages.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from orchestrator.experiment import DEMO, Experiment, ExperimentError, stage_configs, trials, validate
+from orchestrator.tracking import Tracker, flatten, run_environment_tags, tracked
+from orchestrator.trial import TrialContext, run_trial
+from workers.shards import read_manifest, resolve_uri, write_demo_dataset
+
+__all__ = ["EXPERIMENT_FILE", "SweepOutcome", "load_sweep_experiment", "resolve_data", "run_sweep"]
+
+EXPERIMENT_FILE = "experiment.yaml"
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    name: str
+    storage: str
+    sweep_run_id: str
+    trials: dict[str, str]  # trial id → Tune status
+    errors: dict[str, str]
+
+
+def _join(storage: str, *parts: str) -> str:
+    return posixpath.join(storage.rstrip("/"), *parts) if "://" in storage else os.path.join(storage, *parts)
+
+
+def absolute_storage(storage: str) -> str:
+    """Tune and Train need absolute local paths (URIs such as s3://… pass through)."""
+    return storage if "://" in storage else os.path.abspath(storage)
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """`sqlite:///relative.db` → `sqlite:////abs/relative.db`: trials run in other working directories."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + os.path.abspath(uri[len(prefix) :])
+    return uri
+
+
+def _absolute_path(value: str | None) -> str | None:
+    if value is None or "://" in value or value == DEMO or os.path.isabs(value):
+        return value
+    return os.path.abspath(value)
+
+
+def absolutize(experiment: Experiment) -> Experiment:
+    """The experiment with every local relative path made absolute, as the driver sees it.
+
+    Tune runs each trial in its own working directory, so a relative SQLite URI, weights file or
+    data folder would silently point somewhere else inside a trial.
+    """
+    data = experiment.model_dump(mode="json")
+    data["storage"] = absolute_storage(data["storage"])
+    data["tracking"]["uri"] = absolute_tracking_uri(data["tracking"]["uri"])
+    data["supervision"]["weights"] = _absolute_path(data["supervision"]["weights"])
+    data["perceptual"]["vgg_weights"] = _absolute_path(data["perceptual"]["vgg_weights"])
+    genotype = data["stages"]["train"]["genotype"]
+    if genotype and genotype.endswith(".json"):
+        data["stages"]["train"]["genotype"] = _absolute_path(genotype)
+    data["data"]["train"] = _absolute_path(data["data"]["train"])
+    data["data"]["val"] = {k: _absolute_path(v) for k, v in data["data"]["val"].items()}
+    return validate(data, f"experiment {experiment.name}")
+
+
+def _check_files(experiment: Experiment) -> None:
+    """Weights files the trials will need, checked before any compute starts."""
+    needed = [
+        ("supervision.weights", experiment.supervision.weights if experiment.supervision.kind == "teacher" else None)
+    ]
+    losses = {experiment.stages.search.loss, experiment.stages.train.loss}
+    if experiment.stages.train.finetune:
+        losses.add(experiment.stages.train.finetune.loss)
+    if "perceptual" in losses:
+        needed.append(("perceptual.vgg_weights", experiment.perceptual.vgg_weights))
+    for field, path in needed:
+        if path and "://" not in path and not os.path.isfile(path):
+            raise ExperimentError(f"{field}: no such file {path}")
+
+
+def resolve_data(experiment: Experiment, storage: str) -> dict[str, Any]:
+    """Shard paths of the experiment's data; "demo" is written once under `<storage>/_data/demo`."""
+    data = experiment.data
+    demo_root = _join(storage, "_data", DEMO)
+    if data.train == DEMO or DEMO in data.val.values():
+        write_demo_dataset(demo_root)
+    train = _join(demo_root, "train") if data.train == DEMO else data.train
+    val = {name: _join(demo_root, "val") if path == DEMO else path for name, path in data.val.items()}
+    for field, path in [("data.train", train), *((f"data.val.{n}", p) for n, p in val.items())]:
+        try:
+            read_manifest(path)
+        except Exception as err:
+            raise ExperimentError(
+                f"{field}: {path} is not a prepared data set ({err}); run `trilevel data prepare`"
+            ) from None
+    return {"train": train, "val": val}
+
+
+def _write_experiment(experiment: Experiment, storage: str) -> None:
+    fs, root = resolve_uri(_join(storage, experiment.name))
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(posixpath.join(root, EXPERIMENT_FILE)) as stream:
+        stream.write(yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False).encode())
+
+
+def load_sweep_experiment(name: str, storage: str) -> Experiment:
+    """The resolved experiment a sweep was started with (for `resume`, `report`, `status`)."""
+    path = _join(absolute_storage(storage), name, EXPERIMENT_FILE)
+    fs, root = resolve_uri(path)
+    try:
+        with fs.open_input_stream(root) as stream:
+            data = yaml.safe_load(stream.read().decode())
+    except (FileNotFoundError, OSError):
+        raise ExperimentError(f"no sweep {name!r} under {storage} (looked for {path})") from None
+    return validate(data, path)
+
+
+def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: bool = False) -> SweepOutcome:
+    """Run (or resume) the sweep of `experiment` on the connected Ray cluster."""
+    import ray.tune as tune
+
+    experiment = absolutize(experiment)
+    storage = experiment.storage
+    _check_files(experiment)
+    Tracker.check_reachable(experiment.tracking.uri)
+    tracker = Tracker(experiment.tracking.uri, experiment.tracking.experiment)
+    environment = run_environment_tags()
+    sweep_dir = _join(storage, experiment.name)
+    exists = tune.Tuner.can_restore(sweep_dir)
+    if exists and not resume:
+        raise ExperimentError(
+            f"sweep {experiment.name!r} already exists under {storage}: continue it with "
+            f"`trilevel resume {experiment.name}`, or pick another name (--name)"
+        )
+    if resume and not exists:
+        raise ExperimentError(f"no sweep {experiment.name!r} to resume under {storage}")
+    data = resolve_data(experiment, storage)
+    grid = trials(experiment)
+    if not resume:
+        _write_experiment(experiment, storage)
+    sweep_run = tracker.sweep_run(experiment.name, params=flatten(experiment.model_dump(mode="json")), tags=environment)
+    context = TrialContext(
+        sweep=experiment.name,
+        sweep_run_id=sweep_run,
+        storage=storage,
+        tracking_uri=experiment.tracking.uri,
+        mlflow_experiment=experiment.tracking.experiment,
+        data=data,
+        trials={
+            t.trial_id: {
+                "axes": t.axes,
+                "experiment": t.experiment.model_dump(mode="json"),
+                "stages": stage_configs(t.experiment, data),
+            }
+            for t in grid
+        },
+        registered_model=experiment.tracking.registered_model,
+        environment=environment,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=context), {"cpu": experiment.resources.trial_cpus}
+    )
+    with tracked(tracker, sweep_run):
+        if resume:
+            tuner = tune.Tuner.restore(
+                sweep_dir, trainable, resume_errored=not restart_errored, restart_errored=restart_errored
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial_id": tune.grid_search([t.trial_id for t in grid])},
+                tune_config=tune.TuneConfig(max_concurrent_trials=experiment.resources.max_concurrent_trials),
+                run_config=tune.RunConfig(
+                    name=experiment.name,
+                    storage_path=storage,
+                    failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures),
+                ),
+            )
+        results = tuner.fit()
+        statuses, errors = {}, {}
+        for result in results:
+            trial_id = result.config.get("trial_id", "?") if result.config else "?"
+            statuses[trial_id] = "ERROR" if result.error else "TERMINATED"
+            if result.error:
+                errors[trial_id] = str(result.error).strip().splitlines()[-1][:500]
+        tracker.log_metrics(sweep_run, {"trials_finished": sum(s == "TERMINATED" for s in statuses.values())})
+        tracker.flush()
+    tracker.end_unfinished(experiment.name, "KILLED")
+    return SweepOutcome(experiment.name, storage, sweep_run, statuses, errors)

@@ -1,0 +1,166 @@
+"""One trial: the pipeline pretrain → search → derive → train → evaluate, tracked in MLflow.
+
+`run_trial` is a Ray Tune function trainable (Train V2 forbids `Tuner(trainer)`): it chains one
+TorchTrainer run per training stage, each named `<sweep>/<trial>/<stage>` on the storage path, so
+re-running a trial (Tune retry, `trilevel resume`) resumes unfinished stages and skips finished
+ones. The trial process is the only MLflow writer: one child run per trial, one nested run per
+stage, found by tag before being created, ended FINISHED/FAILED/KILLED, never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from orchestrator.relay import relay_reports
+from orchestrator.tracking import Tracker, flatten, tracked
+from search_space.genotype import Genotype
+from workers.evaluate import evaluate_checkpoint, load_derived
+from workers.markers import read_marker, write_marker
+from workers.stage_runner import StageResult, run_stage, stage_datasets
+
+__all__ = ["TRAINING_STAGES", "TrialContext", "run_trial"]
+
+TRAINING_STAGES: tuple[str, ...] = ("pretrain", "search", "train")
+TRIAL_DONE = "_TRIAL_DONE.json"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares; shipped to trials with `tune.with_parameters`."""
+
+    sweep: str
+    sweep_run_id: str
+    storage: str
+    tracking_uri: str
+    mlflow_experiment: str
+    data: dict[str, Any]  # {"train": path, "val": {name: path}}
+    trials: dict[str, dict[str, Any]]  # trial id → {"axes": ..., "experiment": resolved dict, "stages": ...}
+    registered_model: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def stage_run_name(sweep: str, trial: str, stage: str) -> str:
+    return posixpath.join(sweep, "stages", trial, stage)
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Tune entry point: `config["trial_id"]` picks the grid point."""
+    import ray.tune
+
+    trial_id = config["trial_id"]
+    done = read_marker(context.storage, context.sweep, "stages", trial_id, TRIAL_DONE)
+    spec = context.trials[trial_id]
+    experiment = spec["experiment"]
+    tracker = Tracker(context.tracking_uri, context.mlflow_experiment)
+    params = flatten(experiment) | {f"axis.{k}": v for k, v in spec["axes"].items()}
+    tags = context.environment | {"trilevel.seed": str(experiment["seed"])}
+    tags |= {f"trilevel.axis.{k}": str(v) for k, v in spec["axes"].items()}
+    trial_run = tracker.trial_run(context.sweep_run_id, context.sweep, trial_id, params=params, tags=tags)
+    if done is not None:  # finished before a driver crash hid that from Tune: report, never redo
+        if tracker.status(trial_run) != "FINISHED":
+            tracker.finish(trial_run, "FINISHED")
+        ray.tune.report({"stage": "evaluate", "stages_finished": len(TRAINING_STAGES) + 1, **done})
+        return
+    with tracked(tracker, trial_run):
+        previous: StageResult | None = None
+        for stage in TRAINING_STAGES:
+            previous = _run_tracked_stage(tracker, context, trial_id, trial_run, stage, spec, previous)
+            ray.tune.report({"stage": stage, **_numeric(previous.metrics)})
+            tracker.flush()
+        assert previous is not None
+        final = _evaluate(tracker, context, trial_id, trial_run, spec, previous)
+        tracker.flush()
+        write_marker(context.storage, final, context.sweep, "stages", trial_id, TRIAL_DONE)
+        # never the key "done": Tune treats done=True as "stop this trial now", before the run is closed
+        ray.tune.report({"stage": "evaluate", "stages_finished": len(TRAINING_STAGES) + 1, **final})
+
+
+def _run_tracked_stage(
+    tracker: Tracker,
+    context: TrialContext,
+    trial_id: str,
+    trial_run: str,
+    stage: str,
+    spec: dict[str, Any],
+    previous: StageResult | None,
+) -> StageResult:
+    experiment = spec["experiment"]
+    resources = experiment["resources"]
+    stage_run = tracker.stage_run(trial_run, context.sweep, trial_id, stage)
+    loop_config = dict(spec["stages"][stage])
+    if previous is not None:
+        loop_config["init_from"] = previous.checkpoint
+    if stage == "train" and experiment["stages"]["train"].get("genotype"):
+        from search_space.genotype import load_genotype
+
+        loop_config["genotype"] = load_genotype(experiment["stages"]["train"]["genotype"]).to_dict()
+
+    def log_report(metrics: dict[str, Any], checkpoint: str | None) -> None:
+        step = int(metrics.get("epoch", 0))
+        tracker.log_metrics(stage_run, _numeric(metrics), step=step)
+        if "path" in metrics:
+            tracker.set_tags(stage_run, {"trilevel.path": metrics["path"]})
+
+    with tracked(tracker, stage_run):
+        datasets = stage_datasets(
+            stage, context.data["train"], experiment["data"]["scale"], experiment["data"]["data_cpus"]
+        )
+        with relay_reports(log_report) as relay:
+            result = run_stage(
+                stage,
+                loop_config,
+                name=stage_run_name(context.sweep, trial_id, stage),
+                storage_path=context.storage,
+                datasets=datasets,
+                num_workers=resources["workers"][stage],
+                use_gpu=resources["gpus_per_worker"] > 0,
+                cpus_per_worker=resources["cpus_per_worker"],
+                max_failures=resources["max_failures"],
+                callbacks=[relay.callback],
+            )
+        tracker.set_tags(stage_run, {"trilevel.checkpoint": result.checkpoint})
+        if result.genotype is not None:
+            genotype = Genotype.from_dict(result.genotype)
+            tracker.log_text(stage_run, genotype.to_json(), "genotype.json")
+            tracker.log_text(stage_run, genotype.table(), "genotype.md")
+            tracker.set_tags(stage_run, {"trilevel.path": str(list(genotype.path))})
+    return result
+
+
+def _evaluate(
+    tracker: Tracker,
+    context: TrialContext,
+    trial_id: str,
+    trial_run: str,
+    spec: dict[str, Any],
+    trained: StageResult,
+) -> dict[str, float]:
+    """Evaluate the trained network, log the trial's headline numbers, artifacts and model."""
+    experiment = spec["experiment"]
+    stage_run = tracker.stage_run(trial_run, context.sweep, trial_id, "evaluate")
+    with tracked(tracker, stage_run):
+        checkpoint = trained.best_checkpoint or trained.checkpoint
+        metrics = evaluate_checkpoint(
+            checkpoint,
+            context.data["val"],
+            experiment["data"]["scale"],
+            max_images=experiment["stages"]["val_max_images"],
+        )
+        tracker.log_metrics(stage_run, metrics)
+        tracker.log_metrics(trial_run, metrics)
+        genotype = Genotype.from_dict(trained.genotype) if trained.genotype else load_derived(checkpoint).genotype
+        tracker.set_tags(trial_run, {"trilevel.path": str(list(genotype.path)), "trilevel.checkpoint": checkpoint})
+        tracker.log_text(trial_run, genotype.to_json(), "genotype.json")
+        tracker.log_text(trial_run, genotype.table(), "genotype.md")
+        net = load_derived(checkpoint)
+        example = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+        tracker.log_model(trial_run, net, input_example=example, registered_model_name=context.registered_model)
+    return _numeric(metrics)
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
