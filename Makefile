@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/trilevel arch show trilevel-b-psnr
+	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/trilevel demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -24,6 +24,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/search_step.py
+	$(VENV)/bin/python bench/data_pipeline.py
+	$(VENV)/bin/python bench/orchestration.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,333 @@
+"""Ray Data side of training: read prepared shards into LR/HR pairs, split them for the search, crop.
+
+Why this split of work: reading, PNG decoding and the MATLAB bicubic are the heavy, stateless part,
+so Ray Data runs them in parallel next to training (every op asks for a fraction of a CPU, so a Tune
+trial + a Train worker + Data tasks fit on a 2-CPU machine without deadlock). The random 32x32 crop
+and flip stay in the training worker (``collate_crops`` / ``random_patch_pairs``): they must be
+epoch-aware and resumable, so they draw from a ``torch.Generator`` the stage loop seeds with
+(seed, epoch, rank).
+
+Dataset names handed to ``TorchTrainer(datasets=...)``:
+
+- ``"train_w"`` (``TRAIN_W``): chi_1, the first half of the sorted image ids; trains the weights.
+- ``"train_a"`` (``TRAIN_A``): chi_2, the second half; trains the architecture.
+- ``"train"`` (``TRAIN``): all training images (final training of a derived network).
+- ``"val"`` (``VAL``): validation images, whole, never split across workers.
+
+``data_config()`` splits only the training sets (``train_w``, ``train_a``, ``train``) across
+workers.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from workers.imresize import downscale
+from workers.shards import DataError, Manifest, read_manifest, resolve_uri
+
+if TYPE_CHECKING:
+    import ray.data
+    import ray.train
+
+__all__ = [
+    "DEFAULT_NUM_CPUS",
+    "TRAIN",
+    "TRAIN_A",
+    "TRAIN_W",
+    "VAL",
+    "collate_crops",
+    "data_config",
+    "decode_pair",
+    "image_ids",
+    "random_patch_pairs",
+    "read_pairs",
+    "search_datasets",
+    "split_image_ids",
+    "split_search",
+    "val_pairs",
+]
+
+TRAIN_W = "train_w"
+TRAIN_A = "train_a"
+TRAIN = "train"
+VAL = "val"
+DEFAULT_NUM_CPUS = 0.25
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.array(img.convert("RGB"), dtype=np.uint8)
+
+
+def decode_pair(row: Mapping[str, Any], scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(LR, HR) uint8 HxWx3 arrays of one shard row; LR made by MATLAB bicubic when not stored."""
+    hr = _decode_png(row["hr"])
+    if row.get("lr") is None:
+        return downscale(hr, scale), hr
+    lr = _decode_png(row["lr"])
+    if (lr.shape[0] * scale, lr.shape[1] * scale) != hr.shape[:2]:
+        raise DataError(f"row {row.get('id')}: LR {lr.shape[:2]} x{scale} does not match HR {hr.shape[:2]}")
+    return lr, hr
+
+
+def _decode_row(row: dict[str, Any], scale: int) -> dict[str, Any]:
+    lr, hr = decode_pair(row, scale)
+    return {"id": row["id"], "image_id": row["image_id"], "lr": lr, "hr": hr}
+
+
+def _manifest(path: str, scale: int) -> Manifest:
+    m = read_manifest(path)
+    if m.scale != scale:
+        raise DataError(f"{path} was prepared for scale {m.scale}, not {scale}: prepare it for x{scale}")
+    return m
+
+
+# --------------------------------------------------------------------------- Ray Data
+
+
+def _row_groups(m: Manifest) -> list[tuple[str, int, list[str]]]:
+    """(shard, row group, image ids in it) for every row group, from the image_id column alone."""
+    out = []
+    for shard in m.shards:
+        with pq.ParquetFile(shard, filesystem=m.filesystem) as pf:
+            ids = [str(v) for v in pf.read(columns=["image_id"]).column("image_id").to_pylist()]
+            sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        start = 0
+        for g, n in enumerate(sizes):
+            out.append((shard, g, ids[start : start + n]))
+            start += n
+    return out
+
+
+def _read_unit(unit: dict[str, Any], uri: str, scale: int, ids: frozenset[str] | None) -> list[dict[str, Any]]:
+    """Read one row group of a shard, keep the wanted image ids, decode them (runs in a Ray task)."""
+    fs, _ = resolve_uri(uri)
+    with pq.ParquetFile(unit["shard"], filesystem=fs) as pf:
+        table = pf.read_row_group(int(unit["row_group"]), columns=["id", "image_id", "hr", "lr"])
+    if ids is not None:
+        table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(sorted(ids), pa.string())))
+    return [_decode_row(row, scale) for row in table.to_pylist()]
+
+
+def read_pairs(
+    path: str,
+    scale: int,
+    *,
+    ids: Iterable[str] | None = None,
+    num_cpus: float = DEFAULT_NUM_CPUS,
+) -> ray.data.Dataset:
+    """Rows ``{"id", "image_id", "lr": uint8 hxwx3, "hr": uint8 (h*scale)x(w*scale)x3}`` of a data set.
+
+    ``ids`` keeps only rows whose ``image_id`` is in it; row groups without any are not even read,
+    and rows are filtered before decoding. One Ray Data op reads + decodes one Parquet row group
+    per task, in shard order, and requests ``num_cpus`` (a fraction of a CPU).
+
+    Why not ``ray.data.read_parquet``: in Ray 2.60 it adds a ``ListFiles`` task that always asks
+    for a whole CPU, which deadlocks a 2-CPU Tune trial + Train worker; the manifest already lists
+    the shards, so no listing is needed.
+    """
+    import ray.data
+
+    if not 0 < num_cpus < 1:
+        raise ValueError(f"num_cpus must be a fraction of a CPU (0 < num_cpus < 1), got {num_cpus}")
+    m = _manifest(path, scale)
+    wanted = frozenset(ids) if ids is not None else None
+    units = [
+        {"shard": shard, "row_group": g}
+        for shard, g, group_ids in _row_groups(m)
+        if wanted is None or not wanted.isdisjoint(group_ids)
+    ]
+    if not units:
+        raise DataError(f"{path}: no rows match the requested image ids")
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    return ds.flat_map(_read_unit, fn_kwargs={"uri": path, "scale": scale, "ids": wanted}, num_cpus=num_cpus)
+
+
+def image_ids(path: str) -> list[str]:
+    """The ``image_id`` column of a data set, read alone with pyarrow (cheap: no image bytes)."""
+    return [i for _, _, ids in _row_groups(read_manifest(path)) for i in ids]
+
+
+def split_image_ids(ids: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Deterministic 50/50 split by image: sorted distinct ids, first floor(n/2) -> chi_1, rest -> chi_2.
+
+    The same as AGD's ``train_portion=0.5`` on a sorted file list; sub-images share their
+    ``image_id``, so they always land on the same side. Input order and duplicates do not matter.
+    """
+    uniq = sorted(set(ids))
+    half = len(uniq) // 2
+    return uniq[:half], uniq[half:]
+
+
+def split_search(
+    path: str, scale: int, *, num_cpus: float = DEFAULT_NUM_CPUS
+) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """(chi_1 for the weights, chi_2 for the architecture) pair datasets of one training data set."""
+    w_ids, a_ids = split_image_ids(image_ids(path))
+    if not w_ids or not a_ids:
+        raise DataError(f"{path} holds {len(w_ids) + len(a_ids)} image(s); the search split needs at least 2")
+    return (
+        read_pairs(path, scale, ids=w_ids, num_cpus=num_cpus),
+        read_pairs(path, scale, ids=a_ids, num_cpus=num_cpus),
+    )
+
+
+def search_datasets(
+    train: str, val: str | None, scale: int, *, num_cpus: float = DEFAULT_NUM_CPUS
+) -> dict[str, ray.data.Dataset]:
+    """``{"train_w", "train_a"[, "val"]}`` for ``TorchTrainer(datasets=..., dataset_config=data_config())``."""
+    w, a = split_search(train, scale, num_cpus=num_cpus)
+    out = {TRAIN_W: w, TRAIN_A: a}
+    if val is not None:
+        out[VAL] = read_pairs(val, scale, num_cpus=num_cpus)
+    return out
+
+
+def data_config(*, preserve_order: bool = True) -> ray.train.DataConfig:
+    """Ray Train ``DataConfig`` that splits only the training sets (``train_w``, ``train_a``, ``train``).
+
+    ``val`` (and any other name) reaches every worker whole. ``preserve_order`` keeps the row
+    order deterministic (on top of Train's default ingest options), so a seeded crop generator sees
+    the same images in the same order on a resume.
+    """
+    import ray.train
+
+    with warnings.catch_warnings():  # Ray's own default options copy a deprecated field
+        warnings.simplefilter("ignore", DeprecationWarning)
+        options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = preserve_order
+    return ray.train.DataConfig(datasets_to_split=[TRAIN_W, TRAIN_A, TRAIN], execution_options=options)
+
+
+def val_pairs(path: str, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """All (LR, HR) uint8 HxWx3 pairs of a (small) data set, sorted by row id; no Ray involved."""
+    m = _manifest(path, scale)
+    table = pads.dataset(list(m.shards), filesystem=m.filesystem, format="parquet").to_table(columns=["id", "hr", "lr"])
+    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
+    return [decode_pair(r, scale) for r in rows]
+
+
+# --------------------------------------------------------------------------- crops (training worker)
+
+
+def _draws(n: int, augment: bool, generator: torch.Generator) -> torch.Tensor:
+    """Per sample uniforms: (y, x, hflip[, vflip, rot90]); one call so batch and rows agree."""
+    return torch.rand((n, 5 if augment else 3), generator=generator, dtype=torch.float64)
+
+
+def _offset(
+    lr_hw: Sequence[int], hr_hw: Sequence[int], patch: int, scale: int, u: torch.Tensor, name: str
+) -> tuple[int, int]:
+    """Top-left LR corner of the crop drawn by uniforms ``u``, after checking the pair's sizes."""
+    h, w = int(lr_hw[0]), int(lr_hw[1])
+    if h < patch or w < patch:
+        raise ValueError(f"{name}: LR image {h}x{w} is smaller than the patch {patch}")
+    if (int(hr_hw[0]), int(hr_hw[1])) != (h * scale, w * scale):
+        raise ValueError(f"{name}: HR {tuple(hr_hw)} is not LR {h}x{w} x{scale}")
+    y = min(int(u[0] * (h - patch + 1)), h - patch)
+    x = min(int(u[1] * (w - patch + 1)), w - patch)
+    return y, x
+
+
+def _flips(lp: torch.Tensor, hp: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontal flip, then (with augment) vertical flip and transpose, of one CHW pair."""
+    if u[2] < 0.5:
+        lp, hp = lp.flip(-1), hp.flip(-1)
+    if u.numel() > 3:
+        if u[3] < 0.5:
+            lp, hp = lp.flip(-2), hp.flip(-2)
+        if u[4] < 0.5:
+            lp, hp = lp.transpose(-1, -2), hp.transpose(-1, -2)
+    return lp, hp
+
+
+def _to_unit(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def random_patch_pairs(
+    lr: torch.Tensor,
+    hr: torch.Tensor,
+    patch: int,
+    scale: int,
+    generator: torch.Generator,
+    *,
+    augment: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random aligned crops of a batch: LR ``[N,3,p,p]`` and HR ``[N,3,p*s,p*s]``, float in [0, 1].
+
+    ``lr``/``hr`` are ``[N,3,h,w]``/``[N,3,h*s,w*s]``, uint8 (divided by 255) or float in [0, 1].
+    Each sample gets its own offset and a random horizontal flip (the paper's only augmentation);
+    ``augment=True`` adds BasicSR's vertical flip and transpose (90° rotation). Deterministic
+    given ``generator``; the same draws as ``collate_crops`` on the same rows.
+    """
+    if lr.ndim != 4 or hr.ndim != 4:
+        raise ValueError(f"expected NCHW batches, got LR {tuple(lr.shape)} and HR {tuple(hr.shape)}")
+    u = _draws(lr.shape[0], augment, generator)
+    out_lr, out_hr = [], []
+    for i in range(lr.shape[0]):
+        y, x = _offset(lr.shape[-2:], hr.shape[-2:], patch, scale, u[i], f"sample {i}")
+        lp = lr[i, :, y : y + patch, x : x + patch]
+        hp = hr[i, :, y * scale : (y + patch) * scale, x * scale : (x + patch) * scale]
+        lp, hp = _flips(lp, hp, u[i])
+        out_lr.append(lp)
+        out_hr.append(hp)
+    return _to_unit(torch.stack(out_lr)), _to_unit(torch.stack(out_hr))
+
+
+def _column(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], key: str) -> list[np.ndarray]:
+    if isinstance(batch, Mapping):
+        return list(batch[key])  # a stacked N,h,w,3 array or an object array of ragged HxWx3 arrays
+    return [row[key] for row in batch]
+
+
+def _ids(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], n: int) -> list[str]:
+    """Row names for error messages: the ``id`` column when present."""
+    if isinstance(batch, Mapping):
+        return [str(v) for v in batch["id"]] if "id" in batch else [f"row {i}" for i in range(n)]
+    return [str(row.get("id", f"row {i}")) for i, row in enumerate(batch)]
+
+
+def collate_crops(
+    batch_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    patch: int,
+    scale: int,
+    generator: torch.Generator,
+    *,
+    augment: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop each row of a ``read_pairs`` batch (images of any sizes), then stack: like ``random_patch_pairs``.
+
+    ``batch_rows`` is what ``iter_batches(batch_format="numpy")`` yields (a dict of columns;
+    ragged images come as an object array of HxWx3 arrays) or a list of row dicts.
+    """
+    lrs, hrs = _column(batch_rows, "lr"), _column(batch_rows, "hr")
+    ids = _ids(batch_rows, len(lrs))
+    u = _draws(len(lrs), augment, generator)
+    out_lr, out_hr = [], []
+    for i, (lr, hr) in enumerate(zip(lrs, hrs, strict=True)):
+        lr, hr = np.asarray(lr), np.asarray(hr)
+        y, x = _offset(lr.shape[:2], hr.shape[:2], patch, scale, u[i], ids[i])
+        # Crop in numpy first (batches from Ray may be read-only views), then copy only the patch.
+        lp = torch.from_numpy(np.ascontiguousarray(lr[y : y + patch, x : x + patch])).permute(2, 0, 1)
+        hp = torch.from_numpy(
+            np.ascontiguousarray(hr[y * scale : (y + patch) * scale, x * scale : (x + patch) * scale])
+        ).permute(2, 0, 1)
+        lp, hp = _flips(lp, hp, u[i])
+        out_lr.append(lp)
+        out_hr.append(hp)
+    return _to_unit(torch.stack(out_lr)), _to_unit(torch.stack(out_hr))
