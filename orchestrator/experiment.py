@@ -123,7 +123,7 @@ class PerceptualSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    """Per-stage Ray Train workers (0 = run inside the trial process: Train V2 local mode)."""
+    """Per-stage Ray Train workers (≥ 1: Train V2's local mode keeps no checkpoints to chain stages with)."""
 
     workers: dict[Literal["pretrain", "search", "train"], int] = Field(
         default_factory=lambda: {"pretrain": 1, "search": 1, "train": 1}
@@ -138,8 +138,8 @@ class ResourcesSpec(_Strict):
     @classmethod
     def _non_negative(cls, value: dict[str, int]) -> dict[str, int]:
         for stage, count in value.items():
-            if count < 0:
-                raise ValueError(f"workers.{stage} must be >= 0, got {count}")
+            if count < 1:
+                raise ValueError(f"workers.{stage} must be >= 1, got {count}")
         return value
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from orchestrator.relay import relay_reports
 from orchestrator.tracking import Tracker, flatten, tracked
 from search_space.genotype import Genotype
+from workers.checkpointing import open_checkpoint
 from workers.evaluate import evaluate_checkpoint, load_derived
 from workers.markers import read_marker, write_marker
 from workers.stage_runner import StageResult, run_stage, stage_datasets
@@ -123,6 +124,10 @@ def _run_tracked_stage(
                 callbacks=[relay.callback],
             )
         tracker.set_tags(stage_run, {"trilevel.checkpoint": result.checkpoint})
+        if stage == "train":  # the derived network's final checkpoint is small: keep a copy with the run
+            with open_checkpoint(result.checkpoint) as directory:
+                tracker.log_artifact(stage_run, str(directory), "checkpoint")
+                tracker.flush()  # upload now, while a remote checkpoint's local copy still exists
         if result.genotype is not None:
             genotype = Genotype.from_dict(result.genotype)
             tracker.log_text(stage_run, genotype.to_json(), "genotype.json")

@@ -76,7 +76,7 @@ def test_overrides_and_yaml_files_extending_a_preset(tmp_path):
         (["supervision.kind=teacher", "supervision.weights=null"], r"supervision: a teacher needs weights"),
         (["search_space.widths=[24, 48]"], r"search_space.widths: .*ending at nf=16"),
         (["sweep={stages.search.nope: [1]}"], r"sweep.stages.search.nope: no field"),
-        (["resources.workers.search=-1"], r"workers.search must be >= 0"),
+        (["resources.workers.search=0"], r"workers.search must be >= 1, got 0"),
         (["stages.search.radius_end=-0.5"], r"stages.search.radius_end"),
     ],
 )

@@ -79,6 +79,9 @@ def test_sweep_killed_then_resumed_with_one_run_per_trial(tmp_path):
         search = next(s for s in mine if s.data.tags["trilevel.stage"] == "search")
         assert {a.path for a in client.list_artifacts(search.info.run_id)} >= {"genotype.json", "genotype.md"}
         assert len(client.get_metric_history(search.info.run_id, "loss_w")) == 2  # one per epoch, live
+        train = next(s for s in mine if s.data.tags["trilevel.stage"] == "train")
+        saved = {a.path for a in client.list_artifacts(train.info.run_id, "checkpoint")}
+        assert saved == {"checkpoint/state.pt", "checkpoint/genotype.json"}
     assert all(r.info.status == "FINISHED" for r in sweeps + trials + stages)
     again = next(r for r in trials if r.info.run_id == first.info.run_id)
     assert again.info.end_time == first.info.end_time, "the finished trial ran again"
