@@ -109,18 +109,12 @@ class ReportFiles:
 
 
 # --- querying MLflow ---------------------------------------------------------------------------
-def _quote(value: str) -> str:
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise ValueError(f"a sweep name cannot contain both ' and \": {value!r}")
-
-
 def sweep_filter(sweep: str | None = None, kind: str | None = None) -> str:
     """A ``search_runs`` filter on our tags, e.g. ``tags.`trilevel.kind` = 'trial' and tags.`trilevel.sweep` = 'x'``."""
+    from orchestrator.tracking import filter_literal  # lazily: importing report must not load MLflow
+
     tags = {**({KIND_TAG: kind} if kind else {}), **({SWEEP_TAG: sweep} if sweep is not None else {})}
-    return " and ".join(f"tags.`{key}` = {_quote(value)}" for key, value in tags.items())
+    return " and ".join(f"tags.`{key}` = {filter_literal(value)}" for key, value in tags.items())
 
 
 def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[mlflow.entities.Run]:

@@ -68,6 +68,7 @@ __all__ = [
     "TRIAL_TAG",
     "Tracker",
     "TrackingUnavailable",
+    "filter_literal",
     "flatten",
     "run_environment_tags",
     "tracked",
@@ -128,7 +129,7 @@ def _is_permanent(err: BaseException) -> bool:
     return isinstance(err, TypeError | ValueError | KeyError)
 
 
-def _quote(value: str) -> str:
+def filter_literal(value: str) -> str:
     """A search_runs string literal; names are ids, so a value holding both quote kinds is refused."""
     if "'" not in value:
         return f"'{value}'"
@@ -138,7 +139,7 @@ def _quote(value: str) -> str:
 
 
 def _tag_filter(tags: Mapping[str, str]) -> str:
-    return " and ".join(f"tags.`{key}` = {_quote(value)}" for key, value in tags.items())
+    return " and ".join(f"tags.`{key}` = {filter_literal(value)}" for key, value in tags.items())
 
 
 def _key(key: str) -> str:
