@@ -183,9 +183,22 @@ def trials_progress(tracking_uri: str, mlflow_experiment: str, sweep: str) -> li
 @click.argument("sweep", required=False)
 @click.option("--tracking-uri", default=DEFAULT_TRACKING, show_default=True, help="MLflow tracking URI.")
 @click.option("--mlflow-experiment", default=DEFAULT_MLFLOW_EXPERIMENT, show_default=True, help="MLflow experiment.")
+@click.option(
+    "--address",
+    default=None,
+    envvar="RAY_API_SERVER_ADDRESS",
+    help="Ray job server (http://HEAD:8265): SWEEP is then a submission id from `trilevel submit`.",
+)
 @_friendly_errors
-def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str) -> None:
+def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address: str | None) -> None:
     """Without SWEEP: every tracked sweep. With SWEEP: its trials, their current stage and headline metrics."""
+    if address is not None:
+        from orchestrator.cli_submit import echo_job_status
+
+        if sweep is None:
+            raise click.ClickException("with --address, give the submission id printed by `trilevel submit`")
+        echo_job_status(sweep, address)
+        return
     if sweep is None:
         rows = sweeps_overview(tracking_uri, mlflow_experiment)
         if not rows:
