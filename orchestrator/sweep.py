@@ -91,6 +91,19 @@ def _check_files(experiment: Experiment) -> None:
             raise ExperimentError(f"{field}: no such file {path}")
 
 
+def check_storage(storage: str) -> None:
+    """Write and remove a probe file under `storage`, so an unwritable path fails before any compute."""
+    probe = _join(storage, ".trilevel-write-probe")
+    try:
+        fs, path = resolve_uri(probe)
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        with fs.open_output_stream(path) as stream:
+            stream.write(b"ok")
+        fs.delete_file(path)
+    except (OSError, ValueError) as err:
+        raise ExperimentError(f"storage: cannot write to {storage} ({err})") from None
+
+
 def resolve_data(experiment: Experiment, storage: str) -> dict[str, Any]:
     """Shard paths of the experiment's data; "demo" is written once under `<storage>/_data/demo`."""
     data = experiment.data
@@ -135,6 +148,7 @@ def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: 
     experiment = absolutize(experiment)
     storage = experiment.storage
     _check_files(experiment)
+    check_storage(storage)
     Tracker.check_reachable(experiment.tracking.uri)
     tracker = Tracker(experiment.tracking.uri, experiment.tracking.experiment)
     environment = run_environment_tags()
