@@ -233,7 +233,8 @@ class Supernet(nn.Module):
         gates = sample.slot_gates()
         sparse = self.config.sparse_execution
         active_ops = _nonzero_indices(op_w) if sparse else None
-        needed = self._needed_nodes(path_w) if sparse else [True] * len(self.tree)
+        carries_weight = (path_w > 0).tolist() if sparse else [True] * len(self.tree)
+        needed = self._needed_nodes(carries_weight)
         widths_of = self.config.widths
         stem = self.stem(x)
         features: dict[int, Tensor] = {}
@@ -255,22 +256,15 @@ class Supernet(nn.Module):
                 assert node.up is not None
                 h = self.ups[node.up](source)
             features[node.index] = h
-            if self._contributes(node.index, path_w, sparse):
+            if carries_weight[node.index] and bool(self.output_mask[node.index]):
                 term = path_w[node.index] * h
                 out = term if out is None else out + term
         assert out is not None, "no tree node carries path weight"
         return self.head(out)
 
-    def _contributes(self, index: int, path_w: Tensor, sparse: bool) -> bool:
-        if not bool(self.output_mask[index]):
-            return False
-        return not sparse or self._path_nonzero[index]
-
-    def _needed_nodes(self, path_w: Tensor) -> list[bool]:
+    def _needed_nodes(self, carries_weight: list[bool]) -> list[bool]:
         """A node is computed when it carries weight or a descendant does (reverse DFS order)."""
-        nonzero = (path_w > 0).tolist()
-        self._path_nonzero = nonzero
-        needed = list(nonzero)
+        needed = list(carries_weight)
         for node in reversed(self.tree.nodes):
             if needed[node.index] and node.parent is not None:
                 needed[node.parent] = True
