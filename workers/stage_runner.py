@@ -13,8 +13,8 @@ from typing import Any
 
 from workers.checkpointing import open_checkpoint, read_genotype_json
 from workers.markers import read_marker, write_marker
-from workers.pipeline import DEFAULT_NUM_CPUS, TRAIN_A, TRAIN_W, read_pairs, split_search
-from workers.stages import LOOPS, TRAIN
+from workers.pipeline import DEFAULT_NUM_CPUS, TRAIN, TRAIN_A, TRAIN_W, data_config, read_pairs, split_search
+from workers.stages import LOOPS
 
 __all__ = ["DONE_MARKER", "StageResult", "run_stage", "stage_datasets"]
 
@@ -77,8 +77,6 @@ def run_stage(
     done = read_done_marker(storage_path, name)
     if done is not None:
         return done
-    options = ray.train.DataConfig.default_ingest_options()
-    options.preserve_order = True
     trainer = TorchTrainer(
         LOOPS[stage],
         train_loop_config=loop_config | {"stage": stage},
@@ -93,7 +91,7 @@ def run_stage(
             callbacks=callbacks,
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets), execution_options=options),
+        dataset_config=data_config(),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -34,13 +34,12 @@ from workers.batches import epoch_generator, patch_batches
 from workers.checkpointing import load_state, open_checkpoint, read_genotype_json, staged_checkpoint
 from workers.distributed import all_ranks_agree, average_gradients, rank_spread
 from workers.losses import build_loss
-from workers.pipeline import TRAIN_A, TRAIN_W, val_pairs
+from workers.pipeline import TRAIN, TRAIN_A, TRAIN_W, val_pairs
 from workers.settings import OptimSettings, StageSettings
 from workers.validation import evaluate_pairs
 
-__all__ = ["LOOPS", "TRAIN", "pretrain_loop", "search_loop", "train_loop"]
+__all__ = ["LOOPS", "pretrain_loop", "search_loop", "train_loop"]
 
-TRAIN = "train"  # dataset name of the train stage: all training images
 PRETRAIN_WIDTHS = ("max", "min", "random", "random")
 SEARCH_FIXED_WIDTHS = ("max", "min")
 
