@@ -19,7 +19,7 @@ from orchestrator.relay import relay_reports
 from orchestrator.tracking import Tracker, flatten, tracked
 from search_space.genotype import Genotype
 from workers.checkpointing import open_checkpoint
-from workers.evaluate import evaluate_checkpoint, load_derived
+from workers.evaluate import evaluate_network, load_derived
 from workers.markers import read_marker, write_marker
 from workers.stage_runner import StageResult, run_stage, stage_datasets
 
@@ -149,19 +149,19 @@ def _evaluate(
     stage_run = tracker.stage_run(trial_run, context.sweep, trial_id, "evaluate")
     with tracked(tracker, stage_run):
         checkpoint = trained.best_checkpoint or trained.checkpoint
-        metrics = evaluate_checkpoint(
-            checkpoint,
+        net = load_derived(checkpoint)  # loaded once: evaluated, described and logged as the model
+        genotype = net.genotype
+        metrics = evaluate_network(
+            net,
             context.data["val"],
             experiment["data"]["scale"],
             max_images=experiment["stages"]["val_max_images"],
         )
         tracker.log_metrics(stage_run, metrics)
         tracker.log_metrics(trial_run, metrics)
-        genotype = Genotype.from_dict(trained.genotype) if trained.genotype else load_derived(checkpoint).genotype
         tracker.set_tags(trial_run, {"trilevel.path": str(list(genotype.path)), "trilevel.checkpoint": checkpoint})
         tracker.log_text(trial_run, genotype.to_json(), "genotype.json")
         tracker.log_text(trial_run, genotype.table(), "genotype.md")
-        net = load_derived(checkpoint)
         example = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
         tracker.log_model(trial_run, net, input_example=example, registered_model_name=context.registered_model)
     return _numeric(metrics)

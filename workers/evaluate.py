@@ -20,7 +20,7 @@ from workers.checkpointing import load_state, open_checkpoint, read_genotype_jso
 from workers.pipeline import val_pairs
 from workers.validation import evaluate_pairs
 
-__all__ = ["evaluate_checkpoint", "load_derived"]
+__all__ = ["evaluate_network", "load_derived"]
 
 
 def load_derived(checkpoint: str) -> DerivedNetwork:
@@ -34,8 +34,8 @@ def load_derived(checkpoint: str) -> DerivedNetwork:
     return net.eval()
 
 
-def evaluate_checkpoint(
-    checkpoint: str,
+def evaluate_network(
+    net: DerivedNetwork,
     val_sets: Mapping[str, str],
     scale: int,
     *,
@@ -44,8 +44,8 @@ def evaluate_checkpoint(
     latency_repeats: int = 1,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Metrics of a train-stage checkpoint: `psnr/<set>`, `ssim/<set>`, params, GFLOPs, latency."""
-    net = load_derived(checkpoint).to(device)
+    """Metrics of a derived network: `psnr/<set>`, `ssim/<set>`, params, GFLOPs, latency."""
+    net = net.to(device).eval()
     cost = count(net.genotype)
     metrics: dict[str, Any] = {"params_m": cost.params_m, "gflops": cost.gmacs}
     for name, path in val_sets.items():
