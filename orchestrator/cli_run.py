@@ -65,6 +65,9 @@ def _launch(experiment: Experiment, address: str | None, resume: bool = False) -
     click.echo(f"\nSweep {outcome.name}: " + ", ".join(f"{t} {s}" for t, s in outcome.trials.items()))
     for trial, error in outcome.errors.items():
         click.echo(f"  {trial} failed: {error}", err=True)
+    if outcome.not_logged:
+        lost = ", ".join(f"{who}: {count}" for who, count in outcome.not_logged.items())
+        click.echo(f"MLflow was unreachable: tracking calls not logged ({lost}), listed in {outcome.backlog}", err=True)
     click.echo(f"Storage: {outcome.storage}/{outcome.name}")
     click.echo(f"MLflow:  mlflow ui --backend-store-uri {experiment.tracking.uri}")
     if outcome.errors:

@@ -147,6 +147,13 @@ class TrackingSpec(_Strict):
     uri: str = "sqlite:///./trilevel-mlflow.db"
     experiment: str = "trilevel"
     registered_model: str | None = None
+    flush_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        description="how long a finished trial (and the driver) waits for an unreachable tracking server to take "
+        "what was queued during an outage; what is still queued then is listed under <storage>/<sweep>/"
+        "tracking-backlog/",
+    )
 
 
 class Experiment(_Strict):

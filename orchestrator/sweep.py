@@ -8,21 +8,24 @@ uses `Tuner.restore`: finished trials are not rerun, unfinished ones resume thei
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import yaml
 
 from orchestrator.experiment import DEMO, Experiment, ExperimentError, stage_configs, trials, validate
-from orchestrator.tracking import Tracker, flatten, run_environment_tags, tracked
-from orchestrator.trial import TrialContext, run_trial
+from orchestrator.tracking import Tracker, TrackingUnavailable, flatten, run_environment_tags, tracked
+from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
 from workers.shards import read_manifest, resolve_uri, write_demo_dataset
 
 __all__ = ["EXPERIMENT_FILE", "SweepOutcome", "load_sweep_experiment", "resolve_data", "run_sweep"]
 
 EXPERIMENT_FILE = "experiment.yaml"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,12 @@ class SweepOutcome:
     sweep_run_id: str
     trials: dict[str, str]  # trial id → Tune status
     errors: dict[str, str]
+    not_logged: dict[str, int] = dataclass_field(default_factory=dict)  # trial id or "driver" → tracking calls lost
+
+    @property
+    def backlog(self) -> str:
+        """Where the lists of tracking calls that could not be delivered are."""
+        return _join(self.storage, self.name, BACKLOG_DIR)
 
 
 def _join(storage: str, *parts: str) -> str:
@@ -204,13 +213,22 @@ def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: 
                 ),
             )
         results = tuner.fit()
-        statuses, errors = {}, {}
+        statuses, errors, not_logged = {}, {}, {}
         for result in results:
             trial_id = result.config.get("trial_id", "?") if result.config else "?"
             statuses[trial_id] = "ERROR" if result.error else "TERMINATED"
             if result.error:
                 errors[trial_id] = str(result.error).strip().splitlines()[-1][:500]
+            if count := int((result.metrics or {}).get("tracking_not_logged", 0)):
+                not_logged[trial_id] = count
         tracker.log_metrics(sweep_run, {"trials_finished": sum(s == "TERMINATED" for s in statuses.values())})
-        tracker.flush()
-    tracker.end_unfinished(experiment.name, "KILLED")
-    return SweepOutcome(experiment.name, storage, sweep_run, statuses, errors)
+    if count := catch_up(tracker, storage, experiment.name, "driver", experiment.tracking.flush_timeout_s)[
+        "tracking_not_logged"
+    ]:
+        not_logged["driver"] = count
+    else:
+        try:
+            tracker.end_unfinished(experiment.name, "KILLED")
+        except TrackingUnavailable as err:
+            _log.warning("could not close runs left RUNNING by crashed trials: %s", err)
+    return SweepOutcome(experiment.name, storage, sweep_run, statuses, errors, not_logged)

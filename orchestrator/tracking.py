@@ -23,9 +23,12 @@ Why it looks like this:
   one warning per outage says what is being held back, later calls go straight to the queue (with a
   periodic probe that drains it once the server answers again) and :meth:`Tracker.flush` retries the
   queue at stage boundaries and at the end. Metric timestamps and end times are taken when the call
-  is made, not when it is finally delivered. Creating runs is the exception: without a run id
-  nothing can be tracked, so find-or-create (and the queries) raise :class:`TrackingUnavailable`.
-  :meth:`Tracker.check_reachable` fails fast, before any compute starts.
+  is made, not when it is finally delivered. Trial and stage runs that cannot be found or created
+  during an outage are *deferred*: the caller gets a placeholder id (``pending-…``) at once, the
+  find-or-create is queued, and every call naming the placeholder is queued behind it and resolved
+  to the real run id when delivered, so a stage boundary in an outage does not stop training. The
+  sweep run and the queries (status, searches) still raise :class:`TrackingUnavailable`: the driver
+  needs their answer. :meth:`Tracker.check_reachable` fails fast, before any compute starts.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KIND_TAG",
     "PARENT_TAG",
+    "PENDING_PREFIX",
     "RUN_STATUSES",
     "STAGES",
     "STAGE_TAG",
@@ -126,7 +131,8 @@ def _is_permanent(err: BaseException) -> bool:
     if isinstance(err, MlflowException):
         status = err.get_http_status_code()
         return 400 <= status < 500 and status != 429
-    return isinstance(err, TypeError | ValueError | KeyError)
+    # A local file that is gone (an artifact whose temporary copy was removed) stays gone.
+    return isinstance(err, TypeError | ValueError | KeyError | FileNotFoundError)
 
 
 def filter_literal(value: str) -> str:
@@ -213,8 +219,11 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+PENDING_PREFIX = "pending-"
+
+
 def _short(run_id: str) -> str:
-    return run_id[:8]
+    return run_id[: len(PENDING_PREFIX) + 6] if run_id.startswith(PENDING_PREFIX) else run_id[:8]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -302,6 +311,15 @@ def _check_sqlite_path(tracking_uri: str) -> None:
         )
 
 
+def _sqlite_artifacts(tracking_uri: str) -> str | None:
+    """`mlartifacts/` beside a SQLite database: MLflow's own default is `./mlruns` of whichever directory
+    the first run happened to start in, which scatters one store's artifacts across working directories."""
+    path = unquote(tracking_uri[len("sqlite:///") :]) if tracking_uri.startswith("sqlite:///") else ""
+    if path in ("", ":memory:"):
+        return None
+    return (Path(path).expanduser().absolute().parent / "mlartifacts").as_uri()
+
+
 def _check_http(tracking_uri: str, timeout_s: float) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request, verify_rest_response
@@ -363,7 +381,8 @@ class Tracker:
         retries: attempts per call (1 = no retry) before a logging call is queued / a lookup raises.
         backoff_s: first wait between attempts; doubles each time, capped at ``max_backoff_s``.
         max_backoff_s: cap of one wait, also the longest gap between probes while the server is down.
-        artifact_location: artifact root for a newly created experiment (default: the server's).
+        artifact_location: artifact root for a newly created experiment (default: the server's; for a
+            SQLite store, ``mlartifacts/`` beside the database file).
         max_pending: the queue bound; when full, the oldest queued call is dropped (with a warning).
 
     For ``http(s)`` URIs the tracker owns retrying: unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` /
@@ -408,6 +427,7 @@ class Tracker:
         self._dropped = 0
         self._next_probe = 0.0
         self._probe_wait = self.backoff_s
+        self._created: dict[str, str] = {}  # placeholder → real run id, once its deferred creation is delivered
 
     # A Tracker travels to Ray workers as its settings; each process builds its own client and queue.
     def __getstate__(self) -> dict[str, Any]:
@@ -468,6 +488,19 @@ class Tracker:
     def dropped(self) -> int:
         """Queued calls lost because the queue was full (oldest first)."""
         return self._dropped
+
+    def is_pending(self, run_id: str) -> bool:
+        """True for a deferred run whose creation has not been delivered yet."""
+        return run_id.startswith(PENDING_PREFIX) and run_id not in self._created
+
+    def resolve(self, run_id: str) -> str:
+        """The real id of `run_id` (a placeholder's, once created); raises for a placeholder never created."""
+        if not run_id.startswith(PENDING_PREFIX):
+            return run_id
+        try:
+            return self._created[run_id]
+        except KeyError:
+            raise _Permanent(f"run {run_id} was never created (its deferred creation failed)") from None
 
     def _wait(self, attempt: int) -> float:
         return min(self.backoff_s * (2**attempt), self.max_backoff_s)
@@ -559,24 +592,28 @@ class Tracker:
                     call.cleanup()
                 return False
             except Exception as err:
-                if not self._warned_outage:
-                    _log.warning(
-                        "MLflow at %s unreachable after %d attempt(s) (%s: %s); training continues, tracking "
-                        "calls are queued in memory (first not logged: %s) and retried by flush()",
-                        self.tracking_uri,
-                        self.retries,
-                        type(err).__name__,
-                        err,
-                        call.description,
-                    )
-                    self._warned_outage = True
-                self._enqueue(call)
-                self._probe_wait = self.backoff_s
-                self._next_probe = time.monotonic() + self._probe_wait
+                self._start_outage(call, err)
                 return False
             if call.cleanup is not None:
                 call.cleanup()
             return True
+
+    def _start_outage(self, call: _Call, err: BaseException) -> None:
+        """Queue the first call that failed for good, warning once per outage."""
+        if not self._warned_outage:
+            _log.warning(
+                "MLflow at %s unreachable after %d attempt(s) (%s: %s); training continues, tracking "
+                "calls are queued in memory (first not logged: %s) and retried by flush()",
+                self.tracking_uri,
+                self.retries,
+                type(err).__name__,
+                err,
+                call.description,
+            )
+            self._warned_outage = True
+        self._enqueue(call)
+        self._probe_wait = self.backoff_s
+        self._next_probe = time.monotonic() + self._probe_wait
 
     def flush(self, timeout_s: float = 60.0) -> list[str]:
         """Retry queued calls in order for up to `timeout_s`; return descriptions of those still queued."""
@@ -597,7 +634,8 @@ class Tracker:
 
                 try:
                     self._experiment_id = client.create_experiment(
-                        self.experiment, artifact_location=self.artifact_location
+                        self.experiment,
+                        artifact_location=self.artifact_location or _sqlite_artifacts(self.tracking_uri),
                     )
                 except MlflowException:  # created concurrently by another process
                     found = client.get_experiment_by_name(self.experiment)
@@ -621,10 +659,18 @@ class Tracker:
             self._env_tags = run_environment_tags()
         return self._env_tags
 
-    def _find_or_create(self, identity: dict[str, str], run_name: str, tags: Mapping[str, Any]) -> tuple[str, bool]:
-        """(run id, created): the oldest live run with these identity tags, else a new one carrying `tags` too."""
+    def _find_or_create(
+        self, identity: dict[str, str], run_name: str, tags: Mapping[str, Any], *, defer: bool = False
+    ) -> tuple[str, bool]:
+        """(run id, created): the oldest live run with these identity tags, else a new one carrying `tags` too.
+
+        With `defer`, an outage yields a placeholder id instead of an error (see the module docstring);
+        "created" is then True, since nothing could be logged into the run yet.
+        """
+        raw_identity = dict(identity)
 
         def find_or_create() -> tuple[str, bool]:
+            identity = {k: self.resolve(v) if k == PARENT_TAG else v for k, v in raw_identity.items()}
             client = self.client
             experiment_id = self._experiment_id_now()
             found = client.search_runs(
@@ -642,7 +688,36 @@ class Tracker:
                 client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id, False
 
-        return self._query(f"find or create run {run_name!r}", find_or_create)
+        description = f"find or create run {run_name!r}"
+        if not defer:
+            return self._query(description, find_or_create)
+        with self._lock:
+            if not self._queue or self._drain(attempts=1):
+                try:
+                    return self._attempt(_Call(description, find_or_create), self.retries)
+                except _Permanent as err:
+                    raise TrackingUnavailable(f"MLflow at {self.tracking_uri}: {err}") from err.__cause__
+                except Exception as err:
+                    failure: BaseException | None = err
+            else:
+                failure = None
+            placeholder = f"{PENDING_PREFIX}{uuid.uuid4().hex}"
+
+            def create_later() -> None:
+                self._created[placeholder] = find_or_create()[0]
+
+            call = _Call(f"create run {run_name!r} ({_short(placeholder)})", create_later)
+            if failure is None:
+                self._enqueue(call)
+            else:
+                self._start_outage(call, failure)
+            _log.warning(
+                "MLflow at %s unreachable: run %r will be created when it answers; what is logged into it "
+                "until then is queued",
+                self.tracking_uri,
+                run_name,
+            )
+            return placeholder, True
 
     def sweep_run(self, sweep: str, *, params: dict | None = None, tags: dict | None = None) -> str:
         """The sweep's parent run (found by tag, else created); params/tags are logged into it."""
@@ -656,10 +731,13 @@ class Tracker:
         return run_id
 
     def trial_run(self, sweep_run_id: str, sweep: str, trial: str, *, params: dict, tags: dict) -> str:
-        """The trial's run, a child of the sweep run; params (flattened) and tags (plus environment) logged."""
+        """The trial's run, a child of the sweep run; params (flattened) and tags (plus environment) logged.
+
+        Deferred during an outage: the id may be a placeholder (:meth:`is_pending`).
+        """
         identity = {KIND_TAG: "trial", SWEEP_TAG: sweep, TRIAL_TAG: trial, PARENT_TAG: sweep_run_id}
         all_tags = {**self._environment(), **(tags or {})}
-        run_id, created = self._find_or_create(identity, trial, all_tags)
+        run_id, created = self._find_or_create(identity, trial, all_tags, defer=True)
         if not created:
             self.set_tags(run_id, all_tags)
         if params:
@@ -667,19 +745,23 @@ class Tracker:
         return run_id
 
     def stage_run(self, trial_run_id: str, sweep: str, trial: str, stage: str) -> str:
-        """The stage's run (``<trial>/<stage>``), nested under the trial run."""
+        """The stage's run (``<trial>/<stage>``), nested under the trial run; deferred during an outage."""
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
         identity = {KIND_TAG: "stage", SWEEP_TAG: sweep, TRIAL_TAG: trial, STAGE_TAG: stage, PARENT_TAG: trial_run_id}
-        return self._find_or_create(identity, f"{trial}/{stage}", {})[0]
+        return self._find_or_create(identity, f"{trial}/{stage}", {}, defer=True)[0]
 
     def reopen(self, run_id: str) -> None:
         """Set a run (typically FINISHED) back to RUNNING, because work continues in it."""
-        self._query(f"reopen run {_short(run_id)}", lambda: self.client.update_run(run_id, status="RUNNING"))
+        self._query(
+            f"reopen run {_short(run_id)}", lambda: self.client.update_run(self.resolve(run_id), status="RUNNING")
+        )
 
     def status(self, run_id: str) -> str:
         """RUNNING, FINISHED, FAILED, KILLED or SCHEDULED (raises TrackingUnavailable)."""
-        return self._query(f"get run {_short(run_id)}", lambda: self.client.get_run(run_id).info.status)
+        if self.is_pending(run_id):
+            raise TrackingUnavailable(f"MLflow at {self.tracking_uri}: run {_short(run_id)} is not created yet")
+        return self._query(f"get run {_short(run_id)}", lambda: self.client.get_run(self.resolve(run_id)).info.status)
 
     def runs_of_sweep(self, sweep: str, kind: str | None = None) -> list[mlflow.entities.Run]:
         """Every live run tagged with this sweep (all pages), optionally only one kind: sweep, trial or stage."""
@@ -715,7 +797,7 @@ class Tracker:
         self._submit(
             _Call(
                 f"finish run {_short(run_id)} as {status}",
-                lambda: self.client.set_terminated(run_id, status=status, end_time=end_time),
+                lambda: self.client.set_terminated(self.resolve(run_id), status=status, end_time=end_time),
             )
         )
 
@@ -755,8 +837,8 @@ class Tracker:
         def log() -> None:
             from mlflow.entities import Param, RunTag
 
-            client = self.client
-            logged = client.get_run(run_id).data.params
+            client, run = self.client, self.resolve(run_id)
+            logged = client.get_run(run).data.params
             new = [Param(k, v) for k, v in flat.items() if k not in logged]
             conflicts = {k: v for k, v in flat.items() if k in logged and logged[k] != v}
             for key, value in conflicts.items():
@@ -771,9 +853,9 @@ class Tracker:
                 )
             tags = [RunTag(_key(CONFLICT_TAG_PREFIX + k), v[:_MAX_TAG_VALUE]) for k, v in conflicts.items()]
             for chunk in _chunks(new, _MAX_PARAMS_TAGS_PER_BATCH):
-                client.log_batch(run_id, params=chunk, synchronous=True)
+                client.log_batch(run, params=chunk, synchronous=True)
             for chunk in _chunks(tags, _MAX_PARAMS_TAGS_PER_BATCH):
-                client.log_batch(run_id, tags=chunk, synchronous=True)
+                client.log_batch(run, tags=chunk, synchronous=True)
 
         self._submit(_Call(f"log_params run {_short(run_id)} ({len(flat)} params)", log))
 
@@ -791,7 +873,7 @@ class Tracker:
 
         def log() -> None:
             for chunk in _chunks(entries, _MAX_METRICS_PER_BATCH):
-                self.client.log_batch(run_id, metrics=chunk, synchronous=True)
+                self.client.log_batch(self.resolve(run_id), metrics=chunk, synchronous=True)
 
         keys = ",".join(list(numeric)[:8]) + (",…" if len(numeric) > 8 else "")
         self._submit(_Call(f"log_metrics run {_short(run_id)} step {step} [{keys}]", log))
@@ -806,7 +888,7 @@ class Tracker:
 
         def log() -> None:
             for chunk in _chunks(entries, _MAX_PARAMS_TAGS_PER_BATCH):
-                self.client.log_batch(run_id, tags=chunk, synchronous=True)
+                self.client.log_batch(self.resolve(run_id), tags=chunk, synchronous=True)
 
         self._submit(_Call(f"set_tags run {_short(run_id)} ({len(entries)} tags)", log))
 
@@ -815,7 +897,7 @@ class Tracker:
         self._submit(
             _Call(
                 f"log_text run {_short(run_id)} {artifact_file}",
-                lambda: self.client.log_text(run_id, text, artifact_file),
+                lambda: self.client.log_text(self.resolve(run_id), text, artifact_file),
             )
         )
 
@@ -825,7 +907,7 @@ class Tracker:
         self._submit(
             _Call(
                 f"log_dict run {_short(run_id)} {artifact_file}",
-                lambda: self.client.log_dict(run_id, data, artifact_file),
+                lambda: self.client.log_dict(self.resolve(run_id), data, artifact_file),
             )
         )
 
@@ -835,7 +917,7 @@ class Tracker:
         self._submit(
             _Call(
                 f"log_table run {_short(run_id)} {artifact_file}",
-                lambda: self.client.log_table(run_id, columns, artifact_file),
+                lambda: self.client.log_table(self.resolve(run_id), columns, artifact_file),
             )
         )
 
@@ -844,22 +926,39 @@ class Tracker:
         self._submit(
             _Call(
                 f"log_image run {_short(run_id)} {artifact_file}",
-                lambda: self.client.log_image(run_id, image, artifact_file=artifact_file),
+                lambda: self.client.log_image(self.resolve(run_id), image, artifact_file=artifact_file),
             )
         )
 
-    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
-        """Upload a local file or directory (read when delivered, so it must still exist if queued)."""
+    def log_artifact(
+        self, run_id: str, local_path: str, artifact_path: str | None = None, *, snapshot: bool = False
+    ) -> None:
+        """Upload a local file or directory, read when delivered.
+
+        A queued upload needs the path to still exist then; pass `snapshot=True` for a temporary
+        path (a local copy of a remote checkpoint): it is copied now and the copy removed once delivered.
+        """
         path = str(local_path)
         if not os.path.exists(path):
             _log.warning("MLflow run %s: artifact %s does not exist, not logged", _short(run_id), path)
             return
         is_dir = os.path.isdir(path)
+        cleanup = None
+        if snapshot:
+            copy_root = tempfile.mkdtemp(prefix="trilevel-artifact-")
+            copied = os.path.join(copy_root, os.path.basename(path.rstrip(os.sep)) or "artifact")
+            (shutil.copytree if is_dir else shutil.copy2)(path, copied)
+            description, path = path, copied
+            cleanup = lambda: shutil.rmtree(copy_root, ignore_errors=True)  # noqa: E731
+        else:
+            description = path
 
         def upload() -> None:
-            (self.client.log_artifacts if is_dir else self.client.log_artifact)(run_id, path, artifact_path)
+            (self.client.log_artifacts if is_dir else self.client.log_artifact)(
+                self.resolve(run_id), path, artifact_path
+            )
 
-        self._submit(_Call(f"log_artifact run {_short(run_id)} {path}", upload))
+        self._submit(_Call(f"log_artifact run {_short(run_id)} {description}", upload, cleanup=cleanup))
 
     def log_model(
         self,
@@ -935,21 +1034,23 @@ class Tracker:
             from mlflow.entities import LoggedModelOutput, LoggedModelStatus
             from mlflow.exceptions import MlflowException
 
-            client = self.client
+            client, run_id_now = self.client, self.resolve(run_id)
             if "model_id" not in state:
-                run = client.get_run(run_id)
+                run = client.get_run(run_id_now)
                 tags = {k: v for k, v in run.data.tags.items() if k.startswith("trilevel.")}
-                created = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id, tags=tags)
+                created = client.create_logged_model(
+                    run.info.experiment_id, name=name, source_run_id=run_id_now, tags=tags
+                )
                 state["model_id"], state["location"] = created.model_id, created.artifact_location
                 mlmodel = Model.load(local)  # record the ids in MLmodel, as mlflow's own log_model does
                 mlmodel.model_id = mlmodel.model_uuid = created.model_id
-                mlmodel.run_id = run_id
+                mlmodel.run_id = run_id_now
                 mlmodel.artifact_path = created.artifact_location
                 mlmodel.save(os.path.join(local, "MLmodel"))
             model_id = state["model_id"]
             for done, action in (
                 ("uploaded", lambda: client.log_model_artifacts(model_id, local)),
-                ("linked", lambda: client.log_outputs(run_id, [LoggedModelOutput(model_id, step=step)])),
+                ("linked", lambda: client.log_outputs(run_id_now, [LoggedModelOutput(model_id, step=step)])),
                 ("ready", lambda: client.finalize_logged_model(model_id, LoggedModelStatus.READY)),
             ):
                 if not state.get(done):
@@ -965,7 +1066,7 @@ class Tracker:
                 # through the *global* tracking URI (its own TODO), which is not ours. It keeps no model_id
                 # column either way; the version points at the same files and records the run.
                 version = client.create_model_version(
-                    registered_model_name, source=state["location"], run_id=run_id, model_id=model_id
+                    registered_model_name, source=state["location"], run_id=run_id_now, model_id=model_id
                 )
                 state["registered"] = True
                 # The link the UI shows from the logged model to its versions, as mlflow's _register_model sets it.

@@ -9,6 +9,8 @@ stage, found by tag before being created, ended FINISHED/FAILED/KILLED, never le
 
 from __future__ import annotations
 
+import logging
+import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,17 +18,20 @@ from typing import Any
 import numpy as np
 
 from orchestrator.relay import relay_reports
-from orchestrator.tracking import Tracker, flatten, tracked
+from orchestrator.tracking import Tracker, TrackingUnavailable, flatten, tracked
 from search_space.genotype import Genotype
 from workers.checkpointing import open_checkpoint
 from workers.evaluate import evaluate_network, load_derived
-from workers.markers import read_marker, write_marker
+from workers.markers import read_marker, remove_marker, write_marker
 from workers.stage_runner import StageResult, run_stage, stage_datasets
 
-__all__ = ["TRAINING_STAGES", "TrialContext", "run_trial"]
+__all__ = ["BACKLOG_DIR", "TRAINING_STAGES", "TrialContext", "catch_up", "run_trial"]
 
 TRAINING_STAGES: tuple[str, ...] = ("pretrain", "search", "train")
 TRIAL_DONE = "_TRIAL_DONE.json"
+BACKLOG_DIR = "tracking-backlog"
+STAGE_BOUNDARY_FLUSH_S = 5.0  # between stages a down tracking server may delay training only this long
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,23 +66,62 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     tags = context.environment | {"trilevel.seed": str(experiment["seed"])}
     tags |= {f"trilevel.axis.{k}": str(v) for k, v in spec["axes"].items()}
     trial_run = tracker.trial_run(context.sweep_run_id, context.sweep, trial_id, params=params, tags=tags)
+    flush_timeout_s = experiment["tracking"]["flush_timeout_s"]
     if done is not None:  # finished before a driver crash hid that from Tune: report, never redo
-        if tracker.status(trial_run) != "FINISHED":
+        if not _is_finished(tracker, trial_run):
             tracker.finish(trial_run, "FINISHED")
-        ray.tune.report({"stage": "evaluate", "stages_finished": len(TRAINING_STAGES) + 1, **done})
+        not_logged = catch_up(tracker, context.storage, context.sweep, trial_id, flush_timeout_s)
+        ray.tune.report({"stage": "evaluate", "stages_finished": len(TRAINING_STAGES) + 1, **done} | not_logged)
         return
     with tracked(tracker, trial_run):
         previous: StageResult | None = None
         for stage in TRAINING_STAGES:
             previous = _run_tracked_stage(tracker, context, trial_id, trial_run, stage, spec, previous)
             ray.tune.report({"stage": stage, **_numeric(previous.metrics)})
-            tracker.flush()
+            tracker.flush(timeout_s=STAGE_BOUNDARY_FLUSH_S)
         assert previous is not None
         final = _evaluate(tracker, context, trial_id, trial_run, spec, previous)
-        tracker.flush()
         write_marker(context.storage, final, context.sweep, "stages", trial_id, TRIAL_DONE)
-        # never the key "done": Tune treats done=True as "stop this trial now", before the run is closed
-        ray.tune.report({"stage": "evaluate", "stages_finished": len(TRAINING_STAGES) + 1, **final})
+    not_logged = catch_up(tracker, context.storage, context.sweep, trial_id, flush_timeout_s)
+    # never the key "done": Tune treats done=True as "stop this trial now", before the run is closed
+    ray.tune.report({"stage": "evaluate", "stages_finished": len(TRAINING_STAGES) + 1, **final} | not_logged)
+
+
+def _is_finished(tracker: Tracker, run_id: str) -> bool:
+    if tracker.is_pending(run_id):
+        return False
+    try:
+        return tracker.status(run_id) == "FINISHED"
+    except TrackingUnavailable:
+        return False  # finishing again is harmless; the call is queued like any other
+
+
+def catch_up(tracker: Tracker, storage: str, sweep: str, who: str, timeout_s: float) -> dict[str, int]:
+    """Deliver what an outage queued, waiting up to `timeout_s`; list what could not be, never lose it silently.
+
+    Returns ``{"tracking_not_logged": N}``. When N > 0, the calls still queued are written to
+    ``<storage>/<sweep>/tracking-backlog/<who>.json`` (what, for which run, when) and warned about;
+    a later successful catch-up removes that file.
+    """
+    left = tracker.flush(timeout_s=timeout_s)
+    if left or tracker.dropped:
+        report = {
+            "tracking_uri": tracker.tracking_uri,
+            "not_logged": left,
+            "dropped_when_queue_was_full": tracker.dropped,
+        }
+        write_marker(storage, report, sweep, BACKLOG_DIR, f"{who}.json")
+        _log.warning(
+            "MLflow at %s: %d tracking call(s) of %s not logged (%d dropped earlier), listed in %s",
+            tracker.tracking_uri,
+            len(left),
+            who,
+            tracker.dropped,
+            posixpath.join(storage, sweep, BACKLOG_DIR, f"{who}.json"),
+        )
+    else:
+        remove_marker(storage, sweep, BACKLOG_DIR, f"{who}.json")
+    return {"tracking_not_logged": len(left) + tracker.dropped}
 
 
 def _run_tracked_stage(
@@ -126,8 +170,9 @@ def _run_tracked_stage(
         tracker.set_tags(stage_run, {"trilevel.checkpoint": result.checkpoint})
         if stage == "train":  # the derived network's final checkpoint is small: keep a copy with the run
             with open_checkpoint(result.checkpoint) as directory:
-                tracker.log_artifact(stage_run, str(directory), "checkpoint")
-                tracker.flush()  # upload now, while a remote checkpoint's local copy still exists
+                # a remote checkpoint's local copy is temporary: snapshot it in case the upload is queued
+                remote = not os.path.isdir(result.checkpoint)
+                tracker.log_artifact(stage_run, str(directory), "checkpoint", snapshot=remote)
         if result.genotype is not None:
             genotype = Genotype.from_dict(result.genotype)
             tracker.log_text(stage_run, genotype.to_json(), "genotype.json")

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 
 from workers.shards import resolve_uri
 
-__all__ = ["read_marker", "write_marker"]
+__all__ = ["read_marker", "remove_marker", "write_marker"]
 
 
 def read_marker(storage: str, *parts: str) -> dict[str, Any] | None:
@@ -36,3 +36,11 @@ def write_marker(storage: str, data: dict[str, Any], *parts: str) -> None:
     with fs.open_output_stream(partial) as stream:
         stream.write(json.dumps(data, indent=2).encode())
     fs.move(partial, path)
+
+
+def remove_marker(storage: str, *parts: str) -> None:
+    """Delete the marker at `storage/parts…` if there is one."""
+    fs, root = resolve_uri(storage)
+    path = posixpath.join(root, *parts)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import math
 import pickle
@@ -344,6 +345,88 @@ def test_queued_calls_are_delivered_in_order_once_the_store_is_back(store, track
     assert back.data.metrics["loss"] == 2.0 and back.data.params["late.param"] == "1"
     assert back.data.tags["phase"] == "train" and back.info.status == "FINISHED"
     assert back.info.end_time <= before  # end time taken at the call, not at delivery
+
+
+def test_trial_and_stage_runs_created_in_an_outage_are_deferred_then_resolved(store, tracker, client, tmp_path):
+    """Training crosses a stage boundary while the store is down: runs get placeholders, created on delivery."""
+    sweep = tracker.sweep_run("sw")
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a directory")
+    down = Tracker(f"sqlite:///{blocked / 'mlflow.db'}", tracker.experiment, retries=1, backoff_s=0.01)
+    trial = down.trial_run(sweep, "sw", "t0", params={"seed": 3}, tags={"trilevel.seed": "3"})
+    stage = down.stage_run(trial, "sw", "t0", "search")
+    assert down.is_pending(trial) and down.is_pending(stage) and trial != stage
+    with pytest.raises(TrackingUnavailable, match="not created yet"):
+        down.status(stage)
+    for epoch in range(3):
+        down.log_metrics(stage, {"epoch": float(epoch)}, step=epoch)
+    down.finish(stage, "FINISHED")
+    down.finish(trial, "FINISHED")
+    with pytest.raises(TrackingUnavailable):
+        down.sweep_run("sw2")  # the driver's own run is never deferred: it needs the answer
+    described = down.flush(timeout_s=0.2)
+    assert described[0].startswith("create run 't0'") and described[2].startswith("create run 't0/search'")
+
+    blocked.unlink()
+    blocked.mkdir()
+    shutil.copy(store["db"], blocked / "mlflow.db")
+    assert down.flush(timeout_s=30) == []
+    assert not down.is_pending(trial) and down.status(down.resolve(stage)) == "FINISHED"
+    back = MlflowClient(tracking_uri=f"sqlite:///{blocked / 'mlflow.db'}")
+    trial_run, stage_run = back.get_run(down.resolve(trial)), back.get_run(down.resolve(stage))
+    assert trial_run.data.tags[PARENT_TAG] == sweep and trial_run.data.params["seed"] == "3"
+    assert stage_run.data.tags[PARENT_TAG] == trial_run.info.run_id and stage_run.data.tags[STAGE_TAG] == "search"
+    assert [m.step for m in back.get_metric_history(stage_run.info.run_id, "epoch")] == [0, 1, 2]
+    # once created, a later lookup (a retried trial) finds the same runs instead of creating more
+    assert down.stage_run(down.resolve(trial), "sw", "t0", "search") == stage_run.info.run_id
+
+
+def test_queued_artifact_snapshot_survives_its_source_being_removed(store, tracker, client, tmp_path):
+    run = tracker.sweep_run("sw")
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a directory")
+    down = Tracker(f"sqlite:///{blocked / 'mlflow.db'}", tracker.experiment, retries=1, backoff_s=0.01)
+    source = tmp_path / "checkpoint"
+    source.mkdir()
+    (source / "state.pt").write_bytes(b"weights")
+    down.log_artifact(run, str(source), "checkpoint", snapshot=True)
+    down.log_artifact(run, str(source), "gone")  # no snapshot: read at delivery, when it will be gone
+    shutil.rmtree(source)  # a temporary local copy of a remote checkpoint, removed while the call waits
+    blocked.unlink()
+    blocked.mkdir()
+    shutil.copy(store["db"], blocked / "mlflow.db")
+    assert down.flush(timeout_s=30) == []  # the unreadable one is dropped as permanent, not retried forever
+    assert [a.path for a in client.list_artifacts(run, "checkpoint")] == ["checkpoint/state.pt"]
+    assert client.list_artifacts(run, "gone") == []
+
+
+def test_what_an_outage_outlasts_is_listed_in_the_backlog_file(unreachable, tmp_path, caplog):
+    from orchestrator.trial import BACKLOG_DIR, catch_up
+
+    tracker = Tracker(unreachable, retries=1, backoff_s=0.01, max_backoff_s=0.05)
+    tracker.log_metrics("0" * 32, {"loss": 1.0}, step=4)
+    tracker.finish("0" * 32, "FINISHED")
+    storage = str(tmp_path / "runs")
+    with caplog.at_level(logging.WARNING, logger="orchestrator.trial"):
+        assert catch_up(tracker, storage, "sw", "t0", timeout_s=0.3) == {"tracking_not_logged": 2}
+    backlog = tmp_path / "runs" / "sw" / BACKLOG_DIR / "t0.json"
+    listed = json.loads(backlog.read_text())
+    assert listed["tracking_uri"] == unreachable
+    assert listed["not_logged"] == ["log_metrics run 00000000 step 4 [loss]", "finish run 00000000 as FINISHED"]
+    assert str(backlog) in caplog.text and "2 tracking call(s) of t0 not logged" in caplog.text
+    tracker._queue.clear()  # as if a later catch-up delivered them
+    assert catch_up(tracker, storage, "sw", "t0", timeout_s=0.3) == {"tracking_not_logged": 0}
+    assert not backlog.exists()
+
+
+def test_sqlite_artifacts_default_beside_the_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "db").mkdir()
+    tracker = Tracker(f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}", "beside")
+    run = tracker.sweep_run("sw")
+    tracker.log_text(run, "hello", "note.txt")
+    assert list((tmp_path / "db" / "mlartifacts").rglob("note.txt"))
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_rejected_calls_are_dropped_not_queued(tracker, caplog):
