@@ -9,6 +9,7 @@ a checkpoint is data, never code.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -24,6 +25,8 @@ __all__ = [
     "GENOTYPE_FILE",
     "STATE_FILE",
     "CheckpointError",
+    "CheckpointWriteError",
+    "is_no_space",
     "load_state",
     "open_checkpoint",
     "read_genotype_json",
@@ -36,6 +39,29 @@ GENOTYPE_FILE = "genotype.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or not plain data."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (staged locally or copied to the storage path).
+
+    Raised in the Train worker; the stage runner turns it into a message naming the storage path.
+    `no_space` says whether the disk (or quota) was full, so the message can say what to do.
+    """
+
+    def __init__(self, message: str, no_space: bool = False) -> None:
+        super().__init__(message)
+        self.no_space = no_space
+
+    def __reduce__(self) -> tuple:  # crosses process boundaries inside Ray's WorkerGroupError
+        return (type(self), (str(self), self.no_space))
+
+
+def is_no_space(err: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also when pyarrow reports it as a plain IOError message without an errno."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 @contextmanager

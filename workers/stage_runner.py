@@ -8,17 +8,24 @@ leaves `_STAGE_DONE.json` beside its checkpoints, so it is skipped, not repeated
 
 from __future__ import annotations
 
+import os
+import posixpath
+import shutil
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from workers.checkpointing import open_checkpoint, read_genotype_json
+from workers.checkpointing import CheckpointWriteError, open_checkpoint, read_genotype_json
 from workers.markers import read_marker, write_marker
 from workers.pipeline import DEFAULT_NUM_CPUS, TRAIN, TRAIN_A, TRAIN_W, data_config, read_pairs, split_search
 from workers.stages import LOOPS
 
-__all__ = ["DONE_MARKER", "StageResult", "run_stage", "stage_datasets"]
+__all__ = ["DONE_MARKER", "StageError", "StageResult", "run_stage", "stage_datasets"]
 
 DONE_MARKER = "_STAGE_DONE.json"
+
+
+class StageError(RuntimeError):
+    """A stage could not go on for a reason the user must fix (the message says what and where)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,13 @@ def run_stage(
         datasets=datasets,
         dataset_config=data_config(),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        write_error = _checkpoint_write_error(err)
+        if write_error is None:
+            raise
+        raise StageError(_checkpoint_write_message(name, storage_path, write_error)) from err
     if result.checkpoint is None:
         raise RuntimeError(f"stage {name}: finished without a checkpoint")
     with open_checkpoint(result.checkpoint.path) as directory:
@@ -108,6 +121,47 @@ def run_stage(
     )
     write_marker(storage_path, outcome.to_dict(), name, DONE_MARKER)
     return outcome
+
+
+def _checkpoint_write_error(err: BaseException) -> CheckpointWriteError | None:
+    """The CheckpointWriteError behind a failed run (a worker's failure, or anywhere in the cause chain)."""
+    candidates: list[BaseException] = [*getattr(err, "worker_failures", {}).values(), err]
+    seen: set[int] = set()
+    while candidates:
+        current = candidates.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, CheckpointWriteError):
+            return current
+        candidates += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return None
+
+
+def _free_space(storage_path: str) -> str:
+    """Free space at a local storage path, as text ("" for URIs or when unknown)."""
+    if "://" in storage_path:
+        return ""
+    path = os.path.abspath(storage_path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"
+    except OSError:
+        return ""
+
+
+def _checkpoint_write_message(name: str, storage_path: str, err: CheckpointWriteError) -> str:
+    where = posixpath.join(storage_path, name) if "://" in storage_path else os.path.join(storage_path, name)
+    if err.no_space:
+        free = _free_space(storage_path)
+        fix = f"the storage is full{f' ({free})' if free else ''}: free space or choose another storage path"
+    else:
+        fix = "make the storage path writable"
+    return (
+        f"stage {name}: {err} under {where}. The checkpoints saved before it are intact; {fix}, "
+        "then run the stage again to continue from the last one."
+    )
 
 
 def _best_checkpoint(result: Any) -> str | None:

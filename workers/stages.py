@@ -31,7 +31,14 @@ from search_space.genotype import Genotype
 from search_space.supernet import Supernet, SupernetConfig, WidthSample
 from search_space.teacher import load_teacher
 from workers.batches import epoch_generator, patch_batches
-from workers.checkpointing import load_state, open_checkpoint, read_genotype_json, staged_checkpoint
+from workers.checkpointing import (
+    CheckpointWriteError,
+    is_no_space,
+    load_state,
+    open_checkpoint,
+    read_genotype_json,
+    staged_checkpoint,
+)
 from workers.distributed import all_ranks_agree, average_gradients, rank_spread
 from workers.losses import build_loss
 from workers.pipeline import TRAIN, TRAIN_A, TRAIN_W, val_pairs
@@ -107,8 +114,13 @@ class _Stage:
         if not wants_checkpoint or self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
-        with staged_checkpoint(state, None if genotype is None else genotype.to_json()) as directory:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        try:
+            with staged_checkpoint(state, None if genotype is None else genotype.to_json()) as directory:
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        except OSError as err:  # staging (local temp dir) or the copy to the storage path
+            raise CheckpointWriteError(
+                f"the checkpoint after epoch {epoch + 1} could not be written: {err}", no_space=is_no_space(err)
+            ) from err
 
     def _total_epochs(self) -> int:
         s = self.settings
