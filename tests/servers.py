@@ -1,0 +1,221 @@
+"""Real servers for tests: `mlflow server` and `ray start --head` on 127.0.0.1, on ports of their own.
+
+Each is started in a session of its own and stopped by what the test started: its process group,
+then any straggler carrying a marker in its environment (a Ray job's driver runs in a session of its
+own, so killing the head's group does not reach it). Never `ray stop`, which ends every Ray on the
+machine. Every process gets RAY_AUTH_MODE=disabled and RAY_USAGE_STATS_ENABLED=0: Ray 2.60 turns
+token auth on once it has written a token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+MARKER_VAR = "TRILEVEL_TEST_SERVER_OWNER"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_range(size: int) -> int:
+    """The first port of `size` consecutive free ports, below the ephemeral range other servers draw from."""
+    rng = secrets.SystemRandom()
+    for _ in range(50):
+        base = rng.randrange(20000, 30000 - size)
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range")
+
+
+def _env(marker: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    env |= {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", MARKER_VAR: marker}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # the job's `python` is this venv's
+    return env
+
+
+def _marked(marker: str) -> list[int]:
+    """PIDs of processes whose environment carries this marker (only ours can)."""
+    needle = f"{MARKER_VAR}={marker}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _stop(process: subprocess.Popen, marker: str, grace_s: float) -> None:
+    """SIGTERM our process group, wait, then SIGKILL it and every process still carrying our marker.
+
+    With `grace_s` 0 there is no SIGTERM: the processes die at once, as in a crash.
+    """
+    if grace_s > 0:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for pid in _marked(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(10)
+
+
+def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not up within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+class MlflowServer:
+    """`mlflow server` on a fixed free port with its own SQLite store and artifact folder.
+
+    `kill()` is a real outage (SIGKILL of the server's process group, no goodbye); `start()` brings
+    a server back on the same port with the same store, as a restarted pod would come back.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = root / "mlflow.log"
+        root.mkdir(parents=True, exist_ok=True)
+        self._process: subprocess.Popen | None = None
+        self._marker = ""
+
+    def start(self, timeout_s: float = 90) -> None:
+        self._marker = secrets.token_hex(8)
+        cmd = [
+            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "artifacts"),
+        ]  # fmt: skip
+        env = _env(self._marker) | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with open(self.log, "a") as out:
+            self._process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_http(f"{self.url}/health", self._process, self.log, timeout_s)
+
+    def kill(self) -> None:
+        if self._process is not None:
+            _stop(self._process, self._marker, grace_s=0)
+            self._process = None
+
+    def stop(self) -> None:
+        if self._process is not None:
+            _stop(self._process, self._marker, grace_s=10)
+            self._process = None
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path) -> Iterator[MlflowServer]:
+    """A started :class:`MlflowServer`, stopped at the end even on failure."""
+    server = MlflowServer(root)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def ray_head(*, dashboard: bool = True) -> Iterator[dict[str, str]]:
+    """`ray start --head --block` on free ports with its own temp dir; yields its dashboard URL and GCS address.
+
+    The temp dir is short (/tmp/trl-…): Ray's unix socket paths must stay under ~107 characters.
+    """
+    marker = secrets.token_hex(8)
+    temp_dir = Path(f"/tmp/trl-{marker[:8]}")
+    temp_dir.mkdir()
+    gcs, dash = free_port(), free_port()
+    workers = free_range(200)
+    cmd = [
+        str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--temp-dir", str(temp_dir),
+        "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+        "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+        "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+        "--min-worker-port", str(workers), "--max-worker-port", str(workers + 199),
+    ]  # fmt: skip
+    from ray._private.utils import get_ray_client_dependency_error
+
+    if get_ray_client_dependency_error() is None:  # else Ray Client is off, and asking for its port is an error
+        cmd += ["--ray-client-server-port", str(free_port())]
+    if dashboard:
+        cmd += ["--include-dashboard", "true"]
+    log = temp_dir / "head.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            cmd, env=_env(marker), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=temp_dir
+        )
+    try:
+        url = f"http://127.0.0.1:{dash}"
+        if dashboard:
+            _wait_http(f"{url}/api/version", process, log, timeout_s=120)
+        else:
+            _wait_log(log, "--block", process, timeout_s=120)
+        yield {"dashboard": url, "gcs": f"127.0.0.1:{gcs}", "temp_dir": str(temp_dir), "marker": marker}
+    finally:
+        _stop(process, marker, grace_s=10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_log(log: Path, text: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        if text in log.read_text():
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"no {text!r} in {log} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+# --- MLflow's REST API
+def rest_runs(url: str, kind: str) -> list[dict]:
+    got = requests.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "trilevel"})
+    assert got.status_code == 200, got.text
+    experiment_id = got.json()["experiment"]["experiment_id"]
+    body = {"experiment_ids": [experiment_id], "filter": f"tags.`trilevel.kind` = '{kind}'", "max_results": 100}
+    found = requests.post(f"{url}/api/2.0/mlflow/runs/search", json=body)
+    assert found.status_code == 200, found.text
+    return found.json().get("runs", [])
+
+
+def rest_tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def rest_metrics(run: dict) -> dict[str, float]:
+    return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
