@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from orchestrator.experiment import load_experiment
 from orchestrator.sweep import run_sweep
 from orchestrator.trial import BACKLOG_DIR, TRIAL_DONE
+from tests.faults import registered_checkpoints
 from tests.servers import mlflow_server
 from workers.checkpointing import load_state
 
@@ -36,12 +37,7 @@ OVERRIDES = (
 
 def _registered(run_dir_pattern: str) -> int:
     """Checkpoints Ray Train has registered in the run directory matching the pattern."""
-    for snapshot in glob.glob(os.path.join(run_dir_pattern, "checkpoint_manager_snapshot.json")):
-        try:
-            return len(json.loads(Path(snapshot).read_text())["checkpoint_results"])
-        except (OSError, ValueError, KeyError):
-            return 0
-    return 0
+    return sum(len(registered_checkpoints(run_dir)) for run_dir in glob.glob(run_dir_pattern))
 
 
 class Outage(threading.Thread):
