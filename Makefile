@@ -26,7 +26,6 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/search_step.py
 	$(VENV)/bin/python bench/data_pipeline.py
 	$(VENV)/bin/python bench/orchestration.py
-	$(VENV)/bin/python bench/train_poll.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -84,10 +84,6 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="trilevel-bench-"))
     demo = str(root / "demo")
     write_demo_dataset(demo)
-    from orchestrator.cluster import job_env_vars
-
-    for name, value in job_env_vars().items():  # what `trilevel` sets for a local cluster
-        os.environ.setdefault(name, value)
     ray_start = _time(lambda: ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False))
     configs = _stage_configs(demo, steps)
     rows = {}

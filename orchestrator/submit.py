@@ -56,7 +56,6 @@ from urllib.parse import urlparse
 
 import yaml
 
-from orchestrator.cluster import job_env_vars
 from orchestrator.experiment import Experiment, load_experiment
 from orchestrator.tracking import SWEEP_TAG, Tracker
 
@@ -382,7 +381,7 @@ def submit_sweep(
         Tracker.check_reachable(uri)
     client = _client(address)
 
-    env_vars = job_env_vars() | {"MLFLOW_TRACKING_URI": uri, "RAY_USAGE_STATS_ENABLED": "0"}
+    env_vars = {"RAY_TRAIN_V2_ENABLED": "1", "MLFLOW_TRACKING_URI": uri, "RAY_USAGE_STATS_ENABLED": "0"}
     if _is_file(experiment):
         env_vars[EXPERIMENT_ENV_VAR] = yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False)
     submission_id = submission_id_for(resolved)

@@ -15,10 +15,6 @@ def ray_session():
     """Start (once) a local Ray with 2 logical CPUs; tests that need Ray take this fixture."""
     import ray
 
-    from orchestrator.cluster import job_env_vars
-
-    for name, value in job_env_vars().items():  # as `trilevel` sets them for a local cluster
-        os.environ.setdefault(name, value)
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray

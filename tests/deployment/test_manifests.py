@@ -542,17 +542,6 @@ def test_dockerfile_installs_with_the_constraints_and_cuda_torch():
         assert needed in copied, f"COPY {needed}"
 
 
-def test_dockerfile_sets_what_trilevel_sets_for_a_job(monkeypatch):
-    """The image's environment and `job_env_vars()` (local clusters, submitted jobs) must not drift apart."""
-    from orchestrator.cluster import TRAIN_POLL_ENV, job_env_vars
-
-    monkeypatch.delenv(TRAIN_POLL_ENV, raising=False)
-    env_lines = " ".join(rest for word, rest in _dockerfile_instructions() if word == "ENV")
-    image_env = dict(re.findall(r"(\w+)=(\S+)", env_lines))
-    for name, value in job_env_vars().items():
-        assert image_env.get(name) == value, f"Dockerfile ENV {name} must be {value!r}"
-
-
 def test_dockerfile_runs_as_non_root_without_secrets():
     instructions = _dockerfile_instructions()
     users = [rest.split()[0] for word, rest in instructions if word == "USER"]
