@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -106,16 +105,3 @@ def fill_up(directory: Path) -> Path:
                 if err.errno != errno.ENOSPC:
                     raise
     return ballast
-
-
-def registered_checkpoints(run_dir: str | os.PathLike) -> list[str]:
-    """Paths of the checkpoints Ray Train has registered for a run (a directory alone may not be yet).
-
-    Read from the run's `checkpoint_manager_snapshot.json`; [] while it is missing or being written.
-    """
-    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
-    try:
-        results = json.loads(snapshot.read_text())["checkpoint_results"]
-        return [str(Path(run_dir) / result["checkpoint_dir_name"]) for result in results]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []

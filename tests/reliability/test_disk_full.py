@@ -9,6 +9,7 @@ registered checkpoint loadable, and, once space is freed, resume from it rather 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import fill_up, registered_checkpoints, small_filesystem
+from tests.faults import fill_up, small_filesystem
 from workers.checkpointing import load_state
 from workers.stage_runner import StageError, run_stage, stage_datasets
 
@@ -30,16 +31,31 @@ CONFIG = {
 }
 
 
+def _registered(run_dir: Path) -> list[str]:
+    """Paths of the checkpoints Ray Train has registered for this run (its snapshot file must parse)."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if not snapshot.is_file():
+        return []
+    results = json.loads(snapshot.read_text())["checkpoint_results"]
+    return [str(run_dir / result["checkpoint_dir_name"]) for result in results]
+
+
 class FillWhenCheckpointed(threading.Thread):
     def __init__(self, run_dir: Path, mount: Path) -> None:
         super().__init__(daemon=True)
         self.run_dir, self.mount = run_dir, mount
         self.ballast: Path | None = None
 
+    def _checkpointed(self) -> bool:
+        try:
+            return bool(_registered(self.run_dir))
+        except (OSError, ValueError, KeyError):
+            return False  # the snapshot is being written
+
     def run(self) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            if registered_checkpoints(self.run_dir):
+            if self._checkpointed():
                 self.ballast = fill_up(self.mount)
                 return
             time.sleep(0.02)
@@ -64,7 +80,7 @@ def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(demo_data, tmp_pat
 
         # what was registered before the disk filled is intact and loadable (Ray registers a checkpoint
         # asynchronously, so the disk may fill a checkpoint later than the first: the message says which)
-        saved = registered_checkpoints(run_dir)
+        saved = _registered(run_dir)
         assert 1 <= len(saved) < EPOCHS
         assert [load_state(path)["epoch"] for path in saved] == list(range(1, len(saved) + 1))
         assert f"checkpoint after epoch {len(saved) + 1} could not be written" in message
@@ -74,5 +90,5 @@ def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(demo_data, tmp_pat
         datasets = stage_datasets("pretrain", os.path.join(demo_data, "train"), 4)
         done = run_stage("pretrain", CONFIG, name="full/pretrain", storage_path=str(storage), datasets=datasets)
         assert done.metrics["epoch"] == EPOCHS - 1 and load_state(done.checkpoint)["epoch"] == EPOCHS
-        registered = registered_checkpoints(run_dir)
+        registered = _registered(run_dir)
         assert registered[: len(saved)] == saved and len(registered) == EPOCHS  # only the missing epochs added

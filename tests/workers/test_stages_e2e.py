@@ -1,13 +1,12 @@
 """pretrain → search → derive → train as real TorchTrainer runs on the built-in data (CPU, gloo).
 
-A Train worker killed mid-stage is tests/reliability/test_worker_killed.py.
-
 Kept few and tiny: every TorchTrainer run costs ~25 s of fixed overhead on 2 cores.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 
@@ -16,6 +15,7 @@ import torch
 
 from search_space.genotype import Genotype
 from search_space.teacher import RRDBNet
+from tests.faults import KillWhen
 from workers.checkpointing import load_state
 from workers.stage_runner import DONE_MARKER, run_stage, stage_datasets
 from workers.vgg import VGG19Features
@@ -37,6 +37,20 @@ def _common(demo_data: str) -> dict:
 def _run(stage: str, config: dict, name: str, storage: str, demo_data: str, workers: int = 1):
     datasets = stage_datasets(stage, os.path.join(demo_data, "train"), 4)
     return run_stage(stage, config, name=name, storage_path=storage, datasets=datasets, num_workers=workers)
+
+
+def _registered_checkpoints(run_dir: str) -> int:
+    """Checkpoints Ray Train has registered (a directory on disk alone may not be registered yet)."""
+    try:
+        with open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")) as f:
+            return len(json.load(f)["checkpoint_results"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _arch(checkpoint: str) -> list[torch.Tensor]:
+    model = load_state(checkpoint)["model"]
+    return [model[k] for k in ("alpha", "width_logits", "path_logits")]
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -74,6 +88,25 @@ def test_one_worker_pipeline_with_teacher_resume_and_finetune(demo_data, tmp_pat
         0.875
     )  # (1 + 3/4) / 2: per-step linear
     assert search.metrics["path"] == str(list(genotype.path))
+
+    # the same search, its Train worker process killed after the first checkpoint: the stage
+    # restarts the worker (FailureConfig) and resumes from that checkpoint to the identical result
+    run_dir = os.path.join(storage, "sw/r/search")
+    checkpoints = lambda: [p for p in glob.glob(os.path.join(run_dir, "checkpoint_2*")) if os.path.isdir(p)]  # noqa: E731
+    killer = KillWhen(lambda: _registered_checkpoints(run_dir) == 1, "ray::RayTrainWorker")
+    killer.start()
+    datasets = stage_datasets("search", os.path.join(demo_data, "train"), 4)
+    resumed = run_stage(
+        "search", two_epochs, name="sw/r/search", storage_path=storage, datasets=datasets, max_failures=1
+    )
+    killer.join(timeout=5)
+    assert killer.killed_pid is not None, "the worker was never killed"
+    # a kill between writing a checkpoint and registering it costs that epoch (redone), never more
+    assert _registered_checkpoints(run_dir) == 2 and len(checkpoints()) in (2, 3)
+    assert resumed.metrics["epoch"] == 1
+    for a, b in zip(_arch(resumed.checkpoint), _arch(search.checkpoint), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert resumed.genotype == search.genotype
 
     # a finished stage is skipped, not repeated
     again = _run("search", two_epochs, "sw/t/search", storage, demo_data)
