@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from orchestrator.cli import friendly_errors
 from orchestrator.experiment import Experiment, ExperimentError, load_experiment, preset_names
 from orchestrator.tracking import TrackingUnavailable
 
@@ -43,17 +43,7 @@ def _load(
     return load_experiment(experiment, scale, overrides, **{k: v for k, v in fields.items() if v is not None})
 
 
-def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input and an unreachable tracking server are messages, never tracebacks."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (ExperimentError, TrackingUnavailable) as err:
-            raise click.ClickException(str(err)) from None
-
-    return wrapper
+_friendly_errors = friendly_errors(ExperimentError, TrackingUnavailable)
 
 
 def _launch(experiment: Experiment, address: str | None, resume: bool = False) -> None:

@@ -9,13 +9,14 @@ from MLflow as usual (`trilevel status SWEEP`, `trilevel report SWEEP`). `--addr
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from orchestrator.cli import friendly_errors
 from orchestrator.experiment import ExperimentError
+from orchestrator.submit import SubmitError
 from orchestrator.tracking import TrackingUnavailable
 
 __all__ = ["address_option", "echo_job_status", "jobs", "logs", "stop", "submit"]
@@ -30,19 +31,8 @@ def address_option(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad input, unreachable servers and failed jobs become messages (exit 1), never tracebacks."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from orchestrator.submit import SubmitError
-
-        try:
-            return command(*args, **kwargs)
-        except (ExperimentError, TrackingUnavailable, SubmitError) as err:
-            raise click.ClickException(str(err)) from None
-
-    return wrapper
+# Bad input, unreachable servers and failed jobs become messages (exit 1), never tracebacks.
+_friendly_errors = friendly_errors(ExperimentError, TrackingUnavailable, SubmitError)
 
 
 def _hints(submission_id: str, address: str) -> str:

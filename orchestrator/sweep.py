@@ -20,7 +20,7 @@ import yaml
 from orchestrator.experiment import DEMO, Experiment, ExperimentError, stage_configs, trials, validate
 from orchestrator.tracking import Tracker, TrackingUnavailable, flatten, run_environment_tags, tracked
 from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
-from workers.shards import read_manifest, resolve_uri, write_demo_dataset
+from workers.shards import join_storage, read_manifest, resolve_uri, write_demo_dataset
 
 __all__ = ["EXPERIMENT_FILE", "SweepOutcome", "load_sweep_experiment", "resolve_data", "run_sweep"]
 
@@ -43,8 +43,7 @@ class SweepOutcome:
         return _join(self.storage, self.name, BACKLOG_DIR)
 
 
-def _join(storage: str, *parts: str) -> str:
-    return posixpath.join(storage.rstrip("/"), *parts) if "://" in storage else os.path.join(storage, *parts)
+_join = join_storage
 
 
 def absolute_storage(storage: str) -> str:

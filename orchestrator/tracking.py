@@ -291,11 +291,16 @@ def run_environment_tags() -> dict[str, str]:
 # Reachability
 
 
-def _check_sqlite_path(tracking_uri: str) -> None:
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (absolute), or None for other URIs and in-memory stores."""
     path = unquote(tracking_uri[len("sqlite:///") :]) if tracking_uri.startswith("sqlite:///") else ""
-    if path in ("", ":memory:"):
+    return None if path in ("", ":memory:") else Path(path).expanduser().absolute()
+
+
+def _check_sqlite_path(tracking_uri: str) -> None:
+    database = _sqlite_file(tracking_uri)
+    if database is None:
         return
-    database = Path(path).expanduser().absolute()
     try:
         database.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -314,10 +319,8 @@ def _check_sqlite_path(tracking_uri: str) -> None:
 def _sqlite_artifacts(tracking_uri: str) -> str | None:
     """`mlartifacts/` beside a SQLite database: MLflow's own default is `./mlruns` of whichever directory
     the first run happened to start in, which scatters one store's artifacts across working directories."""
-    path = unquote(tracking_uri[len("sqlite:///") :]) if tracking_uri.startswith("sqlite:///") else ""
-    if path in ("", ":memory:"):
-        return None
-    return (Path(path).expanduser().absolute().parent / "mlartifacts").as_uri()
+    database = _sqlite_file(tracking_uri)
+    return None if database is None else (database.parent / "mlartifacts").as_uri()
 
 
 def _check_http(tracking_uri: str, timeout_s: float) -> None:

@@ -23,6 +23,7 @@ from search_space.genotype import Genotype
 from workers.checkpointing import open_checkpoint
 from workers.evaluate import evaluate_network, load_derived
 from workers.markers import read_marker, remove_marker, write_marker
+from workers.shards import join_storage
 from workers.stage_runner import StageResult, run_stage, stage_datasets
 
 __all__ = ["BACKLOG_DIR", "TRAINING_STAGES", "TrialContext", "catch_up", "run_trial"]
@@ -104,23 +105,24 @@ def catch_up(tracker: Tracker, storage: str, sweep: str, who: str, timeout_s: fl
     a later successful catch-up removes that file.
     """
     left = tracker.flush(timeout_s=timeout_s)
+    where = (sweep, BACKLOG_DIR, f"{who}.json")
     if left or tracker.dropped:
         report = {
             "tracking_uri": tracker.tracking_uri,
             "not_logged": left,
             "dropped_when_queue_was_full": tracker.dropped,
         }
-        write_marker(storage, report, sweep, BACKLOG_DIR, f"{who}.json")
+        write_marker(storage, report, *where)
         _log.warning(
             "MLflow at %s: %d tracking call(s) of %s not logged (%d dropped earlier), listed in %s",
             tracker.tracking_uri,
             len(left),
             who,
             tracker.dropped,
-            posixpath.join(storage, sweep, BACKLOG_DIR, f"{who}.json"),
+            join_storage(storage, *where),
         )
     else:
-        remove_marker(storage, sweep, BACKLOG_DIR, f"{who}.json")
+        remove_marker(storage, *where)
     return {"tracking_not_logged": len(left) + tracker.dropped}
 
 

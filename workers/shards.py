@@ -59,6 +59,7 @@ __all__ = [
     "DataError",
     "Manifest",
     "PrepareSummary",
+    "join_storage",
     "prepare_dataset",
     "read_manifest",
     "resolve_uri",
@@ -167,6 +168,11 @@ class Manifest:
 
 
 # --------------------------------------------------------------------------- filesystem helpers
+
+
+def join_storage(storage: str, *parts: str) -> str:
+    """`storage/parts…` for a local path or a URI (s3://…, joined with forward slashes)."""
+    return posixpath.join(storage.rstrip("/"), *parts) if "://" in storage else os.path.join(storage, *parts)
 
 
 def resolve_uri(uri: str) -> tuple[pafs.FileSystem, str]:

@@ -9,7 +9,6 @@ leaves `_STAGE_DONE.json` beside its checkpoints, so it is skipped, not repeated
 from __future__ import annotations
 
 import os
-import posixpath
 import shutil
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from workers.checkpointing import CheckpointWriteError, open_checkpoint, read_genotype_json
 from workers.markers import read_marker, write_marker
 from workers.pipeline import DEFAULT_NUM_CPUS, TRAIN, TRAIN_A, TRAIN_W, data_config, read_pairs, split_search
+from workers.shards import join_storage
 from workers.stages import LOOPS
 
 __all__ = ["DONE_MARKER", "StageError", "StageResult", "run_stage", "stage_datasets"]
@@ -152,7 +152,7 @@ def _free_space(storage_path: str) -> str:
 
 
 def _checkpoint_write_message(name: str, storage_path: str, err: CheckpointWriteError) -> str:
-    where = posixpath.join(storage_path, name) if "://" in storage_path else os.path.join(storage_path, name)
+    where = join_storage(storage_path, name)
     if err.no_space:
         free = _free_space(storage_path)
         fix = f"the storage is full{f' ({free})' if free else ''}: free space or choose another storage path"
