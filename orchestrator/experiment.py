@@ -80,7 +80,15 @@ class PhaseSpec(_Strict):
     grad_clip: float | None = Field(5.0, gt=0)
 
 
-class SearchPhaseSpec(PhaseSpec):
+class StageSpec(PhaseSpec):
+    """A training stage: one phase plus, optionally, its own training data (overrides `data.train`)."""
+
+    data: str | None = Field(
+        None, description="prepared shard folder (or demo) this stage trains on instead of data.train"
+    )
+
+
+class SearchPhaseSpec(StageSpec):
     arch_lr: float = Field(3e-4, gt=0)
     arch_betas: tuple[float, float] = (0.5, 0.999)
     radius_start: float = Field(0.0, ge=0)
@@ -89,7 +97,7 @@ class SearchPhaseSpec(PhaseSpec):
     lambda_flops: float = Field(1e-20, ge=0)
 
 
-class TrainPhaseSpec(PhaseSpec):
+class TrainPhaseSpec(StageSpec):
     from_search: bool = True
     genotype: str | None = Field(None, description="zoo name or JSON file: train it instead of the searched one")
     finetune: PhaseSpec | None = None
@@ -99,7 +107,7 @@ class StagesSpec(_Strict):
     patch: int = Field(32, ge=4)
     checkpoint_every: int = Field(1, ge=1)
     val_max_images: int | None = Field(None, ge=1)
-    pretrain: PhaseSpec = Field(default_factory=PhaseSpec)
+    pretrain: StageSpec = Field(default_factory=StageSpec)
     search: SearchPhaseSpec = Field(default_factory=SearchPhaseSpec)
     train: TrainPhaseSpec = Field(default_factory=TrainPhaseSpec)
 
@@ -184,6 +192,17 @@ class Experiment(_Strict):
         if self.stages.search.radius_end < self.stages.search.radius_start:
             raise ValueError("stages.search.radius_end must be >= radius_start")
         return self
+
+    def stage_data(self, stage: str) -> str:
+        """The training data of a stage: its own `stages.<stage>.data`, else `data.train`."""
+        return getattr(self.stages, stage).data or self.data.train
+
+    def data_fields(self) -> list[tuple[str, str]]:
+        """Every data set the experiment reads, as (field, path): what a pre-flight check must find."""
+        fields = [("data.train", self.data.train)]
+        fields += [(f"stages.{s}.data", getattr(self.stages, s).data) for s in ("pretrain", "search", "train")]
+        fields += [(f"data.val.{name}", path) for name, path in self.data.val.items()]
+        return [(field, path) for field, path in fields if path]
 
     def supernet_config(self) -> SupernetConfig:
         s = self.search_space
