@@ -6,10 +6,10 @@ supernet, derive and count a genotype in a notebook with torch alone.
 
 from search_space.combiners import COMBINERS, combine, ordering_penalty, softmax, sparsemax, sparsestmax
 from search_space.cost import Cost, count
-from search_space.derived import DerivedNetwork, build_network, inherit
+from search_space.derived import DerivedNetwork, build_network
 from search_space.genotype import Genotype, OpChoice, load_genotype, zoo_names
 from search_space.ops import PRIMITIVES
-from search_space.supernet import WIDTH_MODES, Supernet, SupernetConfig, WidthSample
+from search_space.supernet import WIDTH_MODES, Supernet, SupernetConfig, WidthSample, inherit
 from search_space.teacher import RRDBNet, TeacherWeightsError, load_teacher
 from search_space.tree import PathTree
 

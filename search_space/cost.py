@@ -10,12 +10,14 @@ slimmable convs of the supernet, which count at their sliced widths).
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from search_space.derived import build_network
 from search_space.genotype import Genotype
 
 __all__ = ["Cost", "count", "count_macs", "macs_per_output"]
@@ -48,12 +50,15 @@ def count_macs(
     module: nn.Module,
     input_shape: tuple[int, ...],
     call: Callable[[nn.Module, Tensor], Tensor] | None = None,
+    device: str = "meta",
 ) -> int:
-    """MACs of one call of `module` on an input of `input_shape`, counted on a meta-device copy.
+    """MACs of one call of `module` on an input of `input_shape`, counted on a copy on `device`.
 
     `call(module, x)` runs it when its forward needs more than `x` (e.g. a slimmable op's width).
+    The meta device costs no compute at any size; "cpu" is cheaper for tiny inputs (1×1 pixel
+    tables), since meta-device kernels run as Python reference implementations.
     """
-    meta = copy.deepcopy(module).to("meta")
+    meta = copy.deepcopy(module).to(device)
     total = 0
 
     def on_conv(conv: nn.Conv2d, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -72,7 +77,7 @@ def count_macs(
             handles.append(sub.register_forward_hook(on_leaky))
     try:
         with torch.no_grad():
-            x = torch.empty(*input_shape, device="meta")
+            x = torch.zeros(*input_shape, device=device)
             meta(x) if call is None else call(meta, x)
     finally:
         for handle in handles:
@@ -83,9 +88,14 @@ def count_macs(
 def count(net: nn.Module | Genotype, lr_size: tuple[int, int] = (256, 256)) -> Cost:
     """Params and MACs of `net` (or of the network of a genotype) for one 3×H×W LR input."""
     if isinstance(net, Genotype):
-        from search_space.derived import build_network
-
-        with torch.device("meta"):
-            net = build_network(net)
+        return _count_genotype(net, tuple(lr_size))
     params = sum(p.numel() for p in net.parameters())
     return Cost(params=params, macs=count_macs(net, (1, 3, *lr_size)))
+
+
+@functools.lru_cache(maxsize=256)
+def _count_genotype(genotype: Genotype, lr_size: tuple[int, int]) -> Cost:
+    """A genotype's cost is a pure function of it: counted once per process (searches ask every epoch)."""
+    with torch.device("meta"):
+        net = build_network(genotype)
+    return count(net, lr_size)

@@ -1,28 +1,19 @@
-"""The standalone network of a genotype, and weight inheritance from a supernet ("train from search").
+"""The standalone network of a genotype ("train from scratch", and the target of inheritance).
 
-`build_network(genotype)` needs the genotype alone (DARTS/once-for-all style). `inherit` builds it
-and slices the supernet's weights in along the derived path, so that a supernet whose combiners
-are one-hot on the genotype's choices and the inherited network compute the same function
-(see the note on ambiguity 8 in `search_space.ops`).
+`build_network(genotype)` needs the genotype alone (DARTS/once-for-all style). Weight inheritance
+from a supernet ("train from search") lives with the supernet (`search_space.supernet.inherit`), so
+this module never imports the supernet.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import torch
 from torch import Tensor, nn
 
 from search_space.backbones import Head, UpLayer, make_stem
 from search_space.genotype import Genotype
-from search_space.ops import SlimOp, build_op, slice_like
+from search_space.ops import RESIDUAL_SCALE, SlimOp, build_op
 
-if TYPE_CHECKING:
-    from search_space.supernet import Supernet
-
-__all__ = ["DerivedNetwork", "RiRBlock", "build_network", "inherit"]
-
-RESIDUAL_SCALE = 0.2
+__all__ = ["DerivedNetwork", "RiRBlock", "build_network"]
 
 
 class RiRBlock(nn.Module):
@@ -68,36 +59,3 @@ class DerivedNetwork(nn.Module):
 def build_network(genotype: Genotype) -> DerivedNetwork:
     """The derived network of `genotype`, randomly initialised ("train from scratch")."""
     return DerivedNetwork(genotype)
-
-
-@torch.no_grad()
-def inherit(supernet: Supernet, genotype: Genotype) -> DerivedNetwork:
-    """The derived network with the supernet's weights sliced in along the genotype's path.
-
-    Copies the stem, the chosen op of every slot of every RiR cell on the path (leading-channel
-    slices, DwsBlock hidden = first 4·Cin channels, no projection shortcut where Cin == Cout),
-    the "1"-layers on the path, and the head (method.md §4 "train from search", ambiguity 8).
-    """
-    config = supernet.config
-    if genotype.backbone != config.backbone or genotype.nf != config.nf or genotype.scale != config.scale:
-        raise ValueError(
-            f"genotype (backbone {genotype.backbone}, nf {genotype.nf}, ×{genotype.scale}) does not fit the supernet "
-            f"(backbone {config.backbone}, nf {config.nf}, ×{config.scale})"
-        )
-    net = build_network(genotype).to(next(supernet.parameters()).device)
-    tree = supernet.tree
-    chain = tree.ancestry(tree.index_of(genotype.path))
-    net.stem.load_state_dict(supernet.stem.state_dict())
-    net.head.load_state_dict(supernet.head.state_dict())
-    blocks, ups = iter(net.blocks), iter(net.ups)
-    for node_index in chain:
-        node = tree.nodes[node_index]
-        if node.cell is not None:
-            block = next(blocks)
-            cell = genotype.cells[node.path.count(0) - 1]
-            for slot, (choice, op) in enumerate(zip(cell, block.ops, strict=True)):
-                slice_like(supernet.cells[node.cell].slots[slot][choice.op], op)
-        else:
-            assert node.up is not None
-            next(ups).load_state_dict(supernet.ups[node.up].state_dict())
-    return net

@@ -25,6 +25,7 @@ __all__ = [
     "OPS",
     "OP_DISPLAY_NAMES",
     "PRIMITIVES",
+    "RESIDUAL_SCALE",
     "Conv1x1",
     "Conv3x3",
     "DwsBlock",
@@ -34,6 +35,10 @@ __all__ = [
     "build_op",
     "slice_like",
 ]
+
+# A RiR cell adds its 5-op branch to its input scaled by this (AGD `Cell`, method.md §1); shared by the
+# supernet cell and the derived RiR block so both compute the same function.
+RESIDUAL_SCALE = 0.2
 
 
 class SlimConv2d(nn.Conv2d):

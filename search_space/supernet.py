@@ -13,6 +13,7 @@ execution in outputs and gradients, and makes late (nearly one-hot) sparsestmax 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,12 +24,12 @@ from torch.nn import functional as F
 from search_space.backbones import BACKBONES, Head, UpLayer, make_stem, required_ups
 from search_space.combiners import COMBINERS, combine
 from search_space.cost import count_macs
-from search_space.derived import RESIDUAL_SCALE
+from search_space.derived import DerivedNetwork, build_network
 from search_space.genotype import SLOTS_PER_CELL, Genotype, OpChoice
-from search_space.ops import PRIMITIVES, build_op
+from search_space.ops import PRIMITIVES, RESIDUAL_SCALE, build_op, slice_like
 from search_space.tree import PathTree
 
-__all__ = ["WIDTH_MODES", "MixedCell", "Supernet", "SupernetConfig", "WidthSample"]
+__all__ = ["WIDTH_MODES", "MixedCell", "Supernet", "SupernetConfig", "WidthSample", "inherit"]
 
 WIDTH_MODES: tuple[str, ...] = ("max", "min", "random", "gumbel", "argmax")
 LEVELS: tuple[str, ...] = ("trilevel", "bilevel")
@@ -155,6 +156,11 @@ class Supernet(nn.Module):
             torch.full((len(tree),), config.path_init), requires_grad=config.levels == "trilevel"
         )
         self.register_buffer("radius", torch.zeros(()))
+        # SSN freezing (method.md §5): rows whose combiner output became exactly one-hot are decided
+        # for good. Buffers, so the frozen set is saved and restored with the search checkpoint.
+        self.register_buffer("frozen_ops", torch.zeros(n_cells, SLOTS_PER_CELL, dtype=torch.bool))
+        self.register_buffer("frozen_widths", torch.zeros(n_cells, SLOTS_PER_CELL - 1, dtype=torch.bool))
+        self.register_buffer("frozen_path", torch.zeros((), dtype=torch.bool))
         # Nodes whose features may be the output: backbone A needs both up-convs done (ambiguity 2).
         ups_needed = required_ups(config.backbone, config.scale)
         eligible = [ups_needed is None or n.num_ups == ups_needed for n in tree.nodes]
@@ -193,6 +199,50 @@ class Supernet(nn.Module):
             return combine(self.config.combiner, self.path_logits, r, dim=-1)
         weights = torch.zeros_like(self.path_logits)
         return weights.masked_scatter(mask, combine(self.config.combiner, self.path_logits[mask], r, dim=-1))
+
+    # --- SSN freezing ----------------------------------------------------------------------
+    @torch.no_grad()
+    def freeze_decided(self) -> dict[str, int]:
+        """Freeze every row whose combiner output is exactly one-hot at the current radius (SSN).
+
+        Why: once sparsestmax (or sparsemax) is one-hot the loss gives that row exactly zero
+        gradient, but the ordering and FLOPs penalties still push its raw logits, and Adam turns a
+        constant push into full steps, so a decided path would drift back out of its argmax over a
+        long search. SSN fixes decided distributions instead. Rows: the ops of each slot, the widths
+        of each slot (judged by the same combiner on the width logits; widths are sampled by Gumbel,
+        so this is only the decision test) and the network path (one row). Softmax never freezes.
+        Frozen stays frozen. Returns the number of frozen rows per level.
+        """
+        if self.config.combiner != "softmax":
+            self.frozen_ops |= _one_hot_rows(self.op_weights())
+            widths = combine(self.config.combiner, self.width_logits, self.radius, dim=-1)
+            self.frozen_widths |= _one_hot_rows(widths)
+            if self.config.levels == "trilevel":
+                self.frozen_path |= bool(_one_hot_rows(self.path_weights()[self.output_mask]))
+        return self.frozen_counts()
+
+    def frozen_counts(self) -> dict[str, int]:
+        """How many rows are frozen per level: ops (slots), widths (slots), path (0 or 1)."""
+        return {
+            "frozen_ops": int(self.frozen_ops.sum()),
+            "frozen_widths": int(self.frozen_widths.sum()),
+            "frozen_path": int(self.frozen_path),
+        }
+
+    def frozen_masks(self) -> list[tuple[nn.Parameter, Tensor]]:
+        """(architecture parameter, boolean mask of its frozen entries, same shape) pairs."""
+        return [
+            (self.alpha, self.frozen_ops.unsqueeze(-1).expand_as(self.alpha)),
+            (self.width_logits, self.frozen_widths.unsqueeze(-1).expand_as(self.width_logits)),
+            (self.path_logits, self.frozen_path.expand_as(self.path_logits)),
+        ]
+
+    @torch.no_grad()
+    def zero_frozen_grads(self) -> None:
+        """Zero the gradient of frozen rows from every term (loss, FLOPs and ordering penalties)."""
+        for param, mask in self.frozen_masks():
+            if param.grad is not None:
+                param.grad.masked_fill_(mask, 0.0)
 
     # --- widths -----------------------------------------------------------------------------
     def sample_widths(self, mode: str = "max", generator: torch.Generator | None = None) -> WidthSample:
@@ -277,13 +327,8 @@ class Supernet(nn.Module):
         widths, nf = config.widths, config.nf
         height, width = config.cost_lr_size
         pixels = height * width
-        per_pixel = torch.zeros(len(config.ops), len(widths), len(widths))
-        for k, name in enumerate(config.ops):
-            for a, cin in enumerate(widths):
-                for b, cout in enumerate(widths):
-                    op = build_op(name, cin, cout, slimmable=False)
-                    per_pixel[k, a, b] = count_macs(op, (1, cin, 1, 1), call=lambda m, x, c=cout: m(x, c))
-        stem = count_macs(make_stem(nf), (1, 3, 1, 1)) * pixels
+        per_pixel = _per_pixel_op_macs(tuple(config.ops), tuple(widths)).clone()
+        stem = count_macs(make_stem(nf), (1, 3, 1, 1), device="cpu") * pixels
         up_edge = []
         for node in self.tree.nodes:
             if node.up is None:
@@ -291,9 +336,9 @@ class Supernet(nn.Module):
                 continue
             res_in = self._resolution[node.parent] if node.parent is not None else 1
             layer = UpLayer(config.backbone, nf)
-            up_edge.append(float(count_macs(layer, (1, nf, res_in, res_in))) * pixels)
+            up_edge.append(float(count_macs(layer, (1, nf, res_in, res_in), device="cpu")) * pixels)
         res_out = max(self._resolution)
-        head = count_macs(Head(config.backbone, nf, config.scale), (1, nf, res_out, res_out)) * pixels
+        head = count_macs(Head(config.backbone, nf, config.scale), (1, nf, res_out, res_out), device="cpu") * pixels
         pixel_scale = torch.tensor([float(r * r * pixels) for r in self._resolution])
         return {
             "per_pixel": per_pixel,
@@ -372,7 +417,57 @@ class Supernet(nn.Module):
         )
 
 
+@functools.lru_cache(maxsize=16)
+def _per_pixel_op_macs(ops: tuple[str, ...], widths: tuple[int, ...]) -> Tensor:
+    """MACs per LR pixel of every op at every (Cin, Cout) width pair; counted once per process."""
+    table = torch.zeros(len(ops), len(widths), len(widths))
+    for k, name in enumerate(ops):
+        for a, cin in enumerate(widths):
+            for b, cout in enumerate(widths):
+                op = build_op(name, cin, cout, slimmable=False)
+                table[k, a, b] = count_macs(op, (1, cin, 1, 1), call=lambda m, x, c=cout: m(x, c), device="cpu")
+    return table
+
+
+def _one_hot_rows(weights: Tensor) -> Tensor:
+    """Rows (last dim) with exactly one non-zero weight."""
+    return (weights > 0).sum(dim=-1) == 1
+
+
 def _nonzero_indices(op_weights: Tensor) -> list[list[list[int]]]:
     """[cells][slots] → indices of ops with non-zero weight (one host sync per forward)."""
     mask = (op_weights > 0).tolist()
     return [[[k for k, on in enumerate(slot) if on] for slot in cell] for cell in mask]
+
+
+@torch.no_grad()
+def inherit(supernet: Supernet, genotype: Genotype) -> DerivedNetwork:
+    """The derived network with the supernet's weights sliced in along the genotype's path.
+
+    Copies the stem, the chosen op of every slot of every RiR cell on the path (leading-channel
+    slices, DwsBlock hidden = first 4·Cin channels, no projection shortcut where Cin == Cout),
+    the "1"-layers on the path, and the head (method.md §4 "train from search", ambiguity 8).
+    """
+    config = supernet.config
+    if genotype.backbone != config.backbone or genotype.nf != config.nf or genotype.scale != config.scale:
+        raise ValueError(
+            f"genotype (backbone {genotype.backbone}, nf {genotype.nf}, ×{genotype.scale}) does not fit the supernet "
+            f"(backbone {config.backbone}, nf {config.nf}, ×{config.scale})"
+        )
+    net = build_network(genotype).to(next(supernet.parameters()).device)
+    tree = supernet.tree
+    chain = tree.ancestry(tree.index_of(genotype.path))
+    net.stem.load_state_dict(supernet.stem.state_dict())
+    net.head.load_state_dict(supernet.head.state_dict())
+    blocks, ups = iter(net.blocks), iter(net.ups)
+    for node_index in chain:
+        node = tree.nodes[node_index]
+        if node.cell is not None:
+            block = next(blocks)
+            cell = genotype.cells[node.path.count(0) - 1]
+            for slot, (choice, op) in enumerate(zip(cell, block.ops, strict=True)):
+                slice_like(supernet.cells[node.cell].slots[slot][choice.op], op)
+        else:
+            assert node.up is not None
+            next(ups).load_state_dict(supernet.ups[node.up].state_dict())
+    return net

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from search_space.cost import count
-from search_space.derived import inherit
-from search_space.supernet import Supernet, SupernetConfig
+from search_space.supernet import Supernet, SupernetConfig, inherit
 
 SMALL = {"nf": 16, "widths": (8, 12, 16), "num_cells": 3}
 
