@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:  # `python bench/search_step.py` (the Makefile's `
 
 from bench.common import Worker, machine_info, markdown_table, median, peak_rss_mib, release_memory  # noqa: E402
 from search_space.supernet import Supernet, SupernetConfig  # noqa: E402
+from workers.search_step import FlopsController, arch_step, weight_step  # noqa: E402
 
 __all__ = [
     "ARCH_BETAS",
@@ -75,6 +76,7 @@ ARCH_LR = 3e-4
 ARCH_BETAS = (0.5, 0.999)
 WEIGHT_LR = 1e-4
 FLOPS_WEIGHT = 1e-20
+GRAD_CLIP = 5.0
 SANDWICH = ("gumbel", "max", "min")
 DEFAULT_WIDTHS = SupernetConfig().widths
 RESULTS = ROOT / "bench" / "results"
@@ -181,7 +183,8 @@ def make_batch(*, patch: int, batch: int, scale: int = 4, seed: int = 0) -> Step
 def sandwich_loss(
     net: Supernet, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, Any]:
-    """Σ over widths {gumbel, max, min} of L1(net(x, widths), y); also returns the Gumbel sample."""
+    """Σ over widths {gumbel, max, min} of L1(net(x, widths), y), every pass's graph kept alive until one
+    backward; also returns the Gumbel sample. Only the `summed` baseline uses it."""
     gumbel = net.sample_widths("gumbel", generator)
     loss = F.l1_loss(net(x, gumbel), y)
     for mode in SANDWICH[1:]:
@@ -196,21 +199,40 @@ def search_step(
     batch: StepBatch,
     generator: torch.Generator,
     flops_weight: float = FLOPS_WEIGHT,
+    *,
+    summed: bool = False,
 ) -> StepResult:
-    """One AGD search step: architecture step (sandwich + FLOPs penalty), then weight step (sandwich)."""
+    """One AGD search step: architecture step (sandwich + FLOPs penalty), then weight step (sandwich).
+
+    By default it is the production step (`workers.search_step.arch_step` and `weight_step`: a
+    backward after every sandwich pass, SSN freezing, gradient clipping at 5). `summed=True` is the
+    baseline it replaced, measured in the same run: the passes' losses summed, all their graphs alive,
+    one backward.
+    """
     start, cpu_start = time.perf_counter(), time.process_time()
-    net.zero_grad(set_to_none=True)
-    loss, gumbel = sandwich_loss(net, batch.x_arch, batch.y_arch, generator)
-    arch_loss = loss + flops_weight * net.flops_penalty(gumbel)
-    arch_loss.backward()
-    arch_opt.step()
-    middle = time.perf_counter()
-    net.zero_grad(set_to_none=True)
-    weight_loss, _ = sandwich_loss(net, batch.x_weight, batch.y_weight, generator)
-    weight_loss.backward()
-    weight_opt.step()
+    if summed:
+        net.zero_grad(set_to_none=True)
+        loss, gumbel = sandwich_loss(net, batch.x_arch, batch.y_arch, generator)
+        arch_total = loss + flops_weight * net.flops_penalty(gumbel)
+        arch_total.backward()
+        arch_opt.step()
+        arch_loss = float(loss.detach())
+        middle = time.perf_counter()
+        net.zero_grad(set_to_none=True)
+        weight_total, _ = sandwich_loss(net, batch.x_weight, batch.y_weight, generator)
+        weight_total.backward()
+        torch.nn.utils.clip_grad_norm_(net.weight_parameters(), GRAD_CLIP)
+        weight_opt.step()
+        weight_loss = float(weight_total.detach())
+    else:
+        flops = FlopsController(flops_weight, None, (0.5, 2.0), 1)
+        arch_loss, _, _ = arch_step(
+            net, arch_opt, batch.x_arch, batch.y_arch, F.l1_loss, generator, flops, 0.0, net.tree.full_paths
+        )
+        middle = time.perf_counter()
+        weight_loss = weight_step(net, weight_opt, batch.x_weight, batch.y_weight, F.l1_loss, generator, GRAD_CLIP)
     end, cpu_end = time.perf_counter(), time.process_time()
-    return StepResult(arch_loss.item(), weight_loss.item(), middle - start, end - middle, cpu_end - cpu_start)
+    return StepResult(arch_loss, weight_loss, middle - start, end - middle, cpu_end - cpu_start)
 
 
 @torch.no_grad()
@@ -253,10 +275,12 @@ class StepRunner:
         seed: int,
         logit_scale: float = 1.0,
         threads: int | None = None,
+        summed: bool = False,
         **net_kwargs: Any,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
+        self.summed = summed
         self.seed, self.logit_scale = seed, logit_scale
         self.net = make_supernet(sparse=sparse, logits=logits, seed=seed, logit_scale=logit_scale, **net_kwargs)
         self.arch_opt, self.weight_opt = make_optimizers(self.net)
@@ -284,6 +308,9 @@ class StepRunner:
                 p.copy_(saved)
         set_logits(self.net, self.logits, self.seed, self.logit_scale)
         self.net.set_radius(self.radius)
+        self.net.frozen_ops.fill_(False)  # a restored step starts with nothing frozen
+        self.net.frozen_widths.fill_(False)
+        self.net.frozen_path.fill_(False)
         self.net.zero_grad(set_to_none=True)
         for opt in (self.arch_opt, self.weight_opt):
             opt.state.clear()
@@ -294,7 +321,8 @@ class StepRunner:
 
     def step(self) -> dict[str, float]:
         self.restore()
-        result = asdict(search_step(self.net, self.arch_opt, self.weight_opt, self.batch, self.generator))
+        step = search_step(self.net, self.arch_opt, self.weight_opt, self.batch, self.generator, summed=self.summed)
+        result = asdict(step)
         self._drop_state()
         return result
 
@@ -441,6 +469,7 @@ def run_backbone(
     nf: int,
     num_cells: int,
     num_ups: int,
+    memory_pairs: int = 0,
 ) -> dict[str, Any]:
     """Every worker of one backbone is started (in parallel) and built before the first timed step."""
     net_kwargs = {"seed": seed, "threads": threads, "backbone": backbone, "nf": nf, "num_cells": num_cells}
@@ -476,7 +505,51 @@ def run_backbone(
                 worker.wait_ready()
             run["uniform"] = run_uniform(backbone=backbone, workers=uniform, pairs=uniform_pairs, warmup=warmup)
         run["uniform"]["settings"] = {"lr_patch": uniform_patch, "batch": uniform_batch, "pairs": uniform_pairs}
+    if memory_pairs:
+        memory_kwargs = net_kwargs | {"patch": patch, "batch": batch, "preload": PRELOAD}
+        run["memory"] = run_memory(backbone=backbone, kwargs=memory_kwargs, pairs=memory_pairs, warmup=warmup)
     return run
+
+
+def run_memory(*, backbone: str, kwargs: dict[str, Any], pairs: int, warmup: int) -> dict[str, Any]:
+    """One graph alive vs all of them: the production step against the summed-sandwich baseline.
+
+    Dense execution at uniform logits, r = 0 (the most a step ever computes), fresh worker per mode
+    so each peak RSS is that mode's; steps in ABBA order so load drifts hit both alike.
+    """
+    target = "bench.search_step:StepRunner"
+    _log(f"[{backbone}] memory: one graph alive vs summed sandwich, {pairs} pairs")
+    steps: dict[str, list[dict[str, float]]] = {"one_graph": [], "summed": []}
+    with contextlib.ExitStack() as stack:
+        workers = {
+            mode: stack.enter_context(
+                Worker(target, sparse=False, logits="uniform", radius=0.0, summed=mode == "summed", **kwargs)
+            )
+            for mode in steps
+        }
+        for worker in workers.values():
+            worker.wait_ready()
+        for mode, worker in workers.items():
+            for _ in range(warmup):
+                _timed(worker, f"{mode} warm-up")
+        for i in range(pairs):
+            for mode in ("one_graph", "summed") if i % 2 == 0 else ("summed", "one_graph"):
+                steps[mode].append(_timed(workers[mode], mode))
+        memory = {mode: w.call("memory") for mode, w in workers.items()}
+    result: dict[str, Any] = {}
+    for mode in steps:
+        times = _step_seconds(steps[mode])
+        result[mode] = {
+            "step_s": times,
+            "median_step_s": median(times),
+            "median_cpu_s": median([s["cpu_seconds"] for s in steps[mode]]),
+            "losses": [steps[mode][0]["arch_loss"], steps[mode][0]["weight_loss"]],
+            **memory[mode],
+        }
+    above = {mode: result[mode]["peak_rss_mib"] - result[mode]["base_rss_mib"] for mode in steps}
+    result["peak_ratio"] = above["one_graph"] / above["summed"]
+    result["time_ratio"] = result["one_graph"]["median_cpu_s"] / result["summed"]["median_cpu_s"]
+    return result
 
 
 def _fmt_s(seconds: float) -> str:
@@ -536,6 +609,25 @@ def table(run: dict[str, Any]) -> str:
             f"{u['dense']['peak_rss_mib']:.0f} / {u['sparse']['peak_rss_mib']:.0f}",
         ]
         out += ["", markdown_table(headers, [row])]
+    m = run.get("memory")
+    if m:
+        headers = ["step (dense, uniform logits, r = 0)", "peak RSS MiB", "above base MiB", "median step s", "CPU s"]
+        rows = [
+            [
+                label,
+                f"{m[mode]['peak_rss_mib']:.0f}",
+                f"{m[mode]['peak_rss_mib'] - m[mode]['base_rss_mib']:.0f}",
+                _fmt_s(m[mode]["median_step_s"]),
+                _fmt_s(m[mode]["median_cpu_s"]),
+            ]
+            for mode, label in (("summed", "summed sandwich (before)"), ("one_graph", "backward per pass (now)"))
+        ]
+        out += [
+            "",
+            markdown_table(headers, rows),
+            "",
+            f"Memory above base: **{m['peak_ratio']:.2f}×** of the summed sandwich; CPU time {m['time_ratio']:.2f}×.",
+        ]
     return "\n".join(out)
 
 
@@ -588,6 +680,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--uniform-batch", type=int, default=1, help="batch of the uniform-logits row (default 1)")
     parser.add_argument("--uniform-pairs", type=int, help="dense/sparse step pairs of that row (default 6; quick: 2)")
+    parser.add_argument(
+        "--memory-pairs", type=int, help="step pairs, backward per pass vs summed sandwich (default 2; 0 skips)"
+    )
     parser.add_argument("--backbone", choices=("A", "B"), default="B")
     parser.add_argument("--with-a", action="store_true", help="also run backbone A at --a-patch / --a-batch")
     parser.add_argument("--a-patch", type=int, help="LR patch side of the backbone A run (default 8; quick: 4)")
@@ -606,6 +701,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "repeats": 2 if quick else 3,
         "uniform_patch": 8,
         "uniform_pairs": 2 if quick else 6,
+        "memory_pairs": 1 if quick else 2,
         "a_patch": 4 if quick else 8,
         "out": RESULTS / ("search_step_quick.json" if quick else "search_step.json"),
     }
@@ -631,6 +727,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "nf": args.nf,
         "num_cells": args.num_cells,
         "num_ups": args.num_ups,
+        "memory_pairs": args.memory_pairs,
     }
     runs = [
         run_backbone(

@@ -2,8 +2,8 @@
 
 A value is defined once, validated once, here at the top; errors name the field and the allowed
 values. A sweep is the experiment plus grid axes (dotted field paths → values); each trial is the
-experiment with one combination of axis values filled in, validated again, and turned into the
-plain per-stage dicts the Ray Train workers receive (`stage_configs`).
+experiment with one combination of axis values filled in and validated again. The trial's typed
+plan (`orchestrator.plan`) is built from it; this module holds every default there is.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ __all__ = [
     "Trial",
     "load_experiment",
     "preset_names",
-    "stage_configs",
     "trials",
 ]
 
@@ -52,6 +51,12 @@ class DataSpec(_Strict):
     val: dict[str, str] = Field(default_factory=lambda: {DEMO: DEMO})
     scale: int = Field(4, ge=2, le=8)
     data_cpus: float = Field(0.25, gt=0, lt=1, description="CPU fraction of each Ray Data task")
+    cache_mb: float = Field(
+        1024.0,
+        ge=0,
+        description="a training set whose decoded images take at most this much per worker is decoded once and "
+        "kept in memory instead of being streamed again every pass",
+    )
 
 
 class SearchSpaceSpec(_Strict):
@@ -94,7 +99,34 @@ class SearchPhaseSpec(StageSpec):
     radius_start: float = Field(0.0, ge=0)
     radius_end: float = Field(1.0, ge=0)
     lambda_order: float = Field(0.0, ge=0)
-    lambda_flops: float = Field(1e-20, ge=0)
+    lambda_flops: float = Field(
+        1e-20,
+        ge=0,
+        description="FLOPs penalty weight on raw MACs (the paper's 1e-20); with flops_target, the initial weight "
+        "of the penalty measured in units of the target",
+    )
+    flops_target: float | None = Field(
+        None, gt=0, description="steer the search to this many GFLOPs at a 256x256 LR input (AGD's adaptive rule)"
+    )
+    flops_band: tuple[float, float] = Field(
+        (0.5, 2.0), description="λ_flops doubles above high·target and halves below low·target (AGD: 100-400 G)"
+    )
+    flops_interval: int = Field(20, ge=1, description="epochs between λ_flops adaptations (AGD: 20)")
+    ssn_freeze: bool = Field(
+        True, description="freeze combiner rows once one-hot (SSN); off only to study the drift it prevents"
+    )
+
+    @model_validator(mode="after")
+    def _flops_target_needs_weight(self) -> SearchPhaseSpec:
+        low, high = self.flops_band
+        if not 0 < low <= 1 <= high:
+            raise ValueError(f"flops_band must be (low, high) with 0 < low <= 1 <= high, got {self.flops_band}")
+        if self.flops_target is not None and self.lambda_flops < 1e-6:
+            raise ValueError(
+                f"lambda_flops: with a flops_target it is the initial weight of the penalty in units of the target "
+                f"(e.g. 0.01), got {self.lambda_flops}"
+            )
+        return self
 
 
 class TrainPhaseSpec(StageSpec):
@@ -370,61 +402,3 @@ def trials(experiment: Experiment) -> list[Trial]:
         trial_id = _trial_id(assignment)
         out.append(Trial(trial_id, assignment, validate(data, f"{experiment.name} trial {trial_id}")))
     return out
-
-
-def stage_configs(experiment: Experiment, data_paths: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """The plain `train_loop_config` of each stage (without `init_from`, which the trial fills in)."""
-    stages, space = experiment.stages, experiment.search_space
-    supernet = {
-        "backbone": space.backbone,
-        "nf": space.nf,
-        "scale": experiment.data.scale,
-        "num_cells": space.num_cells,
-        "num_ups": space.num_ups,
-        "widths": list(space.widths),
-        "combiner": space.combiner,
-        "levels": space.levels,
-        "fixed_path": list(space.fixed_path),
-        "omega_ops": space.omega_ops,
-        "omega_widths": space.omega_widths,
-    }
-    first_val = next(iter(data_paths.get("val", {}).values()), None) if data_paths.get("val") else None
-    common = {
-        "seed": experiment.seed,
-        "scale": experiment.data.scale,
-        "patch": stages.patch,
-        "supernet": supernet,
-        "val_path": first_val,
-        "val_max_images": stages.val_max_images,
-        "vgg_weights": experiment.perceptual.vgg_weights,
-        "supervision": experiment.supervision.model_dump(),
-        "checkpoint_every": stages.checkpoint_every,
-    }
-
-    def optim(phase: PhaseSpec) -> dict[str, Any]:
-        keys = ("epochs", "steps_per_epoch", "lr", "milestones", "gamma", "loss", "grad_clip")
-        return {k: getattr(phase, k) for k in keys}
-
-    search = stages.search
-    train = stages.train
-    return {
-        "pretrain": common | {"batch_size": stages.pretrain.batch_size, "optim": optim(stages.pretrain)},
-        "search": common
-        | {
-            "batch_size": search.batch_size,
-            "optim": optim(search),
-            "arch_lr": search.arch_lr,
-            "arch_betas": list(search.arch_betas),
-            "radius_start": search.radius_start,
-            "radius_end": search.radius_end,
-            "lambda_order": search.lambda_order,
-            "lambda_flops": search.lambda_flops,
-        },
-        "train": common
-        | {
-            "batch_size": train.batch_size,
-            "optim": optim(train),
-            "from_search": train.from_search,
-            "finetune": optim(train.finetune) if train.finetune else None,
-        },
-    }

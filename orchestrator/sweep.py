@@ -13,16 +13,16 @@ import os
 import posixpath
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Any
 
 import yaml
 
-from orchestrator.experiment import DEMO, Experiment, ExperimentError, stage_configs, trials, validate
+from orchestrator.experiment import DEMO, Experiment, ExperimentError, trials, validate
+from orchestrator.plan import plan_trial, resolve_data
 from orchestrator.tracking import Tracker, TrackingUnavailable, flatten, run_environment_tags, tracked
 from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
-from workers.shards import join_storage, read_manifest, resolve_uri, write_demo_dataset
+from workers.shards import join_storage, resolve_uri
 
-__all__ = ["EXPERIMENT_FILE", "SweepOutcome", "load_sweep_experiment", "resolve_data", "run_sweep"]
+__all__ = ["EXPERIMENT_FILE", "SweepOutcome", "load_sweep_experiment", "run_sweep"]
 
 EXPERIMENT_FILE = "experiment.yaml"
 _log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ def absolutize(experiment: Experiment) -> Experiment:
     if genotype and genotype.endswith(".json"):
         data["stages"]["train"]["genotype"] = _absolute_path(genotype)
     data["data"]["train"] = _absolute_path(data["data"]["train"])
+    for stage in ("pretrain", "search", "train"):
+        data["stages"][stage]["data"] = _absolute_path(data["stages"][stage]["data"])
     data["data"]["val"] = {k: _absolute_path(v) for k, v in data["data"]["val"].items()}
     return validate(data, f"experiment {experiment.name}")
 
@@ -110,24 +112,6 @@ def check_storage(storage: str) -> None:
         fs.delete_file(path)
     except (OSError, ValueError) as err:
         raise ExperimentError(f"storage: cannot write to {storage} ({err})") from None
-
-
-def resolve_data(experiment: Experiment, storage: str) -> dict[str, Any]:
-    """Shard paths of the experiment's data; "demo" is written once under `<storage>/_data/demo`."""
-    data = experiment.data
-    demo_root = _join(storage, "_data", DEMO)
-    if data.train == DEMO or DEMO in data.val.values():
-        write_demo_dataset(demo_root)
-    train = _join(demo_root, "train") if data.train == DEMO else data.train
-    val = {name: _join(demo_root, "val") if path == DEMO else path for name, path in data.val.items()}
-    for field, path in [("data.train", train), *((f"data.val.{n}", p) for n, p in val.items())]:
-        try:
-            read_manifest(path)
-        except Exception as err:
-            raise ExperimentError(
-                f"{field}: {path} is not a prepared data set ({err}); run `trilevel data prepare`"
-            ) from None
-    return {"train": train, "val": val}
 
 
 def _write_experiment(experiment: Experiment, storage: str) -> None:
@@ -170,7 +154,7 @@ def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: 
     if resume and not exists:
         raise ExperimentError(f"no sweep {experiment.name!r} to resume under {storage}")
     data = resolve_data(experiment, storage)
-    grid = trials(experiment)
+    plans = {t.trial_id: plan_trial(t, data, storage, experiment.name) for t in trials(experiment)}
     if not resume:
         _write_experiment(experiment, storage)
     sweep_run = tracker.sweep_run(experiment.name, params=flatten(experiment.model_dump(mode="json")), tags=environment)
@@ -180,15 +164,7 @@ def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: 
         storage=storage,
         tracking_uri=experiment.tracking.uri,
         mlflow_experiment=experiment.tracking.experiment,
-        data=data,
-        trials={
-            t.trial_id: {
-                "axes": t.axes,
-                "experiment": t.experiment.model_dump(mode="json"),
-                "stages": stage_configs(t.experiment, data),
-            }
-            for t in grid
-        },
+        plans=plans,
         registered_model=experiment.tracking.registered_model,
         environment=environment,
     )
@@ -203,7 +179,7 @@ def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: 
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space={"trial_id": tune.grid_search([t.trial_id for t in grid])},
+                param_space={"trial_id": tune.grid_search(list(plans))},
                 tune_config=tune.TuneConfig(max_concurrent_trials=experiment.resources.max_concurrent_trials),
                 run_config=tune.RunConfig(
                     name=experiment.name,

@@ -1,37 +1,41 @@
-"""One trial: the pipeline pretrain → search → derive → train → evaluate, tracked in MLflow.
+"""One trial: pretrain → search → derive → train → evaluate, in as few Train runs as its plan allows.
 
-`run_trial` is a Ray Tune function trainable (Train V2 forbids `Tuner(trainer)`): it chains one
-TorchTrainer run per training stage, each named `<sweep>/<trial>/<stage>` on the storage path, so
-re-running a trial (Tune retry, `trilevel resume`) resumes unfinished stages and skips finished
-ones. The trial process is the only MLflow writer: one child run per trial, one nested run per
-stage, found by tag before being created, ended FINISHED/FAILED/KILLED, never left RUNNING.
+`run_trial` is a Ray Tune function trainable (Train V2 forbids `Tuner(trainer)`). It fits one
+TorchTrainer per Train run of its plan (`orchestrator.plan`: usually one for all three training
+stages), so the worker group, the torch import and the dataset split coordinators are paid once
+per trial. Stage boundaries stay visible: every stage has its own nested MLflow run, opened at its
+first report and finished at its last (`StageRuns`), its checkpoints and done marker on the storage
+path. Re-running a trial (Tune retry, `trilevel resume`) skips finished Train runs without
+starting them, and inside a run skips finished stages and resumes the interrupted one. Evaluate runs
+in the trial process, without another Train start. The trial process is the only MLflow writer.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from orchestrator.plan import TrainRunPlan, TrialPlan
 from orchestrator.relay import relay_reports
-from orchestrator.tracking import Tracker, TrackingUnavailable, flatten, tracked
+from orchestrator.tracking import ERROR_TAG, Tracker, TrackingUnavailable, flatten, tracked
+from orchestrator.train_run import build_datasets, fit_run, run_finished
 from search_space.genotype import Genotype
 from workers.checkpointing import open_checkpoint
 from workers.evaluate import evaluate_network, load_derived
 from workers.markers import read_marker, remove_marker, write_marker
+from workers.settings import STAGES
 from workers.shards import join_storage
-from workers.stage_runner import StageResult, run_stage, stage_datasets
+from workers.stage_outputs import StageResult, read_stage_result
 
-__all__ = ["BACKLOG_DIR", "TRAINING_STAGES", "TrialContext", "catch_up", "run_trial"]
+__all__ = ["BACKLOG_DIR", "StageRuns", "TrialContext", "catch_up", "run_trial"]
 
-TRAINING_STAGES: tuple[str, ...] = ("pretrain", "search", "train")
 TRIAL_DONE = "_TRIAL_DONE.json"
 BACKLOG_DIR = "tracking-backlog"
-STAGE_BOUNDARY_FLUSH_S = 5.0  # between stages a down tracking server may delay training only this long
+STAGE_BOUNDARY_FLUSH_S = 5.0  # between Train runs a down tracking server may delay training only this long
 _log = logging.getLogger(__name__)
 
 
@@ -44,48 +48,150 @@ class TrialContext:
     storage: str
     tracking_uri: str
     mlflow_experiment: str
-    data: dict[str, Any]  # {"train": path, "val": {name: path}}
-    trials: dict[str, dict[str, Any]]  # trial id → {"axes": ..., "experiment": resolved dict, "stages": ...}
+    plans: dict[str, TrialPlan]  # trial id → its plan
     registered_model: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
-
-
-def stage_run_name(sweep: str, trial: str, stage: str) -> str:
-    return posixpath.join(sweep, "stages", trial, stage)
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Tune entry point: `config["trial_id"]` picks the grid point."""
     import ray.tune
+    import torch
 
+    torch.set_num_threads(1)  # the trial process only evaluates; its CPUs belong to the workers
     trial_id = config["trial_id"]
+    plan = context.plans[trial_id]
+    experiment = plan.experiment
     done = read_marker(context.storage, context.sweep, "stages", trial_id, TRIAL_DONE)
-    spec = context.trials[trial_id]
-    experiment = spec["experiment"]
     tracker = Tracker(context.tracking_uri, context.mlflow_experiment)
-    params = flatten(experiment) | {f"axis.{k}": v for k, v in spec["axes"].items()}
-    tags = context.environment | {"trilevel.seed": str(experiment["seed"])}
-    tags |= {f"trilevel.axis.{k}": str(v) for k, v in spec["axes"].items()}
+    params = flatten(experiment.model_dump(mode="json")) | {f"axis.{k}": v for k, v in plan.axes.items()}
+    tags = context.environment | {"trilevel.seed": str(experiment.seed)}
+    tags |= {f"trilevel.axis.{k}": str(v) for k, v in plan.axes.items()}
     trial_run = tracker.trial_run(context.sweep_run_id, context.sweep, trial_id, params=params, tags=tags)
-    flush_timeout_s = experiment["tracking"]["flush_timeout_s"]
+    flush_timeout_s = experiment.tracking.flush_timeout_s
+    finished = {"stage": "evaluate", "stages_finished": len(STAGES) + 1}
     if done is not None:  # finished before a driver crash hid that from Tune: report, never redo
         if not _is_finished(tracker, trial_run):
             tracker.finish(trial_run, "FINISHED")
         not_logged = catch_up(tracker, context.storage, context.sweep, trial_id, flush_timeout_s)
-        ray.tune.report({"stage": "evaluate", "stages_finished": len(TRAINING_STAGES) + 1, **done} | not_logged)
+        ray.tune.report(finished | done | not_logged)
         return
     with tracked(tracker, trial_run):
-        previous: StageResult | None = None
-        for stage in TRAINING_STAGES:
-            previous = _run_tracked_stage(tracker, context, trial_id, trial_run, stage, spec, previous)
-            ray.tune.report({"stage": stage, **_numeric(previous.metrics)})
+        stage_runs = StageRuns(tracker, trial_run, context.sweep, trial_id)
+        for run in plan.runs:
+            _run_tracked(stage_runs, context, plan, run)
+            last = read_stage_result(plan.outputs, run.stages[-1])
+            assert last is not None, f"Train run {run.name} ended without its stages' done markers"
+            stages_done = STAGES.index(run.stages[-1]) + 1
+            ray.tune.report({"stage": run.stages[-1], "stages_finished": stages_done, **_numeric(last.metrics)})
             tracker.flush(timeout_s=STAGE_BOUNDARY_FLUSH_S)
-        assert previous is not None
-        final = _evaluate(tracker, context, trial_id, trial_run, spec, previous)
+        trained = read_stage_result(plan.outputs, "train")
+        assert trained is not None
+        final = _evaluate(tracker, context, plan, trial_run, trained)
         write_marker(context.storage, final, context.sweep, "stages", trial_id, TRIAL_DONE)
     not_logged = catch_up(tracker, context.storage, context.sweep, trial_id, flush_timeout_s)
     # never the key "done": Tune treats done=True as "stop this trial now", before the run is closed
-    ray.tune.report({"stage": "evaluate", "stages_finished": len(TRAINING_STAGES) + 1, **final} | not_logged)
+    ray.tune.report(finished | final | not_logged)
+
+
+def _run_tracked(stage_runs: StageRuns, context: TrialContext, plan: TrialPlan, run: TrainRunPlan) -> None:
+    """Fit one Train run (unless all its stages are done), relaying live metrics to the stage runs."""
+    experiment = plan.experiment
+    resources = experiment.resources
+    if not run_finished(run):
+        datasets = build_datasets(run, experiment.data.scale, experiment.data.data_cpus)
+        with stage_runs.failing_on_error(), relay_reports(stage_runs.on_report) as relay:
+            fit_run(
+                run,
+                context.storage,
+                datasets,
+                use_gpu=resources.gpus_per_worker > 0,
+                cpus_per_worker=resources.cpus_per_worker,
+                max_failures=resources.max_failures,
+                callbacks=[relay.callback],
+            )
+    for stage in run.stages:
+        result = read_stage_result(plan.outputs, stage)
+        if result is not None:
+            stage_runs.record(result)
+
+
+class StageRuns:
+    """The nested MLflow runs of a trial's stages, driven by the Train run's live reports.
+
+    A stage's run is found-or-created at its first report, gets every epoch's metrics (step = epoch)
+    and is finished at the report that ends the stage; `record` then adds what the stage left
+    (genotype, checkpoint) and finishes it in case the relay missed that report.
+    """
+
+    def __init__(self, tracker: Tracker, trial_run: str, sweep: str, trial_id: str) -> None:
+        self.tracker = tracker
+        self.trial_run = trial_run
+        self.sweep = sweep
+        self.trial_id = trial_id
+        self.ids: dict[str, str] = {}
+        self.open_stages: set[str] = set()
+
+    def run_id(self, stage: str) -> str:
+        if stage not in self.ids:
+            self.ids[stage] = self.tracker.stage_run(self.trial_run, self.sweep, self.trial_id, stage)
+            self.open_stages.add(stage)
+        return self.ids[stage]
+
+    def on_report(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
+        """Relay sink: one epoch's report of some stage of the running Train run."""
+        stage = metrics.get("stage")
+        if stage not in STAGES:
+            return
+        run_id = self.run_id(stage)
+        self.tracker.log_metrics(run_id, _numeric(metrics), step=int(metrics.get("epoch", 0)))
+        if "path" in metrics:
+            self.tracker.set_tags(run_id, {"trilevel.path": metrics["path"]})
+        if metrics.get("stage_finished"):
+            if checkpoint:
+                self.tracker.set_tags(run_id, {"trilevel.checkpoint": checkpoint})
+            self._finish(stage, "FINISHED")
+
+    def record(self, result: StageResult) -> None:
+        """Log a finished stage's outputs to its run and make sure the run is FINISHED."""
+        run_id = self.run_id(result.stage)
+        self.tracker.set_tags(run_id, {"trilevel.checkpoint": result.checkpoint})
+        if result.stage == "train":  # the derived network's final checkpoint is small: keep a copy with the run
+            with open_checkpoint(result.checkpoint) as directory:
+                # a remote checkpoint's local copy is temporary: snapshot it in case the upload is queued
+                remote = not os.path.isdir(result.checkpoint)
+                self.tracker.log_artifact(run_id, str(directory), "checkpoint", snapshot=remote)
+        if result.genotype is not None:
+            genotype = Genotype.from_dict(result.genotype)
+            self.tracker.log_text(run_id, genotype.to_json(), "genotype.json")
+            self.tracker.log_text(run_id, genotype.table(), "genotype.md")
+            self.tracker.set_tags(run_id, {"trilevel.path": str(list(genotype.path))})
+        self._finish(result.stage, "FINISHED", force=True)
+
+    def _finish(self, stage: str, status: str, force: bool = False) -> None:
+        if stage in self.open_stages or force:
+            self.tracker.finish(self.ids[stage], status)
+            self.open_stages.discard(stage)
+
+    def failing_on_error(self) -> _FailOpenRuns:
+        """Context manager: stage runs still open when the block raises end FAILED (KILLED on Ctrl-C)."""
+        return _FailOpenRuns(self)
+
+
+class _FailOpenRuns:
+    def __init__(self, runs: StageRuns) -> None:
+        self.runs = runs
+
+    def __enter__(self) -> StageRuns:
+        return self.runs
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: object) -> None:
+        if err is None:
+            return
+        status = "FAILED" if isinstance(err, Exception) else "KILLED"
+        for stage in sorted(self.runs.open_stages):
+            self.runs.tracker.set_tags(self.runs.ids[stage], {ERROR_TAG: f"{type(err).__name__}: {err}"[:5000]})
+            self.runs._finish(stage, status)
 
 
 def _is_finished(tracker: Tracker, run_id: str) -> bool:
@@ -126,84 +232,17 @@ def catch_up(tracker: Tracker, storage: str, sweep: str, who: str, timeout_s: fl
     return {"tracking_not_logged": len(left) + tracker.dropped}
 
 
-def _run_tracked_stage(
-    tracker: Tracker,
-    context: TrialContext,
-    trial_id: str,
-    trial_run: str,
-    stage: str,
-    spec: dict[str, Any],
-    previous: StageResult | None,
-) -> StageResult:
-    experiment = spec["experiment"]
-    resources = experiment["resources"]
-    stage_run = tracker.stage_run(trial_run, context.sweep, trial_id, stage)
-    loop_config = dict(spec["stages"][stage])
-    if previous is not None:
-        loop_config["init_from"] = previous.checkpoint
-    if stage == "train" and experiment["stages"]["train"].get("genotype"):
-        from search_space.genotype import load_genotype
-
-        loop_config["genotype"] = load_genotype(experiment["stages"]["train"]["genotype"]).to_dict()
-
-    def log_report(metrics: dict[str, Any], checkpoint: str | None) -> None:
-        step = int(metrics.get("epoch", 0))
-        tracker.log_metrics(stage_run, _numeric(metrics), step=step)
-        if "path" in metrics:
-            tracker.set_tags(stage_run, {"trilevel.path": metrics["path"]})
-
-    with tracked(tracker, stage_run):
-        datasets = stage_datasets(
-            stage, context.data["train"], experiment["data"]["scale"], experiment["data"]["data_cpus"]
-        )
-        with relay_reports(log_report) as relay:
-            result = run_stage(
-                stage,
-                loop_config,
-                name=stage_run_name(context.sweep, trial_id, stage),
-                storage_path=context.storage,
-                datasets=datasets,
-                num_workers=resources["workers"][stage],
-                use_gpu=resources["gpus_per_worker"] > 0,
-                cpus_per_worker=resources["cpus_per_worker"],
-                max_failures=resources["max_failures"],
-                callbacks=[relay.callback],
-            )
-        tracker.set_tags(stage_run, {"trilevel.checkpoint": result.checkpoint})
-        if stage == "train":  # the derived network's final checkpoint is small: keep a copy with the run
-            with open_checkpoint(result.checkpoint) as directory:
-                # a remote checkpoint's local copy is temporary: snapshot it in case the upload is queued
-                remote = not os.path.isdir(result.checkpoint)
-                tracker.log_artifact(stage_run, str(directory), "checkpoint", snapshot=remote)
-        if result.genotype is not None:
-            genotype = Genotype.from_dict(result.genotype)
-            tracker.log_text(stage_run, genotype.to_json(), "genotype.json")
-            tracker.log_text(stage_run, genotype.table(), "genotype.md")
-            tracker.set_tags(stage_run, {"trilevel.path": str(list(genotype.path))})
-    return result
-
-
 def _evaluate(
-    tracker: Tracker,
-    context: TrialContext,
-    trial_id: str,
-    trial_run: str,
-    spec: dict[str, Any],
-    trained: StageResult,
+    tracker: Tracker, context: TrialContext, plan: TrialPlan, trial_run: str, trained: StageResult
 ) -> dict[str, float]:
     """Evaluate the trained network, log the trial's headline numbers, artifacts and model."""
-    experiment = spec["experiment"]
-    stage_run = tracker.stage_run(trial_run, context.sweep, trial_id, "evaluate")
+    experiment = plan.experiment
+    stage_run = tracker.stage_run(trial_run, context.sweep, plan.trial_id, "evaluate")
     with tracked(tracker, stage_run):
         checkpoint = trained.best_checkpoint or trained.checkpoint
         net = load_derived(checkpoint)  # loaded once: evaluated, described and logged as the model
         genotype = net.genotype
-        metrics = evaluate_network(
-            net,
-            context.data["val"],
-            experiment["data"]["scale"],
-            max_images=experiment["stages"]["val_max_images"],
-        )
+        metrics = evaluate_network(net, plan.val, experiment.data.scale, max_images=experiment.stages.val_max_images)
         tracker.log_metrics(stage_run, metrics)
         tracker.log_metrics(trial_run, metrics)
         tracker.set_tags(trial_run, {"trilevel.path": str(list(genotype.path)), "trilevel.checkpoint": checkpoint})

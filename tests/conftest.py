@@ -10,6 +10,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread in the test process: on a 2-core machine the Ray workers need the other core,
+    and a 2-thread pool stalls on tiny ops whenever one of its threads is descheduled."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """Start (once) a local Ray with 2 logical CPUs; tests that need Ray take this fixture."""

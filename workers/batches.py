@@ -1,13 +1,15 @@
 """Per-epoch streams of LR/HR patch batches for a stage loop, deterministic given (seed, epoch, rank).
 
-Ray Data delivers decoded image pairs (`workers.pipeline.read_pairs`); the random crop and flip
-happen here, from a generator seeded by (seed, epoch, rank, stream), so an epoch replays exactly on
-resume and every rank draws different patches.
+Rows come either from a Ray data iterator (large data, streamed pass after pass) or from a list of
+decoded rows the worker keeps in memory (small data: decoding PNGs and the MATLAB bicubic once,
+instead of once per pass). The random crop and flip happen here, from a generator seeded by
+(seed, epoch, rank, stream), so an epoch replays exactly on resume and every rank draws different
+patches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -27,30 +29,52 @@ def epoch_generator(seed: int, epoch: int, rank: int = 0, stream: int = 0) -> to
 
 
 def patch_batches(
-    shard: Any,
+    source: Any,
     *,
     batch_size: int,
     patch: int,
     scale: int,
     generator: torch.Generator,
-    steps: int | None,
+    steps: int,
     name: str,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (LR, HR) float batches from a Ray `DataIterator` shard.
+    """Yield exactly `steps` (LR, HR) float batches from `source`.
 
-    `steps=None` makes one pass; an integer yields exactly that many batches, starting new passes
-    over the shard as needed (small data sets and long epochs).
+    A list of rows (cached in memory) is drawn in seeded random order, permutation after
+    permutation, so every batch holds `batch_size` crops even when the data has fewer images. A
+    Ray `DataIterator` is read pass after pass in its (preserved) order; a pass's last batch may be
+    smaller.
     """
+    if isinstance(source, Sequence):
+        yield from _cached_batches(source, batch_size, patch, scale, generator, steps, name)
+        return
     produced = 0
-    while steps is None or produced < steps:
+    while produced < steps:
         seen = False
-        for rows in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        for rows in source.iter_batches(batch_size=batch_size, batch_format="numpy"):
             seen = True
             yield collate_crops(rows, patch, scale, generator)
             produced += 1
-            if steps is not None and produced >= steps:
+            if produced >= steps:
                 return
         if not seen:
             raise DataError(f"training data {name!r} gave this worker no images; use fewer workers or more data")
-        if steps is None:
-            return
+
+
+def _cached_batches(
+    rows: Sequence[dict[str, Any]],
+    batch_size: int,
+    patch: int,
+    scale: int,
+    generator: torch.Generator,
+    steps: int,
+    name: str,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    if not rows:
+        raise DataError(f"training data {name!r} gave this worker no images; use fewer workers or more data")
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order += torch.randperm(len(rows), generator=generator).tolist()
+        chosen, order = order[:batch_size], order[batch_size:]
+        yield collate_crops([rows[i] for i in chosen], patch, scale, generator)

@@ -49,6 +49,7 @@ __all__ = [
     "collate_crops",
     "data_config",
     "decode_pair",
+    "decoded_rows",
     "image_ids",
     "random_patch_pairs",
     "read_pairs",
@@ -197,12 +198,14 @@ def search_datasets(
     return out
 
 
-def data_config(*, preserve_order: bool = True) -> ray.train.DataConfig:
-    """Ray Train ``DataConfig`` that splits only the training sets (``train_w``, ``train_a``, ``train``).
+def data_config(
+    split: Sequence[str] = (TRAIN_W, TRAIN_A, TRAIN), *, preserve_order: bool = True
+) -> ray.train.DataConfig:
+    """Ray Train ``DataConfig`` that splits the training sets named in ``split`` across workers.
 
-    ``val`` (and any other name) reaches every worker whole. ``preserve_order`` keeps the row
-    order deterministic (on top of Train's default ingest options), so a seeded crop generator sees
-    the same images in the same order on a resume.
+    Any other dataset (``val``) reaches every worker whole. ``preserve_order`` keeps the row order
+    deterministic (on top of Train's default ingest options), so a seeded crop generator sees the
+    same images in the same order on a resume.
     """
     import ray.train
 
@@ -210,15 +213,28 @@ def data_config(*, preserve_order: bool = True) -> ray.train.DataConfig:
         warnings.simplefilter("ignore", DeprecationWarning)
         options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = preserve_order
-    return ray.train.DataConfig(datasets_to_split=[TRAIN_W, TRAIN_A, TRAIN], execution_options=options)
+    return ray.train.DataConfig(datasets_to_split=list(split), execution_options=options)
+
+
+def decoded_rows(path: str, scale: int, ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Rows ``{"id", "image_id", "lr", "hr"}`` of a (small) data set, decoded, sorted by row id; no Ray.
+
+    ``ids`` keeps only rows of those image ids. What Ray Data would stream, held in one list: for
+    validation sets and for running stage loops in a plain process (`workers.stage_io.LocalStageIO`).
+    """
+    m = _manifest(path, scale)
+    table = pads.dataset(list(m.shards), filesystem=m.filesystem, format="parquet").to_table(
+        columns=["id", "image_id", "hr", "lr"]
+    )
+    if ids is not None:
+        table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(sorted(set(ids)), pa.string())))
+    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
+    return [_decode_row(r, scale) for r in rows]
 
 
 def val_pairs(path: str, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """All (LR, HR) uint8 HxWx3 pairs of a (small) data set, sorted by row id; no Ray involved."""
-    m = _manifest(path, scale)
-    table = pads.dataset(list(m.shards), filesystem=m.filesystem, format="parquet").to_table(columns=["id", "hr", "lr"])
-    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
-    return [decode_pair(r, scale) for r in rows]
+    return [(row["lr"], row["hr"]) for row in decoded_rows(path, scale)]
 
 
 # --------------------------------------------------------------------------- crops (training worker)

@@ -1,94 +1,132 @@
-"""The plain-dict config a stage loop receives, read into one typed object.
+"""Typed settings of the stage loops, built once by the orchestrator from the validated experiment.
 
-The orchestrator validates experiments once, at the top, and hands each stage a plain
-`train_loop_config` dict (serialisable, so Ray can ship it). This module only gives that dict a
-typed shape inside the worker; unknown keys are an error so a typo never silently becomes a default.
+These dataclasses have no defaults on purpose: every value comes from the experiment schema
+(`orchestrator/experiment.py`, the one place defaults live) through the trial plan
+(`orchestrator/plan.py`), so a default can never drift between the two. They are frozen and
+picklable: Ray ships them to the Train workers inside `train_loop_config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["STAGES", "OptimSettings", "StageSettings", "Supervision"]
+from search_space.genotype import Genotype
+from search_space.supernet import SupernetConfig
+
+__all__ = [
+    "STAGES",
+    "OptimSettings",
+    "RunSettings",
+    "SearchSettings",
+    "StageSettings",
+    "Supervision",
+    "TrainSettings",
+]
 
 STAGES: tuple[str, ...] = ("pretrain", "search", "train")
 
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """One phase of optimisation: length, learning-rate schedule and loss (method.md §3)."""
+    """One phase of optimisation (method.md §3): length, batch, learning-rate schedule and loss."""
 
-    epochs: int = 1
-    steps_per_epoch: int | None = None  # None: one pass over the (smaller) training shard
-    lr: float = 1e-4
-    milestones: tuple[int, ...] = ()  # epochs at which lr is multiplied by gamma
-    gamma: float = 0.5
-    loss: str = "content"  # content | perceptual
-    grad_clip: float | None = 5.0
+    epochs: int
+    steps_per_epoch: int  # resolved by the plan: the experiment's value, else one pass over the data
+    batch_size: int
+    lr: float
+    milestones: tuple[int, ...]  # epochs at which lr is multiplied by gamma
+    gamma: float
+    loss: str  # content | perceptual
+    grad_clip: float | None
 
 
 @dataclass(frozen=True)
 class Supervision:
     """Where targets come from: a frozen teacher (ESRGAN RRDBNet weights file) or the HR images."""
 
-    kind: str = "hr"  # hr | teacher
-    weights: str | None = None
-    nb: int = 23
-    nf: int = 64
-    gc: int = 32
+    kind: str  # hr | teacher
+    weights: str | None
+    nb: int
+    nf: int
+    gc: int
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The architecture side of the search stage (Alg. 1 lines 13-24, method.md §2/§4)."""
+
+    arch_lr: float
+    arch_betas: tuple[float, float]
+    radius_start: float
+    radius_end: float
+    lambda_order: float
+    lambda_flops: float  # weight of the FLOPs penalty (raw MACs; in units of the target when one is set)
+    flops_target: float | None  # GFLOPs at a 256×256 LR input; None: the paper's fixed λ_flops
+    flops_band: tuple[float, float]  # (low, high) multiples of the target outside which λ_flops is adapted
+    flops_interval: int  # epochs between adaptations (AGD: 20)
+    ssn_freeze: bool  # freeze rows once their combiner output is one-hot (method.md §5)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The derived network's training (train from search, or from scratch for Fig. 1)."""
+
+    from_search: bool
+    genotype: Genotype | None  # a given architecture; None: the one the search derived
+    finetune: OptimSettings | None  # second, perceptual phase (visualization-oriented models)
 
 
 @dataclass(frozen=True)
 class StageSettings:
-    """Everything one stage loop needs; built from the stage's `train_loop_config`."""
+    """Everything one stage loop needs."""
 
-    stage: str
-    seed: int = 0
-    scale: int = 4
-    patch: int = 32
-    batch_size: int = 3
-    optim: OptimSettings = field(default_factory=OptimSettings)
-    supernet: dict[str, Any] = field(default_factory=dict)  # SupernetConfig fields
-    # search
-    arch_lr: float = 3e-4
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    radius_start: float = 0.0
-    radius_end: float = 1.0
-    lambda_flops: float = 0.0
-    lambda_order: float = 0.0
-    # train
-    genotype: dict[str, Any] | None = None  # train a given genotype; default: the search's result
-    from_search: bool = True  # inherit the supernet's weights (False: train from scratch, Fig. 1)
-    finetune: OptimSettings | None = None  # second, perceptual phase (visualization-oriented models)
-    # io
-    init_from: str | None = None  # previous stage's checkpoint directory
-    val_path: str | None = None
-    val_max_images: int | None = None
-    vgg_weights: str | None = None
-    supervision: Supervision = field(default_factory=Supervision)
-    checkpoint_every: int = 1  # epochs
+    stage: str  # pretrain | search | train
+    seed: int
+    scale: int
+    patch: int
+    optim: OptimSettings
+    supernet: SupernetConfig
+    datasets: dict[str, str]  # role (w = χ1, a = χ2, all) → dataset name handed to the TorchTrainer
+    supervision: Supervision
+    vgg_weights: str | None
+    checkpoint_every: int  # epochs
+    search: SearchSettings | None  # search stage only
+    train: TrainSettings | None  # train stage only
 
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> StageSettings:
-        """Typed settings from a plain dict; unknown keys are an error naming them."""
-        data = dict(config)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"stage config: unknown key(s) {', '.join(unknown)}")
-        if data.get("stage") not in STAGES:
-            raise ValueError(f"stage config: stage must be one of {', '.join(STAGES)}, got {data.get('stage')!r}")
-        for key, kind in (("optim", OptimSettings), ("finetune", OptimSettings), ("supervision", Supervision)):
-            if isinstance(data.get(key), dict):
-                sub = dict(data[key])
-                if "milestones" in sub:
-                    sub["milestones"] = tuple(sub["milestones"])
-                data[key] = kind(**sub)
-        if "arch_betas" in data:
-            data["arch_betas"] = tuple(data["arch_betas"])
-        return cls(**data)
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if (self.search is not None) != (self.stage == "search") or (self.train is not None) != (
+            self.stage == "train"
+        ):
+            raise ValueError(f"stage {self.stage}: search settings only for search, train settings only for train")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the stage, the train stage's fine-tuning phase included."""
+        finetune = self.train.finetune if self.train else None
+        return self.optim.epochs + (finetune.epochs if finetune else 0)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """One Train run: consecutive stages sharing a worker group, and where their outputs go.
+
+    `outputs` is `<storage>/<sweep>/stages/<trial>`: each finished stage leaves
+    `<outputs>/<stage>/_STAGE_DONE.json` there, which is also how the first stage of a later run
+    finds the weights it starts from. `checkpoints` is the Train run's own directory, where every
+    reported checkpoint lands as `<stage>-e<epoch>`.
+    """
+
+    stages: tuple[StageSettings, ...]
+    outputs: str
+    checkpoints: str
+    val_path: str | None
+    val_max_images: int | None
+    cache_datasets: tuple[str, ...]  # datasets small enough to decode once and keep in memory
+    threads: int  # torch threads per worker (the CPUs it asked for)
+
+    def __post_init__(self) -> None:
+        names = [s.stage for s in self.stages]
+        if not names or names != sorted(names, key=STAGES.index) or len(set(names)) != len(names):
+            raise ValueError(f"a run holds distinct stages in pipeline order, got {names}")

@@ -1,88 +1,83 @@
-"""The stage loops, each a Ray Train `train_loop_per_worker(config)` (method.md §3, Alg. 1).
+"""The stage loops and the per-worker entry point that runs a trial's stages in one worker group.
 
-- `pretrain_loop`: supernet weights only, on χ1, sandwich of widths {max, min, random, random}
-  summed into one backward, combiners uniform (radius 0).
-- `search_loop`: per step an architecture step on χ2, then a weight step on χ1 (arch-first,
-  first-order: ambiguity 9), each a sandwich {Gumbel, max, min}; sparsestmax radius grows
-  linearly over the stage; FLOPs penalty λ_flops·(ω1·F_max + ω2·F_gumbel); ordering penalty λ_order.
-- `train_loop`: the derived network alone, inherited from the supernet ("train from search") or
-  from scratch (Fig. 1), content loss, then an optional perceptual fine-tuning phase.
+- `pretrain`: supernet weights only, on χ1, sandwich {max, min, random, random}, radius 0.
+- `search`: per step an architecture step on χ2, then a weight step on χ1 (`workers.search_step`),
+  sparsestmax radius growing linearly per iteration to `radius_end` on the last step, SSN freezing,
+  FLOPs penalty (optionally steered to a target), ordering penalty.
+- `train`: the derived network alone, inherited from the supernet ("train from search") or from
+  scratch (Fig. 1), content loss, then an optional perceptual fine-tuning phase.
 
-Every loop resumes from `ray.train.get_checkpoint()`, checkpoints every `checkpoint_every`
-epochs and at the end (rank 0 writes, every rank reports the same number of times), and reports
-per-epoch metrics. Workers report to Ray only; the orchestrator does the tracking.
+`run_stages` runs consecutive stages in order inside one worker group (one TorchTrainer run per
+trial, not per stage): a stage with a done marker is skipped, the stage the latest checkpoint
+belongs to resumes from it, the next one starts from the previous stage's final weights. Every
+epoch is reported (metrics tagged with the stage, so the trial routes them to the stage's MLflow
+run); a checkpoint `<stage>-e<epoch>` is attached every `checkpoint_every` epochs and at the end.
+Loops talk only to a `StageIO`, so they run in Ray Train and in a plain process alike.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from search_space.combiners import ordering_penalty
 from search_space.cost import count
-from search_space.derived import build_network, inherit
+from search_space.derived import build_network
 from search_space.genotype import Genotype
-from search_space.supernet import Supernet, SupernetConfig, WidthSample
+from search_space.supernet import Supernet, inherit
 from search_space.teacher import load_teacher
 from workers.batches import epoch_generator, patch_batches
-from workers.checkpointing import (
-    CheckpointWriteError,
-    is_no_space,
-    load_state,
-    open_checkpoint,
-    read_genotype_json,
-    staged_checkpoint,
-)
-from workers.distributed import all_ranks_agree, average_gradients, rank_spread
+from workers.checkpointing import load_state, open_checkpoint
+from workers.distributed import all_ranks_agree, rank_spread
 from workers.losses import build_loss
-from workers.pipeline import TRAIN, TRAIN_A, TRAIN_W, val_pairs
-from workers.settings import OptimSettings, StageSettings
+from workers.pipeline import val_pairs
+from workers.search_step import (
+    PRETRAIN_WIDTHS,
+    FlopsController,
+    optimizer_step,
+    radius_at,
+    sandwich_backward,
+    search_step,
+)
+from workers.settings import OptimSettings, RunSettings, StageSettings
+from workers.stage_io import RayStageIO, StageIO
+from workers.stage_outputs import StageResult, read_stage_result, write_stage_result
 from workers.validation import evaluate_pairs
 
-__all__ = ["LOOPS", "pretrain_loop", "search_loop", "train_loop"]
+__all__ = ["LOOPS", "StageContext", "checkpoint_name", "run_stages", "train_fn_per_worker"]
 
-PRETRAIN_WIDTHS = ("max", "min", "random", "random")
-SEARCH_FIXED_WIDTHS = ("max", "min")
+ModelState = dict[str, Tensor]
+Resume = tuple[dict[str, Any] | None, str | None]
 
 
-class _Stage:
-    """What every loop shares: settings, rank, device, targets, validation data, resume state."""
+def checkpoint_name(stage: str, epoch: int) -> str:
+    """Directory name of the checkpoint a stage reports after `epoch` epochs (1-based)."""
+    return f"{stage}-e{epoch:04d}"
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        import ray.train
-        import ray.train.torch
 
-        self.settings = settings = StageSettings.from_dict(config)
-        context = ray.train.get_context()
-        self.rank = context.get_world_rank()
-        self.world = context.get_world_size()
-        self.device = ray.train.torch.get_device()
-        torch.manual_seed(settings.seed)  # identical initial weights on every rank
-        self.teacher = None
-        if settings.supervision.kind == "teacher":
-            sup = settings.supervision
-            if sup.weights is None:
+class StageContext:
+    """What the stages of one run share: the IO, the teacher, validation pairs and losses."""
+
+    def __init__(self, run: RunSettings, io: StageIO) -> None:
+        self.run = run
+        self.io = io
+        self.device = io.device
+        supervision = run.stages[0].supervision
+        self.teacher: nn.Module | None = None
+        if supervision.kind == "teacher":
+            if supervision.weights is None:
                 raise ValueError("supervision.weights: a teacher needs a weights file (RRDB_PSNR_x4.pth or similar)")
-            self.teacher = load_teacher(sup.weights, nb=sup.nb, nf=sup.nf, gc=sup.gc).to(self.device)
-        self.val = []
-        if self.rank == 0 and settings.val_path:
-            self.val = val_pairs(settings.val_path, settings.scale)[: settings.val_max_images]
-        checkpoint = ray.train.get_checkpoint()
-        self.resumed: dict[str, Any] | None = None
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                self.resumed = load_state(directory)
-
-    def shard(self, name: str) -> Any:
-        import ray.train
-
-        return ray.train.get_dataset_shard(name)
+            self.teacher = load_teacher(supervision.weights, nb=supervision.nb, nf=supervision.nf, gc=supervision.gc)
+            self.teacher = self.teacher.to(self.device)
+        self.val: list = []
+        if io.rank == 0 and run.val_path:
+            self.val = val_pairs(run.val_path, run.stages[0].scale)[: run.val_max_images]
+        self._losses: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
 
     def targets(self, lr: Tensor, hr: Tensor) -> Tensor:
         """Teacher(LR) (frozen, clamped to [0, 1]) or the ground-truth HR patch."""
@@ -91,218 +86,219 @@ class _Stage:
         with torch.no_grad():
             return self.teacher(lr).clamp_(0.0, 1.0)
 
-    def batches(self, name: str, epoch: int, stream: int, steps: int | None) -> Iterator[tuple[Tensor, Tensor]]:
-        s = self.settings
+    def loss(self, kind: str, vgg_weights: str | None) -> Callable[[Tensor, Tensor], Tensor]:
+        if kind not in self._losses:
+            loss = build_loss(kind, vgg_weights)
+            self._losses[kind] = loss.to(self.device) if isinstance(loss, nn.Module) else loss
+        return self._losses[kind]
+
+    def batches(
+        self, settings: StageSettings, role: str, epoch: int, stream: int, optim: OptimSettings
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(LR, target, HR) batches of one epoch from the stage's `role` dataset (w, a or all)."""
+        name = settings.datasets[role]
         for lr, hr in patch_batches(
-            self.shard(name),
-            batch_size=s.batch_size,
-            patch=s.patch,
-            scale=s.scale,
-            generator=epoch_generator(s.seed, epoch, self.rank, stream),
-            steps=steps,
+            self.io.rows(name),
+            batch_size=optim.batch_size,
+            patch=settings.patch,
+            scale=settings.scale,
+            generator=epoch_generator(settings.seed, epoch, self.io.rank, stream),
+            steps=optim.steps_per_epoch,
             name=name,
         ):
-            yield lr.to(self.device), hr.to(self.device)
+            lr, hr = lr.to(self.device), hr.to(self.device)
+            yield lr, self.targets(lr, hr), hr
 
-    def report(self, metrics: dict[str, Any], epoch: int, state: dict[str, Any], genotype: Genotype | None) -> None:
-        """Report every epoch; attach a checkpoint every `checkpoint_every` epochs and at the end."""
-        import ray.train
-
-        s = self.settings
-        last = epoch + 1 == self._total_epochs()
-        wants_checkpoint = last or (epoch + 1) % max(1, s.checkpoint_every) == 0
-        if not wants_checkpoint or self.rank != 0:
-            ray.train.report(metrics, checkpoint=None)
-            return
+    def validate(self, forward: Callable[[Tensor], Tensor], net: nn.Module) -> dict[str, float]:
+        """Validation PSNR/SSIM of `forward` on rank 0 (empty elsewhere or without a val set)."""
+        if not self.val:
+            return {}
+        was_training = net.training
+        net.eval()
         try:
-            with staged_checkpoint(state, None if genotype is None else genotype.to_json()) as directory:
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-        except OSError as err:  # staging (local temp dir) or the copy to the storage path
-            raise CheckpointWriteError(
-                f"the checkpoint after epoch {epoch + 1} could not be written: {err}", no_space=is_no_space(err)
-            ) from err
+            return evaluate_pairs(forward, self.val, self.run.stages[0].scale, self.device)
+        finally:
+            net.train(was_training)
 
-    def _total_epochs(self) -> int:
-        s = self.settings
-        return s.optim.epochs + (s.finetune.epochs if s.stage == "train" and s.finetune else 0)
-
-
-def _sandwich(
-    net: Supernet, lr: Tensor, target: Tensor, widths: Sequence[WidthSample | str], loss: Callable, gen
-) -> Tensor:
-    """Σ over width settings of the loss: one backward serves all (AGD `_loss`, Alg. 1 line 7)."""
-    return sum((loss(net(lr, w, generator=gen), target) for w in widths), torch.zeros((), device=lr.device))
-
-
-@contextlib.contextmanager
-def _frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
-    """Skip gradients of `params` for one step (the other level's step needs none)."""
-    params = [p for p in params if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+    def report(
+        self,
+        settings: StageSettings,
+        epoch: int,
+        metrics: dict[str, Any],
+        state: dict[str, Any],
+        genotype: Genotype | None,
+    ) -> Saved | None:
+        """Report epoch `epoch` (0-based); attach a checkpoint on schedule and return what was saved."""
+        total = settings.total_epochs
+        last = epoch + 1 == total
+        metrics = metrics | {"stage": settings.stage, "epoch": epoch, "epochs": total, "stage_finished": last}
+        if not (last or (epoch + 1) % max(1, settings.checkpoint_every) == 0):
+            self.io.report(metrics, None, None, "")
+            return None
+        name = checkpoint_name(settings.stage, epoch + 1)
+        full = state | {"stage": settings.stage, "epoch": epoch + 1, "metrics": _plain(metrics)}
+        if genotype is not None:
+            full["genotype"] = genotype.to_dict()
+        self.io.report(metrics, full, None if genotype is None else genotype.to_json(), name)
+        return Saved(self.io.checkpoint_path(name), full)
 
 
-def _schedule(optimizer: torch.optim.Optimizer, optim: OptimSettings) -> torch.optim.lr_scheduler.MultiStepLR:
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
+@dataclass(frozen=True)
+class Saved:
+    """A checkpoint a stage reported: where it is and the state it holds."""
+
+    path: str
+    state: dict[str, Any]
+
+    def result(self, stage: str) -> StageResult:
+        return _result_from_state(stage, self.state, self.path)
 
 
-def _loss(stage: _Stage, kind: str) -> Callable[[Tensor, Tensor], Tensor]:
-    loss = build_loss(kind, stage.settings.vgg_weights)
-    return loss.to(stage.device) if isinstance(loss, nn.Module) else loss
-
-
-def _load_supernet(stage: _Stage, weights_from: str | None) -> Supernet:
-    net = Supernet(SupernetConfig(**_supernet_kwargs(stage.settings.supernet)))
-    if weights_from:
-        with open_checkpoint(weights_from) as directory:
-            net.load_state_dict(load_state(directory)["model"])
-    return net
-
-
-def _supernet_kwargs(raw: dict[str, Any]) -> dict[str, Any]:
-    """JSON-friendly lists back to the tuples SupernetConfig holds."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as checkpoint-safe plain values (numbers and strings)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
 
 
 def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else math.nan
 
 
-# --- pretrain ---------------------------------------------------------------------------------
-def pretrain_loop(config: dict[str, Any]) -> None:
-    """Supernet weights only, on χ1, sandwich {max, min, random, random}, radius 0 (Alg. 1 lines 5-11)."""
-    import ray.train.torch
+def _schedule(optimizer: torch.optim.Optimizer, optim: OptimSettings) -> torch.optim.lr_scheduler.MultiStepLR:
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(optim.milestones), gamma=optim.gamma)
 
-    stage = _Stage(config)
-    s = stage.settings
-    net = _load_supernet(stage, s.init_from)
+
+def _supernet(settings: StageSettings, model: ModelState | None) -> Supernet:
+    torch.manual_seed(settings.seed)  # identical initial weights on every rank
+    net = Supernet(settings.supernet)
+    if model is not None:
+        net.load_state_dict(model)
+    return net
+
+
+def _result_from_state(stage: str, state: dict[str, Any], path: str) -> StageResult:
+    """A stage's result from its final checkpoint (also when the marker was never written)."""
+    return StageResult(
+        stage=stage,
+        checkpoint=path,
+        best_checkpoint=state.get("best", {}).get("checkpoint"),
+        metrics=dict(state.get("metrics", {})),
+        genotype=state.get("genotype"),
+    )
+
+
+# --- pretrain ---------------------------------------------------------------------------------
+def pretrain(
+    ctx: StageContext, s: StageSettings, previous: StageResult | None, model: ModelState | None, resume: Resume
+) -> tuple[StageResult, ModelState]:
+    """Supernet weights only, on χ1, sandwich {max, min, random, random}, radius 0 (Alg. 1 lines 5-11)."""
+    state, _ = resume
+    saved: Saved | None = None
+    net = _supernet(s, model).to(ctx.device)
     net.set_radius(0.0)
     for p in net.arch_parameters():
         p.requires_grad_(False)
-    net = ray.train.torch.prepare_model(net, parallel_strategy=None)
     optimizer = torch.optim.Adam(net.weight_parameters(), lr=s.optim.lr)
     scheduler = _schedule(optimizer, s.optim)
-    start = _restore(stage, net, {"optimizer": optimizer, "scheduler": scheduler})
-    loss_fn = _loss(stage, s.optim.loss)
+    start = _restore(state, net, {"optimizer": optimizer, "scheduler": scheduler})
+    loss_fn = ctx.loss(s.optim.loss, s.vgg_weights)
     for epoch in range(start, s.optim.epochs):
         widths_gen = epoch_generator(s.seed, epoch, 0, stream=2)  # same width sandwich on every rank
         losses = []
-        batches = stage.batches(TRAIN_W, epoch, 0, s.optim.steps_per_epoch)
-        while all_ranks_agree((batch := next(batches, None)) is not None, stage.device):
-            lr, hr = batch
-            loss = _sandwich(net, lr, stage.targets(lr, hr), PRETRAIN_WIDTHS, loss_fn, widths_gen)
+        batches = ctx.batches(s, "w", epoch, 0, s.optim)
+        while all_ranks_agree((batch := next(batches, None)) is not None, ctx.device):
+            lr, target, _ = batch
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _step(optimizer, net.weight_parameters(), s.optim.grad_clip)
-            losses.append(float(loss.detach()))
+            losses.append(sandwich_backward(net, lr, target, PRETRAIN_WIDTHS, loss_fn, widths_gen))
+            optimizer_step(optimizer, net.weight_parameters(), s.optim.grad_clip)
         scheduler.step()
-        metrics = {"epoch": epoch, "loss": _mean(losses), "lr": optimizer.param_groups[0]["lr"], "steps": len(losses)}
-        metrics |= _validate_supernet(stage, net)
+        metrics = {"loss": _mean(losses), "lr": optimizer.param_groups[0]["lr"], "steps": len(losses)}
+        metrics |= ctx.validate(lambda x: net(x, "argmax"), net)
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        stage.report(metrics, epoch, state | {"epoch": epoch + 1, "stage": "pretrain"}, None)
+        saved = ctx.report(s, epoch, metrics, state, None) or saved
+    return _finished(s, saved), net.state_dict()
 
 
-def _step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], clip: float | None) -> None:
-    average_gradients(params)
-    if clip:
-        nn.utils.clip_grad_norm_(params, clip)
-    optimizer.step()
+def _finished(s: StageSettings, saved: Saved | None) -> StageResult:
+    if saved is None:
+        raise RuntimeError(f"stage {s.stage} ran no epoch; a stage reports a checkpoint at its last epoch")
+    return saved.result(s.stage)
 
 
-def _restore(stage: _Stage, net: nn.Module, parts: dict[str, Any]) -> int:
+def _restore(state: dict[str, Any] | None, net: nn.Module, parts: dict[str, Any]) -> int:
     """Load model/optimiser/scheduler state from the resume checkpoint; return the next epoch."""
-    if stage.resumed is None:
+    if state is None:
         return 0
-    net.load_state_dict(stage.resumed["model"])
+    net.load_state_dict(state["model"])
     for key, part in parts.items():
-        part.load_state_dict(stage.resumed[key])
-    return int(stage.resumed["epoch"])
-
-
-def _validate_supernet(stage: _Stage, net: Supernet) -> dict[str, float]:
-    if not stage.val:
-        return {}
-    net.eval()
-    try:
-        return evaluate_pairs(lambda x: net(x, "argmax"), stage.val, stage.settings.scale, stage.device)
-    finally:
-        net.train()
+        part.load_state_dict(state[key])
+    return int(state["epoch"])
 
 
 # --- search -----------------------------------------------------------------------------------
-def search_loop(config: dict[str, Any]) -> None:
+def search(
+    ctx: StageContext, s: StageSettings, previous: StageResult | None, model: ModelState | None, resume: Resume
+) -> tuple[StageResult, ModelState]:
     """Alternate architecture steps on χ2 and weight steps on χ1 (Alg. 1 lines 13-24, arch first)."""
-    import ray.train.torch
-
-    stage = _Stage(config)
-    s = stage.settings
-    net = _load_supernet(stage, s.init_from)
-    net = ray.train.torch.prepare_model(net, parallel_strategy=None)
+    assert s.search is not None
+    cfg = s.search
+    state, _ = resume
+    saved: Saved | None = None
+    net = _supernet(s, model).to(ctx.device)
     weight_opt = torch.optim.Adam(net.weight_parameters(), lr=s.optim.lr)
-    arch_opt = torch.optim.Adam(net.arch_parameters(), lr=s.arch_lr, betas=s.arch_betas, weight_decay=0.0)
+    arch_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=0.0)
     scheduler = _schedule(weight_opt, s.optim)
-    start = _restore(stage, net, {"weight_opt": weight_opt, "arch_opt": arch_opt, "scheduler": scheduler})
-    loss_fn = _loss(stage, s.optim.loss)
-    full_paths = net.tree.full_paths.to(stage.device)
-    epochs, steps = s.optim.epochs, s.optim.steps_per_epoch
+    start = _restore(state, net, {"weight_opt": weight_opt, "arch_opt": arch_opt, "scheduler": scheduler})
+    flops = FlopsController(cfg.lambda_flops, cfg.flops_target, cfg.flops_band, cfg.flops_interval)
+    if state is not None:
+        flops.weight = float(state.get("lambda_flops", flops.weight))
+    loss_fn = ctx.loss(s.optim.loss, s.vgg_weights)
+    full_paths = net.tree.full_paths.to(ctx.device)
+    steps, epochs = s.optim.steps_per_epoch, s.optim.epochs
     for epoch in range(start, epochs):
         widths_gen = epoch_generator(s.seed, epoch, 0, stream=2)
-        weight_batches = stage.batches(TRAIN_W, epoch, 0, steps)
-        arch_batches = stage.batches(TRAIN_A, epoch, 1, steps)
+        weight_batches = ctx.batches(s, "w", epoch, 0, s.optim)
+        arch_batches = ctx.batches(s, "a", epoch, 1, s.optim)
+        lambda_used = flops.weight
         log: dict[str, list[float]] = {"loss_w": [], "loss_a": [], "flops_penalty": [], "order_penalty": []}
         for i in itertools.count():
             pair = next(weight_batches, None), next(arch_batches, None)
-            if not all_ranks_agree(None not in pair, stage.device):
+            if not all_ranks_agree(None not in pair, ctx.device):
                 break
-            (lr_w, hr_w), (lr_a, hr_a) = pair
-            fraction = (epoch + i / steps) / epochs if steps else epoch / epochs
-            net.set_radius(s.radius_start + (s.radius_end - s.radius_start) * fraction)
-            # architecture step on χ2
-            with _frozen(net.weight_parameters()):
-                gumbel = net.sample_widths("gumbel", widths_gen)
-                loss_a = _sandwich(net, lr_a, stage.targets(lr_a, hr_a), (gumbel, *SEARCH_FIXED_WIDTHS), loss_fn, None)
-                flops = net.flops_penalty(gumbel) if s.lambda_flops else torch.zeros((), device=stage.device)
-                order = _order(net, full_paths, s.lambda_order)
-                arch_opt.zero_grad(set_to_none=True)
-                (loss_a + s.lambda_flops * flops + order).backward()
-                average_gradients(net.arch_parameters())
-                arch_opt.step()
-            # weight step on χ1
-            with _frozen(net.arch_parameters()):
-                gumbel = net.sample_widths("gumbel", widths_gen)
-                loss_w = _sandwich(net, lr_w, stage.targets(lr_w, hr_w), (gumbel, *SEARCH_FIXED_WIDTHS), loss_fn, None)
-                weight_opt.zero_grad(set_to_none=True)
-                loss_w.backward()
-                _step(weight_opt, net.weight_parameters(), s.optim.grad_clip)
-            step_values = {"loss_w": loss_w, "loss_a": loss_a, "flops_penalty": flops, "order_penalty": order}
-            for key, value in step_values.items():
-                log[key].append(float(value.detach()))
+            (lr_w, target_w, _), (lr_a, target_a, _) = pair
+            net.set_radius(radius_at(epoch * steps + i, epochs * steps, cfg.radius_start, cfg.radius_end))
+            losses = search_step(
+                net,
+                weight_opt,
+                arch_opt,
+                (lr_w, target_w),
+                (lr_a, target_a),
+                loss_fn,
+                widths_gen,
+                flops=flops,
+                lambda_order=cfg.lambda_order,
+                full_paths=full_paths,
+                grad_clip=s.optim.grad_clip,
+                freeze=cfg.ssn_freeze,
+            )
+            for key in log:
+                log[key].append(getattr(losses, key))
         scheduler.step()
         genotype = net.derive()
-        metrics = {key: _mean(values) for key, values in log.items()}
-        metrics |= _architecture_metrics(net, genotype) | {"epoch": epoch, "steps": len(log["loss_w"])}
+        metrics: dict[str, Any] = {key: _mean(values) for key, values in log.items()}
+        metrics |= _architecture_metrics(net, genotype) | {"steps": len(log["loss_w"]), "lambda_flops": lambda_used}
+        flops.adapt(epoch, metrics["expected_gflops"])
         metrics["arch_rank_spread"] = rank_spread(net.arch_parameters())
         metrics["weight_rank_spread"] = rank_spread(net.weight_parameters())
-        metrics |= _validate_supernet(stage, net)
+        metrics |= ctx.validate(lambda x: net(x, "argmax"), net)
         state = {
             "model": net.state_dict(),
             "weight_opt": weight_opt.state_dict(),
             "arch_opt": arch_opt.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "lambda_flops": flops.weight,
         }
-        stage.report(metrics, epoch, state | {"epoch": epoch + 1, "stage": "search"}, genotype)
-
-
-def _order(net: Supernet, full_paths: Tensor, lam: float) -> Tensor:
-    """The ordering penalty on the raw path logits (zero when the path is fixed or λ is 0)."""
-    if not lam or net.config.levels != "trilevel":
-        return torch.zeros((), device=full_paths.device)
-    return ordering_penalty(net.path_logits, full_paths, lam)
+        saved = ctx.report(s, epoch, metrics, state, genotype) or saved
+    return _finished(s, saved), net.state_dict()
 
 
 @torch.no_grad()
@@ -319,58 +315,58 @@ def _architecture_metrics(net: Supernet, genotype: Genotype) -> dict[str, Any]:
         "genotype": genotype.to_json(indent=None),
         "nonzero_ops": float((op_w > 0).float().mean()),
         "nonzero_paths": float((path_w > 0).float().sum()),
+        **net.frozen_counts(),
     }
 
 
 # --- train ------------------------------------------------------------------------------------
-def train_loop(config: dict[str, Any]) -> None:
+def train(
+    ctx: StageContext, s: StageSettings, previous: StageResult | None, model: ModelState | None, resume: Resume
+) -> tuple[StageResult, ModelState]:
     """The derived network alone: content phase, then the optional perceptual fine-tuning phase."""
-    import ray.train.torch
-
-    stage = _Stage(config)
-    s = stage.settings
-    genotype = _stage_genotype(s)
-    if s.from_search:
-        if not s.init_from:
-            raise ValueError("train.from_search needs the search stage's checkpoint (init_from)")
-        net: nn.Module = inherit(_load_supernet(stage, s.init_from), genotype)
+    assert s.train is not None
+    state, _ = resume
+    saved: Saved | None = None
+    genotype = _train_genotype(s, previous)
+    torch.manual_seed(s.seed)
+    if state is not None:  # resuming: the architecture alone, the weights come from the checkpoint
+        net: nn.Module = build_network(genotype)
+        net.load_state_dict(state["model"])
+    elif s.train.from_search:
+        if model is None:
+            raise ValueError("train.from_search needs the search stage's weights; run the search stage first")
+        net = inherit(_supernet(s, model), genotype)
     else:
-        torch.manual_seed(s.seed)
         net = build_network(genotype)
-    phases = [s.optim] + ([s.finetune] if s.finetune else [])
-    model = ray.train.torch.prepare_model(net)
-    bare = model.module if hasattr(model, "module") else model
+    net = net.to(ctx.device)
+    phases = [s.optim] + ([s.train.finetune] if s.train.finetune else [])
     cost = count(genotype)
+    resumed_epoch = int(state["epoch"]) if state else 0
+    best: dict[str, Any] = dict(state.get("best", {})) if state else {}
     epoch_offset = 0
-    resumed_epoch = int(stage.resumed["epoch"]) if stage.resumed else 0
-    if stage.resumed:
-        bare.load_state_dict(stage.resumed["model"])
     for phase_index, phase in enumerate(phases):
         if resumed_epoch >= epoch_offset + phase.epochs:
             epoch_offset += phase.epochs
             continue
-        optimizer = torch.optim.Adam(bare.parameters(), lr=phase.lr)
+        optimizer = torch.optim.Adam(net.parameters(), lr=phase.lr)
         scheduler = _schedule(optimizer, phase)
-        if stage.resumed and stage.resumed.get("phase") == phase_index:
-            optimizer.load_state_dict(stage.resumed["optimizer"])
-            scheduler.load_state_dict(stage.resumed["scheduler"])
-        loss_fn = _loss(stage, phase.loss)
+        if state and state.get("phase") == phase_index:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        loss_fn = ctx.loss(phase.loss, s.vgg_weights)
         for local_epoch in range(max(0, resumed_epoch - epoch_offset), phase.epochs):
             epoch = epoch_offset + local_epoch
             losses = []
-            batches = stage.batches(TRAIN, epoch, 0, phase.steps_per_epoch)
-            while all_ranks_agree((batch := next(batches, None)) is not None, stage.device):
-                lr, hr = batch
-                loss = loss_fn(model(lr), stage.targets(lr, hr))
+            batches = ctx.batches(s, "all", epoch, 0, phase)
+            while all_ranks_agree((batch := next(batches, None)) is not None, ctx.device):
+                lr, target, _ = batch
+                loss = loss_fn(net(lr), target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if phase.grad_clip:
-                    nn.utils.clip_grad_norm_(bare.parameters(), phase.grad_clip)
-                optimizer.step()
+                optimizer_step(optimizer, list(net.parameters()), phase.grad_clip)
                 losses.append(float(loss.detach()))
             scheduler.step()
-            metrics = {
-                "epoch": epoch,
+            metrics: dict[str, Any] = {
                 "phase": phase.loss,
                 "loss": _mean(losses),
                 "lr": optimizer.param_groups[0]["lr"],
@@ -378,37 +374,98 @@ def train_loop(config: dict[str, Any]) -> None:
                 "params_m": cost.params_m,
                 "gflops": cost.gmacs,
             }
-            if stage.val:
-                bare.eval()
-                metrics |= evaluate_pairs(bare, stage.val, s.scale, stage.device)
-                bare.train()
+            metrics |= ctx.validate(net, net)
             state = {
-                "model": bare.state_dict(),
+                "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
                 "phase": phase_index,
-                "stage": "train",
             }
-            stage.report(metrics, epoch, state, genotype)
+            saved = _report_train(ctx, s, epoch, metrics, state, genotype, best) or saved
         epoch_offset += phase.epochs
+    return _finished(s, saved), net.state_dict()
 
 
-def _stage_genotype(s: StageSettings) -> Genotype:
-    """The genotype to train: given explicitly, else the one the search checkpoint derived."""
-    if s.genotype is not None:
-        return Genotype.from_dict(s.genotype)
-    if not s.init_from:
-        raise ValueError("train stage: give a genotype or the search checkpoint to take it from (init_from)")
-    with open_checkpoint(s.init_from) as directory:
-        data = read_genotype_json(directory)
-    if data is None:
-        raise ValueError(f"{s.init_from}: the checkpoint holds no genotype.json; was it a search checkpoint?")
-    return Genotype.from_dict(data)
+def _report_train(
+    ctx: StageContext,
+    s: StageSettings,
+    epoch: int,
+    metrics: dict[str, Any],
+    state: dict[str, Any],
+    genotype: Genotype,
+    best: dict[str, Any],
+) -> Saved | None:
+    """Report a train epoch; track the best-validated checkpoint (kept in the state for resume)."""
+    psnr = metrics.get("val_psnr")
+    name = checkpoint_name(s.stage, epoch + 1)
+    candidate = psnr is not None and (not best or psnr > best["val_psnr"])
+    checkpointed = epoch + 1 == s.total_epochs or (epoch + 1) % max(1, s.checkpoint_every) == 0
+    if candidate and checkpointed:
+        best.update(val_psnr=float(psnr), checkpoint=ctx.io.checkpoint_path(name), epoch=epoch + 1)
+    return ctx.report(s, epoch, metrics, state | {"best": dict(best)}, genotype)
 
 
-LOOPS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "pretrain": pretrain_loop,
-    "search": search_loop,
-    "train": train_loop,
-}
+def _train_genotype(s: StageSettings, previous: StageResult | None) -> Genotype:
+    """The genotype to train: given explicitly, else the one the search derived."""
+    assert s.train is not None
+    if s.train.genotype is not None:
+        return s.train.genotype
+    if previous is None or previous.genotype is None:
+        raise ValueError("train stage: give stages.train.genotype or run the search stage before it")
+    return Genotype.from_dict(previous.genotype)
+
+
+Loop = Callable[[StageContext, StageSettings, StageResult | None, ModelState | None, Resume], tuple[StageResult, Any]]
+LOOPS: dict[str, Loop] = {"pretrain": pretrain, "search": search, "train": train}
+
+
+# --- the run ----------------------------------------------------------------------------------
+def _load_model(checkpoint: str) -> ModelState:
+    with open_checkpoint(checkpoint) as directory:
+        return load_state(directory)["model"]
+
+
+def run_stages(run: RunSettings, io: StageIO) -> list[StageResult]:
+    """Run the stages of `run` in order: skip finished ones, resume the interrupted one."""
+    torch.set_num_threads(max(1, run.threads))
+    ctx = StageContext(run, io)
+    resumed_state, resumed_path = io.resumed()
+    first = run.stages[0].stage
+    previous = None if first == "pretrain" else read_stage_result(run.outputs, _stage_before(first))
+    if first != "pretrain" and previous is None:
+        raise ValueError(f"stage {first}: the stage before it has not finished under {run.outputs}")
+    model: ModelState | None = None  # weights handed from the previous stage in this process
+    results = []
+    for settings in run.stages:
+        done = read_stage_result(run.outputs, settings.stage)
+        if done is not None:
+            previous, model = done, None
+            results.append(done)
+            continue
+        resume: Resume = (None, None)
+        if resumed_state is not None and resumed_state.get("stage") == settings.stage:
+            resume = (resumed_state, resumed_path)
+        state, path = resume
+        if state is not None and path is not None and int(state["epoch"]) >= settings.total_epochs:
+            result, model = _result_from_state(settings.stage, state, path), state["model"]
+        else:
+            needs_weights = settings.stage == "search" or (settings.train is not None and settings.train.from_search)
+            if state is None and model is None and needs_weights and previous is not None:
+                model = _load_model(previous.checkpoint)
+            result, model = LOOPS[settings.stage](ctx, settings, previous, model, resume)
+        if io.rank == 0:
+            write_stage_result(run.outputs, result)
+        previous = result
+        results.append(result)
+    return results
+
+
+def _stage_before(stage: str) -> str:
+    order = list(LOOPS)
+    return order[order.index(stage) - 1]
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    """TorchTrainer entry point: `config["run"]` is the `RunSettings` of this worker group."""
+    run: RunSettings = config["run"]
+    run_stages(run, RayStageIO(run.checkpoints, run.cache_datasets))

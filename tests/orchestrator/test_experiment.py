@@ -8,10 +8,12 @@ from orchestrator.experiment import (
     ExperimentError,
     load_experiment,
     preset_names,
-    stage_configs,
     trials,
 )
-from workers.settings import StageSettings
+from orchestrator.plan import DataFacts, ResolvedData, plan_trial
+from workers.settings import STAGES
+
+FACTS = DataFacts(path="x", rows=3450, rows_w=1725, rows_a=1725, bytes=10**10)
 
 PRESETS = ["aim", "backbones", "fig1", "psnr-b", "table7", "table8", "table9", "vis-a", "vis-b"]
 
@@ -22,12 +24,17 @@ def test_presets_ship_every_paper_setup():
 
 @pytest.mark.parametrize("name", PRESETS)
 @pytest.mark.parametrize("scale", ["tiny", "paper"])
-def test_every_preset_validates_and_yields_worker_configs(name, scale):
+def test_every_preset_validates_and_yields_a_typed_plan(name, scale):
     experiment = load_experiment(name, scale)
+    data = ResolvedData(train=dict.fromkeys(STAGES, FACTS), val={"v": "y"})
     for trial in trials(experiment):
-        configs = stage_configs(trial.experiment, {"train": "x", "val": {"v": "y"}})
-        for stage, config in configs.items():
-            assert StageSettings.from_dict(config | {"stage": stage}).stage == stage
+        plan = plan_trial(trial, data, "/storage", "sw")
+        stages = [s for run in plan.runs for s in run.settings.stages]
+        assert [s.stage for s in stages] == list(STAGES)
+        for settings in stages:
+            spec = getattr(trial.experiment.stages, settings.stage)
+            assert settings.optim.epochs == spec.epochs and settings.optim.lr == spec.lr
+            assert settings.optim.steps_per_epoch >= 1 and settings.supernet == trial.experiment.supernet_config()
 
 
 def test_paper_scale_uses_the_papers_hyperparameters():

@@ -1,43 +1,41 @@
 """The storage fills up mid-stage: a clear error, the saved checkpoints intact, and a clean resume.
 
 The storage path is a real 48 MiB tmpfs mounted by the test (tests/faults.py). Once Ray Train has
-registered the first checkpoint of a pretrain stage, a ballast file fills the filesystem, so
-saving the next checkpoint fails with ENOSPC inside the Train worker. The stage must stop with a
+registered the first checkpoint of the pretrain stage, a ballast file fills the filesystem, so
+saving the next checkpoint fails with ENOSPC inside the Train worker. The run must stop with a
 message naming the problem and the path (after its one retry fails the same way), leave the
 registered checkpoint loadable, and, once space is freed, resume from it rather than start over.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from orchestrator.train_run import StageError, build_datasets, fit_run
 from tests.faults import fill_up, small_filesystem
+from tests.helpers import registered_checkpoints, tiny_plan
 from workers.checkpointing import load_state
-from workers.stage_runner import StageError, run_stage, stage_datasets
+from workers.stage_outputs import read_stage_result
 
 EPOCHS = 4
-CONFIG = {
-    "seed": 5,
-    "batch_size": 2,
-    "patch": 16,
-    "supernet": {"nf": 16, "widths": [8, 12, 16], "num_cells": 3},
-    "optim": {"epochs": EPOCHS, "steps_per_epoch": 6},
-}
+SHORT = (
+    "seed=5",
+    f"stages.pretrain.epochs={EPOCHS}",
+    "stages.pretrain.steps_per_epoch=3",
+    "stages.search.epochs=1",
+    "stages.search.steps_per_epoch=1",
+    "stages.train.epochs=1",
+    "stages.train.steps_per_epoch=1",
+)
 
 
 def _registered(run_dir: Path) -> list[str]:
-    """Paths of the checkpoints Ray Train has registered for this run (its snapshot file must parse)."""
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    if not snapshot.is_file():
-        return []
-    results = json.loads(snapshot.read_text())["checkpoint_results"]
-    return [str(run_dir / result["checkpoint_dir_name"]) for result in results]
+    """Paths of the checkpoints Ray Train has registered for this run."""
+    return [str(run_dir / name) for name in registered_checkpoints(run_dir)]
 
 
 class FillWhenCheckpointed(threading.Thread):
@@ -62,16 +60,15 @@ class FillWhenCheckpointed(threading.Thread):
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(demo_data, tmp_path):
-    with small_filesystem(tmp_path / "small", size="48m") as storage:  # a checkpoint is ~7 MB
-        run_dir = storage / "full" / "pretrain"
+def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(tmp_path):
+    with small_filesystem(tmp_path / "small", size="48m") as storage:
+        plan = tiny_plan(str(storage), SHORT)
+        (run,) = plan.runs
+        run_dir = Path(run.settings.checkpoints)
         filler = FillWhenCheckpointed(run_dir, storage)
         filler.start()
-        datasets = stage_datasets("pretrain", os.path.join(demo_data, "train"), 4)
         with pytest.raises(StageError) as failed:
-            run_stage(
-                "pretrain", CONFIG, name="full/pretrain", storage_path=str(storage), datasets=datasets, max_failures=1
-            )
+            fit_run(run, str(storage), build_datasets(run, 4, 0.25), max_failures=1)
         filler.join(timeout=5)
         assert filler.ballast is not None, "the filesystem was never filled"
         message = str(failed.value)
@@ -83,12 +80,15 @@ def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(demo_data, tmp_pat
         saved = _registered(run_dir)
         assert 1 <= len(saved) < EPOCHS
         assert [load_state(path)["epoch"] for path in saved] == list(range(1, len(saved) + 1))
-        assert f"checkpoint after epoch {len(saved) + 1} could not be written" in message
+        assert f"checkpoint pretrain-e{len(saved) + 1:04d} could not be written" in message
 
-        # space is freed: running the stage again continues from the last checkpoint, not from scratch
+        # space is freed: running again continues from the last checkpoint, not from scratch
         filler.ballast.unlink()
-        datasets = stage_datasets("pretrain", os.path.join(demo_data, "train"), 4)
-        done = run_stage("pretrain", CONFIG, name="full/pretrain", storage_path=str(storage), datasets=datasets)
-        assert done.metrics["epoch"] == EPOCHS - 1 and load_state(done.checkpoint)["epoch"] == EPOCHS
+        fit_run(run, str(storage), build_datasets(run, 4, 0.25))
+        done = read_stage_result(plan.outputs, "pretrain")
+        assert done is not None and done.metrics["epoch"] == EPOCHS - 1
+        assert load_state(done.checkpoint)["epoch"] == EPOCHS
         registered = _registered(run_dir)
-        assert registered[: len(saved)] == saved and len(registered) == EPOCHS  # only the missing epochs added
+        pretrain = [path for path in registered if "/pretrain-" in path]
+        assert registered[: len(saved)] == saved and len(pretrain) == EPOCHS  # only the missing epochs added
+        assert read_stage_result(plan.outputs, "train") is not None

@@ -14,23 +14,7 @@ import torch.multiprocessing as mp
 from workers.batches import epoch_generator
 from workers.checkpointing import CheckpointError, load_state, staged_checkpoint
 from workers.distributed import all_ranks_agree, average_gradients, rank_spread
-from workers.settings import StageSettings
 from workers.validation import evaluate_pairs
-
-
-def test_settings_from_plain_dict():
-    settings = StageSettings.from_dict(
-        {"stage": "train", "optim": {"epochs": 3, "milestones": [1, 2]}, "finetune": {"loss": "perceptual"}}
-    )
-    assert settings.optim.epochs == 3 and settings.optim.milestones == (1, 2)
-    assert settings.finetune is not None and settings.finetune.loss == "perceptual"
-
-
-def test_settings_reject_unknown_keys_and_stages():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) epochz"):
-        StageSettings.from_dict({"stage": "search", "epochz": 3})
-    with pytest.raises(ValueError, match=r"stage must be one of pretrain, search, train, got 'derive'"):
-        StageSettings.from_dict({"stage": "derive"})
 
 
 def test_epoch_generators_are_reproducible_and_distinct():

@@ -1,0 +1,301 @@
+"""A trial's plan: its validated experiment turned into the typed settings of its Train runs.
+
+Everything that can be resolved before any compute is resolved here, once: data paths (the
+built-in "demo" data written under the storage path), the facts the steps per epoch follow from
+(rows of χ1, χ2 and the whole set), the genotype named by `stages.train.genotype`. Consecutive
+stages with the same worker count share one Train run (one worker group from pretrain through
+train); a stage with another worker count starts its own. The plan is plain, picklable data: the
+sweep builds it in the driver and ships it to the trial.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.experiment import DEMO, Experiment, ExperimentError, PhaseSpec, Trial
+from search_space.genotype import Genotype, load_genotype
+from workers.pipeline import image_ids, split_image_ids
+from workers.settings import (
+    STAGES,
+    OptimSettings,
+    RunSettings,
+    SearchSettings,
+    StageSettings,
+    Supervision,
+    TrainSettings,
+)
+from workers.shards import join_storage, read_manifest, write_demo_dataset
+
+__all__ = [
+    "DataFacts",
+    "DatasetSpec",
+    "ResolvedData",
+    "TrainRunPlan",
+    "TrialPlan",
+    "plan_trial",
+    "resolve_data",
+    "stage_outputs",
+]
+
+# Decoded RGB pixels (LR + HR) take about this many times the PNG bytes of a prepared shard.
+_DECODED_PER_PNG_BYTE = 4.0
+_ROLE_DATASET = {"w": "train_w", "a": "train_a", "all": "train"}
+_STAGE_ROLES = {"pretrain": ("w",), "search": ("w", "a"), "train": ("all",)}
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """A prepared training set and the sizes its steps per epoch follow from."""
+
+    path: str
+    rows: int  # all rows (sub-images count one each)
+    rows_w: int  # rows of χ1, the first half of the sorted image ids
+    rows_a: int  # rows of χ2
+    bytes: int  # stored (PNG) bytes
+
+    def rows_of(self, role: str) -> int:
+        return {"w": self.rows_w, "a": self.rows_a, "all": self.rows}[role]
+
+
+@dataclass(frozen=True)
+class ResolvedData:
+    """Where every data set of an experiment is, checked to be a prepared data set."""
+
+    train: dict[str, DataFacts]  # stage → its training data
+    val: dict[str, str]  # validation set name → path
+
+    @property
+    def default_train(self) -> str:
+        return self.train["pretrain"].path
+
+
+def _not_prepared(field: str, path: str, err: Exception) -> ExperimentError:
+    return ExperimentError(f"{field}: {path} is not a prepared data set ({err}); run `trilevel data prepare`")
+
+
+def _facts(path: str, field: str) -> DataFacts:
+    try:
+        manifest = read_manifest(path)
+        per_image = Counter(image_ids(path))
+    except Exception as err:
+        raise _not_prepared(field, path, err) from None
+    chi1, chi2 = split_image_ids(per_image)
+    if not chi1 or not chi2:
+        raise ExperimentError(f"{field}: {path} holds {len(per_image)} image(s); the search split needs at least 2")
+    return DataFacts(
+        path=path,
+        rows=manifest.rows,
+        rows_w=sum(per_image[i] for i in chi1),
+        rows_a=sum(per_image[i] for i in chi2),
+        bytes=int(manifest.data.get("bytes", 0)),
+    )
+
+
+def resolve_data(experiment: Experiment, storage: str) -> ResolvedData:
+    """Every data set of `experiment`, checked; "demo" is written once under `<storage>/_data/demo`."""
+    demo_root = join_storage(storage, "_data", DEMO)
+    if DEMO in (path for _, path in experiment.data_fields()):
+        write_demo_dataset(demo_root)
+
+    def where(path: str, part: str) -> str:
+        return join_storage(demo_root, part) if path == DEMO else path
+
+    facts: dict[str, DataFacts] = {}
+    train: dict[str, DataFacts] = {}
+    for stage in STAGES:
+        own = getattr(experiment.stages, stage).data
+        field = f"stages.{stage}.data" if own else "data.train"
+        path = where(experiment.stage_data(stage), "train")
+        if path not in facts:
+            facts[path] = _facts(path, field)
+        train[stage] = facts[path]
+    val = {name: where(path, "val") for name, path in experiment.data.val.items()}
+    for name, path in val.items():
+        try:
+            read_manifest(path)
+        except Exception as err:
+            raise _not_prepared(f"data.val.{name}", path, err) from None
+    return ResolvedData(train=train, val=val)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A Ray dataset a Train run reads: a training set's rows of one role (w = χ1, a = χ2, all)."""
+
+    path: str
+    role: str
+
+
+@dataclass(frozen=True)
+class TrainRunPlan:
+    """One TorchTrainer run of a trial: its run name, worker count, settings and datasets."""
+
+    name: str
+    workers: int
+    settings: RunSettings
+    datasets: dict[str, DatasetSpec]
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(s.stage for s in self.settings.stages)
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """A trial: its id, axis values, resolved experiment and Train runs, in order."""
+
+    trial_id: str
+    axes: dict[str, Any]
+    experiment: Experiment
+    outputs: str  # <storage>/<sweep>/stages/<trial>: stage markers and Train runs
+    runs: tuple[TrainRunPlan, ...]
+    val: dict[str, str]
+
+
+def stage_outputs(storage: str, sweep: str, trial_id: str) -> str:
+    """Where a trial's stages leave their markers and checkpoints."""
+    return join_storage(storage, sweep, "stages", trial_id)
+
+
+def _optim(phase: PhaseSpec, steps: int) -> OptimSettings:
+    return OptimSettings(
+        epochs=phase.epochs,
+        steps_per_epoch=steps,
+        batch_size=phase.batch_size,
+        lr=phase.lr,
+        milestones=tuple(phase.milestones),
+        gamma=phase.gamma,
+        loss=phase.loss,
+        grad_clip=phase.grad_clip,
+    )
+
+
+def _steps(phase: PhaseSpec, facts: DataFacts, roles: tuple[str, ...], workers: int, field: str) -> int:
+    """The experiment's steps per epoch, else one pass over the smallest split a worker reads."""
+    per_worker = min(facts.rows_of(role) // workers for role in roles)
+    if per_worker < 1:
+        raise ExperimentError(
+            f"{field}: {facts.path} gives {workers} worker(s) no rows to train on "
+            f"({min(facts.rows_of(r) for r in roles)} in the smallest split); use fewer workers or more data"
+        )
+    return phase.steps_per_epoch or math.ceil(per_worker / phase.batch_size)
+
+
+def _dataset_name(role: str, stage: str, facts: DataFacts, default_path: str) -> str:
+    base = _ROLE_DATASET[role]
+    return base if facts.path == default_path else f"{base}.{stage}"
+
+
+def _stage_settings(
+    experiment: Experiment, stage: str, data: ResolvedData, workers: int, datasets: dict[str, str]
+) -> StageSettings:
+    spec = getattr(experiment.stages, stage)
+    facts = data.train[stage]
+    roles = _STAGE_ROLES[stage]
+    steps = _steps(spec, facts, roles, workers, f"stages.{stage}")
+    sup = experiment.supervision
+    search = train = None
+    if stage == "search":
+        search = SearchSettings(
+            arch_lr=spec.arch_lr,
+            arch_betas=tuple(spec.arch_betas),
+            radius_start=spec.radius_start,
+            radius_end=spec.radius_end,
+            lambda_order=spec.lambda_order,
+            lambda_flops=spec.lambda_flops,
+            flops_target=spec.flops_target,
+            flops_band=tuple(spec.flops_band),
+            flops_interval=spec.flops_interval,
+            ssn_freeze=spec.ssn_freeze,
+        )
+    if stage == "train":
+        finetune = None
+        if spec.finetune is not None:
+            finetune = _optim(spec.finetune, _steps(spec.finetune, facts, roles, workers, "stages.train.finetune"))
+        train = TrainSettings(from_search=spec.from_search, genotype=_genotype(experiment), finetune=finetune)
+    return StageSettings(
+        stage=stage,
+        seed=experiment.seed,
+        scale=experiment.data.scale,
+        patch=experiment.stages.patch,
+        optim=_optim(spec, steps),
+        supernet=experiment.supernet_config(),
+        datasets=datasets,
+        supervision=Supervision(kind=sup.kind, weights=sup.weights, nb=sup.nb, nf=sup.nf, gc=sup.gc),
+        vgg_weights=experiment.perceptual.vgg_weights,
+        checkpoint_every=experiment.stages.checkpoint_every,
+        search=search,
+        train=train,
+    )
+
+
+def _genotype(experiment: Experiment) -> Genotype | None:
+    name = experiment.stages.train.genotype
+    if name is None:
+        return None
+    try:
+        return load_genotype(name)
+    except (ValueError, OSError) as err:
+        raise ExperimentError(f"stages.train.genotype: {err}") from None
+
+
+def _groups(experiment: Experiment) -> list[list[str]]:
+    """Consecutive stages that share a worker count, in pipeline order."""
+    workers = experiment.resources.workers
+    groups: list[list[str]] = []
+    for stage in STAGES:
+        if groups and workers[groups[-1][-1]] == workers[stage]:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> TrialPlan:
+    """The Train runs of `trial`, with every setting resolved and checked."""
+    experiment = trial.experiment
+    outputs = stage_outputs(storage, sweep, trial.trial_id)
+    resources = experiment.resources
+    first_val = next(iter(data.val.values()), None)
+    runs = []
+    for group in _groups(experiment):
+        workers = resources.workers[group[0]]
+        specs: dict[str, DatasetSpec] = {}
+        stages = []
+        for stage in group:
+            facts = data.train[stage]
+            names = {}
+            for role in _STAGE_ROLES[stage]:
+                name = _dataset_name(role, stage, facts, data.default_train)
+                specs[name] = DatasetSpec(facts.path, role)
+                names[role] = name
+            stages.append(_stage_settings(experiment, stage, data, workers, names))
+        per_worker_mb = {name: _decoded_mb(data, spec.path) / workers for name, spec in specs.items()}
+        name = posixpath.join(sweep, "stages", trial.trial_id, "run-" + "-".join(group))
+        settings = RunSettings(
+            stages=tuple(stages),
+            outputs=outputs,
+            checkpoints=join_storage(storage, name),
+            val_path=first_val,
+            val_max_images=experiment.stages.val_max_images,
+            cache_datasets=tuple(n for n, mb in per_worker_mb.items() if mb <= experiment.data.cache_mb),
+            threads=max(1, int(resources.cpus_per_worker)),
+        )
+        runs.append(TrainRunPlan(name=name, workers=workers, settings=settings, datasets=specs))
+    return TrialPlan(
+        trial_id=trial.trial_id,
+        axes=dict(trial.axes),
+        experiment=experiment,
+        outputs=outputs,
+        runs=tuple(runs),
+        val=dict(data.val),
+    )
+
+
+def _decoded_mb(data: ResolvedData, path: str) -> float:
+    facts = next(f for f in data.train.values() if f.path == path)
+    return facts.bytes * _DECODED_PER_PNG_BYTE / 2**20

@@ -1,0 +1,170 @@
+"""Run one Train run of a trial plan as a TorchTrainer job (driver side).
+
+A Train run holds consecutive stages that share a worker group (`orchestrator.plan`). Its name is
+deterministic (`<sweep>/stages/<trial>/run-<stages>`), so fitting it again resumes from its latest
+checkpoint (Train V2 restores its checkpoint manager from the storage path), and the stages that
+already left a done marker are skipped inside the workers. A run whose stages are all done is not
+started at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from orchestrator.plan import DatasetSpec, TrainRunPlan
+from workers.checkpointing import CheckpointWriteError
+from workers.pipeline import data_config, decoded_rows, image_ids, read_pairs, split_image_ids
+from workers.shards import join_storage
+from workers.stage_io import LocalStageIO
+from workers.stage_outputs import read_stage_result
+from workers.stages import train_fn_per_worker
+
+__all__ = ["StageError", "build_datasets", "fit_run", "local_io", "run_finished"]
+
+
+class StageError(RuntimeError):
+    """A stage could not go on for a reason the user must fix (the message says what and where)."""
+
+
+def run_finished(plan: TrainRunPlan) -> bool:
+    """Whether every stage of the run has left its done marker."""
+    return all(read_stage_result(plan.settings.outputs, stage) is not None for stage in plan.stages)
+
+
+def build_datasets(plan: TrainRunPlan, scale: int, num_cpus: float) -> dict[str, Any]:
+    """The Ray datasets of the run: χ1 / χ2 (by sorted image id) or all rows of each training set."""
+    splits: dict[str, tuple[list[str], list[str]]] = {}
+    return {
+        name: read_pairs(spec.path, scale, ids=_split_ids(spec, splits), num_cpus=num_cpus)
+        for name, spec in plan.datasets.items()
+    }
+
+
+def _split_ids(spec: DatasetSpec, splits: dict[str, tuple[list[str], list[str]]]) -> list[str] | None:
+    """The image ids of a dataset's role (None: all rows), splitting each path once."""
+    if spec.role == "all":
+        return None
+    if spec.path not in splits:
+        splits[spec.path] = split_image_ids(image_ids(spec.path))
+    return splits[spec.path][0 if spec.role == "w" else 1]
+
+
+def local_io(plan: TrainRunPlan, scale: int, resume_from: str | None = None) -> LocalStageIO:
+    """The run's datasets decoded in this process, to run its stages without Ray.
+
+    For tests, benchmarks and notebooks: `workers.stages.run_stages(plan.settings, local_io(plan, 4))`.
+    Checkpoints go to the run's own directory, as in a Train run.
+    """
+    splits: dict[str, tuple[list[str], list[str]]] = {}
+    decoded = {path: decoded_rows(path, scale) for path in {spec.path for spec in plan.datasets.values()}}
+    rows = {}
+    for name, spec in plan.datasets.items():
+        ids = _split_ids(spec, splits)
+        keep = None if ids is None else set(ids)
+        rows[name] = [row for row in decoded[spec.path] if keep is None or row["image_id"] in keep]
+    return LocalStageIO(checkpoints=plan.settings.checkpoints, datasets=rows, resume_from=resume_from)
+
+
+@contextlib.contextmanager
+def _restore_sigint() -> Iterator[None]:
+    """Put back the SIGINT handler a main-thread `fit()` installs.
+
+    Ray Train's handler closes over the run's controller actor handle; left installed, it keeps the
+    finished controller (and its DatasetManager and SplitCoordinators, which hold CPUs) alive until
+    the next main-thread `fit()` replaces it. Restoring the previous handler drops that last reference.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def fit_run(
+    plan: TrainRunPlan,
+    storage: str,
+    datasets: dict[str, Any],
+    *,
+    use_gpu: bool = False,
+    cpus_per_worker: float = 0.5,
+    max_failures: int = 0,
+    callbacks: list[Any] | None = None,
+) -> None:
+    """Fit the run's TorchTrainer; stage results are read from the markers its workers write."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"run": plan.settings},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=plan.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(
+            name=plan.name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            callbacks=callbacks,
+        ),
+        datasets=datasets,
+        dataset_config=data_config(list(datasets)),
+    )
+    try:
+        with _restore_sigint():
+            trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        write_error = _checkpoint_write_error(err)
+        if write_error is None:
+            raise
+        raise StageError(_checkpoint_write_message(plan.name, storage, write_error)) from err
+
+
+def _checkpoint_write_error(err: BaseException) -> CheckpointWriteError | None:
+    """The CheckpointWriteError behind a failed run (a worker's failure, or anywhere in the cause chain)."""
+    candidates: list[BaseException] = [*getattr(err, "worker_failures", {}).values(), err]
+    seen: set[int] = set()
+    while candidates:
+        current = candidates.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, CheckpointWriteError):
+            return current
+        candidates += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return None
+
+
+def _free_space(storage_path: str) -> str:
+    """Free space at a local storage path, as text ("" for URIs or when unknown)."""
+    if "://" in storage_path:
+        return ""
+    path = os.path.abspath(storage_path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"
+    except OSError:
+        return ""
+
+
+def _checkpoint_write_message(name: str, storage_path: str, err: CheckpointWriteError) -> str:
+    where = join_storage(storage_path, name)
+    if err.no_space:
+        free = _free_space(storage_path)
+        fix = f"the storage is full{f' ({free})' if free else ''}: free space or choose another storage path"
+    else:
+        fix = "make the storage path writable"
+    return (
+        f"stage run {name}: {err} under {where}. The checkpoints saved before it are intact; {fix}, "
+        "then run it again to continue from the last one."
+    )

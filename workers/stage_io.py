@@ -1,0 +1,151 @@
+"""What a stage loop needs from the outside world: rows to train on, a resume point, a way to report.
+
+The loops in `workers.stages` talk only to a `StageIO`, so the same code runs inside Ray Train
+(`RayStageIO`: dataset shards, `get_checkpoint`, `report` with checkpoints on the storage path)
+and in one plain process (`LocalStageIO`: rows in memory, checkpoints in a local folder), which
+lets tests exercise resume and fine-tuning logic in seconds and lets a notebook run a stage
+without a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from workers.checkpointing import CheckpointWriteError, is_no_space, load_state, staged_checkpoint
+from workers.shards import join_storage
+
+__all__ = ["LocalStageIO", "RayStageIO", "Report", "StageIO"]
+
+
+@dataclass(frozen=True)
+class Report:
+    """One `report` call: the metrics, and the checkpoint path when one was written."""
+
+    metrics: dict[str, Any]
+    checkpoint: str | None
+
+
+class StageIO(Protocol):
+    """The loops' view of their runtime (one process of a possibly distributed group)."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    def rows(self, dataset: str) -> Any:
+        """The rows of a training dataset for this worker: a list (cached) or a Ray data iterator."""
+        ...
+
+    def resumed(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(state, path) of the latest checkpoint of this run, or (None, None) on a fresh start."""
+        ...
+
+    def checkpoint_path(self, dir_name: str) -> str:
+        """Where a checkpoint reported under `dir_name` is stored."""
+        ...
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None, genotype_json: str | None, dir_name: str):
+        """Report metrics; with `state` (rank 0), also persist a checkpoint named `dir_name`."""
+        ...
+
+
+class RayStageIO:
+    """`StageIO` inside a Ray Train worker."""
+
+    def __init__(self, checkpoints: str, cache_datasets: Sequence[str]) -> None:
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._checkpoints = checkpoints
+        self._cache_names = set(cache_datasets)
+        self._cache: dict[str, list[dict[str, Any]]] = {}
+
+    def rows(self, dataset: str) -> Any:
+        import ray.train
+
+        shard = ray.train.get_dataset_shard(dataset)
+        if dataset not in self._cache_names:
+            return shard
+        if dataset not in self._cache:  # small data: decode once, then draw batches from memory
+            self._cache[dataset] = list(shard.iter_rows())
+        return self._cache[dataset]
+
+    def resumed(self) -> tuple[dict[str, Any] | None, str | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None, None
+        with checkpoint.as_directory() as directory:
+            return load_state(directory), checkpoint.path
+
+    def checkpoint_path(self, dir_name: str) -> str:
+        return join_storage(self._checkpoints, dir_name)
+
+    def report(
+        self, metrics: dict[str, Any], state: dict[str, Any] | None, genotype_json: str | None, dir_name: str
+    ) -> None:
+        import ray.train
+
+        if state is None or self.rank != 0:
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=dir_name if state else None)
+            return
+        try:
+            with staged_checkpoint(state, genotype_json) as directory:
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
+        except OSError as err:  # staging (local temp dir) or the copy to the storage path
+            raise CheckpointWriteError(
+                f"the checkpoint {dir_name} could not be written: {err}", no_space=is_no_space(err)
+            ) from err
+
+
+@dataclass
+class LocalStageIO:
+    """`StageIO` for one plain process: rows in memory, checkpoints in a local folder.
+
+    `datasets` maps dataset names to decoded rows (`{"lr", "hr", ...}` dicts). Every report is kept
+    in `reports`; `resume_from` names a checkpoint directory to resume from (as `get_checkpoint`).
+    """
+
+    checkpoints: str
+    datasets: Mapping[str, list[dict[str, Any]]]
+    resume_from: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world: int = 1
+    reports: list[Report] = field(default_factory=list)
+
+    def rows(self, dataset: str) -> list[dict[str, Any]]:
+        if dataset not in self.datasets:
+            raise KeyError(f"no dataset {dataset!r}; have {', '.join(sorted(self.datasets))}")
+        return self.datasets[dataset]
+
+    def resumed(self) -> tuple[dict[str, Any] | None, str | None]:
+        if self.resume_from is None:
+            return None, None
+        return load_state(self.resume_from), self.resume_from
+
+    def checkpoint_path(self, dir_name: str) -> str:
+        return os.path.join(self.checkpoints, dir_name)
+
+    def report(
+        self, metrics: dict[str, Any], state: dict[str, Any] | None, genotype_json: str | None, dir_name: str
+    ) -> None:
+        path = None
+        if state is not None and self.rank == 0:
+            path = self.checkpoint_path(dir_name)
+            with staged_checkpoint(state, genotype_json) as directory:
+                shutil.rmtree(path, ignore_errors=True)
+                shutil.copytree(directory, path)
+        self.reports.append(Report(dict(metrics), path))
