@@ -82,6 +82,8 @@ def _report(
     click.echo(f"Markdown: {files.markdown}")
     if files.parent_run_id:
         click.echo(f"Logged to MLflow run {files.parent_run_id} under {rep.REPORT_ARTIFACT_DIR}/")
+    if files.ui:
+        click.echo(files.ui)
     else:
         click.echo(f"Sweep {sweep} has no parent run in MLflow: the report was not logged there.", err=True)
     return files
@@ -258,3 +260,5 @@ def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address
             click.secho(line, err=True, fg="red", bold=True)
         else:
             click.echo(line)
+    _, experiment_id = rep.open_experiment(tracking_uri, mlflow_experiment)
+    click.echo(rep.ui_hint(tracking_uri, experiment_id))

@@ -77,6 +77,8 @@ __all__ = [
     "table",
     "to_csv",
     "to_markdown",
+    "ui_hint",
+    "ui_url",
     "validation_sets",
     "warning_text",
 ]
@@ -146,6 +148,7 @@ class ReportFiles:
     parent_run_id: str | None = None  # None: the sweep has no parent run, nothing was logged
     warnings: list[str] = field(default_factory=list)  # networks that do not beat bicubic, one line each
     paper: str | None = None  # the published table shown beside ours ("Table 8"), if any
+    ui: str | None = None  # the sweep's runs in the MLflow UI (see ui_url)
 
 
 # --- querying MLflow ---------------------------------------------------------------------------
@@ -670,6 +673,27 @@ def pareto_figure(
 
 
 # --- everything at once ------------------------------------------------------------------------
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment's runs (or of one run), opened in the model-training view.
+
+    MLflow 3.17's UI chooses between its GenAI and model-training views with a per-browser toggle that
+    starts on GenAI, whatever the experiment's ``mlflow.experimentKind`` tag says; a link with
+    ``?workflowType=machine_learning`` opens the runs. A SQLite store has no server: the link is to
+    ``mlflow ui``'s default address.
+    """
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
+def ui_hint(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """One line for people: where to look in the MLflow UI (and how to start it for a SQLite store)."""
+    line = f"MLflow UI: {ui_url(tracking_uri, experiment_id, run_id)}"
+    if not tracking_uri.startswith(("http://", "https://")):
+        line += f"  (start it with: mlflow ui --backend-store-uri {tracking_uri})"
+    return line
+
+
 def _parent_run(client: MlflowClient, experiment_id: str, sweep: str) -> str | None:
     runs = search_all(client, experiment_id, sweep_filter(sweep, "sweep"))
     return runs[0].info.run_id if runs else None
@@ -730,4 +754,6 @@ def build_report(
     else:
         for path in (markdown_path, csv_path, png_path):
             client.log_artifact(parent, str(path), artifact_path=REPORT_ARTIFACT_DIR)
-    return ReportFiles(markdown_path, csv_path, png_path, rendered, parent, warnings, paper.name if paper else None)
+    paper_name = paper.name if paper else None
+    ui = ui_hint(tracking_uri, experiment_id)
+    return ReportFiles(markdown_path, csv_path, png_path, rendered, parent, warnings, paper_name, ui)

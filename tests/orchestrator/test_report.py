@@ -37,6 +37,8 @@ from orchestrator.report import (
     table,
     to_csv,
     to_markdown,
+    ui_hint,
+    ui_url,
     validation_sets,
 )
 
@@ -476,3 +478,18 @@ def test_status_shows_psnr_beside_bicubic_and_the_best_trials_command(store):
     assert "Bicubic: PSNR demo 28.17 dB" in result.stdout
     assert "Best trial: lambda_order=0.1 (PSNR demo 28.90 dB, bicubic 28.17 dB (+0.73), 1.20 GFLOPs)" in result.stdout
     assert f"trilevel upscale --model {best.run_id} --tracking-uri {store['uri']} photos/ --out sr/" in result.stdout
+    experiment_id = store["client"].get_experiment_by_name(EXPERIMENT).experiment_id
+    assert (
+        f"MLflow UI: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"  (start it with: mlflow ui --backend-store-uri {store['uri']})"
+    ) in result.stdout
+
+
+def test_ui_links_open_the_model_training_view():
+    """MLflow 3.17's UI starts on GenAI whatever the experiment kind; the link's workflowType chooses."""
+    assert ui_url("http://mlflow:5000/", "7", "abc") == (
+        "http://mlflow:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
+    )
+    assert ui_hint("https://mlflow.example.org", "7") == (
+        "MLflow UI: https://mlflow.example.org/#/experiments/7/runs?workflowType=machine_learning"
+    )
