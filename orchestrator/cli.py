@@ -33,7 +33,7 @@ def cli() -> None:
 
 def _register_commands() -> None:
     """Attach the commands; kept out of import time so importing the module has no side effects."""
-    from orchestrator import cli_arch, cli_data, cli_report, cli_run, cli_submit, cli_upscale
+    from orchestrator import cli_arch, cli_data, cli_export, cli_report, cli_run, cli_submit, cli_upscale
 
     for command in (
         cli_run.run,
@@ -44,6 +44,7 @@ def _register_commands() -> None:
         cli_report.report,
         cli_arch.arch,
         cli_upscale.upscale,
+        cli_export.export,
         cli_submit.submit,
         cli_submit.logs,
         cli_submit.stop,

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from orchestrator.export import ExportError, onnx_latency
 from search_space.cost import count
 from search_space.derived import build_network
 from search_space.genotype import Genotype, load_genotype, zoo_names
@@ -22,8 +23,12 @@ def _parse_size(value: str) -> tuple[int, int]:
     return height, width
 
 
-def describe(genotype: Genotype, lr_size: tuple[int, int], latency_repeats: int) -> dict:
-    """Params, MACs and (optionally) CPU latency of a genotype's network, as plain data."""
+def describe(genotype: Genotype, lr_size: tuple[int, int], latency_repeats: int, onnx: bool = True) -> dict:
+    """Params, MACs and (optionally) CPU latency of a genotype's network in PyTorch and ONNX Runtime, as plain data.
+
+    Both latencies are timed by one rule (``search_space.latency.median_seconds``) on the same input
+    size and threads, so they compare the runtimes, not the measurements.
+    """
     cost = count(genotype, lr_size)
     report = {
         "name": genotype.name,
@@ -37,8 +42,10 @@ def describe(genotype: Genotype, lr_size: tuple[int, int], latency_repeats: int)
         hrconv = genotype.nf * genotype.nf * 9 + genotype.nf
         report["params_m_without_hrconv"] = round((cost.params - hrconv) / 1e6, 4)
     if latency_repeats > 0:
-        net = build_network(genotype)
+        net = build_network(genotype).eval()
         report["cpu_latency_s"] = round(measure_latency(net, lr_size, latency_repeats), 4)
+        if onnx:
+            report["onnx_cpu_latency_s"] = round(onnx_latency(net, genotype.scale, lr_size, latency_repeats), 4)
     return report
 
 
@@ -60,16 +67,25 @@ def list_zoo() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of the table.")
 @click.option("--lr-size", default="256x256", show_default=True, help="LR input size HxW for GFLOPs and latency.")
 @click.option(
-    "--latency-repeats", default=3, show_default=True, type=click.IntRange(min=0), help="0 skips the latency run."
+    "--latency-repeats", default=3, show_default=True, type=click.IntRange(min=0), help="0 skips the latency runs."
 )
-def show(name_or_file: str, as_json: bool, lr_size: str, latency_repeats: int) -> None:
+@click.option(
+    "--onnx/--no-onnx",
+    default=True,
+    show_default=True,
+    help="Also time the network exported to ONNX, in ONNX Runtime (the export takes seconds).",
+)
+def show(name_or_file: str, as_json: bool, lr_size: str, latency_repeats: int, onnx: bool) -> None:
     """Show NAME (see `trilevel arch list`) or a genotype FILE.json: table, params, GFLOPs, latency."""
     try:
         genotype = load_genotype(name_or_file)
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     size = _parse_size(lr_size)
-    report = describe(genotype, size, latency_repeats)
+    try:
+        report = describe(genotype, size, latency_repeats, onnx)
+    except ExportError as err:  # the network does not export, or ONNX Runtime disagrees with PyTorch
+        raise click.ClickException(str(err)) from None
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -81,4 +97,7 @@ def show(name_or_file: str, as_json: bool, lr_size: str, latency_repeats: int) -
     click.echo(f"Params: {params}")
     click.echo(f"GFLOPs (MACs) at {size[0]}×{size[1]} LR: {report['gflops']:.2f}")
     if "cpu_latency_s" in report:
-        click.echo(f"CPU latency, one {size[0]}×{size[1]} LR input: {report['cpu_latency_s'] * 1000:.0f} ms")
+        line = f"CPU latency, one {size[0]}×{size[1]} LR input: {report['cpu_latency_s'] * 1000:.0f} ms (PyTorch)"
+        if "onnx_cpu_latency_s" in report:
+            line += f", {report['onnx_cpu_latency_s'] * 1000:.0f} ms (ONNX Runtime)"
+        click.echo(line)

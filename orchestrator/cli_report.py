@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,7 @@ import click
 
 from orchestrator import report as rep
 
-__all__ = ["DEFAULT_STORAGE", "DEFAULT_TRACKING", "print_report", "report", "status"]
+__all__ = ["DEFAULT_STORAGE", "DEFAULT_TRACKING", "best_trial_lines", "print_report", "report", "status"]
 
 # The same defaults as `trilevel sweep` (orchestrator.experiment: TrackingSpec.uri, Experiment.storage).
 DEFAULT_TRACKING = "sqlite:///./trilevel-mlflow.db"
@@ -72,11 +73,17 @@ def _report(
 ) -> rep.ReportFiles:
     files = rep.build_report(tracking_uri, mlflow_experiment, sweep, labels, out)
     click.echo(rep.to_markdown(files.table))
+    if files.paper:
+        click.echo(f"Paper columns: {files.paper} of the supplementary, the row of the same method.")
+    if files.warnings:
+        click.secho(rep.warning_text(files.warnings), err=True, fg="red", bold=True)
     click.echo(f"CSV:      {files.csv}")
     click.echo(f"Plot:     {files.png}")
     click.echo(f"Markdown: {files.markdown}")
     if files.parent_run_id:
         click.echo(f"Logged to MLflow run {files.parent_run_id} under {rep.REPORT_ARTIFACT_DIR}/")
+    if files.ui:
+        click.echo(files.ui)
     else:
         click.echo(f"Sweep {sweep} has no parent run in MLflow: the report was not logged there.", err=True)
     return files
@@ -159,13 +166,19 @@ def sweeps_overview(tracking_uri: str, mlflow_experiment: str) -> list[dict[str,
 
 
 def trials_progress(tracking_uri: str, mlflow_experiment: str, sweep: str) -> list[dict[str, str]]:
-    """One row per trial of `sweep`: status, path, latest stage (and its status), headline metrics."""
-    trial_rows = rep.collect(tracking_uri, mlflow_experiment, sweep)
+    """One row per trial of `sweep`: status, path, latest stage (and its status), headline metrics, run id."""
+    return _progress(rep.collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, mlflow_experiment, sweep)
+
+
+def _progress(
+    trial_rows: list[rep.TrialRow], tracking_uri: str, mlflow_experiment: str, sweep: str
+) -> list[dict[str, str]]:
     client, experiment_id = rep.open_experiment(tracking_uri, mlflow_experiment)
     latest: dict[str, Any] = {}
     for run in rep.search_all(client, experiment_id, rep.sweep_filter(sweep, "stage")):  # oldest first
         latest[run.data.tags.get(rep.TRIAL_TAG, "")] = run
     sets = rep.validation_sets(trial_rows)
+    base = rep.baselines(trial_rows)
     out = []
     for row in trial_rows:
         stage_run = latest.get(row.trial)
@@ -174,9 +187,36 @@ def trials_progress(tracking_uri: str, mlflow_experiment: str, sweep: str) -> li
         )
         entry = {"Trial": row.trial, "Status": row.status, "Stage": stage, "Path": rep.format_path(row)}
         entry |= {"Params (M)": rep.format_value(row.params_m), "GFLOPs": rep.format_value(row.gflops)}
-        entry |= {f"PSNR {s}": rep.format_value(row.psnr.get(s)) for s in sets}
+        for s in sets:
+            entry[f"PSNR {s}"] = rep.format_value(row.psnr.get(s))
+            if s in base.bicubic:
+                entry[f"Δ vs bicubic {s}"] = rep.format_delta(row.delta(s))
+        entry["Run"] = row.run_id
         out.append(entry)
     return out
+
+
+def best_trial_lines(trial_rows: list[rep.TrialRow], tracking_uri: str, sweep: str) -> list[str]:
+    """What `status` says about the trial to use: its numbers beside bicubic and a ready-to-paste upscale command."""
+    best = rep.best_row(trial_rows)
+    if best is None:
+        return [f"No finished trial with PSNR yet; once there is one: trilevel upscale --model best:{sweep} …"]
+    first = rep.validation_sets([best])[0]
+    numbers = f"PSNR {first} {best.psnr[first]:.2f} dB"
+    delta = best.delta(first)
+    if delta is not None:
+        numbers += f", bicubic {best.psnr_bicubic[first]:.2f} dB ({delta:+.2f})"
+    if best.gflops is not None:
+        numbers += f", {best.gflops:.2f} GFLOPs"
+    uri = "" if tracking_uri == DEFAULT_TRACKING else f" --tracking-uri {shlex.quote(tracking_uri)}"
+    lines = [
+        f"Best trial: {best.trial} ({numbers})",
+        "Upscale your images with it (replace photos/ with yours):",
+        f"  trilevel upscale --model {best.run_id}{uri} photos/ --out sr/",
+    ]
+    if delta is not None and delta <= 0:
+        lines.append(f"WARNING: even the best trial does not beat bicubic on {first} ({delta:+.2f} dB).")
+    return lines
 
 
 @click.command("status")
@@ -191,7 +231,8 @@ def trials_progress(tracking_uri: str, mlflow_experiment: str, sweep: str) -> li
 )
 @_friendly_errors
 def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address: str | None) -> None:
-    """Without SWEEP: every tracked sweep. With SWEEP: its trials, their current stage and headline metrics."""
+    """Without SWEEP: every tracked sweep. With SWEEP: its trials (stage, headline metrics beside bicubic, run id)
+    and the `trilevel upscale` command for the best one."""
     if address is not None:
         from orchestrator.cli_submit import echo_job_status
 
@@ -206,7 +247,18 @@ def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address
             return
         click.echo(rep.to_markdown(rows), nl=False)
         return
-    rows = trials_progress(tracking_uri, mlflow_experiment, sweep)
+    trial_rows = rep.collect(tracking_uri, mlflow_experiment, sweep)
+    rows = _progress(trial_rows, tracking_uri, mlflow_experiment, sweep)
     finished = sum(row["Status"] == "FINISHED" for row in rows)
     click.echo(f"Sweep {sweep}: {finished}/{len(rows)} trials finished\n")
-    click.echo(rep.to_markdown(rows), nl=False)
+    click.echo(rep.to_markdown(rows))
+    bicubic = rep.baselines(trial_rows).bicubic
+    if bicubic:
+        click.echo("Bicubic: " + ", ".join(f"PSNR {s} {v:.2f} dB" for s, v in bicubic.items()) + "\n")
+    for line in best_trial_lines(trial_rows, tracking_uri, sweep):
+        if line.startswith("WARNING"):
+            click.secho(line, err=True, fg="red", bold=True)
+        else:
+            click.echo(line)
+    _, experiment_id = rep.open_experiment(tracking_uri, mlflow_experiment)
+    click.echo(rep.ui_hint(tracking_uri, experiment_id))

@@ -16,15 +16,22 @@ import click
 from orchestrator.upscale import (
     UpscaleError,
     collect_images,
-    load_model,
+    open_model,
     receptive_radius,
     resolve_device,
     upscale_files,
 )
 
-__all__ = ["DEFAULT_TRACKING", "upscale"]
+__all__ = ["DEFAULT_MLFLOW_EXPERIMENT", "DEFAULT_TRACKING", "MODEL_HELP", "upscale"]
 
 DEFAULT_TRACKING = "sqlite:///./trilevel-mlflow.db"  # as `trilevel run` (orchestrator.cli_run)
+DEFAULT_MLFLOW_EXPERIMENT = "trilevel"
+MODEL_METAVAR = "RUN_ID|best:SWEEP|CHECKPOINT_DIR|models:/NAME/VERSION"
+MODEL_HELP = (
+    "A trial's MLflow run id (or runs:/ID/NAME), best:SWEEP (the sweep's best finished trial: highest PSNR "
+    "on its first validation set, ties to fewer GFLOPs), a registered model (models:/NAME/VERSION, "
+    "models:/NAME@ALIAS) or a train-stage checkpoint directory."
+)
 
 
 def _err(message: str) -> None:
@@ -36,9 +43,8 @@ def _err(message: str) -> None:
     "--model",
     "source",
     required=True,
-    metavar="RUN_ID|CHECKPOINT_DIR|models:/NAME/VERSION",
-    help="A trial's MLflow run id (or runs:/ID/NAME), a registered model (models:/NAME/VERSION, "
-    "models:/NAME@ALIAS) or a train-stage checkpoint directory.",
+    metavar=MODEL_METAVAR,
+    help=MODEL_HELP,
 )
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -64,6 +70,12 @@ def _err(message: str) -> None:
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--tracking-uri", default=None, help=f"MLflow tracking URI [default: {DEFAULT_TRACKING}]")
+@click.option(
+    "--mlflow-experiment",
+    default=DEFAULT_MLFLOW_EXPERIMENT,
+    show_default=True,
+    help="MLflow experiment of the sweep, for best:SWEEP.",
+)
 @click.option("--keep-going", is_flag=True, help="Skip unreadable images (reported; exit status 1 at the end).")
 def upscale(
     source: str,
@@ -73,16 +85,20 @@ def upscale(
     overlap: int,
     device: str,
     tracking_uri: str | None,
+    mlflow_experiment: str,
     keep_going: bool,
 ) -> None:
     """Upscale image files and folders of PNG/JPEG (INPUTS) with a trained network."""
     try:
         resolve_device(device)
         files = collect_images(inputs, report=_err)
-        model, scale = load_model(source, tracking_uri or DEFAULT_TRACKING)
+        loaded = open_model(source, tracking_uri or DEFAULT_TRACKING, mlflow_experiment)
+        model, scale = loaded.module, loaded.scale
         genotype = getattr(model, "genotype", None)
         name = f" {genotype.name}" if getattr(genotype, "name", "") else ""
         _err(f"Model{name} from {source}: ×{scale}")
+        if loaded.note:
+            _err(f"Using the {loaded.note}")
         radius = receptive_radius(model)
         if tile and overlap < radius:
             _err(

@@ -16,6 +16,12 @@ Why it looks like this:
   dicts) → :func:`to_markdown` / :func:`to_csv`, so each step is testable and usable alone;
   :func:`build_report` writes the three files and attaches them to the sweep's parent run, where
   the MLflow UI shows them beside the runs they summarise.
+* **Baselines on every row.** Each trial's evaluation also scored bicubic ×scale (and the teacher it
+  distilled from, if any) on the same images (``psnr_bicubic/<set>``, ``psnr_teacher/<set>``), so the
+  table opens with a ``Bicubic`` (and ``Teacher``) row, every network gets a ``Δ vs bicubic`` column, the
+  plot draws the baseline, and a network that does not beat bicubic is called out, never hidden.
+  A paper-scale sweep of Tables 5-9 also gets the paper's published numbers beside ours
+  (:mod:`orchestrator.paper`).
 * **Matplotlib without pyplot.** The plot is drawn on a :class:`~matplotlib.figure.Figure` with an
   Agg canvas: no global backend switch, no display needed, safe inside a Ray driver.
 """
@@ -29,28 +35,40 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.paper import PaperRow, PaperTable, paper_row, paper_table
+
 if TYPE_CHECKING:
     import mlflow.entities
+    from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
 __all__ = [
+    "BICUBIC",
     "MISSING",
+    "TEACHER",
+    "Baselines",
     "NoExperiment",
     "ReportFiles",
     "TrialRow",
     "axis_order",
+    "baselines",
+    "below_bicubic",
+    "best_row",
     "build_report",
     "collect",
+    "display_names",
     "first_column",
+    "format_delta",
     "format_path",
     "format_value",
     "natural_key",
     "open_experiment",
+    "pareto_figure",
     "pareto_front",
     "pareto_png",
     "search_all",
@@ -59,7 +77,10 @@ __all__ = [
     "table",
     "to_csv",
     "to_markdown",
+    "ui_hint",
+    "ui_url",
     "validation_sets",
+    "warning_text",
 ]
 
 _log = logging.getLogger(__name__)
@@ -72,6 +93,9 @@ PATH_TAG = "trilevel.path"
 AXIS_TAG_PREFIX = "trilevel.axis."
 LEVELS_PARAM = "search_space.levels"  # a bilevel search keeps `search_space.fixed_path`: the paper marks it "*"
 REPORT_ARTIFACT_DIR = "report"
+BICUBIC = "Bicubic"  # the first column of the baseline rows
+TEACHER = "Teacher"
+_BASELINE_TOLERANCE_DB = 0.005  # trials scored on the same images agree on bicubic to float rounding
 
 
 @dataclass(frozen=True)
@@ -90,11 +114,27 @@ class TrialRow:
     run_id: str
     path_fixed: bool = False
     start_time: int | None = None  # ms since the epoch
+    psnr_bicubic: dict[str, float] = field(default_factory=dict)  # bicubic ×scale on the same images
+    ssim_bicubic: dict[str, float] = field(default_factory=dict)
+    psnr_teacher: dict[str, float] = field(default_factory=dict)  # the teacher it distilled from, if any
 
     @property
     def evaluated(self) -> bool:
         """Whether the trial has its final PSNR (the contract: unfinished trials have no ``psnr/*``)."""
         return bool(self.psnr)
+
+    def delta(self, set_name: str) -> float | None:
+        """PSNR gain over bicubic on `set_name` (dB; negative: worse than plain upscaling), None if unknown."""
+        ours, bicubic = self.psnr.get(set_name), self.psnr_bicubic.get(set_name)
+        return None if ours is None or bicubic is None else ours - bicubic
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """PSNR per validation set of the references every network is read against."""
+
+    bicubic: dict[str, float] = field(default_factory=dict)
+    teacher: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,6 +146,9 @@ class ReportFiles:
     png: Path
     table: list[dict[str, str]] = field(default_factory=list)
     parent_run_id: str | None = None  # None: the sweep has no parent run, nothing was logged
+    warnings: list[str] = field(default_factory=list)  # networks that do not beat bicubic, one line each
+    paper: str | None = None  # the published table shown beside ours ("Table 8"), if any
+    ui: str | None = None  # the sweep's runs in the MLflow UI (see ui_url)
 
 
 # --- querying MLflow ---------------------------------------------------------------------------
@@ -240,6 +283,9 @@ def _row(run: mlflow.entities.Run) -> TrialRow:
         run_id=run.info.run_id,
         path_fixed=params.get(LEVELS_PARAM, axes.get(LEVELS_PARAM)) == "bilevel",
         start_time=run.info.start_time,
+        psnr_bicubic=_per_set(metrics, "psnr_bicubic/"),
+        ssim_bicubic=_per_set(metrics, "ssim_bicubic/"),
+        psnr_teacher=_per_set(metrics, "psnr_teacher/"),
     )
 
 
@@ -289,10 +335,80 @@ def collect(tracking_uri: str, mlflow_experiment: str, sweep: str) -> list[Trial
     return sort_rows(rows.values())
 
 
+# --- baselines and the best trial ---------------------------------------------------------------
+def _agreed(rows: Sequence[TrialRow], attribute: str, what: str) -> dict[str, float]:
+    """Per set, the first trial's value of a baseline; a warning when trials measured different ones."""
+    found: dict[str, float] = {}
+    for row in rows:
+        for name, value in getattr(row, attribute).items():
+            first = found.setdefault(name, value)
+            if abs(first - value) > _BASELINE_TOLERANCE_DB:
+                _log.warning(
+                    "trials disagree on %s PSNR of %s (%.3f vs %.3f dB): they were scored on different images; "
+                    "the report shows the first",
+                    what,
+                    name,
+                    first,
+                    value,
+                )
+    return {name: found[name] for name in sorted(found, key=natural_key)}
+
+
+def baselines(rows: Sequence[TrialRow]) -> Baselines:
+    """Bicubic (and teacher) PSNR per validation set, as the trials' evaluations measured them."""
+    return Baselines(_agreed(rows, "psnr_bicubic", "bicubic"), _agreed(rows, "psnr_teacher", "teacher"))
+
+
+def best_row(rows: Iterable[TrialRow]) -> TrialRow | None:
+    """The finished trial to use: highest PSNR on the first validation set, then fewer GFLOPs.
+
+    PSNRs equal at the table's precision (0.01 dB) are a tie, as a reader of the table sees them.
+    None when no trial has finished with a PSNR yet.
+    """
+    done = [row for row in rows if row.evaluated and row.status == "FINISHED"]
+    if not done:
+        return None
+    first = validation_sets(done)[0]
+    scored = [row for row in done if first in row.psnr]
+
+    def key(row: TrialRow) -> tuple[float, float]:
+        return (-round(row.psnr[first], 2), row.gflops if row.gflops is not None else math.inf)
+
+    return min(scored, key=key) if scored else None
+
+
+def display_names(rows: Sequence[TrialRow], labels: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Trial id → how the report names it (``λ=0.1``, a method label, or the trial id)."""
+    if not rows:
+        return {}
+    header, entries = first_column(rows, labels)
+    return {r.trial: (f"λ={e}" if header == "λ" else e) for r, e in zip(rows, entries, strict=True)}
+
+
+def below_bicubic(rows: Sequence[TrialRow], labels: Mapping[str, str] | None = None) -> list[str]:
+    """One line per (network, set) where the network does not beat bicubic upscaling; empty when all do."""
+    names = display_names(rows, labels)
+    out = []
+    for row in rows:
+        for name in row.psnr:
+            delta = row.delta(name)
+            if delta is not None and delta <= 0:
+                out.append(
+                    f"{names.get(row.trial, row.trial)} on {name}: {row.psnr[name]:.2f} dB vs bicubic "
+                    f"{row.psnr_bicubic[name]:.2f} dB ({delta:+.2f} dB)"
+                )
+    return out
+
+
 # --- the table ---------------------------------------------------------------------------------
 def format_value(value: float | None) -> str:
     """Two decimals, as in the paper; ``–`` when missing."""
     return MISSING if value is None else f"{value:.2f}"
+
+
+def format_delta(value: float | None) -> str:
+    """A signed difference with two decimals (``+0.52``, ``-10.99``); ``–`` when missing."""
+    return MISSING if value is None else f"{value:+.2f}"
 
 
 def format_path(row: TrialRow) -> str:
@@ -342,14 +458,32 @@ def _label_order(rows: list[TrialRow], labels: Mapping[str, str]) -> list[TrialR
     return sorted(rows, key=lambda row: order.index(row.axes[axes[0]]))
 
 
+def _paper_cells(published: PaperRow | None, sets: Sequence[str]) -> dict[str, str]:
+    cells = {
+        "Paper Path": published.path if published else MISSING,
+        "Paper Params (M)": format_value(published.params_m) if published else MISSING,
+        "Paper GFLOPs": format_value(published.gflops) if published else MISSING,
+    }
+    return cells | {f"Paper PSNR {s}": format_value(published.psnr.get(s) if published else None) for s in sets}
+
+
+_Delta = Callable[[str], float | None]  # set name → Δ vs bicubic
+
+
 def table(
-    rows: Sequence[TrialRow], labels: Mapping[str, str] | None = None, *, axis_title: str | None = None
+    rows: Sequence[TrialRow],
+    labels: Mapping[str, str] | None = None,
+    *,
+    axis_title: str | None = None,
+    paper: PaperTable | None = None,
 ) -> list[dict[str, str]]:
-    """The paper's columns, one dict per trial (insertion-ordered keys; every value a display string).
+    """The paper's columns, one dict per row (insertion-ordered keys; every value a display string).
 
     ``Method`` (or ``λ``; ``axis_title`` overrides the header), ``Path``, ``Params (M)``, ``GFLOPs``, then
-    ``PSNR <set>`` per validation set; a ``Status`` column is added while some trial has no PSNR or did not
-    finish. Numbers have two decimals, missing values are ``–``.
+    per validation set ``PSNR <set>`` and, when the trials measured bicubic, ``Δ vs bicubic <set>``; with
+    `paper`, the published ``Paper …`` numbers of the same row; a ``Status`` column is added while some
+    trial has no PSNR or did not finish. Baseline rows come first: ``Bicubic``, and ``Teacher`` when the
+    sweep distils from one. Numbers have two decimals, missing values are ``–``.
     """
     rows = _label_order(list(rows), labels or {})
     if not rows:
@@ -357,19 +491,40 @@ def table(
     header, names = first_column(rows, labels)
     header = axis_title or header
     sets = validation_sets(rows)
+    base = baselines(rows)
+    paper_sets = [s for s in paper.sets if s in sets] if paper else []
     with_status = any(not row.evaluated or row.status != "FINISHED" for row in rows)
+
+    def entry(name: str, cost: tuple[str, str, str], psnr: Mapping[str, float], delta: _Delta) -> dict[str, str]:
+        cells = {header: name, "Path": cost[0], "Params (M)": cost[1], "GFLOPs": cost[2]}
+        for s in sets:
+            cells[f"PSNR {s}"] = format_value(psnr.get(s))
+            if s in base.bicubic:
+                cells[f"Δ vs bicubic {s}"] = format_delta(delta(s))
+        return cells
+
     out = []
+    if base.bicubic:
+        out.append(entry(BICUBIC, (MISSING,) * 3, base.bicubic, lambda s: None))
+    if base.teacher:
+
+        def teacher_delta(s: str) -> float | None:
+            return base.teacher[s] - base.bicubic[s] if s in base.teacher else None
+
+        out.append(entry(TEACHER, (MISSING,) * 3, base.teacher, teacher_delta))
+    if paper is not None:  # baseline rows: the paper's teacher beside ours
+        for cells in out:
+            cells |= _paper_cells(paper.teacher if cells[header] == TEACHER else None, paper_sets)
     for name, row in zip(names, rows, strict=True):
-        entry = {
-            header: name,
-            "Path": format_path(row),
-            "Params (M)": format_value(row.params_m),
-            "GFLOPs": format_value(row.gflops),
-        }
-        entry |= {f"PSNR {s}": format_value(row.psnr.get(s)) for s in sets}
-        if with_status:
-            entry["Status"] = row.status
-        out.append(entry)
+        cost = (format_path(row), format_value(row.params_m), format_value(row.gflops))
+        cells = entry(name, cost, row.psnr, row.delta)
+        if paper is not None:
+            cells |= _paper_cells(paper_row(paper, row.axes), paper_sets)
+        out.append(cells)
+    if with_status:
+        statuses = [""] * (len(out) - len(rows)) + [row.status for row in rows]
+        for cells, status in zip(out, statuses, strict=True):
+            cells["Status"] = status
     return out
 
 
@@ -436,10 +591,22 @@ def pareto_png(
     *,
     labels: Mapping[str, str] | None = None,
 ) -> Path:
+    """Write :func:`pareto_figure` as a PNG (always, with a message when nothing can be plotted yet); its path."""
+    fig = pareto_figure(rows, set_name, labels=labels)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+def pareto_figure(
+    rows: Sequence[TrialRow], set_name: str | None = None, *, labels: Mapping[str, str] | None = None
+) -> Figure:
     """PSNR on one validation set (the first, or `set_name`) against GFLOPs, Pareto front highlighted.
 
-    One labelled point per trial that has both numbers; the others are counted in a note. Always writes a
-    PNG (with a message when nothing can be plotted yet). Returns the path.
+    One labelled point per trial that has both numbers; the others are counted in the title. Bicubic
+    (and the teacher, when there is one) are horizontal lines at their PSNR: a network below the
+    bicubic line is worse than plain upscaling.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -448,10 +615,8 @@ def pareto_png(
     rows = list(rows)
     sets = validation_sets(rows)
     set_name = set_name or (sets[0] if sets else None)
-    names: dict[str, str] = {}
-    if rows:
-        header, entries = first_column(rows, labels)
-        names = {r.trial: (f"λ={e}" if header == "λ" else e) for r, e in zip(rows, entries, strict=True)}
+    names = display_names(rows, labels)
+    base = baselines(rows)
     plotted = [r for r in rows if r.gflops is not None and set_name is not None and set_name in r.psnr]
     points = [(r.gflops, r.psnr[set_name]) for r in plotted]
 
@@ -478,11 +643,22 @@ def pareto_png(
         )
         for (x, y), row in zip(points, plotted, strict=True):
             ax.annotate(names.get(row.trial, row.trial), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        references = [
+            (value, style, f"{what} {value:.2f} dB")
+            for what, value, style in (
+                ("bicubic", base.bicubic.get(set_name), {"color": "tab:blue", "linestyle": "--"}),
+                ("teacher", base.teacher.get(set_name), {"color": "tab:green", "linestyle": ":"}),
+            )
+            if value is not None
+        ]
+        for value, style, label in references:  # PSNR lines: the baselines cost (next to) nothing in GFLOPs
+            ax.axhline(value, linewidth=1.2, zorder=1, label=label, **style)
         ax.margins(0.15)
         if len(points) == 1:  # one point: give the axes some room instead of a zero-width range
             x, y = points[0]
             ax.set_xlim(x * 0.9 - 1, x * 1.1 + 1)
-            ax.set_ylim(y - 0.5, y + 0.5)
+            ys = [y] + [value for value, _, _ in references]
+            ax.set_ylim(min(ys) - 0.5, max(ys) + 0.5)
         ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
         ax.legend(loc="best", fontsize=8)
     else:
@@ -493,16 +669,59 @@ def pareto_png(
         title += f" ({missing} trial{'s' if missing != 1 else ''} without PSNR not shown)"
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    return fig
 
 
 # --- everything at once ------------------------------------------------------------------------
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment's runs (or of one run), opened in the model-training view.
+
+    MLflow 3.17's UI chooses between its GenAI and model-training views with a per-browser toggle that
+    starts on GenAI, whatever the experiment's ``mlflow.experimentKind`` tag says; a link with
+    ``?workflowType=machine_learning`` opens the runs. A SQLite store has no server: the link is to
+    ``mlflow ui``'s default address.
+    """
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
+def ui_hint(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """One line for people: where to look in the MLflow UI (and how to start it for a SQLite store)."""
+    line = f"MLflow UI: {ui_url(tracking_uri, experiment_id, run_id)}"
+    if not tracking_uri.startswith(("http://", "https://")):
+        line += f"  (start it with: mlflow ui --backend-store-uri {tracking_uri})"
+    return line
+
+
 def _parent_run(client: MlflowClient, experiment_id: str, sweep: str) -> str | None:
     runs = search_all(client, experiment_id, sweep_filter(sweep, "sweep"))
     return runs[0].info.run_id if runs else None
+
+
+def warning_text(warnings: Sequence[str]) -> str:
+    """The loud line(s) for networks that do not beat bicubic (empty when every network does)."""
+    if not warnings:
+        return ""
+    lines = "\n".join(f"- {line}" for line in warnings)
+    return f"WARNING: {len(warnings)} result(s) do not beat bicubic upscaling (worse than doing nothing):\n{lines}"
+
+
+def _markdown_report(
+    sweep: str, rendered: list[dict[str, str]], warnings: Sequence[str], paper: PaperTable | None, png: str
+) -> str:
+    parts = [f"# Sweep {sweep}\n"]
+    if warnings:
+        quoted = "\n".join(f"> - {line}" for line in warnings)
+        headline = f"> **⚠ {len(warnings)} result(s) do not beat bicubic upscaling** (worse than doing nothing):"
+        parts.append(f"{headline}\n{quoted}\n")
+    parts.append(to_markdown(rendered))
+    notes = ["Δ vs bicubic: PSNR gain (dB) over MATLAB bicubic ×scale of the same LR images, same Y-PSNR convention."]
+    if paper is not None:
+        notes.append(f"Paper columns: {paper.name} of the supplementary (Wu et al.), the row of the same method.")
+    parts.append("\n".join(notes) + "\n")
+    parts.append(f"![PSNR vs GFLOPs]({png})\n")
+    return "\n".join(parts)
 
 
 def build_report(
@@ -518,14 +737,14 @@ def build_report(
     locally (with a warning). Raises ValueError when the sweep has no tracked trial runs.
     """
     rows = collect(tracking_uri, mlflow_experiment, sweep)
-    rendered = table(rows, labels)
+    paper = paper_table(sweep, (row.axes for row in rows), validation_sets(rows))
+    rendered = table(rows, labels, paper=paper)
+    warnings = below_bicubic(rows, labels)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     markdown_path, csv_path, png_path = out / "report.md", out / "report.csv", out / "pareto.png"
     pareto_png(rows, png_path, labels=labels)
-    markdown_path.write_text(
-        f"# Sweep {sweep}\n\n{to_markdown(rendered)}\n![PSNR vs GFLOPs]({png_path.name})\n", encoding="utf-8"
-    )
+    markdown_path.write_text(_markdown_report(sweep, rendered, warnings, paper, png_path.name), encoding="utf-8")
     csv_path.write_text(to_csv(rendered), encoding="utf-8")
 
     client, experiment_id = _experiment_id(tracking_uri, mlflow_experiment, sweep)
@@ -535,4 +754,6 @@ def build_report(
     else:
         for path in (markdown_path, csv_path, png_path):
             client.log_artifact(parent, str(path), artifact_path=REPORT_ARTIFACT_DIR)
-    return ReportFiles(markdown_path, csv_path, png_path, rendered, parent)
+    paper_name = paper.name if paper else None
+    ui = ui_hint(tracking_uri, experiment_id)
+    return ReportFiles(markdown_path, csv_path, png_path, rendered, parent, warnings, paper_name, ui)

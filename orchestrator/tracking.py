@@ -43,9 +43,11 @@ import numbers
 import os
 import platform
 import re
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -63,10 +65,15 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 __all__ = [
+    "COMMAND_TAG",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "KIND_TAG",
     "PARENT_TAG",
     "PENDING_PREFIX",
     "RUN_STATUSES",
+    "SOURCE_NAME_TAG",
+    "SOURCE_TYPE_TAG",
     "STAGES",
     "STAGE_TAG",
     "SWEEP_TAG",
@@ -76,6 +83,7 @@ __all__ = [
     "filter_literal",
     "flatten",
     "run_environment_tags",
+    "source_tags",
     "tracked",
 ]
 
@@ -86,6 +94,13 @@ SWEEP_TAG = "trilevel.sweep"
 TRIAL_TAG = "trilevel.trial"
 STAGE_TAG = "trilevel.stage"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID)
+# MLflow 3 opens an experiment without a kind on its GenAI view (traces, token usage); ours trains models.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+SOURCE_NAME_TAG = "mlflow.source.name"  # the UI's "Source" column (mlflow.utils.mlflow_tags.MLFLOW_SOURCE_NAME)
+SOURCE_TYPE_TAG = "mlflow.source.type"
+COMMAND_TAG = "trilevel.command"
+_SOURCE_KEYS = (SOURCE_NAME_TAG, SOURCE_TYPE_TAG, COMMAND_TAG)
 CONFLICT_TAG_PREFIX = "trilevel.param_conflict."
 ERROR_TAG = "trilevel.error"
 STAGES = ("pretrain", "search", "train", "evaluate")
@@ -264,12 +279,37 @@ def _package_version(name: str, source: Path) -> str:
     return "unknown"
 
 
+def _command(argv: list[str]) -> list[str]:
+    """The command as a user typed it: ``trilevel …`` for the console script and ``python -m orchestrator``."""
+    program = Path(argv[0]) if argv else Path("python")
+    if program.name == "trilevel" or (program.name == "__main__.py" and program.parent.name == "orchestrator"):
+        return ["trilevel", *argv[1:]]
+    return [program.name, *argv[1:]]
+
+
+def source_tags(argv: list[str] | None = None) -> dict[str, str]:
+    """MLflow's source tags for the command that runs (`argv`, default ``sys.argv``), e.g. ``trilevel sweep table8``.
+
+    ``mlflow.source.name`` is what the UI's Source column shows, and the UI shows only the part after
+    the last ``/``, so paths in it are cut to their file names; ``trilevel.command`` keeps the command
+    exactly. ``mlflow.source.type`` is ``LOCAL``, as for any process MLflow's own fluent API tracks.
+    """
+    words = _command(list(sys.argv if argv is None else argv))
+    shown = [os.path.basename(word.rstrip("/")) or word if "/" in word else word for word in words]
+    return {
+        SOURCE_NAME_TAG: " ".join(shown)[:_MAX_TAG_VALUE],
+        SOURCE_TYPE_TAG: "LOCAL",
+        COMMAND_TAG: shlex.join(words)[:_MAX_TAG_VALUE],
+    }
+
+
 def run_environment_tags() -> dict[str, str]:
     """Tags that say where a run ran: git commit of the package source, package versions, host, platform.
 
     Keys: ``trilevel.git_commit``, ``trilevel.git_dirty``, ``mlflow.source.git.commit`` (shown by the
     MLflow UI), ``trilevel.version.<package>`` for trilevel-nas, torch, ray, mlflow, numpy and python,
-    ``trilevel.hostname`` and ``trilevel.platform``. Nothing is imported to read versions.
+    ``trilevel.hostname`` and ``trilevel.platform``, and the command's :func:`source_tags`. Nothing is
+    imported to read versions.
     """
     source = Path(__file__).resolve().parent.parent
     commit, dirty = _git_commit(source)
@@ -284,7 +324,7 @@ def run_environment_tags() -> dict[str, str]:
         tags["mlflow.source.git.commit"] = commit
     for package in _PACKAGES:
         tags[f"trilevel.version.{package}"] = _package_version(package, source)
-    return tags
+    return tags | source_tags()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -431,6 +471,7 @@ class Tracker:
         self._next_probe = 0.0
         self._probe_wait = self.backoff_s
         self._created: dict[str, str] = {}  # placeholder → real run id, once its deferred creation is delivered
+        self._trial_sources: dict[str, dict[str, str]] = {}  # trial run id → its source tags, for its stage runs
 
     # A Tracker travels to Ray workers as its settings; each process builds its own client and queue.
     def __getstate__(self) -> dict[str, Any]:
@@ -639,6 +680,7 @@ class Tracker:
                     self._experiment_id = client.create_experiment(
                         self.experiment,
                         artifact_location=self.artifact_location or _sqlite_artifacts(self.tracking_uri),
+                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                     )
                 except MlflowException:  # created concurrently by another process
                     found = client.get_experiment_by_name(self.experiment)
@@ -651,6 +693,8 @@ class Tracker:
                         f"(`mlflow experiments restore --experiment-id {found.experiment_id}`) or choose another name"
                     )
                 self._experiment_id = found.experiment_id
+                if EXPERIMENT_KIND_TAG not in found.tags:  # made before we set a kind: the UI would open on GenAI
+                    client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return self._experiment_id
 
     def experiment_id(self) -> str:
@@ -741,6 +785,7 @@ class Tracker:
         identity = {KIND_TAG: "trial", SWEEP_TAG: sweep, TRIAL_TAG: trial, PARENT_TAG: sweep_run_id}
         all_tags = {**self._environment(), **(tags or {})}
         run_id, created = self._find_or_create(identity, trial, all_tags, defer=True)
+        self._trial_sources[run_id] = {k: all_tags[k] for k in _SOURCE_KEYS if k in all_tags}
         if not created:
             self.set_tags(run_id, all_tags)
         if params:
@@ -748,11 +793,16 @@ class Tracker:
         return run_id
 
     def stage_run(self, trial_run_id: str, sweep: str, trial: str, stage: str) -> str:
-        """The stage's run (``<trial>/<stage>``), nested under the trial run; deferred during an outage."""
+        """The stage's run (``<trial>/<stage>``), nested under the trial run; deferred during an outage.
+
+        A new stage run carries its trial run's source tags (the command that started the sweep; this
+        process may be a Ray worker whose own command line says nothing to a user).
+        """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
         identity = {KIND_TAG: "stage", SWEEP_TAG: sweep, TRIAL_TAG: trial, STAGE_TAG: stage, PARENT_TAG: trial_run_id}
-        return self._find_or_create(identity, f"{trial}/{stage}", {}, defer=True)[0]
+        tags = self._trial_sources.get(trial_run_id, {})
+        return self._find_or_create(identity, f"{trial}/{stage}", tags, defer=True)[0]
 
     def reopen(self, run_id: str) -> None:
         """Set a run (typically FINISHED) back to RUNNING, because work continues in it."""
@@ -979,6 +1029,9 @@ class Tracker:
 
         The model runs once on `input_example` (eval mode, no grad; its train/eval mode is restored)
         to infer the signature, and a CPU copy is saved locally with ``mlflow.pytorch.save_model``.
+        Image tensors (4-D, N×C×H×W) keep only their channel count in the signature: batch, height and
+        width are -1, so the served model (``mlflow.pyfunc``, ``mlflow models serve``) takes any image size,
+        not only the example's.
         ``serialization_format="pickle"`` (our default) works for any module but loading needs this
         package importable; ``"pt2"`` (MLflow 3.17's own default outside Databricks) is a
         self-contained ``torch.export`` graph, but export fails on some modules, takes seconds, and
@@ -1009,7 +1062,7 @@ class Tracker:
             model.train(was_training)
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"log_model needs a model returning one tensor, got {type(output).__name__}")
-        signature = infer_signature(example, output.detach().cpu().numpy())
+        signature = _free_image_sizes(infer_signature(example, output.detach().cpu().numpy()))
         portable = model if device.type == "cpu" else copy.deepcopy(model).cpu()
         if pip_requirements is None:  # pinned here: MLflow would otherwise infer them in a subprocess (slow)
             pip_requirements = [f"{name}=={_package_version(name, Path())}" for name in ("torch", "numpy")]
@@ -1086,6 +1139,25 @@ class Tracker:
             )
         )
         return state.get("model_id") if delivered else None
+
+
+def _free_image_sizes(signature: Any) -> Any:
+    """`signature` with every 4-D tensor spec's batch, height and width set to -1 (any size)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    def free(schema: Schema | None) -> Schema | None:
+        if schema is None:
+            return None
+        specs = [
+            TensorSpec(spec.type, (-1, spec.shape[1], -1, -1), spec.name)
+            if isinstance(spec, TensorSpec) and len(spec.shape) == 4
+            else spec
+            for spec in schema.inputs
+        ]
+        return Schema(specs)
+
+    return ModelSignature(free(signature.inputs), free(signature.outputs), signature.params)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,8 @@ from orchestrator.tracking import ERROR_TAG, Tracker, TrackingUnavailable, flatt
 from orchestrator.train_run import build_datasets, fit_run, run_finished
 from search_space.genotype import Genotype
 from workers.checkpointing import open_checkpoint
-from workers.evaluate import evaluate_network, load_derived
+from workers.comparison import comparison_for_sets
+from workers.evaluate import evaluate_network, load_derived, load_supervision_teacher
 from workers.markers import read_marker, remove_marker, write_marker
 from workers.settings import STAGES
 from workers.shards import join_storage
@@ -242,12 +243,21 @@ def _evaluate(
         checkpoint = trained.best_checkpoint or trained.checkpoint
         net = load_derived(checkpoint)  # loaded once: evaluated, described and logged as the model
         genotype = net.genotype
-        metrics = evaluate_network(net, plan.val, experiment.data.scale, max_images=experiment.stages.val_max_images)
+        metrics = evaluate_network(
+            net,
+            plan.val,
+            experiment.data.scale,
+            max_images=experiment.stages.val_max_images,
+            teacher=load_supervision_teacher(experiment.supervision.model_dump()),  # the teacher's row of the report
+        )
         tracker.log_metrics(stage_run, metrics)
         tracker.log_metrics(trial_run, metrics)
         tracker.set_tags(trial_run, {"trilevel.path": str(list(genotype.path)), "trilevel.checkpoint": checkpoint})
         tracker.log_text(trial_run, genotype.to_json(), "genotype.json")
         tracker.log_text(trial_run, genotype.table(), "genotype.md")
+        picture = comparison_for_sets(net, plan.val, experiment.data.scale)
+        if picture is not None:  # bicubic | ours | HR crops: the result as people judge it
+            tracker.log_image(trial_run, picture, "comparison.png")
         example = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
         tracker.log_model(trial_run, net, input_example=example, registered_model_name=context.registered_model)
     return _numeric(metrics)

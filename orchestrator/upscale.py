@@ -5,9 +5,11 @@ Why it looks like this:
 * **Sources.** A trained network lives in three places: the train stage's checkpoint directory
   (``state.pt`` + ``genotype.json``, read as data with ``torch.load(weights_only=True)``), the
   trial's MLflow run (logged model ``model``, reachable by run id), and the model registry
-  (``models:/<name>/<version>``, ``models:/<name>@<alias>``). A genotype alone (a zoo name or a
-  JSON file) is refused on purpose: it has no trained weights, and an untrained network's output
-  looks like a result without being one.
+  (``models:/<name>/<version>``, ``models:/<name>@<alias>``). ``best:<sweep>`` names the run of the
+  sweep's best finished trial (highest PSNR on its first validation set, ties to fewer GFLOPs:
+  :func:`orchestrator.report.best_row`), so nobody has to look a run id up to use a sweep's result.
+  A genotype alone (a zoo name or a JSON file) is refused on purpose: it has no trained weights, and
+  an untrained network's output looks like a result without being one.
 * **No global MLflow state.** Everything goes through an ``MlflowClient`` bound to the given
   tracking URI. ``mlflow.pytorch.load_model("runs:/…")`` is not used: MLflow resolves ``runs:/`` and
   ``models:/`` URIs of MLflow 3 logged models through the *global* registry URI (MLflow 3.17
@@ -44,6 +46,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -60,12 +63,15 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 __all__ = [
+    "BEST_PREFIX",
     "IMAGE_SUFFIXES",
     "MODEL_ARTIFACT",
     "InputConversionWarning",
+    "LoadedModel",
     "UpscaleError",
     "collect_images",
     "load_model",
+    "open_model",
     "output_name",
     "receptive_radius",
     "resolve_device",
@@ -76,11 +82,13 @@ __all__ = [
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 MODEL_ARTIFACT = "model"  # the name a trial logs its network under
+BEST_PREFIX = "best:"  # best:<sweep>: the run of the sweep's best finished trial
 _RUN_ID = re.compile(r"[0-9a-fA-F]{32}")
 _SOURCES_HELP = (
     "expected a train-stage checkpoint directory (state.pt + genotype.json), an MLflow run id "
-    "(32 hex characters) or runs:/<run id>/<name>, a models:/<name>/<version>, models:/<name>@<alias> "
-    "or models:/<logged model id> URI, or a local MLflow model directory (MLmodel)"
+    "(32 hex characters) or runs:/<run id>/<name>, best:<sweep> (its best trial's run), a "
+    "models:/<name>/<version>, models:/<name>@<alias> or models:/<logged model id> URI, or a local MLflow "
+    "model directory (MLmodel)"
 )
 
 Report = Callable[[str], None]
@@ -98,29 +106,80 @@ class InputConversionWarning(UserWarning):
 # Loading
 
 
-def load_model(source: str, tracking_uri: str | None = None) -> tuple[nn.Module, int]:
-    """The trained network named by `source`, in eval mode on the CPU, and its scale factor.
+@dataclass(frozen=True)
+class LoadedModel:
+    """A trained network ready to run, and where it came from."""
+
+    module: nn.Module  # eval mode, on the CPU
+    scale: int
+    run_id: str | None  # the MLflow run it was logged to (None: a checkpoint or a model directory)
+    note: str | None = None  # for best:<sweep>, which trial was picked and why (its PSNR beside bicubic)
+
+
+def load_model(
+    source: str, tracking_uri: str | None = None, mlflow_experiment: str = "trilevel"
+) -> tuple[nn.Module, int]:
+    """The trained network named by `source`, in eval mode on the CPU, and its scale factor (see :func:`open_model`)."""
+    loaded = open_model(source, tracking_uri, mlflow_experiment)
+    return loaded.module, loaded.scale
+
+
+def open_model(source: str, tracking_uri: str | None = None, mlflow_experiment: str = "trilevel") -> LoadedModel:
+    """The trained network named by `source`, its scale factor and the MLflow run it came from.
 
     `source` is a train-stage checkpoint directory, a local MLflow model directory, an MLflow run id
-    (its logged model ``model``), ``runs:/<run id>/<name>``, or ``models:/<name>/<version>``,
-    ``models:/<name>@<alias>``, ``models:/<name>/latest``, ``models:/<logged model id>``.
-    `tracking_uri` is used for the MLflow forms only (None: MLflow's usual resolution,
-    ``MLFLOW_TRACKING_URI`` first). The scale is the genotype's, or measured on a 1×3×8×8 input.
-    Raises :class:`UpscaleError` naming the source when it is none of these or cannot be loaded.
+    (its logged model ``model``), ``runs:/<run id>/<name>``, ``best:<sweep>`` (the best finished trial
+    of that sweep in `mlflow_experiment`), or ``models:/<name>/<version>``, ``models:/<name>@<alias>``,
+    ``models:/<name>/latest``, ``models:/<logged model id>``. `tracking_uri` is used for the MLflow
+    forms only (None: MLflow's usual resolution, ``MLFLOW_TRACKING_URI`` first). The scale is the
+    genotype's, or measured on a 1×3×8×8 input. Raises :class:`UpscaleError` naming the source when
+    it is none of these or cannot be loaded.
     """
     if not isinstance(source, str) or not source.strip():
         raise UpscaleError(f"model source {source!r}: {_SOURCES_HELP}")
     source = source.strip()
-    if source.startswith(("models:/", "runs:/")) or (_RUN_ID.fullmatch(source) and not Path(source).exists()):
-        net = _load_from_mlflow(source, tracking_uri)
+    note = None
+    if source.startswith(BEST_PREFIX):
+        run, note = _best_run(source, tracking_uri, mlflow_experiment)
+        net, run_id = _load_from_mlflow(run, tracking_uri)
+    elif source.startswith(("models:/", "runs:/")) or (_RUN_ID.fullmatch(source) and not Path(source).exists()):
+        net, run_id = _load_from_mlflow(source, tracking_uri)
     elif Path(source).is_dir():
-        net = _load_from_directory(Path(source))
+        net, run_id = _load_from_directory(Path(source)), None
     else:
         raise UpscaleError(_unknown_source(source))
     net = net.cpu()
     with contextlib.suppress(NotImplementedError):  # a torch.export graph is an inference graph and refuses .eval()
         net.eval()
-    return net, _scale_of(net, source)
+    return LoadedModel(net, _scale_of(net, source), run_id, note)
+
+
+def _best_run(source: str, tracking_uri: str | None, mlflow_experiment: str) -> tuple[str, str]:
+    """(run id, a line saying which trial) of the best finished trial of the sweep named in ``best:<sweep>``."""
+    import mlflow
+
+    from orchestrator.report import best_row, collect, validation_sets
+
+    sweep = source[len(BEST_PREFIX) :].strip()
+    if not sweep:
+        raise UpscaleError(f"model source {source!r}: name the sweep, e.g. best:demo-table8")
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    _check_store(source, uri)
+    try:
+        rows = collect(uri, mlflow_experiment, sweep)
+    except ValueError as err:
+        raise UpscaleError(f"model source {source}: {err}") from None
+    best = best_row(rows)
+    if best is None:
+        raise UpscaleError(
+            f"model source {source}: none of the {len(rows)} trial(s) of sweep {sweep!r} has finished with a PSNR yet"
+        )
+    first = validation_sets(rows)[0]
+    detail = f"PSNR {first} {best.psnr[first]:.2f} dB"
+    delta = best.delta(first)
+    if delta is not None:
+        detail += f" vs bicubic {best.psnr_bicubic[first]:.2f} dB ({delta:+.2f})"
+    return best.run_id, f"best trial of {sweep}: {best.trial}, run {best.run_id} ({detail})"
 
 
 def _unknown_source(source: str) -> str:
@@ -164,7 +223,8 @@ def _check_store(source: str, tracking_uri: str) -> None:
         )
 
 
-def _load_from_mlflow(source: str, tracking_uri: str | None) -> nn.Module:
+def _load_from_mlflow(source: str, tracking_uri: str | None) -> tuple[nn.Module, str | None]:
+    """The network of an MLflow source and the id of the run it was logged to (None if MLflow does not say)."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -185,7 +245,7 @@ def _load_from_mlflow(source: str, tracking_uri: str | None) -> nn.Module:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=location, tracking_uri=uri, dst_path=os.path.join(tmp, "model")
             )
-            return _load_mlflow_model_dir(Path(local), source, lambda: _run_genotype(client, run_id, tmp))
+            return _load_mlflow_model_dir(Path(local), source, lambda: _run_genotype(client, run_id, tmp)), run_id
     except MlflowException as err:
         raise UpscaleError(f"model source {source} (MLflow {uri}): {err.message}") from None
     except OSError as err:  # an artifact store that lost the files, a full temp disk

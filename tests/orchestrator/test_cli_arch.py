@@ -27,6 +27,7 @@ def test_show_json_with_latency_on_a_genotype_file(tmp_path):
     assert report["params"] == 264_496
     assert abs(report["gflops"] - 17.334 / 64) < 1e-3
     assert report["cpu_latency_s"] > 0
+    assert report["onnx_cpu_latency_s"] > 0  # the zoo network exports, runs in ONNX Runtime and matches PyTorch
 
 
 def test_backbone_a_reports_both_param_counts():

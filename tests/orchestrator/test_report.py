@@ -21,16 +21,25 @@ from mlflow.entities import Metric, Param
 from PIL import Image
 
 from orchestrator import cli_report
+from orchestrator.paper import PAPER_TABLES, paper_row, paper_table
 from orchestrator.report import (
     MISSING,
+    Baselines,
     TrialRow,
+    baselines,
+    below_bicubic,
+    best_row,
     build_report,
     collect,
+    pareto_figure,
     pareto_front,
     pareto_png,
     table,
     to_csv,
     to_markdown,
+    ui_hint,
+    ui_url,
+    validation_sets,
 )
 
 EXPERIMENT = "trilevel"
@@ -50,6 +59,12 @@ TABLE7 = {
     "sparsestmax": ([0, 0, 0, 1, 0, 1], 0.34, 117.39, 30.34, 27.29),
 }
 TABLE7_LABELS = {"softmax": "Softmax", "sparsestmax": "Sparsestmax"}
+# A tiny-scale sweep on the demo photographs, with the baselines each evaluation measures: λ=0 is below bicubic.
+DEMO_BICUBIC, DEMO_TEACHER = 28.17, 29.50
+DEMO = {
+    "0.0": (([0, 1], 0.02, 1.50, None, None), 27.00),
+    "0.1": (([0, 1], 0.02, 1.20, None, None), 28.90),
+}
 
 
 def _run(client: MlflowClient, experiment_id: str, name: str, tags: dict, params: dict | None = None) -> str:
@@ -59,7 +74,7 @@ def _run(client: MlflowClient, experiment_id: str, name: str, tags: dict, params
     return run_id
 
 
-def _trial(client, experiment_id, parent, sweep, axis, value, numbers=None, *, finished=True) -> str:
+def _trial(client, experiment_id, parent, sweep, axis, value, numbers=None, *, finished=True, extra=None) -> str:
     trial = f"{axis.rsplit('.', 1)[-1]}={value}"
     tags = {
         "trilevel.kind": "trial",
@@ -76,7 +91,7 @@ def _trial(client, experiment_id, parent, sweep, axis, value, numbers=None, *, f
         client.set_tag(run_id, "trilevel.path", str(path))  # what the trial writes: "[0, 0, 0, 1, 0, 1]"
         values = {"params_m": params_m, "gflops": gflops, "latency_s": 0.01}
         if finished:
-            values |= {"psnr/Set5": set5, "psnr/Set14": set14, "ssim/Set5": 0.85, "ssim/Set14": 0.74}
+            values |= extra or {"psnr/Set5": set5, "psnr/Set14": set14, "ssim/Set5": 0.85, "ssim/Set14": 0.74}
         client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in values.items()])
     for stage in ("pretrain", "search", "train", "evaluate")[: 4 if finished else 2]:
         stage_tags = {
@@ -101,10 +116,11 @@ def _parent(client, experiment_id, sweep, axis, values) -> str:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> dict:
-    """One SQLite store (its schema takes seconds) holding three sweeps:
+    """One SQLite store (its schema takes seconds) holding four sweeps:
 
-    table8 (parent + 3 finished λ trials, created out of order), table7 (2 combiner trials, no parent run)
-    and running (parent + a finished and an unfinished trial).
+    table8 (parent + 3 finished λ trials, created out of order), table7 (2 combiner trials, no parent run),
+    running (parent + a finished and an unfinished trial) and demo (2 trials scored on "demo" with their bicubic
+    and teacher baselines, one below bicubic).
     """
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -116,10 +132,17 @@ def store(tmp_path_factory) -> dict:
     client.set_terminated(parent8, "FINISHED")
     for value in ("sparsestmax", "softmax"):
         _trial(client, experiment_id, None, "table7", COMBINER, value, TABLE7[value])
+    parent_demo = _parent(client, experiment_id, "demo", LAMBDA, [0.0, 0.1])
+    for value, (numbers, psnr) in DEMO.items():
+        extra = {"psnr/demo": psnr, "ssim/demo": 0.7, "psnr_bicubic/demo": DEMO_BICUBIC, "ssim_bicubic/demo": 0.69}
+        extra |= {"psnr_teacher/demo": DEMO_TEACHER, "ssim_teacher/demo": 0.8}
+        _trial(client, experiment_id, parent_demo, "demo", LAMBDA, value, numbers, extra=extra)
+    client.set_terminated(parent_demo, "FINISHED")
     parent_running = _parent(client, experiment_id, "running", LAMBDA, [0.0, 0.1])
     _trial(client, experiment_id, parent_running, "running", LAMBDA, "0.0", TABLE8["0.0"])
     _trial(client, experiment_id, parent_running, "running", LAMBDA, "0.1", None, finished=False)
-    return {"uri": uri, "root": root, "client": client, "parents": {"table8": parent8, "running": parent_running}}
+    parents = {"table8": parent8, "running": parent_running, "demo": parent_demo}
+    return {"uri": uri, "root": root, "client": client, "parents": parents}
 
 
 def _cells(markdown: str) -> list[list[str]]:
@@ -262,7 +285,17 @@ def test_build_report_writes_files_and_logs_them_to_the_parent_run(store, tmp_pa
     files = build_report(store["uri"], EXPERIMENT, "table8", {}, tmp_path / "out")
     assert files.parent_run_id == store["parents"]["table8"]
     assert "| 0.1  | [0,0,0,1,0,1]   |" in files.markdown.read_text() and "pareto.png" in files.markdown.read_text()
-    assert files.csv.read_text().splitlines()[0] == "λ,Path,Params (M),GFLOPs,PSNR Set5,PSNR Set14"
+    paper = "Paper Path,Paper Params (M),Paper GFLOPs,Paper PSNR Set5,Paper PSNR Set14"
+    assert files.csv.read_text().splitlines()[0] == f"λ,Path,Params (M),GFLOPs,PSNR Set5,PSNR Set14,{paper}"
+    assert list(csv.reader(io.StringIO(files.csv.read_text())))[3][6:] == [  # Table 8's λ = 0.1 row
+        "[0,0,0,1,0,1]",
+        "0.34",
+        "117.39",
+        "30.34",
+        "27.29",
+    ]
+    assert files.paper == "Table 8" and "Table 8 of the supplementary" in files.markdown.read_text()
+    assert files.warnings == []  # trials without baseline metrics (tracked before they existed) are not judged
     assert _png(files.png)[0] > 0
     logged = store["client"].list_artifacts(files.parent_run_id, "report")
     assert sorted(f.path for f in logged) == ["report/pareto.png", "report/report.csv", "report/report.md"]
@@ -287,12 +320,14 @@ def test_cli_report_uses_the_saved_experiment_for_labels_and_tracking(store, tmp
     (tmp_path / "runs" / "table7" / "experiment.yaml").write_text(yaml.safe_dump(experiment.model_dump(mode="json")))
     result = CliRunner().invoke(cli_report.report, ["table7", "--storage", "runs"])
     assert result.exit_code == 0, result.output
-    rows = _cells(result.stdout.split("\n\n")[0])
-    assert rows[0] == ["Method", "Path", "Params (M)", "GFLOPs", "PSNR Set5", "PSNR Set14"]
-    assert rows[2:] == [
-        ["Softmax", "[0,0,1,0,1]", "0.47", "154.80", "30.34", "27.28"],
-        ["Sparsestmax", "[0,0,0,1,0,1]", "0.34", "117.39", "30.34", "27.29"],
+    rows = _cells(result.stdout.split("\n\n")[0].split("\nPaper columns")[0])
+    ours = ["Method", "Path", "Params (M)", "GFLOPs", "PSNR Set5", "PSNR Set14"]
+    assert rows[0] == [*ours, "Paper Path", "Paper Params (M)", "Paper GFLOPs", "Paper PSNR Set5", "Paper PSNR Set14"]
+    assert rows[2:] == [  # the store holds the paper's numbers as ours: each row meets itself
+        ["Softmax", *(["[0,0,1,0,1]", "0.47", "154.80", "30.34", "27.28"] * 2)],
+        ["Sparsestmax", *(["[0,0,0,1,0,1]", "0.34", "117.39", "30.34", "27.29"] * 2)],
     ]
+    assert "Paper columns: Table 7 of the supplementary" in result.stdout
     report_dir = Path("runs") / "table7" / "report"
     assert f"CSV:      {report_dir / 'report.csv'}" in result.stdout
     assert f"Plot:     {report_dir / 'pareto.png'}" in result.stdout
@@ -338,7 +373,123 @@ def test_cli_status_lists_sweeps_then_trials(store):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Sweep running: 1/2 trials finished")
     table_rows = _cells(result.stdout.split("\n\n", 1)[1])
-    assert table_rows[0] == ["Trial", "Status", "Stage", "Path", "Params (M)", "GFLOPs", "PSNR Set5", "PSNR Set14"]
+    header = ["Trial", "Status", "Stage", "Path", "Params (M)", "GFLOPs", "PSNR Set5", "PSNR Set14", "Run"]
+    assert table_rows[0] == header
     assert table_rows[2][:4] == ["lambda_order=0.0", "FINISHED", "evaluate (FINISHED)", "[0,0,1,0,0,0,1]"]
-    assert table_rows[2][4:] == ["0.58", "184.08", "30.32", "27.21"]
-    assert table_rows[3] == ["lambda_order=0.1", "RUNNING", "search (RUNNING)", *[MISSING] * 5]
+    assert table_rows[2][4:8] == ["0.58", "184.08", "30.32", "27.21"]
+    assert table_rows[3][:8] == ["lambda_order=0.1", "RUNNING", "search (RUNNING)", *[MISSING] * 5]
+    finished, running = (collect(store["uri"], EXPERIMENT, "running")[i].run_id for i in (0, 1))
+    assert (table_rows[2][8], table_rows[3][8]) == (finished, running)
+    assert "Best trial: lambda_order=0.0 (PSNR Set5 30.32 dB, 184.08 GFLOPs)" in result.stdout
+    assert f"  trilevel upscale --model {finished} --tracking-uri {store['uri']} photos/ --out sr/" in result.stdout
+
+
+# --- baselines, the paper, the best trial ------------------------------------------------------
+def test_every_network_is_read_against_bicubic_and_the_teacher(store):
+    rows = collect(store["uri"], EXPERIMENT, "demo")
+    assert rows[0].psnr_bicubic == {"demo": DEMO_BICUBIC} and rows[0].psnr_teacher == {"demo": DEMO_TEACHER}
+    assert baselines(rows) == Baselines({"demo": DEMO_BICUBIC}, {"demo": DEMO_TEACHER})
+    rendered = table(rows)
+    assert list(rendered[0]) == ["λ", "Path", "Params (M)", "GFLOPs", "PSNR demo", "Δ vs bicubic demo"]
+    assert [list(r.values()) for r in rendered] == [
+        ["Bicubic", MISSING, MISSING, MISSING, "28.17", MISSING],
+        ["Teacher", MISSING, MISSING, MISSING, "29.50", "+1.33"],
+        ["0", "[0,1]", "0.02", "1.50", "27.00", "-1.17"],
+        ["0.1", "[0,1]", "0.02", "1.20", "28.90", "+0.73"],
+    ]
+    assert below_bicubic(rows) == ["λ=0 on demo: 27.00 dB vs bicubic 28.17 dB (-1.17 dB)"]
+    assert paper_table("demo", (r.axes for r in rows), validation_sets(rows)) is None  # demo photos: not the paper's
+
+
+def test_the_plot_draws_the_baselines(store):
+    fig = pareto_figure(collect(store["uri"], EXPERIMENT, "demo"))
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"Pareto front", "bicubic 28.17 dB", "teacher 29.50 dB"}
+    assert list(lines["bicubic 28.17 dB"].get_ydata()) == [DEMO_BICUBIC, DEMO_BICUBIC]  # a horizontal line
+    low, high = ax.get_ylim()
+    assert low < 27.00 and high > DEMO_TEACHER  # every point and line in view
+
+
+def test_a_report_says_loudly_when_a_network_does_not_beat_bicubic(store, tmp_path):
+    files = build_report(store["uri"], EXPERIMENT, "demo", {}, tmp_path)
+    text = files.markdown.read_text()
+    assert "**⚠ 1 result(s) do not beat bicubic upscaling**" in text
+    assert "> - λ=0 on demo: 27.00 dB vs bicubic 28.17 dB (-1.17 dB)" in text
+    assert text.index("⚠") < text.index("| Bicubic")  # above the table, not under it
+    assert files.paper is None and "Paper" not in files.csv.read_text()
+    result = CliRunner().invoke(cli_report.report, ["demo", "--tracking-uri", store["uri"], "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "WARNING: 1 result(s) do not beat bicubic upscaling" in result.stderr
+    assert "- λ=0 on demo: 27.00 dB vs bicubic 28.17 dB (-1.17 dB)" in result.stderr
+
+
+def test_the_paper_table_is_chosen_by_what_the_sweep_varies():
+    paper_sets = ["Set5", "Set14"]
+    assert paper_table("x", [{LAMBDA: "0.0"}, {LAMBDA: "0.1"}], paper_sets).name == "Table 8"
+    assert paper_table("x", [{COMBINER: "softmax"}], ["Set14"]).name == "Table 7"
+    assert paper_table("x", [{"search_space.levels": "bilevel"}], paper_sets).name == "Table 9"
+    assert paper_table("psnr-b", [{}], paper_sets).name == "Table 5"
+    assert paper_table("aim", [{}], ["DIV2K-val"]).name == "Table 6"
+    assert paper_table("aim", [{}], paper_sets) is None  # Table 6 was scored on DIV2K-val only
+    assert paper_table("mine", [{}], paper_sets) is None
+    assert paper_table("x", [{LAMBDA: "0.1", COMBINER: "softmax"}], paper_sets) is None  # two axes: no such table
+    table8 = PAPER_TABLES["table8"]
+    assert paper_row(table8, {LAMBDA: "0.0"}).path == "[0,0,1,0,0,0,1]"  # "0.0" is the paper's λ = 0
+    assert paper_row(table8, {LAMBDA: "0.5"}) is None
+
+
+def test_table5_puts_the_published_teacher_beside_ours():
+    rows = [
+        _row(
+            "default",
+            {},
+            [0, 0, 0, 0, 0, 1],
+            0.51,
+            33.36,
+            {"Set5": 31.5, "Set14": 28.1},
+            psnr_bicubic={"Set5": 28.42, "Set14": 26.0},
+            psnr_teacher={"Set5": 32.73, "Set14": 28.99},
+        )
+    ]
+    rendered = table(rows, paper=paper_table("psnr-b", [{}], ["Set5", "Set14"]))
+    teacher, ours = rendered[1], rendered[2]
+    assert (teacher["Method"], teacher["PSNR Set5"], teacher["Paper PSNR Set5"]) == ("Teacher", "32.73", "32.70")
+    assert (teacher["Paper Params (M)"], teacher["Paper GFLOPs"]) == ("16.70", "1176.60")
+    assert (ours["PSNR Set14"], ours["Δ vs bicubic Set14"], ours["Paper PSNR Set14"]) == ("28.10", "+2.10", "28.26")
+    assert rendered[0]["Paper PSNR Set5"] == MISSING  # the paper publishes no bicubic row
+
+
+def test_best_trial_is_the_highest_psnr_ties_to_fewer_gflops(store):
+    rows = collect(store["uri"], EXPERIMENT, "table8")  # Set5: 30.32, 30.34 (169.69 G), 30.34 (117.39 G)
+    assert best_row(rows).trial == "lambda_order=0.1"
+    assert best_row(collect(store["uri"], EXPERIMENT, "demo")).trial == "lambda_order=0.1"
+    running = collect(store["uri"], EXPERIMENT, "running")
+    assert best_row(running).trial == "lambda_order=0.0" and best_row(running[1:]) is None  # unfinished: never
+
+
+def test_status_shows_psnr_beside_bicubic_and_the_best_trials_command(store):
+    result = CliRunner().invoke(cli_report.status, ["demo", "--tracking-uri", store["uri"]])
+    assert result.exit_code == 0, result.output
+    rows = _cells(result.stdout.split("\n\n")[1])
+    assert rows[0][6:] == ["PSNR demo", "Δ vs bicubic demo", "Run"]
+    best = collect(store["uri"], EXPERIMENT, "demo")[1]
+    assert rows[3][6:] == ["28.90", "+0.73", best.run_id]
+    assert "Bicubic: PSNR demo 28.17 dB" in result.stdout
+    assert "Best trial: lambda_order=0.1 (PSNR demo 28.90 dB, bicubic 28.17 dB (+0.73), 1.20 GFLOPs)" in result.stdout
+    assert f"trilevel upscale --model {best.run_id} --tracking-uri {store['uri']} photos/ --out sr/" in result.stdout
+    experiment_id = store["client"].get_experiment_by_name(EXPERIMENT).experiment_id
+    assert (
+        f"MLflow UI: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"  (start it with: mlflow ui --backend-store-uri {store['uri']})"
+    ) in result.stdout
+
+
+def test_ui_links_open_the_model_training_view():
+    """MLflow 3.17's UI starts on GenAI whatever the experiment kind; the link's workflowType chooses."""
+    assert ui_url("http://mlflow:5000/", "7", "abc") == (
+        "http://mlflow:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
+    )
+    assert ui_hint("https://mlflow.example.org", "7") == (
+        "MLflow UI: https://mlflow.example.org/#/experiments/7/runs?workflowType=machine_learning"
+    )

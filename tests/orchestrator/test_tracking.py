@@ -28,6 +28,7 @@ from orchestrator.tracking import (
     TrackingUnavailable,
     flatten,
     run_environment_tags,
+    source_tags,
     tracked,
 )
 
@@ -233,14 +234,75 @@ def test_log_model_with_signature_round_trips(tracker, client):
     torch.testing.assert_close(loaded(x), net(x))
     mlmodel = Model.load(logged.artifact_location)
     assert (mlmodel.model_id, mlmodel.run_id) == (model_id, run)
-    assert tuple(mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 8, 8)
-    assert tuple(mlmodel.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 8, 8)
+    assert tuple(mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, -1, -1)  # any size
+    assert tuple(mlmodel.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, -1, -1)
     version = client.get_model_version("tiny-sr", "1")
     assert (version.source, version.run_id) == (logged.artifact_location, run)
     assert '"version": 1' in client.get_logged_model(model_id).tags["mlflow.modelVersions"]
     torch.testing.assert_close(
         mlflow.pytorch.load_model(client.get_model_version_download_uri("tiny-sr", "1"))(x), net(x)
     )
+
+
+def test_served_model_upscales_images_of_any_size(tracker, monkeypatch):
+    """What `mlflow models serve` runs: the pyfunc flavour, loaded by URI, on sizes other than the example's."""
+    import mlflow.pyfunc
+
+    from search_space.derived import build_network
+    from search_space.genotype import Genotype, OpChoice
+
+    genotype = Genotype(backbone="B", path=(0,), cells=((OpChoice("conv3x3", 8),) * 5,), nf=8, scale=4, name="tiny")
+    torch.manual_seed(0)
+    net = build_network(genotype).eval()
+    run = tracker.sweep_run("sw")
+    example = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)  # what the trial logs with
+    model_id = tracker.log_model(run, net, input_example=example)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)  # models:/ resolves through the global URI
+    served = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    rng = np.random.default_rng(1)
+    for height, width in ((20, 28), (37, 23)):
+        image = rng.random((1, 3, height, width), dtype=np.float32)
+        out = served.predict(image)
+        assert out.shape == (1, 3, 4 * height, 4 * width)
+        with torch.no_grad():
+            np.testing.assert_allclose(out, net(torch.from_numpy(image)).numpy(), atol=1e-6)
+
+
+def test_experiment_is_created_as_model_development(tracker, client):
+    """MLflow 3 opens an experiment without a kind on its GenAI view; ours opens on the runs."""
+    tracker.sweep_run("sw")
+    assert client.get_experiment_by_name(tracker.experiment).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment(f"{tracker.experiment}-old", artifact_location=tracker.artifact_location)
+    Tracker(tracker.tracking_uri, f"{tracker.experiment}-old", retries=1).experiment_id()  # found, not created
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+    chosen = client.create_experiment(
+        f"{tracker.experiment}-genai", tags={"mlflow.experimentKind": "genai_development"}
+    )
+    Tracker(tracker.tracking_uri, f"{tracker.experiment}-genai", retries=1).experiment_id()
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"  # a user's kind stays
+
+
+def test_source_tags_name_the_command():
+    tags = source_tags(["/venv/bin/trilevel", "sweep", "experiments/mine.yaml", "--set", "seed=1"])
+    assert tags == {
+        "mlflow.source.name": "trilevel sweep mine.yaml --set seed=1",  # the UI shows what follows the last "/"
+        "mlflow.source.type": "LOCAL",
+        "trilevel.command": "trilevel sweep experiments/mine.yaml --set seed=1",
+    }
+    module = source_tags(["/src/orchestrator/__main__.py", "demo"])
+    assert module["mlflow.source.name"] == "trilevel demo" and module["trilevel.command"] == "trilevel demo"
+    assert source_tags(["/usr/bin/pytest", "-k", "x y"])["trilevel.command"] == "pytest -k 'x y'"
+    assert set(source_tags()) <= set(run_environment_tags())
+
+
+def test_stage_runs_carry_the_source_of_their_trial(tracker, client):
+    command = source_tags(["/venv/bin/trilevel", "sweep", "table8"])
+    sweep = tracker.sweep_run("sw", tags=command)
+    trial = tracker.trial_run(sweep, "sw", "t0", params={}, tags=command)  # the driver's tags, as run_trial passes them
+    stage = tracker.stage_run(trial, "sw", "t0", "train")
+    for run_id in (sweep, trial, stage):
+        assert client.get_run(run_id).data.tags["mlflow.source.name"] == "trilevel sweep table8"
+        assert client.get_run(run_id).data.tags["mlflow.source.type"] == "LOCAL"
 
 
 # ------------------------------------------------------------------------------------------------------------------
