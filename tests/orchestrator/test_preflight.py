@@ -65,8 +65,8 @@ def _layout(volume: Path) -> None:
 def cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
     volume = tmp_path_factory.mktemp("volume")
     _layout(volume)
-    with ray_head(dashboard=False, num_cpus=CPUS, num_gpus=GPUS) as head, mlflow_server(volume / "mlflow") as mlflow:
-        yield {"gcs": head["gcs"], "mlflow": mlflow.url, "volume": str(volume)}
+    with ray_head(num_cpus=CPUS, num_gpus=GPUS) as head, mlflow_server(volume / "mlflow") as mlflow:
+        yield {"gcs": head["gcs"], "dashboard": head["dashboard"], "mlflow": mlflow.url, "volume": str(volume)}
 
 
 def _entrypoint() -> str:
@@ -154,6 +154,23 @@ def test_too_few_gpus_are_named_with_the_fix(cluster, tmp_path):
     assert at_once.returncode == 1
     assert "resources.max_concurrent_trials=3: 3 trials at once need 6 GPU" in at_once.stdout, at_once.stdout
     assert "Set resources.max_concurrent_trials=1" in at_once.stdout and "N GPUs → N trials at once" in at_once.stdout
+
+
+def test_submit_dry_run_runs_the_preflight_on_the_cluster(cluster):
+    """`trilevel submit --dry-run` with the RayJob's paths: the checks run in a job on the head, nothing starts."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli_submit import submit
+
+    tokens = shlex.split(_entrypoint().replace(MOUNT, cluster["volume"]))
+    sets = [token for i, token in enumerate(tokens) if token == "--set" or tokens[i - 1] == "--set"]
+    args = ["table8", "--scale", "paper", "--address", cluster["dashboard"], "--storage", f"{cluster['volume']}/runs"]
+    args += ["--tracking-uri", cluster["mlflow"], *sets, *SMALL_TEACHER, "--dry-run"]
+    result = CliRunner().invoke(submit, args)
+    assert result.exit_code == 0, result.output
+    assert "Sweep table8: 3 trial(s), 3 at once" in result.output and "Pre-flight passed" in result.output
+    assert "Pre-flight passed on the cluster" in result.output
+    assert not (Path(cluster["volume"]) / "runs" / "table8").exists()
 
 
 # --- the autoscaler's limits, from the deployment's own configs ---------------------------------------------
