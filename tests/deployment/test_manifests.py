@@ -631,18 +631,36 @@ def test_rayjob_entrypoint_uses_a_known_subcommand():
 def test_readme_covers_the_guide():
     text = README.read_text(encoding="utf-8")
     for needed in (
+        "pip install -c constraints.txt .",
         "docker build",
-        "deployment/kuberay/pvc.yaml",
-        "deployment/mlflow/mlflow.yaml",
-        "deployment/kuberay/raycluster.yaml",
-        "deployment/kuberay/rayjob.yaml",
+        "deployment/kustomization.yaml",
+        "kubectl -n trilevel-nas wait --for=condition=complete job/trilevel-volume-layout",
+        "kubectl -n trilevel-nas wait --for=condition=complete job/trilevel-prepare-data",
         "port-forward svc/trilevel-ray-head-svc 8265:8265",
         "port-forward svc/mlflow 5000:5000",
         "trilevel submit table8 --scale paper --address http://127.0.0.1:8265",
+        "--dry-run",
+        "--preflight",
+        "N GPUs → N trials at once",
         "MLFLOW_TRACKING_URI",
         "--tracking-uri",
         "resources.gpus_per_worker",
         "RAY_AUTH_TOKEN",
         "S3",
+        "## When things fail",
+        "The Ray head pod dies or restarts",
+        "gcs-ft",
+        "mlflow/basic-auth",
+        "ray get-auth-token --generate",
+        "deployment/docker/lock.sh",
     ):
         assert needed in text, needed
+
+
+def test_readme_passes_the_data_jobs_paths_to_submit():
+    """The README's submit command reads exactly what the RayJob reads (the data Job's output)."""
+    text = README.read_text(encoding="utf-8")
+    submits = [line for line in _shell_lines(text) if "trilevel submit table8 --scale paper" in line]
+    entry = shlex.split(_one("RayJob")["spec"]["entrypoint"])
+    sets = {entry[i + 1] for i, token in enumerate(entry) if token == "--set"}
+    assert any(sets <= set(shlex.split(line)) for line in submits), f"a README submit with every --set of {sets}"
