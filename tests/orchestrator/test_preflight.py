@@ -2,10 +2,10 @@
 
 No mocks: a real `ray start --head` reporting 3 logical GPUs and 24 logical CPUs (the RayJob's GPU worker
 group at its maxReplicas; a dry run schedules nothing on them), a real `mlflow server`, data prepared by
-`workers.shards` from small generated images, and teacher / VGG19 state dicts built here. The volume's
-root stands in for /mnt/trilevel; the entrypoint of deployment/kuberay/rayjob.yaml runs as a shell
-command, with `--dry-run` appended (and the teacher's nb/nf/gc set to the small net saved here). Each
-missing piece is then taken away, one at a time.
+deployment/kuberay/prepare-data.sh (the data-and-weights Job's script) from small generated images, and
+teacher / VGG19 state dicts built here. The volume's root stands in for /mnt/trilevel; the entrypoint of
+deployment/kuberay/rayjob.yaml runs as a shell command, with `--dry-run` appended (and the teacher's
+nb/nf/gc set to the small net saved here). Each missing piece is then taken away, one at a time.
 """
 
 from __future__ import annotations
@@ -29,36 +29,57 @@ from tests.servers import mlflow_server, ray_head
 
 ROOT = Path(__file__).resolve().parents[2]
 RAYJOB = ROOT / "deployment" / "kuberay" / "rayjob.yaml"
+PREPARE = ROOT / "deployment" / "kuberay" / "prepare-data.sh"
 MOUNT = "/mnt/trilevel"
 IN_CLUSTER_MLFLOW = "http://mlflow:5000"
 SMALL_TEACHER = ("--set", "supervision.nb=1", "--set", "supervision.nf=8", "--set", "supervision.gc=4")
 GPUS, CPUS = 3, 24  # the RayJob's GPU group at maxReplicas: 3 pods of 1 GPU and 8 CPUs
 
 
-def _images(folder: Path, count: int, seed: int) -> Path:
-    """`count` 128×128 RGB PNGs (the smallest a x4 set accepts) named 0001.png …"""
+def _images(folder: Path, count: int, seed: int, digits: int = 4) -> Path:
+    """`count` 128×128 RGB PNGs (the smallest a x4 set accepts), named as the real sets are (0001.png …)."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
         pixels = rng.integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i + 1:04d}.png")
+        Image.fromarray(pixels).save(folder / f"{i + 1:0{digits}d}.png")
     return folder
 
 
 def _layout(volume: Path) -> None:
-    """The shared volume after the README's data-and-weights Job: data/, weights/, runs/."""
+    """The shared volume as the data-and-weights Job leaves it: its own script, run on local sources.
+
+    The sources are what the Job would download or wait for (raw/<set>/, weights/*.pth), here small;
+    `deployment/kuberay/prepare-data.sh` then prepares the shards exactly as in the cluster.
+    """
     from search_space.teacher import RRDBNet
-    from workers.shards import prepare_dataset
     from workers.vgg import VGG19Features
 
     raw = volume / "raw"
-    prepare_dataset([str(_images(raw / "DIV2K_train_HR", 4, 0))], str(volume / "data" / "div2k-flickr2k"), scale=4)
-    prepare_dataset([str(_images(raw / "Set5", 2, 1))], str(volume / "data" / "set5"), scale=4)
-    prepare_dataset([str(_images(raw / "Set14", 2, 2))], str(volume / "data" / "set14"), scale=4)
+    _images(raw / "DIV2K_train_HR", 2, 0)
+    _images(raw / "Flickr2K_HR", 2, 1, digits=6)
+    _images(raw / "Set5", 2, 2)
+    _images(raw / "Set14", 2, 3)
     (volume / "weights").mkdir()
-    torch.save(RRDBNet(nf=8, nb=1, gc=4).state_dict(), volume / "weights" / "RRDB_ESRGAN_x4.pth")
+    for name in ("RRDB_ESRGAN_x4.pth", "RRDB_PSNR_x4.pth"):
+        torch.save(RRDBNet(nf=8, nb=1, gc=4).state_dict(), volume / "weights" / name)
     torch.save(VGG19Features().state_dict(), volume / "weights" / "vgg19-dcbb9e9d.pth")
-    (volume / "runs").mkdir()
+    env = _env() | {"TRILEVEL_VOLUME": str(volume), "WAIT_SECONDS": "0"}
+    env |= dict.fromkeys(("DIV2K_URL", "FLICKR2K_URL", "VGG19_URL", "SET5_URL", "SET14_URL"), "")  # no network
+    ran = subprocess.run(["bash", str(PREPARE)], env=env, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert f"Data and weights ready under {volume}" in ran.stdout
+
+
+def _env() -> dict[str, str]:
+    """The environment of a process on the head: this checkout's code and `trilevel`, no usage stats."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    return env | {
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # this venv's `trilevel`
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +98,7 @@ def _run(cluster: dict[str, str], volume: Path | str, *extra: str) -> subprocess
     """The RayJob's entrypoint, as the head would run it, with this test's volume and MLflow server."""
     command = _entrypoint().replace(MOUNT, str(volume)).replace(IN_CLUSTER_MLFLOW, cluster["mlflow"])
     command += " " + shlex.join([*SMALL_TEACHER, *extra, "--dry-run"])
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_API_SERVER_ADDRESS",)}
-    env |= {
-        "RAY_ADDRESS": cluster["gcs"],  # what `--address auto` finds on the head
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PYTHONPATH": str(ROOT),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # this venv's `trilevel`
-    }
+    env = _env() | {"RAY_ADDRESS": cluster["gcs"]}  # what `--address auto` finds on the head
     return subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300)
 
 
