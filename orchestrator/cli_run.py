@@ -25,6 +25,12 @@ def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--storage", default=None, help=f"Local dir or s3://… [default: {DEFAULT_STORAGE}]"),
         click.option("--tracking-uri", default=None, help=f"MLflow tracking URI [default: {DEFAULT_TRACKING}]"),
         click.option("--address", default=None, help="Existing Ray cluster (e.g. auto); default: a local Ray."),
+        click.option(
+            "--dry-run",
+            is_flag=True,
+            help="Check data, weights, storage, MLflow and cluster resources, print the plan, start nothing.",
+        ),
+        click.option("--preflight", is_flag=True, help="The --dry-run checks first; start only if they pass."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -46,11 +52,17 @@ def _load(
 _friendly_errors = friendly_errors(ExperimentError, TrackingUnavailable)
 
 
-def _launch(experiment: Experiment, address: str | None, resume: bool = False) -> None:
+def _launch(
+    experiment: Experiment, address: str | None, resume: bool = False, dry_run: bool = False, preflight: bool = False
+) -> None:
     from orchestrator.cluster import ray_connection
     from orchestrator.sweep import run_sweep
 
     with ray_connection(address):
+        if dry_run or preflight:
+            _preflight(experiment)
+            if dry_run:
+                return
         outcome = run_sweep(experiment, resume=resume)
     click.echo(f"\nSweep {outcome.name}: " + ", ".join(f"{t} {s}" for t, s in outcome.trials.items()))
     for trial, error in outcome.errors.items():
@@ -66,6 +78,16 @@ def _launch(experiment: Experiment, address: str | None, resume: bool = False) -
         )
 
 
+def _preflight(experiment: Experiment) -> None:
+    """Print the plan of `experiment` on the connected cluster; any problem stops here (exit 1)."""
+    from orchestrator.preflight import cluster_capacity, format_plan, preflight
+
+    plan = preflight(experiment, cluster_capacity())
+    click.echo(format_plan(plan))
+    if not plan.ok:
+        raise click.ClickException(f"pre-flight found {len(plan.problems)} problem(s) (listed above); nothing started")
+
+
 @click.command()
 @experiment_options
 @_friendly_errors
@@ -77,9 +99,13 @@ def sweep(
     storage: str | None,
     tracking_uri: str | None,
     address: str | None,
+    dry_run: bool,
+    preflight: bool,
 ) -> None:
     """Run the sweep of EXPERIMENT (a preset or a YAML file): one trial per grid point of its axes."""
-    _launch(_load(experiment, scale, overrides, name, storage, tracking_uri), address)
+    _launch(
+        _load(experiment, scale, overrides, name, storage, tracking_uri), address, dry_run=dry_run, preflight=preflight
+    )
 
 
 @click.command()
@@ -93,10 +119,12 @@ def run(
     storage: str | None,
     tracking_uri: str | None,
     address: str | None,
+    dry_run: bool,
+    preflight: bool,
 ) -> None:
     """Run EXPERIMENT as a single pipeline (its sweep axes, if any, are ignored)."""
     loaded = _load(experiment, scale, overrides, name, storage, tracking_uri)
-    _launch(loaded.model_copy(update={"sweep": {}}), address)
+    _launch(loaded.model_copy(update={"sweep": {}}), address, dry_run=dry_run, preflight=preflight)
 
 
 @click.command()

@@ -62,6 +62,12 @@ def _hints(submission_id: str, address: str) -> str:
 )
 @click.option("--no-wait", is_flag=True, help="Print the submission id and return; don't follow the logs.")
 @click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Run the sweep's pre-flight on the cluster (data, weights, storage, MLflow, GPUs) and print its plan; "
+    "start nothing.",
+)
+@click.option(
     "--skip-tracking-check",
     is_flag=True,
     help="Don't check an http(s) tracking URI from here (it may resolve only inside the cluster).",
@@ -76,6 +82,7 @@ def submit(
     storage: str | None,
     tracking_uri: str | None,
     no_wait: bool,
+    dry_run: bool,
     skip_tracking_check: bool,
 ) -> None:
     """Run the sweep of EXPERIMENT (a preset or a YAML file) as a Ray Job on the cluster at --address.
@@ -83,8 +90,26 @@ def submit(
     Prints the submission id. Without --no-wait, follows the job's logs until it ends and exits
     non-zero unless it SUCCEEDED; Ctrl-C stops following, not the job.
     """
-    from orchestrator.submit import submit_sweep, wait_for_job
+    from orchestrator.submit import mlflow_hint, submit_sweep, wait_for_job
 
+    def say(text: str) -> None:
+        click.echo(text, nl=False, err=True)
+
+    if dry_run:
+        submit_sweep(
+            experiment,
+            address=address,
+            scale=scale,
+            overrides=overrides,
+            name=name,
+            storage=storage,
+            tracking_uri=tracking_uri,
+            check_tracking=not skip_tracking_check,
+            echo=lambda chunk: click.echo(chunk, nl=False),
+            dry_run=True,
+        )
+        click.echo("Pre-flight passed on the cluster; submit again without --dry-run to start.", err=True)
+        return
     submission_id = submit_sweep(
         experiment,
         address=address,
@@ -95,9 +120,11 @@ def submit(
         tracking_uri=tracking_uri,
         wait=False,
         check_tracking=not skip_tracking_check,
+        echo=say,
     )
     click.echo(submission_id)
     click.echo(_hints(submission_id, address), err=True)
+    click.echo(mlflow_hint(tracking_uri or _tracking_uri_of(experiment, scale, overrides)), err=True)
     if no_wait:
         return
     try:
@@ -106,6 +133,12 @@ def submit(
         click.echo(f"\nStopped following; job {submission_id} goes on (`trilevel stop` ends it).", err=True)
         raise SystemExit(130) from None
     click.echo(f"Job {submission_id} {status}.", err=True)
+
+
+def _tracking_uri_of(experiment: str, scale: str, overrides: tuple[str, ...]) -> str:
+    from orchestrator.experiment import load_experiment
+
+    return load_experiment(experiment, scale, overrides).tracking.uri
 
 
 def echo_job_status(submission_id: str | None, address: str) -> None:
@@ -129,6 +162,10 @@ def echo_job_status(submission_id: str | None, address: str) -> None:
     if job.sweep:
         uri = f" --tracking-uri {job.tracking_uri}" if job.tracking_uri else ""
         click.echo(f"Trials:   trilevel status {job.sweep}{uri}")
+    if job.tracking_uri:
+        from orchestrator.submit import mlflow_hint
+
+        click.echo(mlflow_hint(job.tracking_uri))
 
 
 @click.command()

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EXCLUDES",
     "EXPERIMENT_ENV_VAR",
+    "LARGE_FILE_BYTES",
     "TERMINAL_STATUSES",
     "TRACKING_URI_KEY",
     "JobFailed",
@@ -77,7 +78,9 @@ __all__ = [
     "job_logs",
     "job_status",
     "job_status_or_none",
+    "large_files",
     "list_jobs",
+    "mlflow_hint",
     "source_root",
     "stop_job",
     "submission_id_for",
@@ -104,7 +107,13 @@ EXCLUDES: tuple[str, ...] = (
     "trilevel-data",
     "trilevel-reports",
     "checkpoints",
+    "weights",
+    "*.pth",
+    "*.pt",
+    "*.ckpt",
+    "*.safetensors",
 )
+LARGE_FILE_BYTES = 8 * 1024 * 1024  # a source tree has nothing this big; Ray caps the whole upload near 512 MiB
 EXPERIMENT_ENV_VAR = "TRILEVEL_EXPERIMENT_YAML"
 TRACKING_URI_KEY = "trilevel.tracking_uri"  # job metadata (runtime_env env_vars may be redacted by the dashboard)
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
@@ -331,10 +340,68 @@ def _is_file(experiment: str) -> bool:
     return path.suffix in (".yaml", ".yml") or path.exists()
 
 
-def build_entrypoint(experiment: str, resolved: Experiment, scale: str, overrides: Sequence[str]) -> str:
+def large_files(root: str, excludes: Sequence[str] = EXCLUDES, limit: int = LARGE_FILE_BYTES) -> list[tuple[str, int]]:
+    """(path relative to `root`, bytes) of every file over `limit` that the job's upload would carry.
+
+    The walk is Ray's own (`runtime_env` packaging: `excludes` and `.gitignore`/`.rayignore`), so the
+    list is exactly what `submit_job` would zip; sorted by path.
+    """
+    from ray._private import ray_constants
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    base = Path(root).absolute()
+    found: list[tuple[str, int]] = []
+
+    def visit(path: Path) -> None:
+        if path.is_file() and not path.is_symlink() and (size := path.stat().st_size) > limit:
+            found.append((path.relative_to(base).as_posix(), size))
+
+    include_gitignore = os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"
+    _dir_travel(base, [_get_excludes(base, list(excludes))], visit, include_gitignore=include_gitignore)
+    return sorted(found)
+
+
+def _upload_excludes(upload: str, echo: Callable[[str], None]) -> list[str]:
+    """EXCLUDES plus every large file of the upload, each named (data and weights belong on the cluster's storage)."""
+    extra = []
+    for relative, size in large_files(upload):
+        echo(
+            f"Not uploading {relative} ({size / 2**20:.0f} MiB): the job ships source code only; put data and "
+            "weights on the cluster's storage and point the experiment at them.\n"
+        )
+        extra.append(f"/{relative}")
+    return [*EXCLUDES, *extra]
+
+
+def mlflow_hint(tracking_uri: str) -> str:
+    """How to open the sweep's MLflow UI from this machine: the URL, or the port-forward to a cluster-only name.
+
+    `http://mlflow:5000` (or `mlflow.<namespace>.svc…`) resolves only inside the cluster; a laptop
+    reaches it through `kubectl port-forward` to that Service.
+    """
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme not in ("http", "https"):
+        return f"MLflow:   mlflow ui --backend-store-uri {tracking_uri}   (run where that store is)"
+    host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+    labels = host.split(".")
+    in_cluster = (len(labels) == 1 and host != "localhost") or host.endswith((".svc", ".svc.cluster.local"))
+    if not in_cluster:
+        return f"MLflow:   {tracking_uri}"
+    namespace = f"-n {labels[1]} " if len(labels) > 2 else ""
+    local = f"http://127.0.0.1:{port}"
+    return (
+        f"MLflow:   {tracking_uri} is the cluster's name for it; from here run "
+        f"`kubectl {namespace}port-forward svc/{labels[0]} {port}:{port}` and open {local} "
+        f"(`trilevel status <sweep> --tracking-uri {local}`)"
+    )
+
+
+def build_entrypoint(
+    experiment: str, resolved: Experiment, scale: str, overrides: Sequence[str], dry_run: bool = False
+) -> str:
     """The job's shell command. A preset keeps its arguments; a file's resolved YAML comes from the env."""
     tail = ["--name", resolved.name, "--storage", resolved.storage, "--tracking-uri", resolved.tracking.uri]
-    tail += ["--address", "auto"]
+    tail += ["--address", "auto"] + (["--dry-run"] if dry_run else [])
     if not _is_file(experiment):
         args = [_PYTHON, "-m", "orchestrator", "sweep", experiment, "--scale", scale]
         for item in overrides:
@@ -358,6 +425,7 @@ def submit_sweep(
     working_dir: str | None = None,
     check_tracking: bool = True,
     echo: Callable[[str], None] | None = None,
+    dry_run: bool = False,
 ) -> str:
     """Submit the sweep of `experiment` (a preset or a YAML file) as a Ray Job; return its submission id.
 
@@ -366,7 +434,10 @@ def submit_sweep(
     single-machine cluster; multi-node needs shared or object storage) and an MLflow server the
     nodes reach. With `wait`, the job's logs go to `echo` (default: stdout) until it ends, and
     :class:`JobFailed` is raised unless it SUCCEEDED. `working_dir` replaces the uploaded source
-    root (it must contain the three packages).
+    root (it must contain the three packages). With `dry_run`, the job runs the sweep's `--dry-run` on
+    the cluster (paths, weights, volume, MLflow and GPUs checked where the sweep would run; nothing
+    started) and this waits for it. Large files (`LARGE_FILE_BYTES`) are left out of the upload, each
+    named through `echo`.
 
     Raises:
         ExperimentError: the experiment does not validate (nothing was submitted).
@@ -384,15 +455,16 @@ def submit_sweep(
     env_vars = {"RAY_TRAIN_V2_ENABLED": "1", "MLFLOW_TRACKING_URI": uri, "RAY_USAGE_STATS_ENABLED": "0"}
     if _is_file(experiment):
         env_vars[EXPERIMENT_ENV_VAR] = yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False)
-    submission_id = submission_id_for(resolved)
+    submission_id = submission_id_for(resolved) + ("-dry-run" if dry_run else "")
+    say = echo or (lambda text: (sys.stderr.write(text), sys.stderr.flush()))
     with _upload_dir(working_dir) as upload:
-        runtime_env = {"working_dir": upload, "excludes": list(EXCLUDES), "env_vars": env_vars}
+        runtime_env = {"working_dir": upload, "excludes": _upload_excludes(upload, say), "env_vars": env_vars}
         _call(
             address,
             None,
             "submit the job",
             lambda: client.submit_job(
-                entrypoint=build_entrypoint(experiment, resolved, scale, overrides),
+                entrypoint=build_entrypoint(experiment, resolved, scale, overrides, dry_run),
                 submission_id=submission_id,
                 runtime_env=runtime_env,
                 metadata={
@@ -402,7 +474,7 @@ def submit_sweep(
                 },
             ),
         )
-    if wait:
+    if wait or dry_run:
         wait_for_job(address, submission_id, echo=echo)
     return submission_id
 

@@ -22,7 +22,13 @@ from orchestrator.tracking import Tracker, TrackingUnavailable, flatten, run_env
 from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
 from workers.shards import join_storage, resolve_uri
 
-__all__ = ["EXPERIMENT_FILE", "SweepOutcome", "load_sweep_experiment", "run_sweep"]
+__all__ = [
+    "EXPERIMENT_FILE",
+    "SweepOutcome",
+    "continues_saved_sweep",
+    "load_sweep_experiment",
+    "run_sweep",
+]
 
 EXPERIMENT_FILE = "experiment.yaml"
 _log = logging.getLogger(__name__)
@@ -133,6 +139,35 @@ def load_sweep_experiment(name: str, storage: str) -> Experiment:
     return validate(data, path)
 
 
+def continues_saved_sweep(experiment: Experiment, storage: str) -> bool:
+    """True when the existing sweep of this name was started with this same experiment, so it is resumed.
+
+    Why: a re-submitted job (KubeRay re-runs its entrypoint after a head restart) or a re-run command
+    must continue the sweep, never dead-end. A *different* experiment under the same name is refused,
+    naming the fields that differ and both ways out. Both sides are compared resolved (absolute paths).
+    """
+    try:
+        saved = load_sweep_experiment(experiment.name, storage)
+    except (ExperimentError, yaml.YAMLError) as err:
+        reason = " ".join(str(err).split())
+        raise ExperimentError(
+            f"sweep {experiment.name!r} already exists under {storage} but its {EXPERIMENT_FILE} cannot be read "
+            f"({reason}): repair {_join(storage, experiment.name, EXPERIMENT_FILE)}, or pick another name (--name)"
+        ) from None
+    old, new = flatten(saved.model_dump(mode="json")), flatten(experiment.model_dump(mode="json"))
+    changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    if not changed:
+        _log.info("sweep %s exists under %s with the same experiment: resuming it", experiment.name, storage)
+        return True
+    shown = ", ".join(f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}" for key in changed[:5])
+    more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+    raise ExperimentError(
+        f"sweep {experiment.name!r} already exists under {storage} with a different experiment ({shown}{more}): "
+        f"continue it unchanged with `trilevel resume {experiment.name} --storage {storage}`, or run the changed "
+        "experiment under another name (--name)"
+    )
+
+
 def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: bool = False) -> SweepOutcome:
     """Run (or resume) the sweep of `experiment` on the connected Ray cluster."""
     import ray.tune as tune
@@ -147,10 +182,7 @@ def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: 
     sweep_dir = _join(storage, experiment.name)
     exists = tune.Tuner.can_restore(sweep_dir)
     if exists and not resume:
-        raise ExperimentError(
-            f"sweep {experiment.name!r} already exists under {storage}: continue it with "
-            f"`trilevel resume {experiment.name}`, or pick another name (--name)"
-        )
+        resume = continues_saved_sweep(experiment, storage)
     if resume and not exists:
         raise ExperimentError(f"no sweep {experiment.name!r} to resume under {storage}")
     data = resolve_data(experiment, storage)

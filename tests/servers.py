@@ -150,8 +150,11 @@ def mlflow_server(root: Path) -> Iterator[MlflowServer]:
 
 
 @contextlib.contextmanager
-def ray_head(*, dashboard: bool = True) -> Iterator[dict[str, str]]:
+def ray_head(*, dashboard: bool = True, num_cpus: int = 2, num_gpus: int | None = None) -> Iterator[dict[str, str]]:
     """`ray start --head --block` on free ports with its own temp dir; yields its dashboard URL and GCS address.
+
+    `num_cpus` / `num_gpus` are logical (no device needed): a test that schedules nothing can see the cluster a
+    GPU deployment would report.
 
     The temp dir is short (/tmp/trl-…): Ray's unix socket paths must stay under ~107 characters.
     """
@@ -161,13 +164,15 @@ def ray_head(*, dashboard: bool = True) -> Iterator[dict[str, str]]:
     gcs, dash = free_port(), free_port()
     workers = free_range(200)
     cmd = [
-        str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--temp-dir", str(temp_dir),
+        str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", str(num_cpus), "--temp-dir", str(temp_dir),
         "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
         "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
         "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
         "--min-worker-port", str(workers), "--max-worker-port", str(workers + 199),
     ]  # fmt: skip
+    if num_gpus is not None:
+        cmd += ["--num-gpus", str(num_gpus)]
     from ray._private.utils import get_ray_client_dependency_error
 
     if get_ray_client_dependency_error() is None:  # else Ray Client is off, and asking for its port is an error

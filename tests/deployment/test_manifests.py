@@ -34,10 +34,14 @@ API_VERSIONS = {
     "RayCluster": "ray.io/v1",
     "RayJob": "ray.io/v1",
     "Deployment": "apps/v1",
+    "Job": "batch/v1",
     "Service": "v1",
     "Secret": "v1",
     "PersistentVolumeClaim": "v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
 }
+KUSTOMIZATION = DEPLOY / "kustomization.yaml"
+IMAGE_NAME = "trilevel-nas"  # what every manifest names the image; kustomization.yaml maps it to the registry
 PUBLIC_KINDS = {"Ingress", "IngressClass", "Route", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute"}
 
 
@@ -46,23 +50,29 @@ def _yaml_files() -> list[Path]:
     return sorted(p for p in DEPLOY.rglob("*") if p.suffix in {".yaml", ".yml"} and p.is_file())
 
 
+def _is_kustomization(path: Path) -> bool:
+    return path.name == "kustomization.yaml"
+
+
 def _docs(path: Path) -> list[Any]:
     with path.open(encoding="utf-8") as fh:
         return [doc for doc in yaml.safe_load_all(fh) if doc is not None]
 
 
 def _k8s_objects() -> list[tuple[Path, dict]]:
-    """Every Kubernetes object under deployment/ (the cluster launcher config is not one)."""
-    return [(path, doc) for path in _yaml_files() if path != LAUNCHER for doc in _docs(path)]
+    """Every Kubernetes object under deployment/ (the cluster launcher config and kustomizations are not)."""
+    return [
+        (path, doc) for path in _yaml_files() if path != LAUNCHER and not _is_kustomization(path) for doc in _docs(path)
+    ]
 
 
 def _objects(kind: str) -> list[dict]:
     return [doc for _, doc in _k8s_objects() if doc.get("kind") == kind]
 
 
-def _one(kind: str) -> dict:
-    found = _objects(kind)
-    assert len(found) == 1, f"expected exactly one {kind}, found {len(found)}"
+def _one(kind: str, name: str | None = None) -> dict:
+    found = [obj for obj in _objects(kind) if name is None or obj["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected exactly one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
 
@@ -75,11 +85,13 @@ def _constraint(name: str) -> str:
 
 
 def _pod_specs(obj: dict) -> Iterator[tuple[str, dict]]:
-    """(where, pod spec) for every pod template of a Deployment, RayCluster or RayJob."""
+    """(where, pod spec) for every pod template of a Deployment, Job, RayCluster or RayJob (its submitter too)."""
     kind = obj.get("kind")
-    if kind == "Deployment":
-        yield "deployment", obj["spec"]["template"]["spec"]
+    if kind in {"Deployment", "Job"}:
+        yield kind.lower(), obj["spec"]["template"]["spec"]
     elif kind in {"RayCluster", "RayJob"}:
+        if kind == "RayJob" and "submitterPodTemplate" in obj["spec"]:
+            yield "submitter", obj["spec"]["submitterPodTemplate"]["spec"]
         spec = obj["spec"] if kind == "RayCluster" else obj["spec"].get("rayClusterSpec") or {}
         if "headGroupSpec" in spec:
             yield "head", spec["headGroupSpec"]["template"]["spec"]
@@ -141,6 +153,8 @@ def _secret_findings(text: str) -> list[str]:
     """What in `text` looks like a real credential (anything that is not an obvious placeholder)."""
     findings = [name for name, pattern in SECRET_PATTERNS.items() if pattern.search(text)]
     for match in ASSIGNMENT.finditer(text):
+        if match.group(2).endswith(":"):  # a YAML key that holds a mapping (`secret:` ↵ `secretName: …`)
+            continue
         if not _is_placeholder(match.group(2)):
             findings.append(f"{match.group(1)} = {match.group(2)[:4]}…")
     for match in URI_CREDENTIALS.finditer(text):
@@ -214,6 +228,18 @@ def test_expected_files_exist():
         "kuberay/raycluster.yaml",
         "kuberay/rayjob.yaml",
         "kuberay/pvc.yaml",
+        "kuberay/volume-layout.yaml",
+        "kuberay/prepare-data.yaml",
+        "kuberay/prepare-data.sh",
+        "kustomization.yaml",
+        "gcs-ft/kustomization.yaml",
+        "gcs-ft/redis.yaml",
+        "mlflow/basic-auth/kustomization.yaml",
+        "mlflow/networkpolicy.yaml",
+        "docker/requirements.lock",
+        "docker/lock.sh",
+        "cluster-launcher/iam/head-policy.json",
+        "cluster-launcher/iam/worker-policy.json",
         "mlflow/mlflow.yaml",
         "mlflow/secret.example.yaml",
         "cluster-launcher/trilevel-gpu.yaml",
@@ -261,6 +287,9 @@ def _check_ray_cluster_spec(spec: dict, where: str, claim: str) -> None:
                 f"{where}/{name}: GPU pods must tolerate the nvidia.com/gpu NoSchedule taint"
             )
     assert gpu_groups, f"{where}: no worker group requests nvidia.com/gpu"
+    assert spec.get("enableInTreeAutoscaling") is True, f"{where}: GPU workers come and go with the autoscaler"
+    for group in groups:
+        assert group["minReplicas"] == 0 and group["replicas"] == 0, f"{where}: workers scale from 0 (no idle GPU)"
 
     images, mount_paths = set(), set()
     for part, pod in _pod_specs({"kind": "RayCluster", "spec": spec}):
@@ -280,15 +309,14 @@ def _check_ray_cluster_spec(spec: dict, where: str, claim: str) -> None:
 
 
 def test_pvc_is_read_write_many():
-    pvc = _one("PersistentVolumeClaim")
+    pvc = _one("PersistentVolumeClaim", "trilevel-shared")
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]
     assert pvc["spec"]["resources"]["requests"]["storage"]
 
 
 def test_raycluster_structure():
     cluster = _one("RayCluster")
-    claim = _one("PersistentVolumeClaim")["metadata"]["name"]
-    _check_ray_cluster_spec(cluster["spec"], "RayCluster", claim)
+    _check_ray_cluster_spec(cluster["spec"], "RayCluster", "trilevel-shared")
 
 
 def test_raycluster_dashboard_is_loopback_only():
@@ -314,18 +342,20 @@ def test_rayjob_runs_the_sweep_and_cleans_up():
     assert isinstance(spec.get("ttlSecondsAfterFinished"), int) and spec["ttlSecondsAfterFinished"] >= 0
     assert ("rayClusterSpec" in spec) != ("clusterSelector" in spec), "exactly one of rayClusterSpec/clusterSelector"
     assert "rayClusterSpec" in spec, "shutdownAfterJobFinishes only deletes a cluster the RayJob created"
-    claim = _one("PersistentVolumeClaim")["metadata"]["name"]
-    _check_ray_cluster_spec(spec["rayClusterSpec"], "RayJob", claim)
+    _check_ray_cluster_spec(spec["rayClusterSpec"], "RayJob", "trilevel-shared")
 
 
 def test_ray_images_match_across_manifests_and_launcher():
     images = set()
-    for kind in ("RayCluster", "RayJob"):
-        for _, pod in _pod_specs(_one(kind)):
-            images.update(c["image"] for c in pod["containers"])
+    for kind in ("RayCluster", "RayJob", "Job"):
+        for obj in _objects(kind):
+            for _, pod in _pod_specs(obj):
+                images.update(c["image"] for c in pod["containers"])
+    assert images == {IMAGE_NAME}, f"every trilevel container names the image {IMAGE_NAME!r} (kustomization.yaml)"
+    (entry,) = yaml.safe_load(KUSTOMIZATION.read_text())["images"]
+    assert entry["name"] == IMAGE_NAME
     launcher = _docs(LAUNCHER)[0]
-    images.add(launcher["docker"]["image"])
-    assert len(images) == 1, f"one image for every Ray node, got {images}"
+    assert launcher["docker"]["image"] == f"{entry['newName']}:{entry['newTag']}", "launcher and kustomization agree"
 
 
 # --------------------------------------------------------------------------------------------- nothing exposed
@@ -344,7 +374,7 @@ def test_nothing_is_exposed_publicly():
 
 # ------------------------------------------------------------------------------------------------------ MLflow
 def _mlflow_container() -> dict:
-    deployment = _one("Deployment")
+    deployment = _one("Deployment", "mlflow")
     containers = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "mlflow"]
     assert len(containers) == 1
     return containers[0]
@@ -388,8 +418,12 @@ def test_mlflow_env_probes_and_storage():
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"].get("value") == "false"
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] == "/health", probe
-    pod = _one("Deployment")["spec"]["template"]["spec"]
-    assert _shared_mount_paths(pod, _one("PersistentVolumeClaim")["metadata"]["name"]) == {SHARED_MOUNT}
+    pod = _one("Deployment", "mlflow")["spec"]["template"]["spec"]
+    assert _shared_mount_paths(pod, "trilevel-shared") == {f"{SHARED_MOUNT}/mlflow"}, "only its own sub-path"
+    for container in _containers(pod):
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] == "shared":
+                assert mount.get("subPath") == "mlflow", f"{container['name']} mounts more than mlflow/"
 
 
 def test_mlflow_backend_store_comes_from_a_secret():
@@ -411,11 +445,11 @@ def test_mlflow_backend_store_comes_from_a_secret():
 
 
 def test_mlflow_service_is_cluster_ip_on_5000_and_selects_the_pods():
-    service = _one("Service")
+    service = _one("Service", "mlflow")
     assert service["metadata"]["name"] == "mlflow"
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
     assert any(p["port"] == 5000 for p in service["spec"]["ports"])
-    labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    labels = _one("Deployment", "mlflow")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
 
 
@@ -456,6 +490,8 @@ def test_secret_scanner_flags_real_looking_values():
     assert _secret_findings(f"aws_access_key_id = {fake_key}")
     assert _secret_findings(fake_pem)
     assert _secret_findings("password: " + "hunter2")
+    assert _secret_findings("password:\n  " + "hunter2")
+    assert not _secret_findings("secret:\n  secretName: mlflow-auth")
     assert _secret_findings("postgresql://mlflow:" + "s3cr3tPw" + "@db:5432/mlflow")
     for fine in (
         "password: CHANGE_ME",
@@ -490,11 +526,20 @@ def test_cluster_launcher_config():
     assert sum(t.get("min_workers", 0) for t in workers.values()) <= config["max_workers"]
     assert config["docker"].get("image") and config["docker"].get("container_name")
     assert config.get("setup_commands") == [] and config.get("head_setup_commands", []) == []
-    assert not config.get("file_mounts")
+    assert config.get("file_mounts") == {"~/.ray/auth_token": "~/.ray/auth_token"}, "only Ray's auth token is shipped"
     head_start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
     assert "--head" in head_start
     assert any("--address=" in cmd for cmd in config["worker_start_ray_commands"])
+    for cmd in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
+        assert "ray start" not in cmd or "RAY_AUTH_MODE=token ray start" in cmd, f"token auth on every node: {cmd}"
+    for name, node_type in types.items():
+        node = node_type["node_config"]
+        assert node.get("SecurityGroupIds"), f"{name}: a restricted security group (Ray's own opens SSH to all)"
+        assert node.get("IamInstanceProfile", {}).get("Arn"), f"{name}: a scoped instance profile, not Ray's default"
+    head_profile = types[config["head_node_type"]]["node_config"]["IamInstanceProfile"]["Arn"]
+    worker_profiles = {t["node_config"]["IamInstanceProfile"]["Arn"] for t in workers.values()}
+    assert head_profile not in worker_profiles, "workers get their own, narrower profile"
 
 
 def test_cluster_launcher_config_passes_rays_own_validation():
@@ -528,17 +573,15 @@ def test_dockerfile_base_image_is_ray_260_gpu_py311():
     assert re.search(r"-(gpu|cu\d+)", tag), f"{image}: a GPU (CUDA) flavour is needed"
 
 
-def test_dockerfile_installs_with_the_constraints_and_cuda_torch():
+def test_dockerfile_installs_the_hashed_lock_and_then_the_package_without_resolving():
     instructions = _dockerfile_instructions()
     runs = " ".join(rest for word, rest in instructions if word == "RUN")
-    assert re.search(r"pip install[^;&|]*-c constraints\.txt[^;&|]*\s\.(\s|;|$)", runs), (
-        "pip install -c constraints.txt ."
-    )
-    assert "TORCH_INDEX_URL" in _build_args(instructions), "a TORCH_INDEX_URL build arg for the CUDA torch wheels"
-    assert re.search(r"--index-url\s+\"?\$\{?TORCH_INDEX_URL", runs), "torch must come from TORCH_INDEX_URL"
-    assert "^torch==" in runs, "the torch pin must be read from constraints.txt, not repeated"
+    assert re.search(r"pip install --require-hashes --no-deps -r requirements\.lock", runs), "the hashed lock"
+    assert re.search(r"pip install --no-deps --no-build-isolation \.(\s|;|$)", runs), "the package, no resolution"
+    assert "--index-url" not in runs and "--extra-index-url" not in runs, "PyPI's CUDA torch, from the lock"
+    assert "torch.version.cuda" in runs, "the build fails on a CPU-only torch"
     copied = " ".join(rest for word, rest in instructions if word == "COPY")
-    for needed in ("pyproject.toml", "constraints.txt", "search_space", "workers", "orchestrator"):
+    for needed in ("requirements.lock", "pyproject.toml", "constraints.txt", "search_space", "workers", "orchestrator"):
         assert needed in copied, f"COPY {needed}"
 
 
@@ -559,8 +602,9 @@ def test_dockerignore_keeps_data_and_state_out_of_the_context():
         for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
         if line.strip()[:1] not in {"", "#"}
     }
-    for needed in ("data", "runs", "mlruns", ".venv", "*.db", ".git", ".env"):
+    for needed in ("data", "runs", "mlruns", ".venv", "*.db", ".git", ".env", "weights", "**/*.pth"):
         assert needed in patterns, needed
+    assert "!deployment/docker/requirements.lock" in patterns, "the lock is the one file of deployment/ it needs"
 
 
 # ------------------------------------------------------------------------------------------------------ README
@@ -587,18 +631,36 @@ def test_rayjob_entrypoint_uses_a_known_subcommand():
 def test_readme_covers_the_guide():
     text = README.read_text(encoding="utf-8")
     for needed in (
+        "pip install -c constraints.txt .",
         "docker build",
-        "deployment/kuberay/pvc.yaml",
-        "deployment/mlflow/mlflow.yaml",
-        "deployment/kuberay/raycluster.yaml",
-        "deployment/kuberay/rayjob.yaml",
+        "deployment/kustomization.yaml",
+        "kubectl -n trilevel-nas wait --for=condition=complete job/trilevel-volume-layout",
+        "kubectl -n trilevel-nas wait --for=condition=complete job/trilevel-prepare-data",
         "port-forward svc/trilevel-ray-head-svc 8265:8265",
         "port-forward svc/mlflow 5000:5000",
         "trilevel submit table8 --scale paper --address http://127.0.0.1:8265",
+        "--dry-run",
+        "--preflight",
+        "N GPUs → N trials at once",
         "MLFLOW_TRACKING_URI",
         "--tracking-uri",
         "resources.gpus_per_worker",
         "RAY_AUTH_TOKEN",
         "S3",
+        "## When things fail",
+        "The Ray head pod dies or restarts",
+        "gcs-ft",
+        "mlflow/basic-auth",
+        "ray get-auth-token --generate",
+        "deployment/docker/lock.sh",
     ):
         assert needed in text, needed
+
+
+def test_readme_passes_the_data_jobs_paths_to_submit():
+    """The README's submit command reads exactly what the RayJob reads (the data Job's output)."""
+    text = README.read_text(encoding="utf-8")
+    submits = [line for line in _shell_lines(text) if "trilevel submit table8 --scale paper" in line]
+    entry = shlex.split(_one("RayJob")["spec"]["entrypoint"])
+    sets = {entry[i + 1] for i, token in enumerate(entry) if token == "--set"}
+    assert any(sets <= set(shlex.split(line)) for line in submits), f"a README submit with every --set of {sets}"

@@ -1,0 +1,210 @@
+"""`--dry-run` on the RayJob's exact entrypoint, against a shared volume laid out as deployment/README.md says.
+
+No mocks: a real `ray start --head` reporting 3 logical GPUs and 24 logical CPUs (the RayJob's GPU worker
+group at its maxReplicas; a dry run schedules nothing on them), a real `mlflow server`, data prepared by
+deployment/kuberay/prepare-data.sh (the data-and-weights Job's script) from small generated images, and
+teacher / VGG19 state dicts built here. The volume's root stands in for /mnt/trilevel; the entrypoint of
+deployment/kuberay/rayjob.yaml runs as a shell command, with `--dry-run` appended (and the teacher's
+nb/nf/gc set to the small net saved here). Each missing piece is then taken away, one at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from orchestrator.preflight import max_resources
+from tests.servers import mlflow_server, ray_head
+
+ROOT = Path(__file__).resolve().parents[2]
+RAYJOB = ROOT / "deployment" / "kuberay" / "rayjob.yaml"
+PREPARE = ROOT / "deployment" / "kuberay" / "prepare-data.sh"
+MOUNT = "/mnt/trilevel"
+IN_CLUSTER_MLFLOW = "http://mlflow:5000"
+SMALL_TEACHER = ("--set", "supervision.nb=1", "--set", "supervision.nf=8", "--set", "supervision.gc=4")
+GPUS, CPUS = 3, 24  # the RayJob's GPU group at maxReplicas: 3 pods of 1 GPU and 8 CPUs
+
+
+def _images(folder: Path, count: int, seed: int, digits: int = 4) -> Path:
+    """`count` 128×128 RGB PNGs (the smallest a x4 set accepts), named as the real sets are (0001.png …)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = rng.integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i + 1:0{digits}d}.png")
+    return folder
+
+
+def _layout(volume: Path) -> None:
+    """The shared volume as the data-and-weights Job leaves it: its own script, run on local sources.
+
+    The sources are what the Job would download or wait for (raw/<set>/, weights/*.pth), here small;
+    `deployment/kuberay/prepare-data.sh` then prepares the shards exactly as in the cluster.
+    """
+    from search_space.teacher import RRDBNet
+    from workers.vgg import VGG19Features
+
+    raw = volume / "raw"
+    _images(raw / "DIV2K_train_HR", 2, 0)
+    _images(raw / "Flickr2K_HR", 2, 1, digits=6)
+    _images(raw / "Set5", 2, 2)
+    _images(raw / "Set14", 2, 3)
+    (volume / "weights").mkdir()
+    for name in ("RRDB_ESRGAN_x4.pth", "RRDB_PSNR_x4.pth"):
+        torch.save(RRDBNet(nf=8, nb=1, gc=4).state_dict(), volume / "weights" / name)
+    torch.save(VGG19Features().state_dict(), volume / "weights" / "vgg19-dcbb9e9d.pth")
+    env = _env() | {"TRILEVEL_VOLUME": str(volume), "WAIT_SECONDS": "0"}
+    env |= dict.fromkeys(("DIV2K_URL", "FLICKR2K_URL", "VGG19_URL", "SET5_URL", "SET14_URL"), "")  # no network
+    ran = subprocess.run(["bash", str(PREPARE)], env=env, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert f"Data and weights ready under {volume}" in ran.stdout
+
+
+def _env() -> dict[str, str]:
+    """The environment of a process on the head: this checkout's code and `trilevel`, no usage stats."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    return env | {
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # this venv's `trilevel`
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
+    volume = tmp_path_factory.mktemp("volume")
+    _layout(volume)
+    with ray_head(num_cpus=CPUS, num_gpus=GPUS) as head, mlflow_server(volume / "mlflow") as mlflow:
+        yield {"gcs": head["gcs"], "dashboard": head["dashboard"], "mlflow": mlflow.url, "volume": str(volume)}
+
+
+def _entrypoint() -> str:
+    return yaml.safe_load(RAYJOB.read_text())["spec"]["entrypoint"]
+
+
+def _run(cluster: dict[str, str], volume: Path | str, *extra: str) -> subprocess.CompletedProcess:
+    """The RayJob's entrypoint, as the head would run it, with this test's volume and MLflow server."""
+    command = _entrypoint().replace(MOUNT, str(volume)).replace(IN_CLUSTER_MLFLOW, cluster["mlflow"])
+    command += " " + shlex.join([*SMALL_TEACHER, *extra, "--dry-run"])
+    env = _env() | {"RAY_ADDRESS": cluster["gcs"]}  # what `--address auto` finds on the head
+    return subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _copy_without(cluster: dict[str, str], tmp_path: Path, missing: str) -> Path:
+    """The volume with one piece (a relative path) taken away; data and weights are linked, not copied."""
+    volume, copy = Path(cluster["volume"]), tmp_path / "volume"
+    for part in ("data/div2k-flickr2k", "data/set5", "data/set14", "weights/RRDB_ESRGAN_x4.pth",
+                 "weights/vgg19-dcbb9e9d.pth"):  # fmt: skip
+        if part != missing and not part.startswith(f"{missing}/"):
+            (copy / part).parent.mkdir(parents=True, exist_ok=True)
+            (copy / part).symlink_to(volume / part)
+    (copy / "runs").mkdir()
+    return copy
+
+
+def test_the_rayjob_entrypoint_passes_on_the_readme_layout_and_prints_the_plan(cluster):
+    ran = _run(cluster, cluster["volume"])
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out = ran.stdout
+    assert "Sweep table8: 3 trial(s), 3 at once" in out, out
+    assert "lambda_order=0.0, lambda_order=0.01, lambda_order=0.1" in out
+    assert f"at most {GPUS} GPU" in out and "at once:  3 GPU" in out
+    # 4 training images: χ1 = 2 images for pretrain and search, all 4 for train; batch 3 (16 for train), 1 worker.
+    assert "pretrain 1 worker(s), 1 GPU, 4 CPU" in out
+    assert "pretrain: 100 epochs × 1 steps (batch 3; ⌈⌊2 rows / 1⌋ / 3⌉) = 100 steps" in out
+    assert "search: 100 epochs × 1 steps (batch 3; ⌈⌊2 rows / 1⌋ / 3⌉) = 100 steps" in out
+    assert "train: 900 epochs × 1 steps (batch 16; ⌈⌊4 rows / 1⌋ / 16⌉) = 900 steps" in out
+    assert "train finetune: 1800 epochs × 1 steps" in out
+    assert f"data {cluster['volume']}/data/div2k-flickr2k [χ1: 2 images / 2 rows]" in out
+    assert "Pre-flight passed" in out
+    assert not (Path(cluster["volume"]) / "runs" / "table8").exists(), "a dry run starts nothing"
+
+
+@pytest.mark.parametrize(
+    ("missing", "expected"),
+    [
+        ("weights", "supervision.weights: teacher weights {volume}/weights/RRDB_ESRGAN_x4.pth: file not found"),
+        ("weights", "perceptual.vgg_weights: VGG19 weights file not found: {volume}/weights/vgg19-dcbb9e9d.pth"),
+        ("data/set5", "data.val.Set5: {volume}/data/set5 is not a prepared data set"),
+    ],
+    ids=["no-teacher", "no-vgg", "no-set5"],
+)
+def test_each_missing_piece_is_named(cluster, tmp_path, missing, expected):
+    volume = _copy_without(cluster, tmp_path, missing)
+    ran = _run(cluster, volume)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert expected.format(volume=volume) in ran.stdout, ran.stdout
+    assert "problem(s) (listed above); nothing started" in ran.stderr, ran.stderr
+
+
+def test_unwritable_storage_is_named(cluster, tmp_path):
+    volume = _copy_without(cluster, tmp_path, "")
+    shutil.rmtree(volume / "runs")
+    (volume / "runs").write_text("a file where the runs folder should be")
+    ran = _run(cluster, volume)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert f"storage: cannot write to {volume}/runs" in ran.stdout, ran.stdout
+
+
+def test_too_few_gpus_are_named_with_the_fix(cluster, tmp_path):
+    volume = _copy_without(cluster, tmp_path, "")
+    one_stage = _run(cluster, volume, "--set", "resources.workers.search=4")
+    assert one_stage.returncode == 1
+    assert "resources.workers.search=4 × resources.gpus_per_worker=1: the search stage needs 4 GPU" in one_stage.stdout
+    assert f"the cluster has at most {GPUS} GPU" in one_stage.stdout and "wait forever" in one_stage.stdout
+    at_once = _run(cluster, volume, "--set", "resources.gpus_per_worker=2")
+    assert at_once.returncode == 1
+    assert "resources.max_concurrent_trials=3: 3 trials at once need 6 GPU" in at_once.stdout, at_once.stdout
+    assert "Set resources.max_concurrent_trials=1" in at_once.stdout and "N GPUs → N trials at once" in at_once.stdout
+
+
+def test_submit_dry_run_runs_the_preflight_on_the_cluster(cluster):
+    """`trilevel submit --dry-run` with the RayJob's paths: the checks run in a job on the head, nothing starts."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli_submit import submit
+
+    tokens = shlex.split(_entrypoint().replace(MOUNT, cluster["volume"]))
+    sets = [token for i, token in enumerate(tokens) if token == "--set" or tokens[i - 1] == "--set"]
+    args = ["table8", "--scale", "paper", "--address", cluster["dashboard"], "--storage", f"{cluster['volume']}/runs"]
+    args += ["--tracking-uri", cluster["mlflow"], *sets, *SMALL_TEACHER, "--dry-run"]
+    result = CliRunner().invoke(submit, args)
+    assert result.exit_code == 0, result.output
+    assert "Sweep table8: 3 trial(s), 3 at once" in result.output and "Pre-flight passed" in result.output
+    assert "Pre-flight passed on the cluster" in result.output
+    assert not (Path(cluster["volume"]) / "runs" / "table8").exists()
+
+
+# --- the autoscaler's limits, from the deployment's own configs ---------------------------------------------
+def test_max_resources_of_the_cluster_launcher_config():
+    util = pytest.importorskip("ray.autoscaler._private.util")
+    config = util.prepare_config(yaml.safe_load((ROOT / "deployment/cluster-launcher/trilevel-gpu.yaml").read_text()))
+    workers = config["available_node_types"]["ray.worker.gpu"]
+    limits = max_resources(config)
+    assert limits["GPU"] == min(workers["max_workers"], config["max_workers"]) * workers["resources"]["GPU"]
+
+
+@pytest.mark.parametrize("manifest", ["raycluster.yaml", "rayjob.yaml"])
+def test_max_resources_of_the_kuberay_clusters_as_the_autoscaler_reads_them(manifest):
+    """Ray's own KubeRay autoscaler code turns each manifest into its autoscaling config."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    doc = yaml.safe_load((ROOT / "deployment" / "kuberay" / manifest).read_text())
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    cr = {"metadata": {"name": doc["metadata"]["name"], "namespace": "trilevel-nas"}, "spec": spec}
+    limits = max_resources(_derive_autoscaling_config_from_ray_cr(cr))
+    gpu_group = next(g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu")
+    per_pod = int(gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert limits["GPU"] == gpu_group["maxReplicas"] * per_pod
