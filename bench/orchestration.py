@@ -87,6 +87,9 @@ def main() -> None:
         io = local_io(run, experiment.data.scale)
         direct += _time(lambda run=run, io=io: run_stages(run.settings, io))
 
+    from orchestrator.cluster import LOCAL_RAY_ENV
+
+    os.environ.update(LOCAL_RAY_ENV)
     ray_start = _time(lambda: ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False))
     trial = _time(lambda: run_sweep(experiment))
     ray.shutdown()

@@ -19,7 +19,7 @@ def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by `run` and `sweep`: scale, overrides, name, storage, tracking, cluster."""
     options = [
         click.argument("experiment"),
-        click.option("--scale", default="tiny", show_default=True, help="Preset scale: tiny (minutes) or paper."),
+        click.option("--scale", default="tiny", show_default=True, help="Preset scale: tiny (the demo: minutes), small (about 30 min per sweep on a laptop) or paper."),
         click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override a field."),
         click.option("--name", default=None, help="Sweep name (default: the experiment's name)."),
         click.option("--storage", default=None, help=f"Local dir or s3://… [default: {DEFAULT_STORAGE}]"),

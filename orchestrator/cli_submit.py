@@ -46,7 +46,7 @@ def _hints(submission_id: str, address: str) -> str:
 @click.command()
 @click.argument("experiment")
 @address_option
-@click.option("--scale", default="tiny", show_default=True, help="Preset scale: tiny (minutes) or paper.")
+@click.option("--scale", default="tiny", show_default=True, help="Preset scale: tiny (the demo: minutes), small (about 30 min per sweep on a laptop) or paper.")
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override a field.")
 @click.option("--name", default=None, help="Sweep name (default: the experiment's name).")
 @click.option(

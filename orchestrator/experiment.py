@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 DEMO = "demo"  # data.train / data.val value meaning "the built-in data set"
-PRESET_SCALES: tuple[str, ...] = ("tiny", "paper")
+PRESET_SCALES: tuple[str, ...] = ("tiny", "small", "paper")
 
 
 class ExperimentError(ValueError):

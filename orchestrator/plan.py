@@ -21,6 +21,7 @@ from search_space.genotype import Genotype, load_genotype
 from workers.pipeline import image_ids, split_image_ids
 from workers.settings import (
     STAGES,
+    DatasetSource,
     OptimSettings,
     RunSettings,
     SearchSettings,
@@ -32,7 +33,6 @@ from workers.shards import join_storage, read_manifest, write_demo_dataset
 
 __all__ = [
     "DataFacts",
-    "DatasetSpec",
     "ResolvedData",
     "TrainRunPlan",
     "TrialPlan",
@@ -123,21 +123,12 @@ def resolve_data(experiment: Experiment, storage: str) -> ResolvedData:
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
-    """A Ray dataset a Train run reads: a training set's rows of one role (w = χ1, a = χ2, all)."""
-
-    path: str
-    role: str
-
-
-@dataclass(frozen=True)
 class TrainRunPlan:
-    """One TorchTrainer run of a trial: its run name, worker count, settings and datasets."""
+    """One TorchTrainer run of a trial: its run name, worker count and settings (datasets included)."""
 
     name: str
     workers: int
     settings: RunSettings
-    datasets: dict[str, DatasetSpec]
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -264,17 +255,17 @@ def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> Tr
     runs = []
     for group in _groups(experiment):
         workers = resources.workers[group[0]]
-        specs: dict[str, DatasetSpec] = {}
+        sources: dict[str, DatasetSource] = {}
         stages = []
         for stage in group:
             facts = data.train[stage]
             names = {}
             for role in _STAGE_ROLES[stage]:
                 name = _dataset_name(role, stage, facts, data.default_train)
-                specs[name] = DatasetSpec(facts.path, role)
+                in_memory = _decoded_mb(facts) / workers <= experiment.data.cache_mb
+                sources[name] = DatasetSource(facts.path, role, in_memory)
                 names[role] = name
             stages.append(_stage_settings(experiment, stage, data, workers, names))
-        per_worker_mb = {name: _decoded_mb(data, spec.path) / workers for name, spec in specs.items()}
         name = posixpath.join(sweep, "stages", trial.trial_id, "run-" + "-".join(group))
         settings = RunSettings(
             stages=tuple(stages),
@@ -282,10 +273,10 @@ def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> Tr
             checkpoints=join_storage(storage, name),
             val_path=first_val,
             val_max_images=experiment.stages.val_max_images,
-            cache_datasets=tuple(n for n, mb in per_worker_mb.items() if mb <= experiment.data.cache_mb),
+            datasets=sources,
             threads=max(1, int(resources.cpus_per_worker)),
         )
-        runs.append(TrainRunPlan(name=name, workers=workers, settings=settings, datasets=specs))
+        runs.append(TrainRunPlan(name=name, workers=workers, settings=settings))
     return TrialPlan(
         trial_id=trial.trial_id,
         axes=dict(trial.axes),
@@ -296,6 +287,5 @@ def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> Tr
     )
 
 
-def _decoded_mb(data: ResolvedData, path: str) -> float:
-    facts = next(f for f in data.train.values() if f.path == path)
+def _decoded_mb(facts: DataFacts) -> float:
     return facts.bytes * _DECODED_PER_PNG_BYTE / 2**20

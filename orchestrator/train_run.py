@@ -17,15 +17,19 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from orchestrator.plan import DatasetSpec, TrainRunPlan
+from orchestrator.plan import TrainRunPlan
 from workers.checkpointing import CheckpointWriteError
-from workers.pipeline import data_config, decoded_rows, image_ids, read_pairs, split_image_ids
+from workers.pipeline import data_config, read_pairs, role_ids, worker_rows
 from workers.shards import join_storage
 from workers.stage_io import LocalStageIO
 from workers.stage_outputs import read_stage_result
 from workers.stages import train_fn_per_worker
 
-__all__ = ["StageError", "build_datasets", "fit_run", "local_io", "run_finished"]
+__all__ = ["TRAIN_ENV", "StageError", "build_datasets", "fit_run", "local_io", "run_finished"]
+
+# Ray Train's controller polls its workers every 2 s by default: a run's start and end each wait for a
+# poll. 0.5 s costs the controller nothing noticeable; Ray passes it on to the controller it starts.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 class StageError(RuntimeError):
@@ -38,21 +42,12 @@ def run_finished(plan: TrainRunPlan) -> bool:
 
 
 def build_datasets(plan: TrainRunPlan, scale: int, num_cpus: float) -> dict[str, Any]:
-    """The Ray datasets of the run: χ1 / χ2 (by sorted image id) or all rows of each training set."""
-    splits: dict[str, tuple[list[str], list[str]]] = {}
-    return {
-        name: read_pairs(spec.path, scale, ids=_split_ids(spec, splits), num_cpus=num_cpus)
-        for name, spec in plan.datasets.items()
-    }
-
-
-def _split_ids(spec: DatasetSpec, splits: dict[str, tuple[list[str], list[str]]]) -> list[str] | None:
-    """The image ids of a dataset's role (None: all rows), splitting each path once."""
-    if spec.role == "all":
-        return None
-    if spec.path not in splits:
-        splits[spec.path] = split_image_ids(image_ids(spec.path))
-    return splits[spec.path][0 if spec.role == "w" else 1]
+    """The Ray datasets Ray Data streams to the run's workers (in-memory sets are decoded by the workers)."""
+    datasets = {}
+    for name in plan.settings.streamed:
+        source = plan.settings.datasets[name]
+        datasets[name] = read_pairs(source.path, scale, ids=role_ids(source.path, source.role), num_cpus=num_cpus)
+    return datasets
 
 
 def local_io(plan: TrainRunPlan, scale: int, resume_from: str | None = None) -> LocalStageIO:
@@ -61,13 +56,7 @@ def local_io(plan: TrainRunPlan, scale: int, resume_from: str | None = None) -> 
     For tests, benchmarks and notebooks: `workers.stages.run_stages(plan.settings, local_io(plan, 4))`.
     Checkpoints go to the run's own directory, as in a Train run.
     """
-    splits: dict[str, tuple[list[str], list[str]]] = {}
-    decoded = {path: decoded_rows(path, scale) for path in {spec.path for spec in plan.datasets.values()}}
-    rows = {}
-    for name, spec in plan.datasets.items():
-        ids = _split_ids(spec, splits)
-        keep = None if ids is None else set(ids)
-        rows[name] = [row for row in decoded[spec.path] if keep is None or row["image_id"] in keep]
+    rows = {name: worker_rows(source.path, scale, source.role) for name, source in plan.settings.datasets.items()}
     return LocalStageIO(checkpoints=plan.settings.checkpoints, datasets=rows, resume_from=resume_from)
 
 
@@ -103,6 +92,8 @@ def fit_run(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    for key, value in TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"run": plan.settings},
@@ -117,7 +108,7 @@ def fit_run(
             callbacks=callbacks,
         ),
         datasets=datasets,
-        dataset_config=data_config(list(datasets)),
+        dataset_config=data_config(plan.settings.streamed),
     )
     try:
         with _restore_sigint():

@@ -23,6 +23,10 @@ def ray_session():
     """Start (once) a local Ray with 2 logical CPUs; tests that need Ray take this fixture."""
     import ray
 
+    from orchestrator.cluster import LOCAL_RAY_ENV
+
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray

@@ -53,10 +53,12 @@ __all__ = [
     "image_ids",
     "random_patch_pairs",
     "read_pairs",
+    "role_ids",
     "search_datasets",
     "split_image_ids",
     "split_search",
     "val_pairs",
+    "worker_rows",
 ]
 
 TRAIN_W = "train_w"
@@ -230,6 +232,23 @@ def decoded_rows(path: str, scale: int, ids: Iterable[str] | None = None) -> lis
         table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(sorted(set(ids)), pa.string())))
     rows = sorted(table.to_pylist(), key=lambda r: r["id"])
     return [_decode_row(r, scale) for r in rows]
+
+
+def role_ids(path: str, role: str) -> list[str] | None:
+    """Image ids of a training role: w = χ1, a = χ2 (the search split), all = None (every row)."""
+    if role == "all":
+        return None
+    if role not in ("w", "a"):
+        raise ValueError(f"role must be w, a or all, got {role!r}")
+    chi1, chi2 = split_image_ids(image_ids(path))
+    return chi1 if role == "w" else chi2
+
+
+def worker_rows(path: str, scale: int, role: str, rank: int = 0, world: int = 1) -> list[dict[str, Any]]:
+    """This worker's equal share of a role's rows, decoded (what `streaming_split(equal=True)` would give)."""
+    rows = decoded_rows(path, scale, role_ids(path, role))
+    share = len(rows) // world
+    return rows[rank * share : (rank + 1) * share]
 
 
 def val_pairs(path: str, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -15,6 +15,7 @@ from search_space.supernet import SupernetConfig
 
 __all__ = [
     "STAGES",
+    "DatasetSource",
     "OptimSettings",
     "RunSettings",
     "SearchSettings",
@@ -109,6 +110,20 @@ class StageSettings:
 
 
 @dataclass(frozen=True)
+class DatasetSource:
+    """A training dataset of a run: which rows of which prepared set, and how a worker gets them.
+
+    `role`: w = χ1 (first half of the sorted image ids), a = χ2, all = every row. `in_memory`: the
+    set is small, so each worker decodes its equal share once and keeps it (no Ray Data pipeline
+    to start, no decoding per pass); otherwise Ray Data streams it, split across the workers.
+    """
+
+    path: str
+    role: str
+    in_memory: bool
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """One Train run: consecutive stages sharing a worker group, and where their outputs go.
 
@@ -123,8 +138,13 @@ class RunSettings:
     checkpoints: str
     val_path: str | None
     val_max_images: int | None
-    cache_datasets: tuple[str, ...]  # datasets small enough to decode once and keep in memory
+    datasets: dict[str, DatasetSource]  # every training dataset a stage of the run reads, by name
     threads: int  # torch threads per worker (the CPUs it asked for)
+
+    @property
+    def streamed(self) -> list[str]:
+        """The datasets Ray Data streams to the workers (the others the workers decode themselves)."""
+        return [name for name, source in self.datasets.items() if not source.in_memory]
 
     def __post_init__(self) -> None:
         names = [s.stage for s in self.stages]

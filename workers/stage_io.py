@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from workers.checkpointing import CheckpointWriteError, is_no_space, load_state, staged_checkpoint
+from workers.pipeline import worker_rows
+from workers.settings import DatasetSource
 from workers.shards import join_storage
 
 __all__ = ["LocalStageIO", "RayStageIO", "Report", "StageIO"]
@@ -39,7 +41,7 @@ class StageIO(Protocol):
     device: torch.device
 
     def rows(self, dataset: str) -> Any:
-        """The rows of a training dataset for this worker: a list (cached) or a Ray data iterator."""
+        """The rows of a training dataset for this worker: a list (decoded) or a Ray data iterator."""
         ...
 
     def resumed(self) -> tuple[dict[str, Any] | None, str | None]:
@@ -58,7 +60,7 @@ class StageIO(Protocol):
 class RayStageIO:
     """`StageIO` inside a Ray Train worker."""
 
-    def __init__(self, checkpoints: str, cache_datasets: Sequence[str]) -> None:
+    def __init__(self, checkpoints: str, datasets: Mapping[str, DatasetSource], scale: int) -> None:
         import ray.train
         import ray.train.torch
 
@@ -67,18 +69,19 @@ class RayStageIO:
         self.world = context.get_world_size()
         self.device = ray.train.torch.get_device()
         self._checkpoints = checkpoints
-        self._cache_names = set(cache_datasets)
-        self._cache: dict[str, list[dict[str, Any]]] = {}
+        self._sources = dict(datasets)
+        self._scale = scale
+        self._decoded: dict[str, list[dict[str, Any]]] = {}
 
     def rows(self, dataset: str) -> Any:
         import ray.train
 
-        shard = ray.train.get_dataset_shard(dataset)
-        if dataset not in self._cache_names:
-            return shard
-        if dataset not in self._cache:  # small data: decode once, then draw batches from memory
-            self._cache[dataset] = list(shard.iter_rows())
-        return self._cache[dataset]
+        source = self._sources[dataset]
+        if not source.in_memory:
+            return ray.train.get_dataset_shard(dataset)
+        if dataset not in self._decoded:  # small data: this worker's share, decoded once
+            self._decoded[dataset] = worker_rows(source.path, self._scale, source.role, self.rank, self.world)
+        return self._decoded[dataset]
 
     def resumed(self) -> tuple[dict[str, Any] | None, str | None]:
         import ray.train

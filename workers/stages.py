@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,7 @@ class StageContext:
         if io.rank == 0 and run.val_path:
             self.val = val_pairs(run.val_path, run.stages[0].scale)[: run.val_max_images]
         self._losses: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
+        self._last_report = time.monotonic()
 
     def targets(self, lr: Tensor, hr: Tensor) -> Tensor:
         """Teacher(LR) (frozen, clamped to [0, 1]) or the ground-truth HR patch."""
@@ -131,7 +133,9 @@ class StageContext:
         """Report epoch `epoch` (0-based); attach a checkpoint on schedule and return what was saved."""
         total = settings.total_epochs
         last = epoch + 1 == total
+        now = time.monotonic()
         metrics = metrics | {"stage": settings.stage, "epoch": epoch, "epochs": total, "stage_finished": last}
+        metrics["epoch_s"], self._last_report = now - self._last_report, now  # wall time since the last report
         if not (last or (epoch + 1) % max(1, settings.checkpoint_every) == 0):
             self.io.report(metrics, None, None, "")
             return None
@@ -468,4 +472,4 @@ def _stage_before(stage: str) -> str:
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """TorchTrainer entry point: `config["run"]` is the `RunSettings` of this worker group."""
     run: RunSettings = config["run"]
-    run_stages(run, RayStageIO(run.checkpoints, run.cache_datasets))
+    run_stages(run, RayStageIO(run.checkpoints, run.datasets, run.stages[0].scale))

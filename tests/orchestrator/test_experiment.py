@@ -23,7 +23,7 @@ def test_presets_ship_every_paper_setup():
 
 
 @pytest.mark.parametrize("name", PRESETS)
-@pytest.mark.parametrize("scale", ["tiny", "paper"])
+@pytest.mark.parametrize("scale", ["tiny", "small", "paper"])
 def test_every_preset_validates_and_yields_a_typed_plan(name, scale):
     experiment = load_experiment(name, scale)
     data = ResolvedData(train=dict.fromkeys(STAGES, FACTS), val={"v": "y"})
@@ -50,6 +50,9 @@ def test_paper_scale_uses_the_papers_hyperparameters():
     assert psnr.supervision.weights.endswith("RRDB_PSNR_x4.pth")
     aim = load_experiment("aim", "paper")
     assert aim.stages.train.epochs == 300 and aim.stages.train.milestones == [75, 150, 225]
+    # Table 4: searched on DIV2K + Flickr2K, trained on DIV2K 120x120 sub-images
+    assert aim.stage_data("search") == aim.stage_data("pretrain") == "data/div2k-flickr2k"
+    assert aim.stage_data("train") == "data/div2k-subimages-120"
 
 
 def test_ablation_grids():
@@ -58,8 +61,10 @@ def test_ablation_grids():
         "lambda_order=0.01",
         "lambda_order=0.1",
     ]
-    table9 = {t.trial_id: t.experiment for t in trials(load_experiment("table9"))}
+    table9 = {t.trial_id: t.experiment for t in trials(load_experiment("table9", "paper"))}
     assert table9["levels=bilevel"].search_space.fixed_path == [0, 0, 0, 0, 0, 1, 1]
+    tiny9 = {t.trial_id: t.experiment for t in trials(load_experiment("table9"))}
+    assert tiny9["levels=bilevel"].search_space.fixed_path == [0, 0, 1, 1]  # AGD's path on a 2-cell supernet
     assert table9["levels=trilevel"].search_space.levels == "trilevel"
     fig1 = [t.experiment.stages.train.from_search for t in trials(load_experiment("fig1"))]
     assert fig1 == [True, False]
@@ -95,7 +100,7 @@ def test_errors_name_the_field(overrides, message):
 def test_bad_sources(tmp_path):
     with pytest.raises(ExperimentError, match=r"unknown experiment 'nope': presets are aim, backbones"):
         load_experiment("nope")
-    with pytest.raises(ExperimentError, match=r"scale must be one of tiny, paper, got 'huge'"):
+    with pytest.raises(ExperimentError, match=r"scale must be one of tiny, small, paper, got 'huge'"):
         load_experiment("table8", "huge")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
