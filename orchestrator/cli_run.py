@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from orchestrator.cli import friendly_errors
-from orchestrator.experiment import Experiment, ExperimentError, load_experiment, preset_names
+from orchestrator.experiment import (
+    RESULT_NEUTRAL_FIELDS,
+    SCALE_HELP,
+    Experiment,
+    ExperimentError,
+    apply_overrides,
+    load_experiment,
+    preset_names,
+)
 from orchestrator.tracking import TrackingUnavailable
+
+if TYPE_CHECKING:
+    from orchestrator.sweep import SweepOutcome
 
 DEFAULT_TRACKING = "sqlite:///./trilevel-mlflow.db"
 DEFAULT_STORAGE = "./trilevel-runs"
+
+
+VERBOSE = click.option(
+    "-v", "--verbose", is_flag=True, help="Show Ray's, Ray Data's and Tune's output here instead of the live table."
+)
 
 
 def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by `run` and `sweep`: scale, overrides, name, storage, tracking, cluster."""
     options = [
         click.argument("experiment"),
-        click.option("--scale", default="tiny", show_default=True, help="Preset scale: tiny (the demo: minutes), small (about 30 min per sweep on a laptop) or paper."),
+        click.option("--scale", default="tiny", show_default=True, help=SCALE_HELP),
         click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override a field."),
         click.option("--name", default=None, help="Sweep name (default: the experiment's name)."),
         click.option("--storage", default=None, help=f"Local dir or s3://… [default: {DEFAULT_STORAGE}]"),
@@ -31,6 +48,7 @@ def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Check data, weights, storage, MLflow and cluster resources, print the plan, start nothing.",
         ),
         click.option("--preflight", is_flag=True, help="The --dry-run checks first; start only if they pass."),
+        VERBOSE,
     ]
     for option in reversed(options):
         command = option(command)
@@ -53,37 +71,71 @@ _friendly_errors = friendly_errors(ExperimentError, TrackingUnavailable)
 
 
 def _launch(
-    experiment: Experiment, address: str | None, resume: bool = False, dry_run: bool = False, preflight: bool = False
+    experiment: Experiment,
+    address: str | None,
+    *,
+    resume: bool = False,
+    dry_run: bool = False,
+    preflight: bool = False,
+    verbose: bool = False,
 ) -> None:
+    """Run the sweep on a local Ray or `address`; by default a live table, Ray's own output to a log file."""
     from orchestrator.cluster import ray_connection
     from orchestrator.sweep import run_sweep
 
-    with ray_connection(address):
-        if dry_run or preflight:
-            _preflight(experiment)
-            if dry_run:
-                return
-        outcome = run_sweep(experiment, resume=resume)
-    click.echo(f"\nSweep {outcome.name}: " + ", ".join(f"{t} {s}" for t, s in outcome.trials.items()))
+    if verbose or dry_run:
+        with ray_connection(address):
+            if dry_run or preflight:
+                _preflight(experiment, click.echo)
+                if dry_run:
+                    return
+            outcome = run_sweep(experiment, resume=resume)
+    else:
+        from rich.console import Console
+
+        from orchestrator.console import SweepConsole, quiet_output, terminal_warnings
+
+        log = _log_path(experiment)
+        click.echo(f"Ray, Ray Data and Tune log to {log} (-v shows them here instead)")
+        with quiet_output(log) as terminal:
+            console = Console(file=terminal)
+            with terminal_warnings(console), ray_connection(address):
+                if preflight:
+                    _preflight(experiment, lambda text: console.print(text, markup=False, highlight=False))
+                outcome = run_sweep(experiment, resume=resume, console=SweepConsole(console, experiment.name))
+    _summarise(experiment, outcome)
+
+
+def _log_path(experiment: Experiment) -> Path:
+    """Where a sweep's Ray/Tune output goes: beside its runs on local storage, else in ./trilevel-logs."""
+    from orchestrator.sweep import absolute_storage
+
+    storage = absolute_storage(experiment.storage)
+    if "://" in storage:
+        return Path("trilevel-logs") / f"{experiment.name}.log"
+    return Path(storage) / experiment.name / "logs" / "driver.log"
+
+
+def _summarise(experiment: Experiment, outcome: SweepOutcome) -> None:
+    click.echo(f"Sweep {outcome.name}: " + ", ".join(f"{t} {s}" for t, s in outcome.trials.items()))
     for trial, error in outcome.errors.items():
         click.echo(f"  {trial} failed: {error}", err=True)
     if outcome.not_logged:
         lost = ", ".join(f"{who}: {count}" for who, count in outcome.not_logged.items())
         click.echo(f"MLflow was unreachable: tracking calls not logged ({lost}), listed in {outcome.backlog}", err=True)
     click.echo(f"Storage: {outcome.storage}/{outcome.name}")
-    click.echo(f"MLflow:  mlflow ui --backend-store-uri {experiment.tracking.uri}")
     if outcome.errors:
         raise click.ClickException(
             f"{len(outcome.errors)} trial(s) failed; fix and run `trilevel resume {outcome.name}`"
         )
 
 
-def _preflight(experiment: Experiment) -> None:
+def _preflight(experiment: Experiment, echo: Callable[[str], Any]) -> None:
     """Print the plan of `experiment` on the connected cluster; any problem stops here (exit 1)."""
     from orchestrator.preflight import cluster_capacity, format_plan, preflight
 
     plan = preflight(experiment, cluster_capacity())
-    click.echo(format_plan(plan))
+    echo(format_plan(plan))
     if not plan.ok:
         raise click.ClickException(f"pre-flight found {len(plan.problems)} problem(s) (listed above); nothing started")
 
@@ -101,11 +153,11 @@ def sweep(
     address: str | None,
     dry_run: bool,
     preflight: bool,
+    verbose: bool,
 ) -> None:
     """Run the sweep of EXPERIMENT (a preset or a YAML file): one trial per grid point of its axes."""
-    _launch(
-        _load(experiment, scale, overrides, name, storage, tracking_uri), address, dry_run=dry_run, preflight=preflight
-    )
+    loaded = _load(experiment, scale, overrides, name, storage, tracking_uri)
+    _launch(loaded, address, dry_run=dry_run, preflight=preflight, verbose=verbose)
 
 
 @click.command()
@@ -121,29 +173,40 @@ def run(
     address: str | None,
     dry_run: bool,
     preflight: bool,
+    verbose: bool,
 ) -> None:
     """Run EXPERIMENT as a single pipeline (its sweep axes, if any, are ignored)."""
     loaded = _load(experiment, scale, overrides, name, storage, tracking_uri)
-    _launch(loaded.model_copy(update={"sweep": {}}), address, dry_run=dry_run, preflight=preflight)
+    _launch(loaded.model_copy(update={"sweep": {}}), address, dry_run=dry_run, preflight=preflight, verbose=verbose)
 
 
 @click.command()
 @click.argument("name")
 @click.option("--storage", default=DEFAULT_STORAGE, show_default=True)
 @click.option("--address", default=None, help="Existing Ray cluster; default: a local Ray.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help=f"Change a field that does not change results: {', '.join(RESULT_NEUTRAL_FIELDS)}.",
+)
+@VERBOSE
 @_friendly_errors
-def resume(name: str, storage: str, address: str | None) -> None:
+def resume(name: str, storage: str, address: str | None, overrides: tuple[str, ...], verbose: bool) -> None:
     """Continue the interrupted sweep NAME: finished trials are kept, the others resume their stages."""
     from orchestrator.sweep import load_sweep_experiment
 
-    _launch(load_sweep_experiment(name, storage), address, resume=True)
+    experiment = apply_overrides(load_sweep_experiment(name, storage), overrides, allowed=RESULT_NEUTRAL_FIELDS)
+    _launch(experiment, address, resume=True, verbose=verbose)
 
 
 @click.command()
 @click.option("--storage", default=None, help=f"Where the demo writes [default: {DEFAULT_STORAGE}]")
 @click.option("--tracking-uri", default=None, help=f"MLflow tracking URI [default: {DEFAULT_TRACKING}]")
+@VERBOSE
 @_friendly_errors
-def demo(storage: str | None, tracking_uri: str | None) -> None:
+def demo(storage: str | None, tracking_uri: str | None, verbose: bool) -> None:
     """The table8 ablation at tiny scale on the built-in photographs, then its report."""
     import ray.tune
 
@@ -153,7 +216,7 @@ def demo(storage: str | None, tracking_uri: str | None) -> None:
     experiment = _load("table8", "tiny", (), "demo-table8", storage, tracking_uri)
     root = absolute_storage(experiment.storage)
     again = ray.tune.Tuner.can_restore(f"{root}/{experiment.name}")
-    _launch(experiment, None, resume=again)
+    _launch(experiment, None, resume=again, verbose=verbose)
     print_report(experiment.name, root, experiment.tracking.uri, experiment.tracking.experiment)
 
 

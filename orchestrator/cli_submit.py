@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from orchestrator.cli import friendly_errors
-from orchestrator.experiment import ExperimentError
+from orchestrator.experiment import SCALE_HELP, ExperimentError
 from orchestrator.submit import SubmitError
 from orchestrator.tracking import TrackingUnavailable
 
@@ -46,7 +46,7 @@ def _hints(submission_id: str, address: str) -> str:
 @click.command()
 @click.argument("experiment")
 @address_option
-@click.option("--scale", default="tiny", show_default=True, help="Preset scale: tiny (the demo: minutes), small (about 30 min per sweep on a laptop) or paper.")
+@click.option("--scale", default="tiny", show_default=True, help=SCALE_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override a field.")
 @click.option("--name", default=None, help="Sweep name (default: the experiment's name).")
 @click.option(

@@ -24,9 +24,12 @@ from search_space.supernet import SupernetConfig
 __all__ = [
     "DEMO",
     "PRESET_SCALES",
+    "RESULT_NEUTRAL_FIELDS",
+    "SCALE_HELP",
     "Experiment",
     "ExperimentError",
     "Trial",
+    "apply_overrides",
     "load_experiment",
     "preset_names",
     "trials",
@@ -34,6 +37,17 @@ __all__ = [
 
 DEMO = "demo"  # data.train / data.val value meaning "the built-in data set"
 PRESET_SCALES: tuple[str, ...] = ("tiny", "small", "paper")
+# Fields that change how a sweep runs but never its results: a resumed sweep may change them
+# (`trilevel resume NAME --set resources.max_concurrent_trials=1`), a re-submitted one may differ in them.
+RESULT_NEUTRAL_FIELDS: tuple[str, ...] = (
+    "resources.max_concurrent_trials",
+    "resources.max_failures",
+    "resources.trial_cpus",
+    "data.data_cpus",
+    "data.cache_mb",
+    "tracking.flush_timeout_s",
+)
+SCALE_HELP = "Preset scale: tiny (the demo, minutes), small (about 30 min per sweep on a laptop) or paper."
 
 
 class ExperimentError(ValueError):
@@ -332,6 +346,21 @@ def load_experiment(
         if value is not None:
             data = _set(data, key, value)
     return validate(data, source)
+
+
+def apply_overrides(
+    experiment: Experiment, overrides: Sequence[str], allowed: Sequence[str] | None = None
+) -> Experiment:
+    """`experiment` with `FIELD=VALUE` overrides applied and validated; `allowed` limits the fields."""
+    data = experiment.model_dump(mode="json")
+    for item in overrides:
+        key, value = _parse_override(item)
+        if allowed is not None and key not in allowed:
+            raise ExperimentError(
+                f"override {key}: only fields that do not change results may change here: {', '.join(allowed)}"
+            )
+        data = _set(data, key, value)
+    return validate(data, f"experiment {experiment.name}")
 
 
 def validate(data: Mapping[str, Any], source: str = "experiment") -> Experiment:

@@ -8,16 +8,23 @@ uses `Tuner.restore`: finished trials are not rerun, unfinished ones resume thei
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import posixpath
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from orchestrator.experiment import DEMO, Experiment, ExperimentError, trials, validate
+if TYPE_CHECKING:
+    from orchestrator.console import SweepConsole
+
+from orchestrator.experiment import DEMO, RESULT_NEUTRAL_FIELDS, Experiment, ExperimentError, trials, validate
+from orchestrator.memory import trials_survive_memory_kills
 from orchestrator.plan import plan_trial, resolve_data
+from orchestrator.relay import ReportHub
 from orchestrator.tracking import Tracker, TrackingUnavailable, flatten, run_environment_tags, tracked
 from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
 from workers.shards import join_storage, resolve_uri
@@ -155,7 +162,9 @@ def continues_saved_sweep(experiment: Experiment, storage: str) -> bool:
             f"({reason}): repair {_join(storage, experiment.name, EXPERIMENT_FILE)}, or pick another name (--name)"
         ) from None
     old, new = flatten(saved.model_dump(mode="json")), flatten(experiment.model_dump(mode="json"))
-    changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+    changed = sorted(
+        key for key in old.keys() | new.keys() if old.get(key) != new.get(key) and key not in RESULT_NEUTRAL_FIELDS
+    )
     if not changed:
         _log.info("sweep %s exists under %s with the same experiment: resuming it", experiment.name, storage)
         return True
@@ -168,10 +177,38 @@ def continues_saved_sweep(experiment: Experiment, storage: str) -> bool:
     )
 
 
-def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: bool = False) -> SweepOutcome:
-    """Run (or resume) the sweep of `experiment` on the connected Ray cluster."""
+def _apply_run_settings(tuner: Any, experiment: Experiment) -> None:
+    """A restored sweep runs with the experiment's current concurrency and retries, not the saved ones.
+
+    `Tuner.restore` brings back the TuneConfig/RunConfig pickled at the start; those two fields are
+    result-neutral and the reason a user resumes with `--set` (e.g. fewer trials at once after running
+    out of memory), so they are set on the restored tuner before it runs.
+    """
+    internal = tuner._local_tuner
+    if internal is None:  # Ray Client mode keeps the tuner remote; the saved settings apply
+        return
+    resources = experiment.resources
+    internal._tune_config = dataclasses.replace(
+        internal._tune_config, max_concurrent_trials=resources.max_concurrent_trials
+    )
+    failure = dataclasses.replace(internal._run_config.failure_config, max_failures=resources.max_failures)
+    internal._run_config = dataclasses.replace(internal._run_config, failure_config=failure)
+
+
+def run_sweep(
+    experiment: Experiment,
+    *,
+    resume: bool = False,
+    restart_errored: bool = False,
+    console: SweepConsole | None = None,
+) -> SweepOutcome:
+    """Run (or resume) the sweep of `experiment` on the connected Ray cluster.
+
+    `console` (optional) draws the trials' live progress while Tune runs them.
+    """
     import ray.tune as tune
 
+    trials_survive_memory_kills()
     experiment = absolutize(experiment)
     storage = experiment.storage
     _check_files(experiment)
@@ -199,6 +236,7 @@ def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: 
         plans=plans,
         registered_model=experiment.tracking.registered_model,
         environment=environment,
+        hub=ReportHub.remote(),
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, context=context), {"cpu": experiment.resources.trial_cpus}
@@ -208,6 +246,7 @@ def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: 
             tuner = tune.Tuner.restore(
                 sweep_dir, trainable, resume_errored=not restart_errored, restart_errored=restart_errored
             )
+            _apply_run_settings(tuner, experiment)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -219,7 +258,13 @@ def run_sweep(experiment: Experiment, *, resume: bool = False, restart_errored: 
                     failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures),
                 ),
             )
-        results = tuner.fit()
+        if console is not None:
+            console.watch(plans, context.hub)
+        try:
+            results = tuner.fit()
+        finally:
+            if console is not None:
+                console.close()
         statuses, errors, not_logged = {}, {}, {}
         for result in results:
             trial_id = result.config.get("trial_id", "?") if result.config else "?"

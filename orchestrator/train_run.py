@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from orchestrator.memory import killed_for_memory, memory_error_message
 from orchestrator.plan import TrainRunPlan
 from workers.checkpointing import CheckpointWriteError
 from workers.pipeline import data_config, read_pairs, role_ids, worker_rows
@@ -114,6 +115,8 @@ def fit_run(
         with _restore_sigint():
             trainer.fit()
     except ray.train.TrainingFailedError as err:
+        if killed_for_memory(err):
+            raise StageError(memory_error_message(f"stage run {plan.name}")) from err
         write_error = _checkpoint_write_error(err)
         if write_error is None:
             raise

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.plan import TrainRunPlan, TrialPlan
-from orchestrator.relay import relay_reports
+from orchestrator.relay import HubWarnings, ReportHub, relay_reports
 from orchestrator.tracking import ERROR_TAG, Tracker, TrackingUnavailable, flatten, tracked
 from orchestrator.train_run import build_datasets, fit_run, run_finished
 from search_space.genotype import Genotype
@@ -52,15 +52,27 @@ class TrialContext:
     plans: dict[str, TrialPlan]  # trial id → its plan
     registered_model: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
+    hub: Any = None  # the sweep's ReportHub actor (live progress for the console); None: the trial makes its own
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Tune entry point: `config["trial_id"]` picks the grid point."""
-    import ray.tune
     import torch
 
     torch.set_num_threads(1)  # the trial process only evaluates; its CPUs belong to the workers
     trial_id = config["trial_id"]
+    hub = context.hub if context.hub is not None else ReportHub.remote()
+    logging.getLogger("orchestrator").addHandler(HubWarnings(hub, trial_id))  # warnings reach the console
+    try:
+        _run_trial(trial_id, context, hub)
+    except Exception as err:
+        hub.update.remote(trial_id, state="failed", error=" ".join(str(err).split())[:300])
+        raise
+
+
+def _run_trial(trial_id: str, context: TrialContext, hub: Any) -> None:
+    import ray.tune
+
     plan = context.plans[trial_id]
     experiment = plan.experiment
     done = read_marker(context.storage, context.sweep, "stages", trial_id, TRIAL_DONE)
@@ -72,6 +84,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     flush_timeout_s = experiment.tracking.flush_timeout_s
     finished = {"stage": "evaluate", "stages_finished": len(STAGES) + 1}
     if done is not None:  # finished before a driver crash hid that from Tune: report, never redo
+        hub.update.remote(trial_id, state="done", stage="done", final=done)
         if not _is_finished(tracker, trial_run):
             tracker.finish(trial_run, "FINISHED")
         not_logged = catch_up(tracker, context.storage, context.sweep, trial_id, flush_timeout_s)
@@ -80,7 +93,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     with tracked(tracker, trial_run):
         stage_runs = StageRuns(tracker, trial_run, context.sweep, trial_id)
         for run in plan.runs:
-            _run_tracked(stage_runs, context, plan, run)
+            _run_tracked(stage_runs, context, plan, run, hub)
             last = read_stage_result(plan.outputs, run.stages[-1])
             assert last is not None, f"Train run {run.name} ended without its stages' done markers"
             stages_done = STAGES.index(run.stages[-1]) + 1
@@ -88,20 +101,22 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             tracker.flush(timeout_s=STAGE_BOUNDARY_FLUSH_S)
         trained = read_stage_result(plan.outputs, "train")
         assert trained is not None
+        hub.update.remote(trial_id, state="evaluating", stage="evaluate")
         final = _evaluate(tracker, context, plan, trial_run, trained)
+        hub.update.remote(trial_id, state="done", stage="done", final=final)
         write_marker(context.storage, final, context.sweep, "stages", trial_id, TRIAL_DONE)
     not_logged = catch_up(tracker, context.storage, context.sweep, trial_id, flush_timeout_s)
     # never the key "done": Tune treats done=True as "stop this trial now", before the run is closed
     ray.tune.report(finished | final | not_logged)
 
 
-def _run_tracked(stage_runs: StageRuns, context: TrialContext, plan: TrialPlan, run: TrainRunPlan) -> None:
+def _run_tracked(stage_runs: StageRuns, context: TrialContext, plan: TrialPlan, run: TrainRunPlan, hub: Any) -> None:
     """Fit one Train run (unless all its stages are done), relaying live metrics to the stage runs."""
     experiment = plan.experiment
     resources = experiment.resources
     if not run_finished(run):
         datasets = build_datasets(run, experiment.data.scale, experiment.data.data_cpus)
-        with stage_runs.failing_on_error(), relay_reports(stage_runs.on_report) as relay:
+        with stage_runs.failing_on_error(), relay_reports(stage_runs.on_report, hub, plan.trial_id) as relay:
             fit_run(
                 run,
                 context.storage,
