@@ -9,9 +9,9 @@ import click
 
 from orchestrator.cli import friendly_errors
 from orchestrator.experiment import Experiment, ExperimentError, load_experiment, preset_names
-from orchestrator.tracking import TrackingUnavailable
+from orchestrator.tracking import DEFAULT_TRACKING_URI, TrackingUnavailable
 
-DEFAULT_TRACKING = "sqlite:///./trilevel-mlflow.db"
+DEFAULT_TRACKING = DEFAULT_TRACKING_URI
 DEFAULT_STORAGE = "./trilevel-runs"
 
 

@@ -18,7 +18,14 @@ import yaml
 
 from orchestrator.experiment import DEMO, Experiment, ExperimentError, trials, validate
 from orchestrator.plan import plan_trial, resolve_data
-from orchestrator.tracking import Tracker, TrackingUnavailable, flatten, run_environment_tags, tracked
+from orchestrator.tracking import (
+    Tracker,
+    TrackingUnavailable,
+    absolute_tracking_uri,
+    flatten,
+    run_environment_tags,
+    tracked,
+)
 from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
 from workers.shards import join_storage, resolve_uri
 
@@ -55,14 +62,6 @@ _join = join_storage
 def absolute_storage(storage: str) -> str:
     """Tune and Train need absolute local paths (URIs such as s3://… pass through)."""
     return storage if "://" in storage else os.path.abspath(storage)
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """`sqlite:///relative.db` → `sqlite:////abs/relative.db`: trials run in other working directories."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + os.path.abspath(uri[len(prefix) :])
-    return uri
 
 
 def _absolute_path(value: str | None) -> str | None:
