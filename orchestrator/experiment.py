@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.tracking.uri import DEFAULT_TRACKING_URI
+from orchestrator.tracking import DEFAULT_TRACKING_URI
 from search_space.supernet import SupernetConfig
 
 __all__ = [

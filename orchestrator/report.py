@@ -41,9 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.paper import PaperRow, PaperTable, paper_row, paper_table
-from orchestrator.tracking.limits import tag_filter
-from orchestrator.tracking.tags import AXIS_TAG_PREFIX, KIND_TAG, PATH_TAG, SWEEP_TAG, TRIAL_TAG
-from orchestrator.tracking.uri import sqlite_path
+from orchestrator.tracking import AXIS_TAG_PREFIX, KIND_TAG, PATH_TAG, SWEEP_TAG, TRIAL_TAG, sqlite_path, tag_filter
 
 if TYPE_CHECKING:
     import mlflow.entities

@@ -55,7 +55,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
-from orchestrator.tracking.uri import sqlite_file
+from orchestrator.tracking import sqlite_file
 from search_space.derived import DerivedNetwork, build_network
 from search_space.genotype import Genotype, zoo_names
 
