@@ -19,11 +19,12 @@ from typing import Any
 import click
 
 from orchestrator import report as rep
+from orchestrator.tracking import DEFAULT_TRACKING_URI, STAGE_TAG
 
 __all__ = ["DEFAULT_STORAGE", "DEFAULT_TRACKING", "best_trial_lines", "print_report", "report", "status"]
 
 # The same defaults as `trilevel sweep` (orchestrator.experiment: TrackingSpec.uri, Experiment.storage).
-DEFAULT_TRACKING = "sqlite:///./trilevel-mlflow.db"
+DEFAULT_TRACKING = DEFAULT_TRACKING_URI
 DEFAULT_STORAGE = "./trilevel-runs"
 DEFAULT_MLFLOW_EXPERIMENT = "trilevel"
 
@@ -183,7 +184,7 @@ def _progress(
     for row in trial_rows:
         stage_run = latest.get(row.trial)
         stage = (
-            f"{stage_run.data.tags.get('trilevel.stage', '?')} ({stage_run.info.status})" if stage_run else rep.MISSING
+            f"{stage_run.data.tags.get(STAGE_TAG, '?')} ({stage_run.info.status})" if stage_run else rep.MISSING
         )
         entry = {"Trial": row.trial, "Status": row.status, "Stage": stage, "Path": rep.format_path(row)}
         entry |= {"Params (M)": rep.format_value(row.params_m), "GFLOPs": rep.format_value(row.gflops)}

@@ -18,12 +18,12 @@ from orchestrator.experiment import (
     load_experiment,
     preset_names,
 )
-from orchestrator.tracking import TrackingUnavailable
+from orchestrator.tracking import DEFAULT_TRACKING_URI, TrackingUnavailable
 
 if TYPE_CHECKING:
     from orchestrator.sweep import SweepOutcome
 
-DEFAULT_TRACKING = "sqlite:///./trilevel-mlflow.db"
+DEFAULT_TRACKING = DEFAULT_TRACKING_URI
 DEFAULT_STORAGE = "./trilevel-runs"
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from orchestrator.tracking import DEFAULT_TRACKING_URI
 from orchestrator.upscale import (
     UpscaleError,
     collect_images,
@@ -24,7 +25,7 @@ from orchestrator.upscale import (
 
 __all__ = ["DEFAULT_MLFLOW_EXPERIMENT", "DEFAULT_TRACKING", "MODEL_HELP", "upscale"]
 
-DEFAULT_TRACKING = "sqlite:///./trilevel-mlflow.db"  # as `trilevel run` (orchestrator.cli_run)
+DEFAULT_TRACKING = DEFAULT_TRACKING_URI
 DEFAULT_MLFLOW_EXPERIMENT = "trilevel"
 MODEL_METAVAR = "RUN_ID|best:SWEEP|CHECKPOINT_DIR|models:/NAME/VERSION"
 MODEL_HELP = (

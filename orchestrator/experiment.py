@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.tracking import DEFAULT_TRACKING_URI
 from search_space.supernet import SupernetConfig
 
 __all__ = [
@@ -198,7 +199,7 @@ class ResourcesSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
-    uri: str = "sqlite:///./trilevel-mlflow.db"
+    uri: str = DEFAULT_TRACKING_URI
     experiment: str = "trilevel"
     registered_model: str | None = None
     flush_timeout_s: float = Field(

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.paper import PaperRow, PaperTable, paper_row, paper_table
+from orchestrator.tracking import AXIS_TAG_PREFIX, KIND_TAG, PATH_TAG, SWEEP_TAG, TRIAL_TAG, sqlite_path, tag_filter
 
 if TYPE_CHECKING:
     import mlflow.entities
@@ -86,11 +87,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 MISSING = "–"  # shown where a trial has no value (yet)
-KIND_TAG = "trilevel.kind"
-SWEEP_TAG = "trilevel.sweep"
-TRIAL_TAG = "trilevel.trial"
-PATH_TAG = "trilevel.path"
-AXIS_TAG_PREFIX = "trilevel.axis."
 LEVELS_PARAM = "search_space.levels"  # a bilevel search keeps `search_space.fixed_path`: the paper marks it "*"
 REPORT_ARTIFACT_DIR = "report"
 BICUBIC = "Bicubic"  # the first column of the baseline rows
@@ -154,10 +150,7 @@ class ReportFiles:
 # --- querying MLflow ---------------------------------------------------------------------------
 def sweep_filter(sweep: str | None = None, kind: str | None = None) -> str:
     """A ``search_runs`` filter on our tags, e.g. ``tags.`trilevel.kind` = 'trial' and tags.`trilevel.sweep` = 'x'``."""
-    from orchestrator.tracking import filter_literal  # lazily: importing report must not load MLflow
-
-    tags = {**({KIND_TAG: kind} if kind else {}), **({SWEEP_TAG: sweep} if sweep is not None else {})}
-    return " and ".join(f"tags.`{key}` = {filter_literal(value)}" for key, value in tags.items())
+    return tag_filter({**({KIND_TAG: kind} if kind else {}), **({SWEEP_TAG: sweep} if sweep is not None else {})})
 
 
 def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[mlflow.entities.Run]:
@@ -181,14 +174,6 @@ def _no_runs(sweep: str, mlflow_experiment: str, tracking_uri: str, why: str = "
     )
 
 
-def _sqlite_file(tracking_uri: str) -> str | None:
-    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory databases)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    path = tracking_uri[len("sqlite:///") :].split("?", 1)[0]
-    return None if path in ("", ":memory:") else path
-
-
 class NoExperiment(ValueError):
     """The tracking URI has no database yet, or no (live) experiment of that name."""
 
@@ -203,7 +188,7 @@ def open_experiment(tracking_uri: str, mlflow_experiment: str) -> tuple[MlflowCl
     A missing SQLite file is checked first: opening it through MLflow would create an empty database
     (and take seconds to build its schema) just to find nothing in it.
     """
-    db = _sqlite_file(tracking_uri)
+    db = sqlite_path(tracking_uri)
     if db is not None and not os.path.exists(db):
         raise NoExperiment(f"no MLflow database at {tracking_uri} (no file {db})", f"no database file {db}")
     from mlflow import MlflowClient

@@ -57,7 +57,7 @@ from urllib.parse import urlparse
 import yaml
 
 from orchestrator.experiment import Experiment, load_experiment
-from orchestrator.tracking import SWEEP_TAG, Tracker
+from orchestrator.tracking import SWEEP_TAG, Tracker, sqlite_path
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -305,8 +305,8 @@ def _upload_dir(working_dir: str | None) -> Iterator[str]:
 
 
 def _is_local_relative(uri: str) -> bool:
-    if uri.startswith("sqlite:///"):
-        return not uri[len("sqlite:///") :].startswith("/")
+    if (database := sqlite_path(uri)) is not None:
+        return not os.path.isabs(database)
     return "://" not in uri and not os.path.isabs(uri)
 
 

@@ -25,7 +25,14 @@ from orchestrator.experiment import DEMO, RESULT_NEUTRAL_FIELDS, Experiment, Exp
 from orchestrator.memory import trials_survive_memory_kills
 from orchestrator.plan import plan_trial, resolve_data
 from orchestrator.relay import ReportHub
-from orchestrator.tracking import Tracker, TrackingUnavailable, flatten, run_environment_tags, tracked
+from orchestrator.tracking import (
+    Tracker,
+    TrackingUnavailable,
+    absolute_tracking_uri,
+    flatten,
+    run_environment_tags,
+    tracked,
+)
 from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
 from workers.shards import join_storage, resolve_uri
 
@@ -62,14 +69,6 @@ _join = join_storage
 def absolute_storage(storage: str) -> str:
     """Tune and Train need absolute local paths (URIs such as s3://… pass through)."""
     return storage if "://" in storage else os.path.abspath(storage)
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """`sqlite:///relative.db` → `sqlite:////abs/relative.db`: trials run in other working directories."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + os.path.abspath(uri[len(prefix) :])
-    return uri
 
 
 def _absolute_path(value: str | None) -> str | None:

@@ -49,13 +49,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
+from orchestrator.tracking import sqlite_file
 from search_space.derived import DerivedNetwork, build_network
 from search_space.genotype import Genotype, zoo_names
 
@@ -213,12 +213,10 @@ def _load_from_directory(directory: Path) -> nn.Module:
 
 def _check_store(source: str, tracking_uri: str) -> None:
     """A SQLite tracking URI must name an existing database: opening a missing one would create it."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return
-    path = unquote(tracking_uri[len("sqlite:///") :]).split("?", 1)[0]
-    if path and path != ":memory:" and not Path(path).is_file():
+    database = sqlite_file(tracking_uri)
+    if database is not None and not database.is_file():
         raise UpscaleError(
-            f"model source {source}: MLflow tracking URI {tracking_uri}: no database at {Path(path).absolute()}; "
+            f"model source {source}: MLflow tracking URI {tracking_uri}: no database at {database}; "
             "pass the --tracking-uri the trials were tracked with"
         )
 

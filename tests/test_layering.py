@@ -1,4 +1,11 @@
-"""Imports point down: search_space needs neither Ray nor MLflow; workers never import orchestrator."""
+"""search_space imports and runs without Ray or MLflow, through every route, not only our own imports.
+
+The layer contracts in pyproject.toml (``lint-imports``, run by ``make test``) check our import graph:
+imports point down (orchestrator → workers → search_space), search_space names neither ``ray`` nor
+``mlflow``, workers never ``mlflow``. They cannot see inside third-party packages, so this test
+imports every search_space module in a process where ``ray`` and ``mlflow`` cannot be imported at
+all: a dependency that pulled either in would fail here.
+"""
 
 from __future__ import annotations
 
@@ -33,9 +40,3 @@ def test_search_space_imports_without_ray_and_mlflow():
 def test_the_block_really_blocks():
     result = _import_without("ray", {"ray"})
     assert result.returncode != 0 and "blocked by test" in result.stderr
-
-
-def test_workers_never_import_orchestrator():
-    """Every module of workers imports with orchestrator unavailable."""
-    result = _import_without("workers", {"orchestrator"})
-    assert result.returncode == 0, result.stderr

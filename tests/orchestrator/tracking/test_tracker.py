@@ -1,15 +1,13 @@
-"""orchestrator.tracking against real MLflow: a SQLite store in a temp dir, and a port nothing listens on."""
+"""The Tracker against real MLflow: a SQLite store in a temp dir (conftest.py), and a port nothing listens on."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import math
 import pickle
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -26,53 +24,10 @@ from orchestrator.tracking import (
     TRIAL_TAG,
     Tracker,
     TrackingUnavailable,
-    flatten,
-    run_environment_tags,
     source_tags,
     tracked,
 )
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> dict:
-    """One SQLite database for the module (creating its schema takes seconds); tests use their own experiments."""
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    Tracker.check_reachable(uri)  # creates the schema once
-    return {"uri": uri, "root": root, "db": root / "mlflow.db"}
-
-
-@pytest.fixture
-def tracker(store, request, monkeypatch, tmp_path) -> Tracker:
-    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
-    experiment = re.sub(r"\W", "_", request.node.name)
-    return Tracker(
-        store["uri"],
-        experiment,
-        retries=2,
-        backoff_s=0.01,
-        max_backoff_s=0.05,
-        artifact_location=str(store["root"] / "artifacts" / experiment),
-    )
-
-
-@pytest.fixture
-def client(store) -> MlflowClient:
-    return MlflowClient(tracking_uri=store["uri"])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def unreachable(monkeypatch) -> str:
-    """An http:// URI where nothing listens; MLflow's own HTTP retries off so each attempt fails at once."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    return f"http://127.0.0.1:{_free_port()}"
-
+from tests.servers import free_port
 
 # ------------------------------------------------------------------------------------------------------------------
 # Hierarchy and find-or-create
@@ -141,18 +96,6 @@ def test_runs_of_sweep_keeps_sweeps_apart_and_checks_names(tracker):
 # Params, metrics, tags, artifacts
 
 
-def test_flatten_joins_keys_with_dots():
-    nested = {"stages": {"search": {"lr": 0.1, "epochs": 3}}, "axes": [1, 2], "none": None, "empty": {}}
-    assert flatten(nested) == {
-        "stages.search.lr": "0.1",
-        "stages.search.epochs": "3",
-        "axes": "[1, 2]",
-        "none": "None",
-        "empty": "{}",
-    }
-    assert flatten({"a": {"b": True}}, "cfg") == {"cfg.a.b": "True"}
-
-
 def test_params_flatten_truncate_and_record_conflicts(tracker, client, caplog):
     run = tracker.sweep_run("sw")
     config = {"stages": {"search": {"lr": 0.1}}, "note": "x" * 7000, "bad key!": 1}
@@ -214,60 +157,6 @@ def test_text_dict_table_and_artifacts(tracker, client, tmp_path):
     assert tracker.pending == 0
 
 
-def test_log_model_with_signature_round_trips(tracker, client):
-    import mlflow.pytorch
-    from mlflow.models import Model
-
-    run = tracker.sweep_run("sw")
-    torch.manual_seed(0)
-    net = torch.nn.Conv2d(3, 3, 3, padding=1)
-    net.train()
-    example = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
-    model_id = tracker.log_model(run, net, input_example=example, name="derived", registered_model_name="tiny-sr")
-    assert model_id is not None and net.training  # mode restored
-
-    logged = client.get_logged_model(model_id)
-    assert logged.source_run_id == run and logged.name == "derived" and str(logged.status).endswith("READY")
-    assert [o.model_id for o in client.get_run(run).outputs.model_outputs] == [model_id]
-    loaded = mlflow.pytorch.load_model(logged.artifact_location)
-    x = torch.from_numpy(example)
-    torch.testing.assert_close(loaded(x), net(x))
-    mlmodel = Model.load(logged.artifact_location)
-    assert (mlmodel.model_id, mlmodel.run_id) == (model_id, run)
-    assert tuple(mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, -1, -1)  # any size
-    assert tuple(mlmodel.signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, -1, -1)
-    version = client.get_model_version("tiny-sr", "1")
-    assert (version.source, version.run_id) == (logged.artifact_location, run)
-    assert '"version": 1' in client.get_logged_model(model_id).tags["mlflow.modelVersions"]
-    torch.testing.assert_close(
-        mlflow.pytorch.load_model(client.get_model_version_download_uri("tiny-sr", "1"))(x), net(x)
-    )
-
-
-def test_served_model_upscales_images_of_any_size(tracker, monkeypatch):
-    """What `mlflow models serve` runs: the pyfunc flavour, loaded by URI, on sizes other than the example's."""
-    import mlflow.pyfunc
-
-    from search_space.derived import build_network
-    from search_space.genotype import Genotype, OpChoice
-
-    genotype = Genotype(backbone="B", path=(0,), cells=((OpChoice("conv3x3", 8),) * 5,), nf=8, scale=4, name="tiny")
-    torch.manual_seed(0)
-    net = build_network(genotype).eval()
-    run = tracker.sweep_run("sw")
-    example = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)  # what the trial logs with
-    model_id = tracker.log_model(run, net, input_example=example)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)  # models:/ resolves through the global URI
-    served = mlflow.pyfunc.load_model(f"models:/{model_id}")
-    rng = np.random.default_rng(1)
-    for height, width in ((20, 28), (37, 23)):
-        image = rng.random((1, 3, height, width), dtype=np.float32)
-        out = served.predict(image)
-        assert out.shape == (1, 3, 4 * height, 4 * width)
-        with torch.no_grad():
-            np.testing.assert_allclose(out, net(torch.from_numpy(image)).numpy(), atol=1e-6)
-
-
 def test_experiment_is_created_as_model_development(tracker, client):
     """MLflow 3 opens an experiment without a kind on its GenAI view; ours opens on the runs."""
     tracker.sweep_run("sw")
@@ -280,19 +169,6 @@ def test_experiment_is_created_as_model_development(tracker, client):
     )
     Tracker(tracker.tracking_uri, f"{tracker.experiment}-genai", retries=1).experiment_id()
     assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"  # a user's kind stays
-
-
-def test_source_tags_name_the_command():
-    tags = source_tags(["/venv/bin/trilevel", "sweep", "experiments/mine.yaml", "--set", "seed=1"])
-    assert tags == {
-        "mlflow.source.name": "trilevel sweep mine.yaml --set seed=1",  # the UI shows what follows the last "/"
-        "mlflow.source.type": "LOCAL",
-        "trilevel.command": "trilevel sweep experiments/mine.yaml --set seed=1",
-    }
-    module = source_tags(["/src/orchestrator/__main__.py", "demo"])
-    assert module["mlflow.source.name"] == "trilevel demo" and module["trilevel.command"] == "trilevel demo"
-    assert source_tags(["/usr/bin/pytest", "-k", "x y"])["trilevel.command"] == "pytest -k 'x y'"
-    assert set(source_tags()) <= set(run_environment_tags())
 
 
 def test_stage_runs_carry_the_source_of_their_trial(tracker, client):
@@ -337,16 +213,6 @@ def test_end_unfinished_marks_every_running_run_of_the_sweep(tracker, client):
     assert statuses.pop(done) == "FINISHED" and set(statuses.values()) == {"KILLED"}
     assert client.get_run(other).info.status == "RUNNING"
     assert tracker.end_unfinished("sw", "KILLED") == 0
-
-
-def test_environment_tags_name_versions_and_commit():
-    tags = run_environment_tags()
-    for package in ("torch", "ray", "mlflow", "numpy"):
-        assert tags[f"trilevel.version.{package}"] == importlib.metadata.version(package)
-    assert tags["trilevel.version.python"].count(".") == 2
-    assert tags["trilevel.version.trilevel-nas"] != "unknown"
-    assert re.fullmatch(r"[0-9a-f]{40}|unknown", tags["trilevel.git_commit"])
-    assert tags["trilevel.hostname"] == socket.gethostname() and tags["trilevel.platform"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -476,7 +342,7 @@ def test_what_an_outage_outlasts_is_listed_in_the_backlog_file(unreachable, tmp_
     assert listed["tracking_uri"] == unreachable
     assert listed["not_logged"] == ["log_metrics run 00000000 step 4 [loss]", "finish run 00000000 as FINISHED"]
     assert str(backlog) in caplog.text and "2 tracking call(s) of t0 not logged" in caplog.text
-    tracker._queue.clear()  # as if a later catch-up delivered them
+    tracker._outbox._queue.clear()  # as if a later catch-up delivered them
     assert catch_up(tracker, storage, "sw", "t0", timeout_s=0.3) == {"tracking_not_logged": 0}
     assert not backlog.exists()
 
@@ -497,32 +363,17 @@ def test_rejected_calls_are_dropped_not_queued(tracker, caplog):
     assert tracker.pending == 0 and "rejected" in caplog.text
 
 
-def test_check_reachable_fails_fast_naming_the_uri(store, unreachable, tmp_path):
-    Tracker.check_reachable(store["uri"])
-    started = time.monotonic()
-    with pytest.raises(TrackingUnavailable, match=re.escape(unreachable)):
-        Tracker.check_reachable(unreachable, timeout_s=2)
-    assert time.monotonic() - started < 5
-    (tmp_path / "a_file").write_text("")
-    bad_sqlite = f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}"
-    with pytest.raises(TrackingUnavailable, match=re.escape(bad_sqlite)):
-        Tracker.check_reachable(bad_sqlite)
-    file_store = f"file://{tmp_path / 'mlruns'}"
-    with pytest.raises(TrackingUnavailable, match=re.escape(file_store)):
-        Tracker.check_reachable(file_store)
-
-
 def test_http_tracker_owns_retries_unless_configured(monkeypatch):
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
         monkeypatch.setenv(name, "placeholder")  # so monkeypatch restores the original state afterwards
         monkeypatch.delenv(name)
-    Tracker(f"http://127.0.0.1:{_free_port()}")
+    Tracker(f"http://127.0.0.1:{free_port()}")
     import os
 
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-    Tracker(f"http://127.0.0.1:{_free_port()}")
+    Tracker(f"http://127.0.0.1:{free_port()}")
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
 
 
