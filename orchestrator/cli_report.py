@@ -92,10 +92,15 @@ def _report(
 
 @_friendly_errors
 def print_report(sweep: str, storage: str, tracking_uri: str, mlflow_experiment: str = "trilevel") -> None:
-    """Print the sweep's table and write its report under `<storage>/<sweep>/report` (for `trilevel demo`)."""
+    """Print the sweep's table and the model to use; write its report under `<storage>/<sweep>/report`.
+
+    Every `trilevel sweep/run/resume/demo` ends with it, so each sweep logs its report and plot to MLflow.
+    """
     experiment = _saved_experiment(sweep, storage)
     labels = experiment.labels if experiment is not None else None
     _report(sweep, tracking_uri, mlflow_experiment, labels, _default_out(sweep, storage))
+    for line in best_trial_lines(rep.collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, sweep):
+        click.secho(line, fg="red" if line.startswith("WARNING") else None, bold=line.startswith("WARNING"))
 
 
 @click.command("report")

@@ -106,6 +106,27 @@ def _launch(
     _summarise(experiment, outcome)
 
 
+def _summarise(experiment: Experiment, outcome: SweepOutcome) -> None:
+    from orchestrator.cli_report import print_report
+
+    click.echo(f"Sweep {outcome.name}: " + ", ".join(f"{t} {s}" for t, s in outcome.trials.items()))
+    for trial, error in outcome.errors.items():
+        click.echo(f"  {trial} failed: {error}", err=True)
+    if outcome.not_logged:
+        lost = ", ".join(f"{who}: {count}" for who, count in outcome.not_logged.items())
+        click.echo(f"MLflow was unreachable: tracking calls not logged ({lost}), listed in {outcome.backlog}", err=True)
+    click.echo(f"Storage: {outcome.storage}/{outcome.name}")
+    if len(outcome.errors) < len(outcome.trials):  # the report of what finished, logged to the sweep's run
+        try:
+            print_report(outcome.name, outcome.storage, experiment.tracking.uri, experiment.tracking.experiment)
+        except click.ClickException as err:
+            click.echo(f"No report: {err.format_message()}", err=True)
+    if outcome.errors:
+        raise click.ClickException(
+            f"{len(outcome.errors)} trial(s) failed; fix and run `trilevel resume {outcome.name}`"
+        )
+
+
 def _log_path(experiment: Experiment) -> Path:
     """Where a sweep's Ray/Tune output goes: beside its runs on local storage, else in ./trilevel-logs."""
     from orchestrator.sweep import absolute_storage
@@ -114,20 +135,6 @@ def _log_path(experiment: Experiment) -> Path:
     if "://" in storage:
         return Path("trilevel-logs") / f"{experiment.name}.log"
     return Path(storage) / experiment.name / "logs" / "driver.log"
-
-
-def _summarise(experiment: Experiment, outcome: SweepOutcome) -> None:
-    click.echo(f"Sweep {outcome.name}: " + ", ".join(f"{t} {s}" for t, s in outcome.trials.items()))
-    for trial, error in outcome.errors.items():
-        click.echo(f"  {trial} failed: {error}", err=True)
-    if outcome.not_logged:
-        lost = ", ".join(f"{who}: {count}" for who, count in outcome.not_logged.items())
-        click.echo(f"MLflow was unreachable: tracking calls not logged ({lost}), listed in {outcome.backlog}", err=True)
-    click.echo(f"Storage: {outcome.storage}/{outcome.name}")
-    if outcome.errors:
-        raise click.ClickException(
-            f"{len(outcome.errors)} trial(s) failed; fix and run `trilevel resume {outcome.name}`"
-        )
 
 
 def _preflight(experiment: Experiment, echo: Callable[[str], Any]) -> None:
@@ -210,14 +217,12 @@ def demo(storage: str | None, tracking_uri: str | None, verbose: bool) -> None:
     """The table8 ablation at tiny scale on the built-in photographs, then its report."""
     import ray.tune
 
-    from orchestrator.cli_report import print_report
     from orchestrator.sweep import absolute_storage
 
     experiment = _load("table8", "tiny", (), "demo-table8", storage, tracking_uri)
     root = absolute_storage(experiment.storage)
     again = ray.tune.Tuner.can_restore(f"{root}/{experiment.name}")
     _launch(experiment, None, resume=again, verbose=verbose)
-    print_report(experiment.name, root, experiment.tracking.uri, experiment.tracking.experiment)
 
 
 def presets_help() -> str:

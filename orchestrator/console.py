@@ -138,6 +138,7 @@ class SweepConsole:
         if self._live is not None:
             self._live.stop()
             self._live = None
+            self.console.print()
 
     # --- drawing ------------------------------------------------------------------------------
     def _poll(self) -> None:
@@ -155,8 +156,8 @@ class SweepConsole:
 
     def render(self) -> Group:
         table = Table(title=f"sweep {self.sweep} · {_duration(time.time() - self._started)}", title_justify="left")
-        for column in ("trial", "stage", "epoch", "loss", "val PSNR", "ETA", "result"):
-            table.add_column(column, justify="right" if column in ("epoch", "loss", "val PSNR", "ETA") else "left")
+        for column in ("trial", "stage", "epoch", "loss", "val PSNR", "ETA", "PSNR vs bicubic"):
+            table.add_column(column, justify="left" if column in ("trial", "stage") else "right", no_wrap=True)
         warnings: list[Text] = []
         for trial_id, plan in self.plans.items():
             table.add_row(*self._row(trial_id, plan))
@@ -204,8 +205,8 @@ def _result(final: Mapping[str, Any]) -> Text:
     name = sets[0]
     ours, bicubic = final.get(f"psnr/{name}"), final.get(f"psnr_bicubic/{name}")
     if bicubic is None:
-        return Text(f"{ours:.2f} dB ({name})")
+        return Text(f"{ours:.2f} dB")
     delta = ours - bicubic
-    style = "green" if delta > 0 else "bold red"
-    verdict = "" if delta > 0 else "  BELOW BICUBIC"
-    return Text(f"{ours:.2f} dB, bicubic {bicubic:.2f} ({delta:+.2f}){verdict}", style=style)
+    if delta > 0:
+        return Text(f"{ours:.2f} vs {bicubic:.2f} ({delta:+.2f})", style="green")
+    return Text(f"{ours:.2f} vs {bicubic:.2f} ({delta:+.2f}) BELOW BICUBIC", style="bold red")

@@ -64,7 +64,7 @@ def test_ablation_grids():
     table9 = {t.trial_id: t.experiment for t in trials(load_experiment("table9", "paper"))}
     assert table9["levels=bilevel"].search_space.fixed_path == [0, 0, 0, 0, 0, 1, 1]
     tiny9 = {t.trial_id: t.experiment for t in trials(load_experiment("table9"))}
-    assert tiny9["levels=bilevel"].search_space.fixed_path == [0, 0, 1, 1]  # AGD's path on a 2-cell supernet
+    assert tiny9["levels=bilevel"].search_space.fixed_path == [0, 0, 0, 1, 1]  # AGD's path on a 3-cell supernet
     assert table9["levels=trilevel"].search_space.levels == "trilevel"
     fig1 = [t.experiment.stages.train.from_search for t in trials(load_experiment("fig1"))]
     assert fig1 == [True, False]
