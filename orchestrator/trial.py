@@ -169,8 +169,13 @@ class StageRuns:
             self._finish(stage, "FINISHED")
 
     def record(self, result: StageResult) -> None:
-        """Log a finished stage's outputs to its run and make sure the run is FINISHED."""
+        """Log a finished stage's outputs to its run and make sure the run is FINISHED.
+
+        Epochs whose live report never reached MLflow (a driver killed between a report and its
+        relay) are filled in from the stage's history, so every epoch is there after a resume.
+        """
         run_id = self.run_id(result.stage)
+        self._backfill(run_id, result.history)
         self.tracker.set_tags(run_id, {"trilevel.checkpoint": result.checkpoint})
         if result.stage == "train":  # the derived network's final checkpoint is small: keep a copy with the run
             with open_checkpoint(result.checkpoint) as directory:
@@ -183,6 +188,16 @@ class StageRuns:
             self.tracker.log_text(run_id, genotype.table(), "genotype.md")
             self.tracker.set_tags(run_id, {"trilevel.path": str(list(genotype.path))})
         self._finish(result.stage, "FINISHED", force=True)
+
+    def _backfill(self, run_id: str, history: list[dict[str, float]]) -> None:
+        try:
+            logged = self.tracker.logged_steps(run_id, "epoch")
+        except TrackingUnavailable:
+            return  # MLflow is down: what was reported live is queued, the rest stays in the marker
+        for metrics in history:
+            step = int(metrics.get("epoch", -1))
+            if step >= 0 and step not in logged:
+                self.tracker.log_metrics(run_id, metrics, step=step)
 
     def _finish(self, stage: str, status: str, force: bool = False) -> None:
         if stage in self.open_stages or force:

@@ -41,3 +41,22 @@ def demo_data(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("demo-data")
     write_demo_dataset(str(root))
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """One real cluster for the tests that need one: `ray start --head` with its job server, reporting the
+    logical GPUs and CPUs of a 3-GPU deployment (nothing is scheduled on them but CPU work), and an MLflow
+    server. Shared by the pre-flight tests and the faulted-sweep scenario; stopped at the end."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    from tests.servers import mlflow_server, ray_head
+
+    if (missing := get_dashboard_dependency_error()) is not None:
+        pytest.skip(f"the Ray job server needs the full dashboard, `pip install 'ray[default]'` ({missing})")
+    root = tmp_path_factory.mktemp("cluster")
+    with ray_head(num_cpus=CLUSTER_CPUS, num_gpus=CLUSTER_GPUS) as head, mlflow_server(root / "mlflow") as mlflow:
+        yield {**head, "mlflow": mlflow.url, "mlflow_server": mlflow, "root": str(root)}
+
+
+CLUSTER_GPUS, CLUSTER_CPUS = 3, 24  # the RayJob's GPU worker group at maxReplicas: 3 pods of 1 GPU and 8 CPUs

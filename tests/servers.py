@@ -55,7 +55,7 @@ def _env(marker: str) -> dict[str, str]:
     return env
 
 
-def _marked(marker: str) -> list[int]:
+def marked_processes(marker: str) -> list[int]:
     """PIDs of processes whose environment carries this marker (only ours can)."""
     needle = f"{MARKER_VAR}={marker}".encode()
     pids = []
@@ -80,7 +80,7 @@ def _stop(process: subprocess.Popen, marker: str, grace_s: float) -> None:
             process.wait(grace_s)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    for pid in _marked(marker):
+    for pid in marked_processes(marker):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -150,11 +150,13 @@ def mlflow_server(root: Path) -> Iterator[MlflowServer]:
 
 
 @contextlib.contextmanager
-def ray_head(*, dashboard: bool = True, num_cpus: int = 2, num_gpus: int | None = None) -> Iterator[dict[str, str]]:
+def ray_head(
+    *, dashboard: bool = True, num_cpus: int = 2, num_gpus: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[dict[str, str]]:
     """`ray start --head --block` on free ports with its own temp dir; yields its dashboard URL and GCS address.
 
     `num_cpus` / `num_gpus` are logical (no device needed): a test that schedules nothing can see the cluster a
-    GPU deployment would report.
+    GPU deployment would report. `env` adds variables to the head's processes (e.g. Ray's memory monitor's).
 
     The temp dir is short (/tmp/trl-…): Ray's unix socket paths must stay under ~107 characters.
     """
@@ -182,7 +184,12 @@ def ray_head(*, dashboard: bool = True, num_cpus: int = 2, num_gpus: int | None 
     log = temp_dir / "head.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            cmd, env=_env(marker), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=temp_dir
+            cmd,
+            env=_env(marker) | (env or {}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=temp_dir,
         )
     try:
         url = f"http://127.0.0.1:{dash}"

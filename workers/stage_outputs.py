@@ -8,7 +8,7 @@ work, whatever Tune or Train recorded; the trial reads it to evaluate and to log
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from workers.markers import read_marker, write_marker
@@ -20,13 +20,18 @@ DONE_MARKER = "_STAGE_DONE.json"
 
 @dataclass(frozen=True)
 class StageResult:
-    """What a finished stage hands on: checkpoint paths, last metrics, derived genotype (JSON dict)."""
+    """What a finished stage hands on: checkpoint paths, last metrics, derived genotype (JSON dict).
+
+    `history` holds every epoch's numeric metrics, so what a crash kept from live tracking can be
+    filled in afterwards.
+    """
 
     stage: str
     checkpoint: str
     best_checkpoint: str | None
     metrics: dict[str, Any]
     genotype: dict[str, Any] | None
+    history: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,7 +43,7 @@ def read_stage_result(outputs: str, stage: str) -> StageResult | None:
     if data is None:
         return None
     known = {k: data.get(k) for k in ("stage", "checkpoint", "best_checkpoint", "metrics", "genotype")}
-    return StageResult(**known)
+    return StageResult(**known, history=data.get("history") or [])
 
 
 def write_stage_result(outputs: str, result: StageResult) -> None:

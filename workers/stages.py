@@ -80,6 +80,7 @@ class StageContext:
             self.val = val_pairs(run.val_path, run.stages[0].scale)[: run.val_max_images]
         self._losses: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
         self._last_report = time.monotonic()
+        self.history: list[dict[str, float]] = []  # numeric metrics of every epoch of the running stage
 
     def targets(self, lr: Tensor, hr: Tensor) -> Tensor:
         """Teacher(LR) (frozen, clamped to [0, 1]) or the ground-truth HR patch."""
@@ -136,11 +137,13 @@ class StageContext:
         now = time.monotonic()
         metrics = metrics | {"stage": settings.stage, "epoch": epoch, "epochs": total, "stage_finished": last}
         metrics["epoch_s"], self._last_report = now - self._last_report, now  # wall time since the last report
+        self.history.append(_numbers(metrics))
         if not (last or (epoch + 1) % max(1, settings.checkpoint_every) == 0):
             self.io.report(metrics, None, None, "")
             return None
         name = checkpoint_name(settings.stage, epoch + 1)
         full = state | {"stage": settings.stage, "epoch": epoch + 1, "metrics": _plain(metrics)}
+        full["history"] = list(self.history)  # kept with the checkpoint: a resumed stage keeps its past epochs
         if genotype is not None:
             full["genotype"] = genotype.to_dict()
         self.io.report(metrics, full, None if genotype is None else genotype.to_json(), name)
@@ -161,6 +164,10 @@ class Saved:
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics as checkpoint-safe plain values (numbers and strings)."""
     return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _mean(values: list[float]) -> float:
@@ -187,6 +194,7 @@ def _result_from_state(stage: str, state: dict[str, Any], path: str) -> StageRes
         best_checkpoint=state.get("best", {}).get("checkpoint"),
         metrics=dict(state.get("metrics", {})),
         genotype=state.get("genotype"),
+        history=list(state.get("history", [])),
     )
 
 
@@ -450,6 +458,7 @@ def run_stages(run: RunSettings, io: StageIO) -> list[StageResult]:
         if resumed_state is not None and resumed_state.get("stage") == settings.stage:
             resume = (resumed_state, resumed_path)
         state, path = resume
+        ctx.history = list(state.get("history", [])) if state is not None else []
         if state is not None and path is not None and int(state["epoch"]) >= settings.total_epochs:
             result, model = _result_from_state(settings.stage, state, path), state["model"]
         else:

@@ -356,6 +356,15 @@ class Tracker(LogCalls):
             raise TrackingUnavailable(f"MLflow at {self.tracking_uri}: run {short(run_id)} is not created yet")
         return self._query(f"get run {short(run_id)}", lambda: self.client.get_run(self.resolve(run_id)).info.status)
 
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which `key` was logged to `run_id` (raises TrackingUnavailable)."""
+        if self.is_pending(run_id):
+            return set()
+        history = self._query(
+            f"read {key} of run {short(run_id)}", lambda: self.client.get_metric_history(self.resolve(run_id), key)
+        )
+        return {metric.step for metric in history}
+
     def runs_of_sweep(self, sweep: str, kind: str | None = None) -> list[mlflow.entities.Run]:
         """Every live run tagged with this sweep (all pages), optionally only one kind: sweep, trial or stage."""
         if kind is not None and kind not in KINDS:

@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 
 from orchestrator.preflight import max_resources
-from tests.servers import mlflow_server, ray_head
+from tests.conftest import CLUSTER_CPUS, CLUSTER_GPUS
 
 ROOT = Path(__file__).resolve().parents[2]
 RAYJOB = ROOT / "deployment" / "kuberay" / "rayjob.yaml"
@@ -33,7 +33,7 @@ PREPARE = ROOT / "deployment" / "kuberay" / "prepare-data.sh"
 MOUNT = "/mnt/trilevel"
 IN_CLUSTER_MLFLOW = "http://mlflow:5000"
 SMALL_TEACHER = ("--set", "supervision.nb=1", "--set", "supervision.nf=8", "--set", "supervision.gc=4")
-GPUS, CPUS = 3, 24  # the RayJob's GPU group at maxReplicas: 3 pods of 1 GPU and 8 CPUs
+GPUS, CPUS = CLUSTER_GPUS, CLUSTER_CPUS  # the RayJob's GPU group at maxReplicas (the session cluster reports them)
 
 
 def _images(folder: Path, count: int, seed: int, digits: int = 4) -> Path:
@@ -83,11 +83,11 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
+def volume_cluster(cluster, tmp_path_factory) -> Iterator[dict[str, str]]:
+    """The session's cluster (tests/conftest.py) with a shared volume laid out as the README says."""
     volume = tmp_path_factory.mktemp("volume")
     _layout(volume)
-    with ray_head(num_cpus=CPUS, num_gpus=GPUS) as head, mlflow_server(volume / "mlflow") as mlflow:
-        yield {"gcs": head["gcs"], "dashboard": head["dashboard"], "mlflow": mlflow.url, "volume": str(volume)}
+    yield {"gcs": cluster["gcs"], "dashboard": cluster["dashboard"], "mlflow": cluster["mlflow"], "volume": str(volume)}
 
 
 def _entrypoint() -> str:
@@ -114,7 +114,8 @@ def _copy_without(cluster: dict[str, str], tmp_path: Path, missing: str) -> Path
     return copy
 
 
-def test_the_rayjob_entrypoint_passes_on_the_readme_layout_and_prints_the_plan(cluster):
+def test_the_rayjob_entrypoint_passes_on_the_readme_layout_and_prints_the_plan(volume_cluster):
+    cluster = volume_cluster
     ran = _run(cluster, cluster["volume"])
     assert ran.returncode == 0, ran.stdout + ran.stderr
     out = ran.stdout
@@ -141,7 +142,8 @@ def test_the_rayjob_entrypoint_passes_on_the_readme_layout_and_prints_the_plan(c
     ],
     ids=["no-teacher", "no-vgg", "no-set5"],
 )
-def test_each_missing_piece_is_named(cluster, tmp_path, missing, expected):
+def test_each_missing_piece_is_named(volume_cluster, tmp_path, missing, expected):
+    cluster = volume_cluster
     volume = _copy_without(cluster, tmp_path, missing)
     ran = _run(cluster, volume)
     assert ran.returncode == 1, ran.stdout + ran.stderr
@@ -149,7 +151,8 @@ def test_each_missing_piece_is_named(cluster, tmp_path, missing, expected):
     assert "problem(s) (listed above); nothing started" in ran.stderr, ran.stderr
 
 
-def test_unwritable_storage_is_named(cluster, tmp_path):
+def test_unwritable_storage_is_named(volume_cluster, tmp_path):
+    cluster = volume_cluster
     volume = _copy_without(cluster, tmp_path, "")
     shutil.rmtree(volume / "runs")
     (volume / "runs").write_text("a file where the runs folder should be")
@@ -158,7 +161,8 @@ def test_unwritable_storage_is_named(cluster, tmp_path):
     assert f"storage: cannot write to {volume}/runs" in ran.stdout, ran.stdout
 
 
-def test_too_few_gpus_are_named_with_the_fix(cluster, tmp_path):
+def test_too_few_gpus_are_named_with_the_fix(volume_cluster, tmp_path):
+    cluster = volume_cluster
     volume = _copy_without(cluster, tmp_path, "")
     one_stage = _run(cluster, volume, "--set", "resources.workers.search=4")
     assert one_stage.returncode == 1
@@ -170,8 +174,9 @@ def test_too_few_gpus_are_named_with_the_fix(cluster, tmp_path):
     assert "Set resources.max_concurrent_trials=1" in at_once.stdout and "N GPUs → N trials at once" in at_once.stdout
 
 
-def test_submit_dry_run_runs_the_preflight_on_the_cluster(cluster):
+def test_submit_dry_run_runs_the_preflight_on_the_cluster(volume_cluster):
     """`trilevel submit --dry-run` with the RayJob's paths: the checks run in a job on the head, nothing starts."""
+    cluster = volume_cluster
     from click.testing import CliRunner
 
     from orchestrator.cli_submit import submit

@@ -1,12 +1,7 @@
-"""`trilevel submit` against real servers: a `ray start --head` with its job server, and `mlflow server`.
+"""`trilevel submit` without a cluster: bad input, an unreachable job server, a file experiment's entrypoint.
 
-No mocks. The head and the tracking server are started here on ports of their own (never the
-defaults another Ray or MLflow on this machine may hold) and stopped by what this module started
-(see tests/servers.py).
-
-The head is local, so the job's `--storage` is a local tmp dir; a multi-node cluster needs a shared
-volume or s3://… there. The end-to-end test needs the full Ray dashboard (`ray[default]`: the job
-server lives in it) and is skipped, saying so, where it is missing. The other tests need no server.
+A submitted sweep on a real `ray start --head` and `mlflow server` (and the job commands on it) is
+`tests/reliability/test_faulted_sweep.py`, which submits one through every fault a sweep must survive.
 """
 
 from __future__ import annotations
@@ -15,10 +10,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import click
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -30,12 +23,10 @@ from orchestrator.submit import (
     build_entrypoint,
     job_logs,
     job_status,
-    job_status_or_none,
     list_jobs,
-    stop_job,
     submit_sweep,
 )
-from tests.servers import free_port, mlflow_server, ray_head, rest_metrics, rest_runs, rest_tags
+from tests.servers import free_port
 
 STAGES = {"pretrain", "search", "train", "evaluate"}
 # The tiny table8 sweep cut to one trial, and its search to one epoch (all four stages still run).
@@ -44,80 +35,6 @@ ONE_TRIAL = (
     "resources.max_concurrent_trials=1",
     "stages.search.epochs=1",
 )
-
-
-# --- the end-to-end test --------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """A Ray head with its job server and an MLflow server, both stopped at the end even on failure."""
-    from ray._private.utils import get_dashboard_dependency_error
-
-    if (missing := get_dashboard_dependency_error()) is not None:
-        pytest.skip(f"the Ray job server needs the full dashboard, `pip install 'ray[default]'` ({missing})")
-    root = tmp_path_factory.mktemp("submit")
-    with ray_head() as head, mlflow_server(root) as mlflow:
-        yield {"address": head["dashboard"], "mlflow": mlflow.url, "root": str(root)}
-
-
-def test_submitted_sweep_runs_on_the_cluster_and_is_tracked(servers):
-    address, mlflow_url = servers["address"], servers["mlflow"]
-    storage = os.path.join(servers["root"], "runs")
-    submission_id = submit_sweep(
-        "table8",
-        address=address,
-        scale="tiny",
-        overrides=ONE_TRIAL,
-        name="submit-e2e",
-        storage=storage,
-        tracking_uri=mlflow_url,
-        wait=False,
-    )
-    assert submission_id.startswith("trilevel-submit-e2e-")
-
-    deadline = time.monotonic() + 240
-    status = job_status(address, submission_id)
-    while status not in {"SUCCEEDED", "FAILED", "STOPPED"} and time.monotonic() < deadline:
-        time.sleep(3)
-        status = job_status(address, submission_id)
-    output = "".join(job_logs(address, submission_id))
-    if status in {"PENDING", "RUNNING"}:
-        stop_job(address, submission_id)
-    assert status == "SUCCEEDED", f"job {submission_id} is {status}:\n{output[-6000:]}"
-    assert "Sweep submit-e2e: lambda_order=0.1 TERMINATED" in output, output[-3000:]
-
-    sweeps, trials, stages = (rest_runs(mlflow_url, kind) for kind in ("sweep", "trial", "stage"))
-    assert [rest_tags(r)["trilevel.sweep"] for r in sweeps] == ["submit-e2e"]
-    assert len(trials) == 1 and rest_tags(trials[0])["mlflow.parentRunId"] == sweeps[0]["info"]["run_id"]
-    assert "psnr/demo" in rest_metrics(trials[0])
-    mine = [s for s in stages if rest_tags(s)["mlflow.parentRunId"] == trials[0]["info"]["run_id"]]
-    assert sorted(rest_tags(s)["trilevel.stage"] for s in mine) == sorted(STAGES)
-    assert all(r["info"]["status"] == "FINISHED" for r in sweeps + trials + mine)
-
-    followed = "".join(job_logs(address, submission_id, follow=True))  # a finished job's stream just ends
-    assert "Sweep submit-e2e: lambda_order=0.1 TERMINATED" in followed
-
-    # A finished job: nothing to stop, listed with its sweep, status through the `status` hook.
-    assert stop_job(address, submission_id) is False
-    listed = {job.submission_id: job for job in list_jobs(address)}
-    assert listed[submission_id].sweep == "submit-e2e" and listed[submission_id].status == "SUCCEEDED"
-    summary = job_status_or_none(submission_id, address)
-    assert summary is not None and summary.status == "SUCCEEDED"
-    assert job_status_or_none("trilevel-no-such-job", address) is None
-    with pytest.raises(SubmitError, match="No job 'trilevel-no-such-job'"):
-        job_status(address, "trilevel-no-such-job")
-
-    from orchestrator.cli_submit import echo_job_status, jobs, stop
-
-    shown = CliRunner().invoke(click.command()(lambda: echo_job_status(submission_id, address)))
-    assert shown.exit_code == 0 and "SUCCEEDED" in shown.output, shown.output
-    assert f"trilevel status submit-e2e --tracking-uri {mlflow_url}" in shown.output
-    unknown = CliRunner().invoke(click.command()(lambda: echo_job_status("trilevel-no-such-job", address)))
-    assert unknown.exit_code == 1 and "No job 'trilevel-no-such-job'" in unknown.output
-
-    listing = CliRunner().invoke(jobs, ["--address", address])
-    assert listing.exit_code == 0 and submission_id in listing.output, listing.output
-    stopped = CliRunner().invoke(stop, [submission_id, "--address", address])
-    assert stopped.exit_code == 0 and "not running (SUCCEEDED)" in stopped.output, stopped.output
 
 
 # --- no server needed -----------------------------------------------------------------------------

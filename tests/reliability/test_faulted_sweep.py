@@ -1,0 +1,268 @@
+"""One tiny sweep on a real cluster, submitted as a Ray Job, through every fault a sweep must survive.
+
+No mocks: the session's `ray start --head` and `mlflow server` (tests/conftest.py), `trilevel submit`
+with this checkout as the job's code. Two trials run one after the other; while they run:
+
+1. the MLflow server is SIGKILLed once trial A's search has logged an epoch, and restarted on the same
+   port and store only once A's training has checkpointed (the outage spans a stage boundary);
+2. trial B's Train worker is SIGKILLed once its first search checkpoint is registered (Train restarts
+   the worker group, which skips pretrain by its done marker and resumes the search);
+3. the sweep's driver (the job's entrypoint) is SIGKILLed once B's search has finished;
+4. the same sweep is submitted again: the same experiment under the same name resumes.
+
+The tests below check what each fault must leave: the sweep finishes, one MLflow run per
+sweep/trial/stage and none RUNNING, every epoch's metrics (the outage's delivered late), the finished
+trial not run again, the killed worker's search identical to an uninterrupted one, and the job commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from orchestrator.submit import job_logs, job_status, job_status_or_none, list_jobs, stop_job, submit_sweep
+from orchestrator.train_run import local_io
+from tests.helpers import TINY, registered_checkpoints, tiny_plan, wait_for
+from tests.servers import marked_processes
+from workers.checkpointing import load_state
+from workers.stages import run_stages
+
+SWEEP = "faulted"
+TRIALS = ("lambda_order=0.0", "lambda_order=0.1")
+SEARCH_EPOCHS, TRAIN_EPOCHS = 3, 2
+OVERRIDES = (
+    *TINY,
+    "sweep={stages.search.lambda_order: [0.0, 0.1]}",
+    "resources.max_concurrent_trials=1",
+    "stages.pretrain.epochs=1",
+    "stages.pretrain.steps_per_epoch=2",
+    f"stages.search.epochs={SEARCH_EPOCHS}",
+    "stages.search.steps_per_epoch=2",
+    f"stages.train.epochs={TRAIN_EPOCHS}",
+    "stages.train.steps_per_epoch=2",
+    "tracking.flush_timeout_s=120",
+)
+STAGES = {"pretrain", "search", "train", "evaluate"}
+
+
+def _pids(marker: str, *needles: str) -> list[int]:
+    """Processes of the session's cluster (they carry its marker) whose command line holds every needle."""
+    found = []
+    for pid in marked_processes(marker):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if all(needle in cmdline for needle in needles):
+                found.append(pid)
+    return found
+
+
+class Faults(threading.Thread):
+    """Injects the outage, the worker kill and the driver kill in order, noting what it saw at each."""
+
+    def __init__(self, cluster: dict, storage: Path) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.storage = cluster, storage
+        self.client = MlflowClient(tracking_uri=cluster["mlflow"])
+        self.events: dict[str, object] = {}
+        self.error: BaseException | None = None
+
+    def _run_dir(self, trial: str) -> Path:
+        return self.storage / SWEEP / "stages" / trial / "run-pretrain-search-train"
+
+    def _registered(self, trial: str, checkpoint: str) -> bool:
+        return checkpoint in registered_checkpoints(self._run_dir(trial))
+
+    def _search_epoch_logged(self, trial: str) -> bool:
+        experiment = self.client.get_experiment_by_name("trilevel")
+        if experiment is None:
+            return False
+        query = f"tags.`trilevel.stage` = 'search' and tags.`trilevel.trial` = '{trial}'"
+        runs = self.client.search_runs([experiment.experiment_id], query)
+        return bool(runs) and "epoch" in runs[0].data.metrics
+
+    def _kill(self, *needles: str) -> int:
+        pids = _pids(self.cluster["marker"], *needles)
+        assert pids, f"no process with {needles} to kill"
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids[0]
+
+    def run(self) -> None:
+        a, b = TRIALS
+        server = self.cluster["mlflow_server"]
+        try:
+            wait_for(lambda: self._search_epoch_logged(a), 600, "trial A's first search epoch in MLflow")
+            server.kill()
+            self.events["mlflow_killed"] = time.time()
+            wait_for(lambda: self._registered(a, "train-e0001"), 600, "A's first train checkpoint")
+            self.events["search_done_in_outage"] = (self.storage / SWEEP / "stages" / a / "search").is_dir()
+            server.start()
+            self.events["mlflow_restarted"] = time.time()
+
+            wait_for(lambda: self._registered(b, "search-e0001"), 600, "B's first search checkpoint")
+            self.events["worker_killed"] = self._kill("ray::RayTrainWorker")  # trial B's: one trial runs at a time
+
+            search_done = self.storage / SWEEP / "stages" / b / "search" / "_STAGE_DONE.json"
+            wait_for(search_done.is_file, 600, "B's search to finish")
+            self.events["trial_a_end_ms"] = self._trial_end(a)
+            self.events["driver_killed"] = self._kill("-m orchestrator sweep", f"--name {SWEEP}")
+        except BaseException as err:  # surfaced by the test
+            self.error = err
+
+    def _trial_end(self, trial: str) -> int | None:
+        experiment = self.client.get_experiment_by_name("trilevel")
+        query = f"tags.`trilevel.kind` = 'trial' and tags.`trilevel.trial` = '{trial}'"
+        (run,) = self.client.search_runs([experiment.experiment_id], query)
+        return run.info.end_time
+
+
+def _wait_job(address: str, submission_id: str, timeout_s: float = 900) -> str:
+    deadline = time.monotonic() + timeout_s
+    status = job_status(address, submission_id)
+    while status not in {"SUCCEEDED", "FAILED", "STOPPED"} and time.monotonic() < deadline:
+        time.sleep(2)
+        status = job_status(address, submission_id)
+    return status
+
+
+def _submit(cluster: dict, storage: Path) -> str:
+    return submit_sweep(
+        "table8",
+        address=cluster["dashboard"],
+        scale="tiny",
+        overrides=OVERRIDES,
+        name=SWEEP,
+        storage=str(storage),
+        tracking_uri=cluster["mlflow"],
+        wait=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def faulted(cluster, tmp_path_factory) -> dict:
+    """Run the scenario once; every test of this module checks part of what it left."""
+    storage = tmp_path_factory.mktemp("faulted") / "runs"
+    faults = Faults(cluster, storage)
+    faults.start()
+    first = _submit(cluster, storage)
+    first_status = _wait_job(cluster["dashboard"], first)
+    faults.join(timeout=30)
+    assert faults.error is None, repr(faults.error) + "".join(job_logs(cluster["dashboard"], first))[-4000:]
+    second = _submit(cluster, storage)  # the same experiment under the same name: resumes
+    second_status = _wait_job(cluster["dashboard"], second)
+    logs = "".join(job_logs(cluster["dashboard"], second))
+    assert second_status == "SUCCEEDED", f"the re-submitted job is {second_status}:\n{logs[-6000:]}"
+    return {
+        "storage": storage,
+        "first": first,
+        "first_status": first_status,
+        "second": second,
+        "second_logs": logs,
+        "events": faults.events,
+        "client": MlflowClient(tracking_uri=cluster["mlflow"]),
+        "cluster": cluster,
+    }
+
+
+def _runs(client: MlflowClient, kind: str) -> list:
+    experiment = client.get_experiment_by_name("trilevel")
+    query = f"tags.`trilevel.kind` = '{kind}' and tags.`trilevel.sweep` = '{SWEEP}'"
+    return client.search_runs([experiment.experiment_id], query, max_results=100)
+
+
+def test_the_sweep_survives_every_fault_and_resumes_when_submitted_again(faulted):
+    assert faulted["first_status"] == "FAILED"  # its driver was killed
+    events = faulted["events"]
+    assert {"mlflow_killed", "mlflow_restarted", "worker_killed", "driver_killed"} <= set(events), events
+    assert events["search_done_in_outage"]  # the outage spanned the search→train boundary
+    assert f"Sweep {SWEEP}: {TRIALS[0]} TERMINATED, {TRIALS[1]} TERMINATED" in faulted["second_logs"]
+    assert "sweep 'faulted' exists" not in faulted["second_logs"]
+
+
+def test_one_run_per_sweep_trial_and_stage_all_finished_with_every_epoch(faulted):
+    client = faulted["client"]
+    (sweep,), trials, stages = _runs(client, "sweep"), _runs(client, "trial"), _runs(client, "stage")
+    assert sorted(r.data.tags["trilevel.trial"] for r in trials) == sorted(TRIALS)
+    assert all(r.info.status == "FINISHED" for r in [sweep, *trials, *stages])
+    for trial in trials:
+        assert trial.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+        assert trial.data.metrics["psnr/demo"] > 0 and "psnr_bicubic/demo" in trial.data.metrics
+        children = [s for s in stages if s.data.tags["mlflow.parentRunId"] == trial.info.run_id]
+        mine = {s.data.tags["trilevel.stage"]: s for s in children}
+        assert set(mine) == STAGES and len(children) == 4
+        for stage, epochs in (("search", SEARCH_EPOCHS), ("train", TRAIN_EPOCHS)):
+            history = client.get_metric_history(mine[stage].info.run_id, "epoch")
+            assert sorted({m.step for m in history}) == list(range(epochs)), (trial.data.tags["trilevel.trial"], stage)
+        assert {a.path for a in client.list_artifacts(mine["search"].info.run_id)} >= {"genotype.json", "genotype.md"}
+        saved = {a.path for a in client.list_artifacts(mine["train"].info.run_id, "checkpoint")}
+        assert saved == {"checkpoint/state.pt", "checkpoint/genotype.json"}
+    by_trial = {t.data.tags["trilevel.trial"]: t for t in trials}
+    # trial A finished before the driver was killed, and was not run again after the re-submit
+    assert by_trial[TRIALS[0]].info.end_time == faulted["events"]["trial_a_end_ms"]
+    # trial A's train run was created after the restart, though training ran during the outage
+    a_stages = [s for s in stages if s.data.tags["mlflow.parentRunId"] == by_trial[TRIALS[0]].info.run_id]
+    a_train = next(s for s in a_stages if s.data.tags["trilevel.stage"] == "train")
+    assert a_train.info.start_time >= faulted["events"]["mlflow_restarted"] * 1000 - 1000
+    late = client.get_metric_history(
+        next(s for s in a_stages if s.data.tags["trilevel.stage"] == "search").info.run_id, "epoch"
+    )[-1]
+    assert late.timestamp > faulted["events"]["mlflow_killed"] * 1000  # logged during the outage, delivered after
+    assert not (faulted["storage"] / SWEEP / "tracking-backlog").exists()
+
+
+def test_the_killed_worker_resumed_to_the_uninterrupted_search(faulted, tmp_path):
+    # an uninterrupted reference of trial B: the same plan in this process (same code and seeds, one thread)
+    reference = tiny_plan(str(tmp_path / "reference"), OVERRIDES[len(TINY) :], trial=1)
+    (run,) = reference.runs
+    _, search, _ = run_stages(run.settings, local_io(run, 4))
+    run_dir = faulted["storage"] / SWEEP / "stages" / TRIALS[1] / "run-pretrain-search-train"
+    names = registered_checkpoints(run_dir)
+    assert names[0] == "pretrain-e0001" and names.count("pretrain-e0001") == 1  # pretrain was not redone
+    done = json.loads((faulted["storage"] / SWEEP / "stages" / TRIALS[1] / "search" / "_STAGE_DONE.json").read_text())
+    for key in ("alpha", "width_logits", "path_logits", "frozen_ops", "frozen_path"):
+        got, expected = load_state(done["checkpoint"])["model"][key], load_state(search.checkpoint)["model"][key]
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=key)
+    assert done["genotype"] == search.genotype
+
+
+def test_the_job_commands_see_both_jobs(faulted):
+    from orchestrator.cli_submit import echo_job_status, jobs, stop
+
+    address, second = faulted["cluster"]["dashboard"], faulted["second"]
+    assert "".join(job_logs(address, second, follow=True)) == faulted["second_logs"]  # a finished job's stream ends
+    assert stop_job(address, second) is False  # nothing to stop
+    listed = {job.submission_id: job for job in list_jobs(address)}
+    assert listed[second].sweep == SWEEP and listed[second].status == "SUCCEEDED"
+    assert listed[faulted["first"]].status == "FAILED"
+    summary = job_status_or_none(second, address)
+    assert summary is not None and summary.status == "SUCCEEDED"
+    shown = CliRunner().invoke(click.command()(lambda: echo_job_status(second, address)))
+    assert shown.exit_code == 0 and "SUCCEEDED" in shown.output, shown.output
+    listing = CliRunner().invoke(jobs, ["--address", address])
+    assert listing.exit_code == 0 and second in listing.output, listing.output
+    stopped = CliRunner().invoke(stop, [second, "--address", address])
+    assert stopped.exit_code == 0 and "not running (SUCCEEDED)" in stopped.output, stopped.output
+
+
+def test_the_report_of_the_sweep_has_a_bicubic_row_and_the_model_to_use(faulted):
+    from orchestrator.cli_report import report, status
+
+    uri = faulted["cluster"]["mlflow"]
+    shown = CliRunner().invoke(report, [SWEEP, "--storage", str(faulted["storage"]), "--tracking-uri", uri])
+    assert shown.exit_code == 0, shown.output
+    assert "| Bicubic" in shown.output and "Δ vs bicubic" in shown.output
+    assert (faulted["storage"] / SWEEP / "report" / "pareto.png").is_file()
+    best = CliRunner().invoke(status, [SWEEP, "--tracking-uri", uri])
+    assert best.exit_code == 0 and "trilevel upscale --model" in best.output, best.output
