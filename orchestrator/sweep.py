@@ -272,6 +272,7 @@ def run_sweep(
                 errors[trial_id] = str(result.error).strip().splitlines()[-1][:500]
             if count := int((result.metrics or {}).get("tracking_not_logged", 0)):
                 not_logged[trial_id] = count
+        statuses = {trial: statuses[trial] for trial in [*plans, *statuses] if trial in statuses}  # grid order
         tracker.log_metrics(sweep_run, {"trials_finished": sum(s == "TERMINATED" for s in statuses.values())})
     if count := catch_up(tracker, storage, experiment.name, "driver", experiment.tracking.flush_timeout_s)[
         "tracking_not_logged"

@@ -224,6 +224,7 @@ def pretrain(
             optimizer_step(optimizer, net.weight_parameters(), s.optim.grad_clip)
         scheduler.step()
         metrics = {"loss": _mean(losses), "lr": optimizer.param_groups[0]["lr"], "steps": len(losses)}
+        metrics["weight_rank_spread"] = rank_spread(net.weight_parameters())
         metrics |= ctx.validate(lambda x: net(x, "argmax"), net)
         state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         saved = ctx.report(s, epoch, metrics, state, None) or saved

@@ -102,12 +102,12 @@ def _run(cluster: dict[str, str], volume: Path | str, *extra: str) -> subprocess
     return subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300)
 
 
-def _copy_without(cluster: dict[str, str], tmp_path: Path, missing: str) -> Path:
-    """The volume with one piece (a relative path) taken away; data and weights are linked, not copied."""
+def _copy_without(cluster: dict[str, str], tmp_path: Path, *missing: str) -> Path:
+    """The volume with pieces (relative paths) taken away; data and weights are linked, not copied."""
     volume, copy = Path(cluster["volume"]), tmp_path / "volume"
     for part in ("data/div2k-flickr2k", "data/set5", "data/set14", "weights/RRDB_ESRGAN_x4.pth",
                  "weights/vgg19-dcbb9e9d.pth"):  # fmt: skip
-        if part != missing and not part.startswith(f"{missing}/"):
+        if not any(part == gone or part.startswith(f"{gone}/") for gone in missing):
             (copy / part).parent.mkdir(parents=True, exist_ok=True)
             (copy / part).symlink_to(volume / part)
     (copy / "runs").mkdir()
@@ -133,45 +133,56 @@ def test_the_rayjob_entrypoint_passes_on_the_readme_layout_and_prints_the_plan(v
     assert not (Path(cluster["volume"]) / "runs" / "table8").exists(), "a dry run starts nothing"
 
 
-@pytest.mark.parametrize(
-    ("missing", "expected"),
-    [
-        ("weights", "supervision.weights: teacher weights {volume}/weights/RRDB_ESRGAN_x4.pth: file not found"),
-        ("weights", "perceptual.vgg_weights: VGG19 weights file not found: {volume}/weights/vgg19-dcbb9e9d.pth"),
-        ("data/set5", "data.val.Set5: {volume}/data/set5 is not a prepared data set"),
-    ],
-    ids=["no-teacher", "no-vgg", "no-set5"],
-)
-def test_each_missing_piece_is_named(volume_cluster, tmp_path, missing, expected):
-    cluster = volume_cluster
-    volume = _copy_without(cluster, tmp_path, missing)
-    ran = _run(cluster, volume)
+def _in_process(cluster: dict[str, str], volume: Path, *extra: str) -> str:
+    """The plan the entrypoint's `--dry-run` prints, checked in this process against the cluster's capacity.
+
+    The same experiment (parsed from the RayJob's entrypoint by the `sweep` command itself) and the same
+    checks as the job's; only the capacity comes from this test instead of the cluster (the run above
+    reads it from the cluster). One process start less per case.
+    """
+    from orchestrator.cli_run import _load, sweep
+    from orchestrator.preflight import Capacity, format_plan, preflight
+
+    command = _entrypoint().replace(MOUNT, str(volume)).replace(IN_CLUSTER_MLFLOW, cluster["mlflow"])
+    tokens = shlex.split(command)
+    args = [*tokens[tokens.index("sweep") + 1 :], *SMALL_TEACHER, *extra]
+    params = sweep.make_context("sweep", args).params
+    experiment = _load(
+        params["experiment"], params["scale"], params["overrides"], params["name"], params["storage"],
+        params["tracking_uri"],
+    )  # fmt: skip
+    capacity = Capacity({"GPU": GPUS, "CPU": CPUS}, ("the RayJob's GPU group at maxReplicas",))
+    return format_plan(preflight(experiment, capacity))
+
+
+def test_each_missing_piece_is_named(volume_cluster, tmp_path):
+    """No teacher, no VGG19 weights, no Set5, an unwritable storage: every problem is listed, each named."""
+    volume = _copy_without(volume_cluster, tmp_path, "weights", "data/set5")
+    shutil.rmtree(volume / "runs")
+    (volume / "runs").write_text("a file where the runs folder should be")
+    out = _in_process(volume_cluster, volume)
+    assert f"supervision.weights: teacher weights {volume}/weights/RRDB_ESRGAN_x4.pth: file not found" in out, out
+    assert f"perceptual.vgg_weights: VGG19 weights file not found: {volume}/weights/vgg19-dcbb9e9d.pth" in out
+    assert f"data.val.Set5: {volume}/data/set5 is not a prepared data set" in out
+    assert f"storage: cannot write to {volume}/runs" in out
+
+
+def test_a_missing_piece_stops_the_entrypoint_before_anything_starts(volume_cluster, tmp_path):
+    volume = _copy_without(volume_cluster, tmp_path, "data/set5")
+    ran = _run(volume_cluster, volume)
     assert ran.returncode == 1, ran.stdout + ran.stderr
-    assert expected.format(volume=volume) in ran.stdout, ran.stdout
+    assert f"data.val.Set5: {volume}/data/set5 is not a prepared data set" in ran.stdout, ran.stdout
     assert "problem(s) (listed above); nothing started" in ran.stderr, ran.stderr
 
 
-def test_unwritable_storage_is_named(volume_cluster, tmp_path):
-    cluster = volume_cluster
-    volume = _copy_without(cluster, tmp_path, "")
-    shutil.rmtree(volume / "runs")
-    (volume / "runs").write_text("a file where the runs folder should be")
-    ran = _run(cluster, volume)
-    assert ran.returncode == 1, ran.stdout + ran.stderr
-    assert f"storage: cannot write to {volume}/runs" in ran.stdout, ran.stdout
-
-
 def test_too_few_gpus_are_named_with_the_fix(volume_cluster, tmp_path):
-    cluster = volume_cluster
-    volume = _copy_without(cluster, tmp_path, "")
-    one_stage = _run(cluster, volume, "--set", "resources.workers.search=4")
-    assert one_stage.returncode == 1
-    assert "resources.workers.search=4 × resources.gpus_per_worker=1: the search stage needs 4 GPU" in one_stage.stdout
-    assert f"the cluster has at most {GPUS} GPU" in one_stage.stdout and "wait forever" in one_stage.stdout
-    at_once = _run(cluster, volume, "--set", "resources.gpus_per_worker=2")
-    assert at_once.returncode == 1
-    assert "resources.max_concurrent_trials=3: 3 trials at once need 6 GPU" in at_once.stdout, at_once.stdout
-    assert "Set resources.max_concurrent_trials=1" in at_once.stdout and "N GPUs → N trials at once" in at_once.stdout
+    volume = _copy_without(volume_cluster, tmp_path)
+    one_stage = _in_process(volume_cluster, volume, "--set", "resources.workers.search=4")
+    assert "resources.workers.search=4 × resources.gpus_per_worker=1: the search stage needs 4 GPU" in one_stage
+    assert f"the cluster has at most {GPUS} GPU" in one_stage and "wait forever" in one_stage
+    at_once = _in_process(volume_cluster, volume, "--set", "resources.gpus_per_worker=2")
+    assert "resources.max_concurrent_trials=3: 3 trials at once need 6 GPU" in at_once, at_once
+    assert "Set resources.max_concurrent_trials=1" in at_once and "N GPUs → N trials at once" in at_once
 
 
 def test_submit_dry_run_runs_the_preflight_on_the_cluster(volume_cluster):

@@ -3,8 +3,9 @@
 No mocks: the session's `ray start --head` and `mlflow server` (tests/conftest.py), `trilevel submit`
 with this checkout as the job's code. Two trials run one after the other; while they run:
 
-1. the MLflow server is SIGKILLed once trial A's search has logged an epoch, and restarted on the same
-   port and store only once A's training has checkpointed (the outage spans a stage boundary);
+1. the MLflow server is SIGKILLed once trial A's search has logged an epoch (A pretrained with two Train
+   workers, in a Train run of its own), and restarted on the same port and store only once A's training
+   has checkpointed (the outage spans a stage boundary);
 2. trial B's Train worker is SIGKILLed once its first search checkpoint is registered (Train restarts
    the worker group, which skips pretrain by its done marker and resumes the search);
 3. the sweep's driver (the job's entrypoint) is SIGKILLed once B's search has finished;
@@ -39,11 +40,18 @@ from workers.checkpointing import load_state
 from workers.stages import run_stages
 
 SWEEP = "faulted"
-TRIALS = ("lambda_order=0.0", "lambda_order=0.1")
-SEARCH_EPOCHS, TRAIN_EPOCHS = 3, 2
+# Trial A pretrains with 2 Train workers (so it takes two Train runs: pretrain, then search and train with
+# one worker); trial B runs all three stages in one Train run with one worker.
+TRIALS = ("pretrain=2", "pretrain=1")
+RUNS = {
+    "pretrain=2": ("run-pretrain", "run-search-train", "run-search-train"),  # the run of each stage
+    "pretrain=1": ("run-pretrain-search-train",) * 3,
+}
+SEARCH_EPOCHS, TRAIN_EPOCHS = 2, 2
 OVERRIDES = (
     *TINY,
-    "sweep={stages.search.lambda_order: [0.0, 0.1]}",
+    "sweep={resources.workers.pretrain: [2, 1]}",
+    "stages.search.lambda_order=0.1",
     "resources.max_concurrent_trials=1",
     "stages.pretrain.epochs=1",
     "stages.pretrain.steps_per_epoch=2",
@@ -77,11 +85,10 @@ class Faults(threading.Thread):
         self.events: dict[str, object] = {}
         self.error: BaseException | None = None
 
-    def _run_dir(self, trial: str) -> Path:
-        return self.storage / SWEEP / "stages" / trial / "run-pretrain-search-train"
-
     def _registered(self, trial: str, checkpoint: str) -> bool:
-        return checkpoint in registered_checkpoints(self._run_dir(trial))
+        stage = checkpoint.split("-", 1)[0]
+        run_dir = self.storage / SWEEP / "stages" / trial / RUNS[trial][("pretrain", "search", "train").index(stage)]
+        return checkpoint in registered_checkpoints(run_dir)
 
     def _search_epoch_logged(self, trial: str) -> bool:
         experiment = self.client.get_experiment_by_name("trilevel")
@@ -227,7 +234,7 @@ def test_the_killed_worker_resumed_to_the_uninterrupted_search(faulted, tmp_path
     reference = tiny_plan(str(tmp_path / "reference"), OVERRIDES[len(TINY) :], trial=1)
     (run,) = reference.runs
     _, search, _ = run_stages(run.settings, local_io(run, 4))
-    run_dir = faulted["storage"] / SWEEP / "stages" / TRIALS[1] / "run-pretrain-search-train"
+    run_dir = faulted["storage"] / SWEEP / "stages" / TRIALS[1] / RUNS[TRIALS[1]][0]
     names = registered_checkpoints(run_dir)
     assert names[0] == "pretrain-e0001" and names.count("pretrain-e0001") == 1  # pretrain was not redone
     done = json.loads((faulted["storage"] / SWEEP / "stages" / TRIALS[1] / "search" / "_STAGE_DONE.json").read_text())
@@ -235,6 +242,19 @@ def test_the_killed_worker_resumed_to_the_uninterrupted_search(faulted, tmp_path
         got, expected = load_state(done["checkpoint"])["model"][key], load_state(search.checkpoint)["model"][key]
         torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=key)
     assert done["genotype"] == search.genotype
+
+
+def test_two_workers_agree_and_each_worker_count_gets_its_own_train_run(faulted):
+    stages = faulted["storage"] / SWEEP / "stages" / TRIALS[0]
+    assert sorted(p.name for p in stages.glob("run-*")) == sorted(set(RUNS[TRIALS[0]]))
+    pretrain = json.loads((stages / "pretrain" / "_STAGE_DONE.json").read_text())
+    search = json.loads((stages / "search" / "_STAGE_DONE.json").read_text())
+    train = json.loads((stages / "train" / "_STAGE_DONE.json").read_text())
+    assert pretrain["metrics"]["weight_rank_spread"] == 0.0 and pretrain["metrics"]["steps"] == 2
+    assert Path(pretrain["checkpoint"]).parent.name == "run-pretrain"
+    # the search, in the next Train run, started from the 2-worker pretrain's weights (its done marker)
+    assert Path(search["checkpoint"]).parent.name == Path(train["checkpoint"]).parent.name == "run-search-train"
+    assert train["genotype"] == search["genotype"]
 
 
 def test_the_job_commands_see_both_jobs(faulted):

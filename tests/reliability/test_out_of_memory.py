@@ -81,7 +81,7 @@ def test_trials_killed_for_memory_fail_alone_and_resume_one_at_a_time_finishes(t
         second = subprocess.run(_cli(*resume, address=head["gcs"]), capture_output=True, text=True, timeout=900)
         said = second.stdout + second.stderr
         assert second.returncode == 0, said[-4000:]
-        assert "lambda_order=0.0 TERMINATED, lambda_order=0.1 TERMINATED" in said
+        assert "lambda_order=0.0 TERMINATED" in said and "lambda_order=0.1 TERMINATED" in said, said[-4000:]
     trials = client.search_runs(
         [experiment.experiment_id], "tags.`trilevel.sweep` = 'oom' and tags.`trilevel.kind` = 'trial'"
     )

@@ -1,6 +1,6 @@
 """The stage loops in one plain process (`LocalStageIO`): pipeline, resume, skip, fine-tuning, search schedule.
 
-The same loop code runs inside Ray Train (`tests/workers/test_stages_e2e.py` covers that, with a real
+The same loop code runs inside Ray Train (`tests/reliability/test_faulted_sweep.py` covers that, with a real
 worker kill); here it runs without Ray, so the resume and fine-tuning logic is tested in seconds.
 """
 
