@@ -19,10 +19,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-logo
 
+# Two test processes (one per core): the end-to-end tests mostly wait on processes they started, the unit
+# tests fill that time. Tests that share a cluster or the in-process Ray stay in one process (xdist_group);
+# the out-of-memory test needs the machine to itself, so it runs after.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-logo
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not exclusive"
+	$(VENV)/bin/pytest -q -m exclusive
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/search_step.py

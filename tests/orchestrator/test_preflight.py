@@ -27,6 +27,8 @@ from PIL import Image
 from orchestrator.preflight import max_resources
 from tests.conftest import CLUSTER_CPUS, CLUSTER_GPUS
 
+pytestmark = pytest.mark.xdist_group("cluster")  # shares the session cluster (tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[2]
 RAYJOB = ROOT / "deployment" / "kuberay" / "rayjob.yaml"
 PREPARE = ROOT / "deployment" / "kuberay" / "prepare-data.sh"

@@ -21,6 +21,8 @@ from tests.helpers import registered_checkpoints, tiny_plan
 from workers.checkpointing import load_state
 from workers.stage_outputs import read_stage_result
 
+pytestmark = pytest.mark.xdist_group("local_ray")  # shares the in-process Ray (tests/conftest.py)
+
 EPOCHS = 3
 SHORT = (
     "seed=5",

@@ -39,6 +39,8 @@ from tests.servers import marked_processes
 from workers.checkpointing import load_state
 from workers.stages import run_stages
 
+pytestmark = pytest.mark.xdist_group("cluster")  # shares the session cluster (tests/conftest.py)
+
 SWEEP = "faulted"
 # Trial A pretrains with 2 Train workers (so it takes two Train runs: pretrain, then search and train with
 # one worker); trial B runs all three stages in one Train run with one worker.

@@ -19,6 +19,8 @@ from mlflow import MlflowClient
 from tests.helpers import TINY
 from tests.servers import ray_head
 
+pytestmark = pytest.mark.exclusive  # sets Ray's memory threshold from what this machine uses now
+
 GIB = 2**30
 # One trial (trial process, Train controller and worker, its ~2 GB train step) fits in this much more than
 # the machine uses now; two at once (~8 GB) do not.

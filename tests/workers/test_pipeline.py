@@ -28,6 +28,8 @@ from workers.pipeline import (
 )
 from workers.shards import DataError, prepare_dataset, write_demo_dataset
 
+pytestmark = pytest.mark.xdist_group("local_ray")  # shares the in-process Ray (tests/conftest.py)
+
 # --------------------------------------------------------------------------- the split (pure)
 
 
