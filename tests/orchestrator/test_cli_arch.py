@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from orchestrator.cli_arch import arch
+from orchestrator.cli.arch import arch
 from search_space.genotype import load_genotype
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from orchestrator.cli_data import data
+from orchestrator.cli.data import data
 
 
 def _folder(tmp_path: Path) -> Path:

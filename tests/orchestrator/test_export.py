@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 from PIL import Image
 from skimage import data as photos
 
-from orchestrator.cli_arch import arch
-from orchestrator.cli_export import export
-from orchestrator.cli_upscale import upscale
+from orchestrator.cli.arch import arch
+from orchestrator.cli.export import export
+from orchestrator.cli.upscale import upscale
 from orchestrator.export import ExportError, export_onnx, onnx_latency, onnx_session, run_onnx
 from orchestrator.tracking import Tracker
 from orchestrator.upscale import UpscaleError, load_model, open_model

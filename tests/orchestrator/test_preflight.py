@@ -143,7 +143,7 @@ def _in_process(cluster: dict[str, str], volume: Path, *extra: str) -> str:
     reads it from the cluster). One process start less per case.
     """
     from orchestrator.capacity import Capacity
-    from orchestrator.cli_run import _load, sweep
+    from orchestrator.cli.run import _load, sweep
     from orchestrator.preflight import format_plan, preflight
 
     command = _entrypoint().replace(MOUNT, str(volume)).replace(IN_CLUSTER_MLFLOW, cluster["mlflow"])
@@ -193,7 +193,7 @@ def test_submit_dry_run_runs_the_preflight_on_the_cluster(volume_cluster):
     cluster = volume_cluster
     from click.testing import CliRunner
 
-    from orchestrator.cli_submit import submit
+    from orchestrator.cli.submit import submit
 
     tokens = shlex.split(_entrypoint().replace(MOUNT, cluster["volume"]))
     sets = [token for i, token in enumerate(tokens) if token == "--set" or tokens[i - 1] == "--set"]

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from PIL import Image
 
-from orchestrator import cli_report
+from orchestrator.cli import report as cli_report
 from orchestrator.paper import PAPER_TABLES, paper_row, paper_table
 from orchestrator.report import (
     MISSING,

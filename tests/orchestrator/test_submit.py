@@ -61,7 +61,7 @@ def test_bad_input_is_refused_before_anything_is_submitted(tmp_path):
     with pytest.raises(SubmitError, match="relative local path"):
         submit_sweep("table8", address=closed, storage=str(tmp_path), tracking_uri="sqlite:///m.db")
 
-    from orchestrator.cli_submit import submit
+    from orchestrator.cli.submit import submit
 
     result = CliRunner().invoke(submit, ["no-such-preset", "--address", closed, "--storage", str(tmp_path)])
     assert result.exit_code == 1 and "unknown experiment" in result.output and "Traceback" not in result.output

@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from orchestrator.cli_upscale import upscale
+from orchestrator.cli.upscale import upscale
 from orchestrator.upscale import (
     InputConversionWarning,
     UpscaleError,

@@ -260,7 +260,7 @@ def test_two_workers_agree_and_each_worker_count_gets_its_own_train_run(faulted)
 
 
 def test_the_job_commands_see_both_jobs(faulted):
-    from orchestrator.cli_submit import echo_job_status, jobs, stop
+    from orchestrator.cli.submit import echo_job_status, jobs, stop
 
     address, second = faulted["cluster"]["dashboard"], faulted["second"]
     assert "".join(job_logs(address, second, follow=True)) == faulted["second_logs"]  # a finished job's stream ends
@@ -279,7 +279,7 @@ def test_the_job_commands_see_both_jobs(faulted):
 
 
 def test_the_report_of_the_sweep_has_a_bicubic_row_and_the_model_to_use(faulted):
-    from orchestrator.cli_report import report, status
+    from orchestrator.cli.report import report, status
 
     uri = faulted["cluster"]["mlflow"]
     shown = CliRunner().invoke(report, [SWEEP, "--storage", str(faulted["storage"]), "--tracking-uri", uri])

@@ -107,7 +107,7 @@ def _launch(
 
 
 def _summarise(experiment: Experiment, outcome: SweepOutcome) -> None:
-    from orchestrator.cli_report import print_report
+    from orchestrator.cli.report import print_report
 
     click.echo(f"Sweep {outcome.name}: " + ", ".join(f"{t} {s}" for t, s in outcome.trials.items()))
     for trial, error in outcome.errors.items():

@@ -240,7 +240,7 @@ def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address
     """Without SWEEP: every tracked sweep. With SWEEP: its trials (stage, headline metrics beside bicubic, run id)
     and the `trilevel upscale` command for the best one."""
     if address is not None:
-        from orchestrator.cli_submit import echo_job_status
+        from orchestrator.cli.submit import echo_job_status
 
         if sweep is None:
             raise click.ClickException("with --address, give the submission id printed by `trilevel submit`")

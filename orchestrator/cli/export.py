@@ -1,6 +1,6 @@
 """`trilevel export`: a trained network as a file to deploy (ONNX, any image size), optionally logged to its run.
 
-The model is named as everywhere else (:mod:`orchestrator.cli_upscale`: a run id, ``best:SWEEP``, a
+The model is named as everywhere else (:mod:`orchestrator.cli.upscale`: a run id, ``best:SWEEP``, a
 registered model, a checkpoint); the work is in :mod:`orchestrator.export`. Errors are one-line
 messages, never tracebacks.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from orchestrator.cli_upscale import DEFAULT_MLFLOW_EXPERIMENT, DEFAULT_TRACKING, MODEL_HELP, MODEL_METAVAR
+from orchestrator.cli.upscale import DEFAULT_MLFLOW_EXPERIMENT, DEFAULT_TRACKING, MODEL_HELP, MODEL_METAVAR
 
 __all__ = ["export"]
 

@@ -1,4 +1,4 @@
-"""The `trilevel` command line. Each command group lives in its own `cli_*` module."""
+"""The `trilevel` command line. Each command group lives in its own module of this package."""
 
 from __future__ import annotations
 
@@ -33,23 +33,23 @@ def cli() -> None:
 
 def _register_commands() -> None:
     """Attach the commands; kept out of import time so importing the module has no side effects."""
-    from orchestrator import cli_arch, cli_data, cli_export, cli_report, cli_run, cli_submit, cli_upscale
+    from orchestrator.cli import arch, data, export, report, run, submit, upscale
 
     for command in (
-        cli_run.run,
-        cli_run.sweep,
-        cli_run.resume,
-        cli_run.demo,
-        cli_report.status,
-        cli_report.report,
-        cli_arch.arch,
-        cli_upscale.upscale,
-        cli_export.export,
-        cli_submit.submit,
-        cli_submit.logs,
-        cli_submit.stop,
-        cli_submit.jobs,
-        cli_data.data,
+        run.run,
+        run.sweep,
+        run.resume,
+        run.demo,
+        report.status,
+        report.report,
+        arch.arch,
+        upscale.upscale,
+        export.export,
+        submit.submit,
+        submit.logs,
+        submit.stop,
+        submit.jobs,
+        data.data,
     ):
         cli.add_command(command)
 
