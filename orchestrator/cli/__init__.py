@@ -1,28 +1,15 @@
-"""The `trilevel` command line. Each command group lives in its own module of this package."""
+"""The `trilevel` command line: the click group and its entry point.
+
+Each command group lives in its own module of this package (`run`, `submit`, `report`, `arch`, `data`,
+`export`, `upscale`); what they share (defaults, options, the error wrapper) is in `common`. The
+commands are attached in `main`, not at import, so importing one command module does not import them all.
+"""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any
-
 import click
 
-
-def friendly_errors(*errors: type[BaseException]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: the given errors (bad input, unreachable servers) become one-line messages, exit 1."""
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(command)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return command(*args, **kwargs)
-            except errors as err:
-                raise click.ClickException(str(err)) from None
-
-        return wrapper
-
-    return decorate
+__all__ = ["cli", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,7 +19,7 @@ def cli() -> None:
 
 
 def _register_commands() -> None:
-    """Attach the commands; kept out of import time so importing the module has no side effects."""
+    """Attach the commands; kept out of import time so importing the package has no side effects."""
     from orchestrator.cli import arch, data, export, report, run, submit, upscale
 
     for command in (
@@ -55,6 +42,6 @@ def _register_commands() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (`trilevel`, `python -m orchestrator`)."""
     _register_commands()
     cli()

@@ -6,7 +6,8 @@ import json
 
 import click
 
-from orchestrator.export import ExportError, onnx_latency
+from orchestrator.cli.common import JSON, friendly_errors
+from orchestrator.export import onnx_latency
 from search_space.cost import count
 from search_space.derived import build_network
 from search_space.genotype import Genotype, load_genotype, zoo_names
@@ -64,7 +65,7 @@ def list_zoo() -> None:
 
 @arch.command("show")
 @click.argument("name_or_file")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of the table.")
+@JSON.but(help="Print a JSON report instead of the table.")
 @click.option("--lr-size", default="256x256", show_default=True, help="LR input size HxW for GFLOPs and latency.")
 @click.option(
     "--latency-repeats", default=3, show_default=True, type=click.IntRange(min=0), help="0 skips the latency runs."
@@ -75,17 +76,12 @@ def list_zoo() -> None:
     show_default=True,
     help="Also time the network exported to ONNX, in ONNX Runtime (the export takes seconds).",
 )
+@friendly_errors
 def show(name_or_file: str, as_json: bool, lr_size: str, latency_repeats: int, onnx: bool) -> None:
     """Show NAME (see `trilevel arch list`) or a genotype FILE.json: table, params, GFLOPs, latency."""
-    try:
-        genotype = load_genotype(name_or_file)
-    except ValueError as err:
-        raise click.ClickException(str(err)) from None
+    genotype = load_genotype(name_or_file)  # a bad name or file: a ValueError, a message
     size = _parse_size(lr_size)
-    try:
-        report = describe(genotype, size, latency_repeats, onnx)
-    except ExportError as err:  # the network does not export, or ONNX Runtime disagrees with PyTorch
-        raise click.ClickException(str(err)) from None
+    report = describe(genotype, size, latency_repeats, onnx)  # ExportError: no export, or ONNX Runtime disagrees
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from orchestrator.cli.common import JSON, friendly_errors
+
 if TYPE_CHECKING:
     from workers.shards import PrepareSummary
 
@@ -42,19 +44,6 @@ def _echo_progress() -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
         logger.propagate = old_propagate
-
-
-@contextmanager
-def _data_errors() -> Iterator[None]:
-    """Bad data and unreachable paths become a one-line ClickException."""
-    from workers.shards import DataError
-
-    try:
-        yield
-    except DataError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:  # pyarrow filesystem errors: missing bucket, permissions, ...
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 
 
 def _parse_subimages(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -113,7 +102,8 @@ def data() -> None:
 )
 @click.option("--rows-per-shard", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--min-size", default=None, type=click.IntRange(min=1), help="Minimum HR side [32*scale].")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@JSON
+@friendly_errors
 def prepare(
     sources: tuple[str, ...],
     out: str,
@@ -128,7 +118,7 @@ def prepare(
     """Prepare the HR image folders SOURCES (PNG/JPEG) into shards at --out."""
     from workers.shards import prepare_dataset
 
-    with _data_errors(), _echo_progress():
+    with _echo_progress():
         summary = prepare_dataset(
             list(sources),
             out,
@@ -144,26 +134,27 @@ def prepare(
 
 @data.command()
 @click.option("--out", required=True, help="Output folder or URI; gets train/ and val/.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@JSON
+@friendly_errors
 def demo(out: str, as_json: bool) -> None:
     """Write the built-in demo data set (scikit-image's bundled photographs, no download)."""
     from workers.shards import write_demo_dataset
 
-    with _data_errors(), _echo_progress():
+    with _echo_progress():
         summary = write_demo_dataset(out)
     _print(summary, as_json)
 
 
 @data.command()
 @click.argument("path")
+@friendly_errors
 def info(path: str) -> None:
     """Show a prepared data set: rows, images, shards, and its search split (chi_1 / chi_2)."""
     from workers.pipeline import image_ids, split_image_ids
     from workers.shards import read_manifest
 
-    with _data_errors():
-        m = read_manifest(path)
-        w, a = split_image_ids(image_ids(path))
+    m = read_manifest(path)
+    w, a = split_image_ids(image_ids(path))
     opts = m.data["options"]
     click.echo(f"{path}: {m.images} images, {m.rows} rows, {len(m.shards)} shards, {m.data['bytes']:,} bytes")
     click.echo(f"  scale x{m.scale}, subimages {opts.get('subimages')}, {m.data['with_lr']} rows with official LR")

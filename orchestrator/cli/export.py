@@ -1,7 +1,7 @@
 """`trilevel export`: a trained network as a file to deploy (ONNX, any image size), optionally logged to its run.
 
-The model is named as everywhere else (:mod:`orchestrator.cli.upscale`: a run id, ``best:SWEEP``, a
-registered model, a checkpoint); the work is in :mod:`orchestrator.export`. Errors are one-line
+The model is named as everywhere else (``--model``, as for `trilevel upscale`: a run id, ``best:SWEEP``,
+a registered model, a checkpoint); the work is in :mod:`orchestrator.export`. Errors are one-line
 messages, never tracebacks.
 """
 
@@ -11,7 +11,14 @@ from pathlib import Path
 
 import click
 
-from orchestrator.cli.upscale import DEFAULT_MLFLOW_EXPERIMENT, DEFAULT_TRACKING, MODEL_HELP, MODEL_METAVAR
+from orchestrator.cli.common import (
+    DEFAULT_TRACKING,
+    MLFLOW_EXPERIMENT,
+    MODEL,
+    TRACKING_URI,
+    friendly_errors,
+    user_error_message,
+)
 
 __all__ = ["export"]
 
@@ -21,7 +28,7 @@ def _dims(dims: list[str | int]) -> str:
 
 
 @click.command("export")
-@click.option("--model", "source", required=True, metavar=MODEL_METAVAR, help=MODEL_HELP)
+@MODEL
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True, help="File format.")
 @click.option(
     "--out",
@@ -31,13 +38,9 @@ def _dims(dims: list[str | int]) -> str:
 )
 @click.option("--opset", type=click.IntRange(min=18), default=None, help="ONNX opset [default: the exporter's].")
 @click.option("--log", "log_to_run", is_flag=True, help="Also log the file to the model's MLflow run (under export/).")
-@click.option("--tracking-uri", default=None, help=f"MLflow tracking URI [default: {DEFAULT_TRACKING}]")
-@click.option(
-    "--mlflow-experiment",
-    default=DEFAULT_MLFLOW_EXPERIMENT,
-    show_default=True,
-    help="MLflow experiment of the sweep, for best:SWEEP.",
-)
+@TRACKING_URI
+@MLFLOW_EXPERIMENT
+@friendly_errors
 def export(
     source: str,
     fmt: str,
@@ -50,22 +53,19 @@ def export(
     """Export a trained network to FORMAT with dynamic batch, height and width, checked against PyTorch."""
     from mlflow.exceptions import MlflowException
 
-    from orchestrator.export import ExportError, export_onnx, log_export
-    from orchestrator.upscale import UpscaleError, open_model
+    from orchestrator.export import export_onnx, log_export
+    from orchestrator.upscale import open_model
 
     uri = tracking_uri or DEFAULT_TRACKING
-    try:
-        loaded = open_model(source, uri, mlflow_experiment)
-        if log_to_run and loaded.run_id is None:
-            raise click.ClickException(
-                f"--log: the model {source} did not come from an MLflow run; pass its run id, runs:/…, models:/… "
-                "or best:SWEEP"
-            )
-        if loaded.note:
-            click.echo(f"Using the {loaded.note}", err=True)
-        done = export_onnx(loaded.module, out, loaded.scale, opset=opset)
-    except (UpscaleError, ExportError) as err:
-        raise click.ClickException(str(err)) from None
+    loaded = open_model(source, uri, mlflow_experiment)
+    if log_to_run and loaded.run_id is None:
+        raise click.ClickException(
+            f"--log: the model {source} did not come from an MLflow run; pass its run id, runs:/…, models:/… "
+            "or best:SWEEP"
+        )
+    if loaded.note:
+        click.echo(f"Using the {loaded.note}", err=True)
+    done = export_onnx(loaded.module, out, loaded.scale, opset=opset)
     click.echo(
         f"Wrote {done.path} ({fmt.upper()} opset {done.opset}, ×{loaded.scale}): "
         f"input lr {_dims(done.input_shape)} → sr {_dims(done.output_shape)}"
@@ -75,7 +75,7 @@ def export(
         assert loaded.run_id is not None
         try:
             artifact = log_export(uri, loaded.run_id, done.path)
-        except (MlflowException, OSError) as err:
-            message = err.message if isinstance(err, MlflowException) else str(err)
+        except (MlflowException, OSError) as err:  # the file is written; say which run did not take it
+            message = user_error_message(err)
             raise click.ClickException(f"--log: MLflow run {loaded.run_id} at {uri}: {message}") from None
         click.echo(f"Logged to MLflow run {loaded.run_id} as {artifact}")

@@ -9,40 +9,28 @@ one-line message (`click.ClickException`), never a traceback.
 
 from __future__ import annotations
 
-import functools
 import os
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import click
 
 from orchestrator import report as rep
-from orchestrator.tracking import DEFAULT_TRACKING_URI, STAGE_TAG
+from orchestrator.cli.common import (
+    DEFAULT_MLFLOW_EXPERIMENT,
+    DEFAULT_STORAGE,
+    DEFAULT_TRACKING,
+    JOB_SERVER,
+    MLFLOW_EXPERIMENT,
+    STORAGE,
+    TRACKING_URI,
+    friendly_errors,
+)
+from orchestrator.tracking import STAGE_TAG
 
-__all__ = ["DEFAULT_STORAGE", "DEFAULT_TRACKING", "best_trial_lines", "print_report", "report", "status"]
-
-# The same defaults as `trilevel sweep` (orchestrator.experiment: TrackingSpec.uri, Experiment.storage).
-DEFAULT_TRACKING = DEFAULT_TRACKING_URI
-DEFAULT_STORAGE = "./trilevel-runs"
-DEFAULT_MLFLOW_EXPERIMENT = "trilevel"
-
-
-def _friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Missing sweeps, experiments or servers become one-line messages."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return command(*args, **kwargs)
-        except (ValueError, OSError, MlflowException) as err:
-            message = err.message if isinstance(err, MlflowException) else str(err)
-            raise click.ClickException(message) from None
-
-    return wrapper
+__all__ = ["best_trial_lines", "print_report", "report", "status"]
 
 
 def _saved_experiment(sweep: str, storage: str) -> Any | None:
@@ -90,7 +78,7 @@ def _report(
     return files
 
 
-@_friendly_errors
+@friendly_errors
 def print_report(sweep: str, storage: str, tracking_uri: str, mlflow_experiment: str = "trilevel") -> None:
     """Print the sweep's table and the model to use; write its report under `<storage>/<sweep>/report`.
 
@@ -105,24 +93,21 @@ def print_report(sweep: str, storage: str, tracking_uri: str, mlflow_experiment:
 
 @click.command("report")
 @click.argument("sweep")
-@click.option(
-    "--storage",
+@STORAGE.but(
     default=DEFAULT_STORAGE,
     show_default=True,
     help="Where the sweep's state lives (for its labels and tracking settings).",
 )
-@click.option(
-    "--tracking-uri", default=None, help=f"MLflow tracking URI [default: the sweep's, else {DEFAULT_TRACKING}]"
-)
-@click.option(
-    "--mlflow-experiment",
+@TRACKING_URI.but(help=f"MLflow tracking URI [default: the sweep's, else {DEFAULT_TRACKING}]")
+@MLFLOW_EXPERIMENT.but(
     default=None,
+    show_default=False,
     help=f"MLflow experiment [default: the sweep's, else {DEFAULT_MLFLOW_EXPERIMENT}]",
 )
 @click.option(
     "--out", default=None, help="Directory for report.md/csv and pareto.png [default: <storage>/<sweep>/report]"
 )
-@_friendly_errors
+@friendly_errors
 def report(sweep: str, storage: str, tracking_uri: str | None, mlflow_experiment: str | None, out: str | None) -> None:
     """The paper-style table of SWEEP (Markdown, CSV) and its PSNR-vs-GFLOPs Pareto plot.
 
@@ -188,9 +173,7 @@ def _progress(
     out = []
     for row in trial_rows:
         stage_run = latest.get(row.trial)
-        stage = (
-            f"{stage_run.data.tags.get(STAGE_TAG, '?')} ({stage_run.info.status})" if stage_run else rep.MISSING
-        )
+        stage = f"{stage_run.data.tags.get(STAGE_TAG, '?')} ({stage_run.info.status})" if stage_run else rep.MISSING
         entry = {"Trial": row.trial, "Status": row.status, "Stage": stage, "Path": rep.format_path(row)}
         entry |= {"Params (M)": rep.format_value(row.params_m), "GFLOPs": rep.format_value(row.gflops)}
         for s in sets:
@@ -227,15 +210,14 @@ def best_trial_lines(trial_rows: list[rep.TrialRow], tracking_uri: str, sweep: s
 
 @click.command("status")
 @click.argument("sweep", required=False)
-@click.option("--tracking-uri", default=DEFAULT_TRACKING, show_default=True, help="MLflow tracking URI.")
-@click.option("--mlflow-experiment", default=DEFAULT_MLFLOW_EXPERIMENT, show_default=True, help="MLflow experiment.")
-@click.option(
-    "--address",
-    default=None,
-    envvar="RAY_API_SERVER_ADDRESS",
+@TRACKING_URI.but(default=DEFAULT_TRACKING, show_default=True, help="MLflow tracking URI.")
+@MLFLOW_EXPERIMENT.but(help="MLflow experiment.")
+@JOB_SERVER.but(
+    required=False,
+    show_envvar=False,
     help="Ray job server (http://HEAD:8265): SWEEP is then a submission id from `trilevel submit`.",
 )
-@_friendly_errors
+@friendly_errors
 def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address: str | None) -> None:
     """Without SWEEP: every tracked sweep. With SWEEP: its trials (stage, headline metrics beside bicubic, run id)
     and the `trilevel upscale` command for the best one."""

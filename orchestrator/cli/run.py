@@ -1,4 +1,4 @@
-"""`trilevel run|sweep|resume|status|demo`: run experiments on a local Ray or an existing cluster."""
+"""`trilevel run|sweep|resume|demo`: run experiments on a local Ray or an existing cluster."""
 
 from __future__ import annotations
 
@@ -8,45 +8,42 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrator.cli import friendly_errors
+from orchestrator.cli.common import (
+    ADDRESS,
+    DEFAULT_STORAGE,
+    DRY_RUN,
+    EXPERIMENT,
+    NAME,
+    SCALE,
+    SET,
+    STORAGE,
+    TRACKING_URI,
+    VERBOSE,
+    friendly_errors,
+)
 from orchestrator.experiment import (
     RESULT_NEUTRAL_FIELDS,
-    SCALE_HELP,
     Experiment,
-    ExperimentError,
     apply_overrides,
     load_experiment,
     preset_names,
 )
-from orchestrator.tracking import DEFAULT_TRACKING_URI, TrackingUnavailable
 
 if TYPE_CHECKING:
     from orchestrator.sweep import SweepOutcome
-
-DEFAULT_TRACKING = DEFAULT_TRACKING_URI
-DEFAULT_STORAGE = "./trilevel-runs"
-
-
-VERBOSE = click.option(
-    "-v", "--verbose", is_flag=True, help="Show Ray's, Ray Data's and Tune's output here instead of the live table."
-)
 
 
 def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by `run` and `sweep`: scale, overrides, name, storage, tracking, cluster."""
     options = [
-        click.argument("experiment"),
-        click.option("--scale", default="tiny", show_default=True, help=SCALE_HELP),
-        click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override a field."),
-        click.option("--name", default=None, help="Sweep name (default: the experiment's name)."),
-        click.option("--storage", default=None, help=f"Local dir or s3://… [default: {DEFAULT_STORAGE}]"),
-        click.option("--tracking-uri", default=None, help=f"MLflow tracking URI [default: {DEFAULT_TRACKING}]"),
-        click.option("--address", default=None, help="Existing Ray cluster (e.g. auto); default: a local Ray."),
-        click.option(
-            "--dry-run",
-            is_flag=True,
-            help="Check data, weights, storage, MLflow and cluster resources, print the plan, start nothing.",
-        ),
+        EXPERIMENT,
+        SCALE,
+        SET,
+        NAME,
+        STORAGE,
+        TRACKING_URI,
+        ADDRESS,
+        DRY_RUN,
         click.option("--preflight", is_flag=True, help="The --dry-run checks first; start only if they pass."),
         VERBOSE,
     ]
@@ -65,9 +62,6 @@ def _load(
 ) -> Experiment:
     fields = {"name": name, "storage": storage, "tracking.uri": tracking_uri}
     return load_experiment(experiment, scale, overrides, **{k: v for k, v in fields.items() if v is not None})
-
-
-_friendly_errors = friendly_errors(ExperimentError, TrackingUnavailable)
 
 
 def _launch(
@@ -150,7 +144,7 @@ def _preflight(experiment: Experiment, echo: Callable[[str], Any]) -> None:
 
 @click.command()
 @experiment_options
-@_friendly_errors
+@friendly_errors
 def sweep(
     experiment: str,
     scale: str,
@@ -170,7 +164,7 @@ def sweep(
 
 @click.command()
 @experiment_options
-@_friendly_errors
+@friendly_errors
 def run(
     experiment: str,
     scale: str,
@@ -190,17 +184,11 @@ def run(
 
 @click.command()
 @click.argument("name")
-@click.option("--storage", default=DEFAULT_STORAGE, show_default=True)
-@click.option("--address", default=None, help="Existing Ray cluster; default: a local Ray.")
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="FIELD=VALUE",
-    help=f"Change a field that does not change results: {', '.join(RESULT_NEUTRAL_FIELDS)}.",
-)
+@STORAGE.but(default=DEFAULT_STORAGE, show_default=True, help=None)
+@ADDRESS.but(help="Existing Ray cluster; default: a local Ray.")
+@SET.but(help=f"Change a field that does not change results: {', '.join(RESULT_NEUTRAL_FIELDS)}.")
 @VERBOSE
-@_friendly_errors
+@friendly_errors
 def resume(name: str, storage: str, address: str | None, overrides: tuple[str, ...], verbose: bool) -> None:
     """Continue the interrupted sweep NAME: finished trials are kept, the others resume their stages."""
     from orchestrator.sweep import load_sweep_experiment
@@ -210,10 +198,10 @@ def resume(name: str, storage: str, address: str | None, overrides: tuple[str, .
 
 
 @click.command()
-@click.option("--storage", default=None, help=f"Where the demo writes [default: {DEFAULT_STORAGE}]")
-@click.option("--tracking-uri", default=None, help=f"MLflow tracking URI [default: {DEFAULT_TRACKING}]")
+@STORAGE.but(help=f"Where the demo writes [default: {DEFAULT_STORAGE}]")
+@TRACKING_URI
 @VERBOSE
-@_friendly_errors
+@friendly_errors
 def demo(storage: str | None, tracking_uri: str | None, verbose: bool) -> None:
     """The table8 ablation at tiny scale on the built-in photographs, then its report."""
     import ray.tune

@@ -9,30 +9,21 @@ from MLflow as usual (`trilevel status SWEEP`, `trilevel report SWEEP`). `--addr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import click
 
-from orchestrator.cli import friendly_errors
-from orchestrator.experiment import SCALE_HELP, ExperimentError
-from orchestrator.submit import SubmitError
-from orchestrator.tracking import TrackingUnavailable
+from orchestrator.cli.common import (
+    DRY_RUN,
+    EXPERIMENT,
+    JOB_SERVER,
+    NAME,
+    SCALE,
+    SET,
+    STORAGE,
+    TRACKING_URI,
+    friendly_errors,
+)
 
-__all__ = ["address_option", "echo_job_status", "jobs", "logs", "stop", "submit"]
-
-ADDRESS_HELP = "Ray job server of the cluster: the head's dashboard port, e.g. http://127.0.0.1:8265 (port-forwarded)."
-
-
-def address_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """`--address`, required, from RAY_API_SERVER_ADDRESS when not given."""
-    return click.option(
-        "--address", required=True, envvar="RAY_API_SERVER_ADDRESS", show_envvar=True, help=ADDRESS_HELP
-    )(command)
-
-
-# Bad input, unreachable servers and failed jobs become messages (exit 1), never tracebacks.
-_friendly_errors = friendly_errors(ExperimentError, TrackingUnavailable, SubmitError)
+__all__ = ["echo_job_status", "jobs", "logs", "stop", "submit"]
 
 
 def _hints(submission_id: str, address: str) -> str:
@@ -44,35 +35,27 @@ def _hints(submission_id: str, address: str) -> str:
 
 
 @click.command()
-@click.argument("experiment")
-@address_option
-@click.option("--scale", default="tiny", show_default=True, help=SCALE_HELP)
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override a field.")
-@click.option("--name", default=None, help="Sweep name (default: the experiment's name).")
-@click.option(
-    "--storage",
-    default=None,
+@EXPERIMENT
+@JOB_SERVER
+@SCALE
+@SET
+@NAME
+@STORAGE.but(
     help="Where the sweep keeps its state, as the cluster sees it: an absolute path on a volume every node "
-    "mounts, or s3://… (required unless the experiment sets an absolute one).",
+    "mounts, or s3://… (required unless the experiment sets an absolute one)."
 )
-@click.option(
-    "--tracking-uri",
-    default=None,
-    help="MLflow tracking server as the cluster sees it, e.g. http://mlflow:5000.",
-)
+@TRACKING_URI.but(help="MLflow tracking server as the cluster sees it, e.g. http://mlflow:5000.")
 @click.option("--no-wait", is_flag=True, help="Print the submission id and return; don't follow the logs.")
-@click.option(
-    "--dry-run",
-    is_flag=True,
+@DRY_RUN.but(
     help="Run the sweep's pre-flight on the cluster (data, weights, storage, MLflow, GPUs) and print its plan; "
-    "start nothing.",
+    "start nothing."
 )
 @click.option(
     "--skip-tracking-check",
     is_flag=True,
     help="Don't check an http(s) tracking URI from here (it may resolve only inside the cluster).",
 )
-@_friendly_errors
+@friendly_errors
 def submit(
     experiment: str,
     address: str,
@@ -170,9 +153,9 @@ def echo_job_status(submission_id: str | None, address: str) -> None:
 
 @click.command()
 @click.argument("submission_id")
-@address_option
+@JOB_SERVER
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the job ends.")
-@_friendly_errors
+@friendly_errors
 def logs(submission_id: str, address: str, follow: bool) -> None:
     """The output of job SUBMISSION_ID (the sweep driver's, with its trials' forwarded lines)."""
     from orchestrator.submit import job_logs
@@ -186,8 +169,8 @@ def logs(submission_id: str, address: str, follow: bool) -> None:
 
 @click.command()
 @click.argument("submission_id")
-@address_option
-@_friendly_errors
+@JOB_SERVER
+@friendly_errors
 def stop(submission_id: str, address: str) -> None:
     """Stop job SUBMISSION_ID: its driver and trials end; finished trials stay in storage and MLflow."""
     from orchestrator.submit import job_status, stop_job
@@ -200,8 +183,8 @@ def stop(submission_id: str, address: str) -> None:
 
 
 @click.command()
-@address_option
-@_friendly_errors
+@JOB_SERVER
+@friendly_errors
 def jobs(address: str) -> None:
     """Every job submitted to the cluster at --address, oldest first."""
     from orchestrator.report import to_markdown

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import click
 
-from orchestrator.tracking import DEFAULT_TRACKING_URI
+from orchestrator.cli.common import DEFAULT_TRACKING, MLFLOW_EXPERIMENT, MODEL, TRACKING_URI, friendly_errors
 from orchestrator.upscale import (
-    UpscaleError,
     collect_images,
     open_model,
     receptive_radius,
@@ -23,16 +22,7 @@ from orchestrator.upscale import (
     upscale_files,
 )
 
-__all__ = ["DEFAULT_MLFLOW_EXPERIMENT", "DEFAULT_TRACKING", "MODEL_HELP", "upscale"]
-
-DEFAULT_TRACKING = DEFAULT_TRACKING_URI
-DEFAULT_MLFLOW_EXPERIMENT = "trilevel"
-MODEL_METAVAR = "RUN_ID|best:SWEEP|CHECKPOINT_DIR|models:/NAME/VERSION"
-MODEL_HELP = (
-    "A trial's MLflow run id (or runs:/ID/NAME), best:SWEEP (the sweep's best finished trial: highest PSNR "
-    "on its first validation set, ties to fewer GFLOPs), a registered model (models:/NAME/VERSION, "
-    "models:/NAME@ALIAS) or a train-stage checkpoint directory."
-)
+__all__ = ["upscale"]
 
 
 def _err(message: str) -> None:
@@ -40,13 +30,7 @@ def _err(message: str) -> None:
 
 
 @click.command("upscale")
-@click.option(
-    "--model",
-    "source",
-    required=True,
-    metavar=MODEL_METAVAR,
-    help=MODEL_HELP,
-)
+@MODEL
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--out",
@@ -70,14 +54,10 @@ def _err(message: str) -> None:
     help="Context pixels around each tile; seams vanish once it reaches the receptive field.",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--tracking-uri", default=None, help=f"MLflow tracking URI [default: {DEFAULT_TRACKING}]")
-@click.option(
-    "--mlflow-experiment",
-    default=DEFAULT_MLFLOW_EXPERIMENT,
-    show_default=True,
-    help="MLflow experiment of the sweep, for best:SWEEP.",
-)
+@TRACKING_URI
+@MLFLOW_EXPERIMENT
 @click.option("--keep-going", is_flag=True, help="Skip unreadable images (reported; exit status 1 at the end).")
+@friendly_errors
 def upscale(
     source: str,
     inputs: tuple[Path, ...],
@@ -90,35 +70,32 @@ def upscale(
     keep_going: bool,
 ) -> None:
     """Upscale image files and folders of PNG/JPEG (INPUTS) with a trained network."""
-    try:
-        resolve_device(device)
-        files = collect_images(inputs, report=_err)
-        loaded = open_model(source, tracking_uri or DEFAULT_TRACKING, mlflow_experiment)
-        model, scale = loaded.module, loaded.scale
-        genotype = getattr(model, "genotype", None)
-        name = f" {genotype.name}" if getattr(genotype, "name", "") else ""
-        _err(f"Model{name} from {source}: ×{scale}")
-        if loaded.note:
-            _err(f"Using the {loaded.note}")
-        radius = receptive_radius(model)
-        if tile and overlap < radius:
-            _err(
-                f"Note: --overlap {overlap} is below this network's receptive-field bound ({radius} px): "
-                f"tiled results may differ very slightly at tile seams; --overlap {radius} makes them exact."
-            )
-        written = upscale_files(
-            model,
-            scale,
-            files,
-            out_dir,
-            tile=tile,
-            overlap=overlap,
-            device=device,
-            keep_going=keep_going,
-            report=_err,
+    resolve_device(device)
+    files = collect_images(inputs, report=_err)
+    loaded = open_model(source, tracking_uri or DEFAULT_TRACKING, mlflow_experiment)
+    model, scale = loaded.module, loaded.scale
+    genotype = getattr(model, "genotype", None)
+    name = f" {genotype.name}" if getattr(genotype, "name", "") else ""
+    _err(f"Model{name} from {source}: ×{scale}")
+    if loaded.note:
+        _err(f"Using the {loaded.note}")
+    radius = receptive_radius(model)
+    if tile and overlap < radius:
+        _err(
+            f"Note: --overlap {overlap} is below this network's receptive-field bound ({radius} px): "
+            f"tiled results may differ very slightly at tile seams; --overlap {radius} makes them exact."
         )
-    except UpscaleError as err:
-        raise click.ClickException(str(err)) from None
+    written = upscale_files(
+        model,
+        scale,
+        files,
+        out_dir,
+        tile=tile,
+        overlap=overlap,
+        device=device,
+        keep_going=keep_going,
+        report=_err,
+    )
     click.echo(f"Wrote {len(written)} image(s) to {out_dir}")
     if len(written) < len(files):
         raise click.ClickException(f"{len(files) - len(written)} of {len(files)} image(s) could not be upscaled")
