@@ -3,15 +3,14 @@
 Both commands read only MLflow (through :mod:`orchestrator.report`), so they work from any machine
 that reaches the tracking server, while the sweep runs or after it. `report` also reads the sweep's
 saved experiment (`<storage>/<sweep>/experiment.yaml`) for the display labels of its axis values and
-its tracking settings; without it the report still works, with raw axis values. Every failure is a
-one-line message (`click.ClickException`), never a traceback.
+its tracking settings; without it the report still works, with raw axis values (the printing is in
+:mod:`orchestrator.cli.sweep_report`, shared with the end of every sweep). With ``--address``, `status`
+asks a cluster's job server about a job from `trilevel submit` instead. Every failure is a one-line
+message (`click.ClickException`), never a traceback.
 """
 
 from __future__ import annotations
 
-import os
-import shlex
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -28,67 +27,10 @@ from orchestrator.cli.common import (
     TRACKING_URI,
     friendly_errors,
 )
+from orchestrator.cli.sweep_report import best_trial_lines, echo_report, report_dir, saved_experiment
 from orchestrator.tracking import STAGE_TAG
 
-__all__ = ["best_trial_lines", "print_report", "report", "status"]
-
-
-def _saved_experiment(sweep: str, storage: str) -> Any | None:
-    """The experiment the sweep was started with, or None (no such sweep under `storage`, unreadable).
-
-    A local storage without the sweep's file is answered without importing `orchestrator.sweep` (Ray, torch).
-    """
-    saved = os.path.join(storage, sweep, "experiment.yaml")
-    if "://" not in storage and not os.path.isfile(saved):
-        click.echo(f"Note: no saved experiment {saved}; reporting raw axis values.", err=True)
-        return None
-    try:
-        from orchestrator.sweep import load_sweep_experiment
-
-        return load_sweep_experiment(sweep, storage)
-    except Exception as err:  # any failure only costs the labels
-        click.echo(f"Note: {err}; reporting raw axis values.", err=True)
-        return None
-
-
-def _default_out(sweep: str, storage: str) -> str:
-    if "://" in storage:  # the report is written locally first (matplotlib needs a file), then logged to MLflow
-        return os.path.join("trilevel-reports", sweep)
-    return os.path.join(storage, sweep, "report")
-
-
-def _report(
-    sweep: str, tracking_uri: str, mlflow_experiment: str, labels: Mapping[str, str] | None, out: str
-) -> rep.ReportFiles:
-    files = rep.build_report(tracking_uri, mlflow_experiment, sweep, labels, out)
-    click.echo(rep.to_markdown(files.table))
-    if files.paper:
-        click.echo(f"Paper columns: {files.paper} of the supplementary, the row of the same method.")
-    if files.warnings:
-        click.secho(rep.warning_text(files.warnings), err=True, fg="red", bold=True)
-    click.echo(f"CSV:      {files.csv}")
-    click.echo(f"Plot:     {files.png}")
-    click.echo(f"Markdown: {files.markdown}")
-    if files.parent_run_id:
-        click.echo(f"Logged to MLflow run {files.parent_run_id} under {rep.REPORT_ARTIFACT_DIR}/")
-    if files.ui:
-        click.echo(files.ui)
-    else:
-        click.echo(f"Sweep {sweep} has no parent run in MLflow: the report was not logged there.", err=True)
-    return files
-
-
-@friendly_errors
-def print_report(sweep: str, storage: str, tracking_uri: str, mlflow_experiment: str = "trilevel") -> None:
-    """Print the sweep's table and the model to use; write its report under `<storage>/<sweep>/report`.
-
-    Every `trilevel sweep/run/resume/demo` ends with it, so each sweep logs its report and plot to MLflow.
-    """
-    experiment = _saved_experiment(sweep, storage)
-    labels = experiment.labels if experiment is not None else None
-    _report(sweep, tracking_uri, mlflow_experiment, labels, _default_out(sweep, storage))
-    for line in best_trial_lines(rep.collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, sweep):
-        click.secho(line, fg="red" if line.startswith("WARNING") else None, bold=line.startswith("WARNING"))
+__all__ = ["echo_job_status", "report", "status"]
 
 
 @click.command("report")
@@ -113,16 +55,16 @@ def report(sweep: str, storage: str, tracking_uri: str | None, mlflow_experiment
 
     The files are also logged to the sweep's MLflow parent run under report/.
     """
-    experiment = _saved_experiment(sweep, storage)
+    experiment = saved_experiment(sweep, storage)
     if experiment is not None:
         tracking_uri = tracking_uri or experiment.tracking.uri
         mlflow_experiment = mlflow_experiment or experiment.tracking.experiment
-    _report(
+    echo_report(
         sweep,
         tracking_uri or DEFAULT_TRACKING,
         mlflow_experiment or DEFAULT_MLFLOW_EXPERIMENT,
         experiment.labels if experiment is not None else None,
-        out or _default_out(sweep, storage),
+        out or report_dir(sweep, storage),
     )
 
 
@@ -185,27 +127,31 @@ def _progress(
     return out
 
 
-def best_trial_lines(trial_rows: list[rep.TrialRow], tracking_uri: str, sweep: str) -> list[str]:
-    """What `status` says about the trial to use: its numbers beside bicubic and a ready-to-paste upscale command."""
-    best = rep.best_row(trial_rows)
-    if best is None:
-        return [f"No finished trial with PSNR yet; once there is one: trilevel upscale --model best:{sweep} …"]
-    first = rep.validation_sets([best])[0]
-    numbers = f"PSNR {first} {best.psnr[first]:.2f} dB"
-    delta = best.delta(first)
-    if delta is not None:
-        numbers += f", bicubic {best.psnr_bicubic[first]:.2f} dB ({delta:+.2f})"
-    if best.gflops is not None:
-        numbers += f", {best.gflops:.2f} GFLOPs"
-    uri = "" if tracking_uri == DEFAULT_TRACKING else f" --tracking-uri {shlex.quote(tracking_uri)}"
-    lines = [
-        f"Best trial: {best.trial} ({numbers})",
-        "Upscale your images with it (replace photos/ with yours):",
-        f"  trilevel upscale --model {best.run_id}{uri} photos/ --out sr/",
-    ]
-    if delta is not None and delta <= 0:
-        lines.append(f"WARNING: even the best trial does not beat bicubic on {first} ({delta:+.2f} dB).")
-    return lines
+def echo_job_status(submission_id: str | None, address: str) -> None:
+    """`trilevel status ID --address …`: the job's state on the cluster, and where its sweep's progress is.
+
+    Raises `click.ClickException` (one line, exit 1) for an unknown id or an unreachable server.
+    """
+    from orchestrator.submit import SubmitError, describe_job, job_status_or_none
+
+    if submission_id is None:
+        raise click.UsageError("With --address, give a submission id (`trilevel jobs --address …` lists them).")
+    try:
+        job = job_status_or_none(submission_id, address)
+    except SubmitError as err:
+        raise click.ClickException(str(err)) from None
+    if job is None:
+        raise click.ClickException(
+            f"No job {submission_id!r} on the Ray cluster at {address}; `trilevel jobs --address {address}` lists them."
+        )
+    click.echo(describe_job(job))
+    if job.sweep:
+        uri = f" --tracking-uri {job.tracking_uri}" if job.tracking_uri else ""
+        click.echo(f"Trials:   trilevel status {job.sweep}{uri}")
+    if job.tracking_uri:
+        from orchestrator.submit import mlflow_hint
+
+        click.echo(mlflow_hint(job.tracking_uri))
 
 
 @click.command("status")
@@ -222,8 +168,6 @@ def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address
     """Without SWEEP: every tracked sweep. With SWEEP: its trials (stage, headline metrics beside bicubic, run id)
     and the `trilevel upscale` command for the best one."""
     if address is not None:
-        from orchestrator.cli.submit import echo_job_status
-
         if sweep is None:
             raise click.ClickException("with --address, give the submission id printed by `trilevel submit`")
         echo_job_status(sweep, address)

@@ -21,6 +21,7 @@ from orchestrator.cli.common import (
     VERBOSE,
     friendly_errors,
 )
+from orchestrator.cli.sweep_report import print_report
 from orchestrator.experiment import (
     RESULT_NEUTRAL_FIELDS,
     Experiment,
@@ -101,8 +102,6 @@ def _launch(
 
 
 def _summarise(experiment: Experiment, outcome: SweepOutcome) -> None:
-    from orchestrator.cli.report import print_report
-
     click.echo(f"Sweep {outcome.name}: " + ", ".join(f"{t} {s}" for t, s in outcome.trials.items()))
     for trial, error in outcome.errors.items():
         click.echo(f"  {trial} failed: {error}", err=True)

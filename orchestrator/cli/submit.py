@@ -23,7 +23,7 @@ from orchestrator.cli.common import (
     friendly_errors,
 )
 
-__all__ = ["echo_job_status", "jobs", "logs", "stop", "submit"]
+__all__ = ["jobs", "logs", "stop", "submit"]
 
 
 def _hints(submission_id: str, address: str) -> str:
@@ -122,33 +122,6 @@ def _tracking_uri_of(experiment: str, scale: str, overrides: tuple[str, ...]) ->
     from orchestrator.experiment import load_experiment
 
     return load_experiment(experiment, scale, overrides).tracking.uri
-
-
-def echo_job_status(submission_id: str | None, address: str) -> None:
-    """`trilevel status ID --address …`: the job's state on the cluster, and where its sweep's progress is.
-
-    Raises `click.ClickException` (one line, exit 1) for an unknown id or an unreachable server.
-    """
-    from orchestrator.submit import SubmitError, describe_job, job_status_or_none
-
-    if submission_id is None:
-        raise click.UsageError("With --address, give a submission id (`trilevel jobs --address …` lists them).")
-    try:
-        job = job_status_or_none(submission_id, address)
-    except SubmitError as err:
-        raise click.ClickException(str(err)) from None
-    if job is None:
-        raise click.ClickException(
-            f"No job {submission_id!r} on the Ray cluster at {address}; `trilevel jobs --address {address}` lists them."
-        )
-    click.echo(describe_job(job))
-    if job.sweep:
-        uri = f" --tracking-uri {job.tracking_uri}" if job.tracking_uri else ""
-        click.echo(f"Trials:   trilevel status {job.sweep}{uri}")
-    if job.tracking_uri:
-        from orchestrator.submit import mlflow_hint
-
-        click.echo(mlflow_hint(job.tracking_uri))
 
 
 @click.command()

@@ -21,6 +21,7 @@ from mlflow.entities import Metric, Param
 from PIL import Image
 
 from orchestrator.cli import report as cli_report
+from orchestrator.cli import sweep_report
 from orchestrator.paper import PAPER_TABLES, paper_row, paper_table
 from orchestrator.report import (
     MISSING,
@@ -345,7 +346,7 @@ def test_cli_report_without_storage_and_print_report(store, tmp_path, monkeypatc
     assert f"Logged to MLflow run {store['parents']['table8']}" in result.stdout
     assert (out / "report.csv").exists()
 
-    cli_report.print_report("running", str(tmp_path / "storage"), store["uri"])  # what `trilevel demo` calls
+    sweep_report.print_report("running", str(tmp_path / "storage"), store["uri"])  # what `trilevel demo` calls
     assert (tmp_path / "storage" / "running" / "report" / "pareto.png").exists()
 
 

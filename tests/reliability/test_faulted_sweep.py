@@ -260,7 +260,8 @@ def test_two_workers_agree_and_each_worker_count_gets_its_own_train_run(faulted)
 
 
 def test_the_job_commands_see_both_jobs(faulted):
-    from orchestrator.cli.submit import echo_job_status, jobs, stop
+    from orchestrator.cli.report import echo_job_status
+    from orchestrator.cli.submit import jobs, stop
 
     address, second = faulted["cluster"]["dashboard"], faulted["second"]
     assert "".join(job_logs(address, second, follow=True)) == faulted["second_logs"]  # a finished job's stream ends
