@@ -204,7 +204,7 @@ def stop(submission_id: str, address: str) -> None:
 @_friendly_errors
 def jobs(address: str) -> None:
     """Every job submitted to the cluster at --address, oldest first."""
-    from orchestrator.report import to_markdown
+    from orchestrator.report.table import to_markdown
     from orchestrator.submit import format_time, list_jobs
 
     rows = [

@@ -7,7 +7,7 @@ Why it looks like this:
   trial's MLflow run (logged model ``model``, reachable by run id), and the model registry
   (``models:/<name>/<version>``, ``models:/<name>@<alias>``). ``best:<sweep>`` names the run of the
   sweep's best finished trial (highest PSNR on its first validation set, ties to fewer GFLOPs:
-  :func:`orchestrator.report.best_row`), so nobody has to look a run id up to use a sweep's result.
+  :func:`orchestrator.report.rows.best_row`), so nobody has to look a run id up to use a sweep's result.
   A genotype alone (a zoo name or a JSON file) is refused on purpose: it has no trained weights, and
   an untrained network's output looks like a result without being one.
 * **No global MLflow state.** Everything goes through an ``MlflowClient`` bound to the given
@@ -158,7 +158,7 @@ def _best_run(source: str, tracking_uri: str | None, mlflow_experiment: str) -> 
     """(run id, a line saying which trial) of the best finished trial of the sweep named in ``best:<sweep>``."""
     import mlflow
 
-    from orchestrator.report import best_row, collect, validation_sets
+    from orchestrator.report.rows import best_row, collect, validation_sets
 
     sweep = source[len(BEST_PREFIX) :].strip()
     if not sweep:
