@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from workers.shards import PrepareSummary
+    from workers.shards.writer import PrepareSummary
 
 __all__ = ["data"]
 
@@ -47,7 +47,7 @@ def _echo_progress() -> Iterator[None]:
 @contextmanager
 def _data_errors() -> Iterator[None]:
     """Bad data and unreachable paths become a one-line ClickException."""
-    from workers.shards import DataError
+    from workers.shards.format import DataError
 
     try:
         yield
@@ -126,7 +126,7 @@ def prepare(
     as_json: bool,
 ) -> None:
     """Prepare the HR image folders SOURCES (PNG/JPEG) into shards at --out."""
-    from workers.shards import prepare_dataset
+    from workers.shards.folders import prepare_dataset
 
     with _data_errors(), _echo_progress():
         summary = prepare_dataset(
@@ -147,7 +147,7 @@ def prepare(
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def demo(out: str, as_json: bool) -> None:
     """Write the built-in demo data set (scikit-image's bundled photographs, no download)."""
-    from workers.shards import write_demo_dataset
+    from workers.shards.demo import write_demo_dataset
 
     with _data_errors(), _echo_progress():
         summary = write_demo_dataset(out)
@@ -159,7 +159,7 @@ def demo(out: str, as_json: bool) -> None:
 def info(path: str) -> None:
     """Show a prepared data set: rows, images, shards, and its search split (chi_1 / chi_2)."""
     from workers.pipeline import image_ids, split_image_ids
-    from workers.shards import read_manifest
+    from workers.shards.format import read_manifest
 
     with _data_errors():
         m = read_manifest(path)

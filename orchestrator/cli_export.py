@@ -51,7 +51,8 @@ def export(
     from mlflow.exceptions import MlflowException
 
     from orchestrator.export import ExportError, export_onnx, log_export
-    from orchestrator.upscale import UpscaleError, open_model
+    from orchestrator.upscale.errors import UpscaleError
+    from orchestrator.upscale.model_source import open_model
 
     uri = tracking_uri or DEFAULT_TRACKING
     try:

@@ -18,8 +18,11 @@ from typing import Any
 
 import click
 
-from orchestrator import report as rep
-from orchestrator.tracking import DEFAULT_TRACKING_URI, STAGE_TAG
+from orchestrator.report.build import REPORT_ARTIFACT_DIR, ReportFiles, build_report, warning_text
+from orchestrator.report.rows import TrialRow, baselines, best_row, collect, validation_sets
+from orchestrator.report.runs import open_experiment, search_all, sweep_filter, ui_hint
+from orchestrator.report.table import MISSING, format_delta, format_path, format_value, to_markdown
+from orchestrator.tracking import DEFAULT_TRACKING_URI, STAGE_TAG, SWEEP_TAG, TRIAL_TAG
 
 __all__ = ["DEFAULT_STORAGE", "DEFAULT_TRACKING", "best_trial_lines", "print_report", "report", "status"]
 
@@ -71,18 +74,18 @@ def _default_out(sweep: str, storage: str) -> str:
 
 def _report(
     sweep: str, tracking_uri: str, mlflow_experiment: str, labels: Mapping[str, str] | None, out: str
-) -> rep.ReportFiles:
-    files = rep.build_report(tracking_uri, mlflow_experiment, sweep, labels, out)
-    click.echo(rep.to_markdown(files.table))
+) -> ReportFiles:
+    files = build_report(tracking_uri, mlflow_experiment, sweep, labels, out)
+    click.echo(to_markdown(files.table))
     if files.paper:
         click.echo(f"Paper columns: {files.paper} of the supplementary, the row of the same method.")
     if files.warnings:
-        click.secho(rep.warning_text(files.warnings), err=True, fg="red", bold=True)
+        click.secho(warning_text(files.warnings), err=True, fg="red", bold=True)
     click.echo(f"CSV:      {files.csv}")
     click.echo(f"Plot:     {files.png}")
     click.echo(f"Markdown: {files.markdown}")
     if files.parent_run_id:
-        click.echo(f"Logged to MLflow run {files.parent_run_id} under {rep.REPORT_ARTIFACT_DIR}/")
+        click.echo(f"Logged to MLflow run {files.parent_run_id} under {REPORT_ARTIFACT_DIR}/")
     if files.ui:
         click.echo(files.ui)
     else:
@@ -99,7 +102,7 @@ def print_report(sweep: str, storage: str, tracking_uri: str, mlflow_experiment:
     experiment = _saved_experiment(sweep, storage)
     labels = experiment.labels if experiment is not None else None
     _report(sweep, tracking_uri, mlflow_experiment, labels, _default_out(sweep, storage))
-    for line in best_trial_lines(rep.collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, sweep):
+    for line in best_trial_lines(collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, sweep):
         click.secho(line, fg="red" if line.startswith("WARNING") else None, bold=line.startswith("WARNING"))
 
 
@@ -143,26 +146,26 @@ def report(sweep: str, storage: str, tracking_uri: str | None, mlflow_experiment
 
 # --- status ------------------------------------------------------------------------------------
 def _time(ms: int | None) -> str:
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else rep.MISSING
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else MISSING
 
 
 def sweeps_overview(tracking_uri: str, mlflow_experiment: str) -> list[dict[str, str]]:
     """One row per sweep: name, parent run status, start time, trials finished/tracked (oldest sweep first)."""
-    client, experiment_id = rep.open_experiment(tracking_uri, mlflow_experiment)
-    parents = rep.search_all(client, experiment_id, rep.sweep_filter(kind="sweep"))
-    trials = rep.search_all(client, experiment_id, rep.sweep_filter(kind="trial"))
+    client, experiment_id = open_experiment(tracking_uri, mlflow_experiment)
+    parents = search_all(client, experiment_id, sweep_filter(kind="sweep"))
+    trials = search_all(client, experiment_id, sweep_filter(kind="trial"))
     per_sweep: dict[str, dict[str, str]] = {}  # sweep → trial id → status (oldest run of a trial id wins)
     for run in trials:
         tags = run.data.tags
-        per_sweep.setdefault(tags.get(rep.SWEEP_TAG, ""), {}).setdefault(tags.get(rep.TRIAL_TAG, ""), run.info.status)
+        per_sweep.setdefault(tags.get(SWEEP_TAG, ""), {}).setdefault(tags.get(TRIAL_TAG, ""), run.info.status)
     rows, seen = [], set()
     for run in parents:
-        name = run.data.tags.get(rep.SWEEP_TAG, "")
+        name = run.data.tags.get(SWEEP_TAG, "")
         if name in seen:
             continue
         seen.add(name)
         rows.append((name, run.info.status, run.info.start_time))
-    rows += [(name, rep.MISSING, None) for name in per_sweep if name not in seen]  # trials without a parent run
+    rows += [(name, MISSING, None) for name in per_sweep if name not in seen]  # trials without a parent run
     out = []
     for name, state, start in rows:
         statuses = per_sweep.get(name, {}).values()
@@ -173,41 +176,41 @@ def sweeps_overview(tracking_uri: str, mlflow_experiment: str) -> list[dict[str,
 
 def trials_progress(tracking_uri: str, mlflow_experiment: str, sweep: str) -> list[dict[str, str]]:
     """One row per trial of `sweep`: status, path, latest stage (and its status), headline metrics, run id."""
-    return _progress(rep.collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, mlflow_experiment, sweep)
+    return _progress(collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, mlflow_experiment, sweep)
 
 
 def _progress(
-    trial_rows: list[rep.TrialRow], tracking_uri: str, mlflow_experiment: str, sweep: str
+    trial_rows: list[TrialRow], tracking_uri: str, mlflow_experiment: str, sweep: str
 ) -> list[dict[str, str]]:
-    client, experiment_id = rep.open_experiment(tracking_uri, mlflow_experiment)
+    client, experiment_id = open_experiment(tracking_uri, mlflow_experiment)
     latest: dict[str, Any] = {}
-    for run in rep.search_all(client, experiment_id, rep.sweep_filter(sweep, "stage")):  # oldest first
-        latest[run.data.tags.get(rep.TRIAL_TAG, "")] = run
-    sets = rep.validation_sets(trial_rows)
-    base = rep.baselines(trial_rows)
+    for run in search_all(client, experiment_id, sweep_filter(sweep, "stage")):  # oldest first
+        latest[run.data.tags.get(TRIAL_TAG, "")] = run
+    sets = validation_sets(trial_rows)
+    base = baselines(trial_rows)
     out = []
     for row in trial_rows:
         stage_run = latest.get(row.trial)
         stage = (
-            f"{stage_run.data.tags.get(STAGE_TAG, '?')} ({stage_run.info.status})" if stage_run else rep.MISSING
+            f"{stage_run.data.tags.get(STAGE_TAG, '?')} ({stage_run.info.status})" if stage_run else MISSING
         )
-        entry = {"Trial": row.trial, "Status": row.status, "Stage": stage, "Path": rep.format_path(row)}
-        entry |= {"Params (M)": rep.format_value(row.params_m), "GFLOPs": rep.format_value(row.gflops)}
+        entry = {"Trial": row.trial, "Status": row.status, "Stage": stage, "Path": format_path(row)}
+        entry |= {"Params (M)": format_value(row.params_m), "GFLOPs": format_value(row.gflops)}
         for s in sets:
-            entry[f"PSNR {s}"] = rep.format_value(row.psnr.get(s))
+            entry[f"PSNR {s}"] = format_value(row.psnr.get(s))
             if s in base.bicubic:
-                entry[f"Δ vs bicubic {s}"] = rep.format_delta(row.delta(s))
+                entry[f"Δ vs bicubic {s}"] = format_delta(row.delta(s))
         entry["Run"] = row.run_id
         out.append(entry)
     return out
 
 
-def best_trial_lines(trial_rows: list[rep.TrialRow], tracking_uri: str, sweep: str) -> list[str]:
+def best_trial_lines(trial_rows: list[TrialRow], tracking_uri: str, sweep: str) -> list[str]:
     """What `status` says about the trial to use: its numbers beside bicubic and a ready-to-paste upscale command."""
-    best = rep.best_row(trial_rows)
+    best = best_row(trial_rows)
     if best is None:
         return [f"No finished trial with PSNR yet; once there is one: trilevel upscale --model best:{sweep} …"]
-    first = rep.validation_sets([best])[0]
+    first = validation_sets([best])[0]
     numbers = f"PSNR {first} {best.psnr[first]:.2f} dB"
     delta = best.delta(first)
     if delta is not None:
@@ -251,14 +254,14 @@ def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address
         if not rows:
             click.echo(f"No sweeps tracked in experiment {mlflow_experiment!r} at {tracking_uri}.")
             return
-        click.echo(rep.to_markdown(rows), nl=False)
+        click.echo(to_markdown(rows), nl=False)
         return
-    trial_rows = rep.collect(tracking_uri, mlflow_experiment, sweep)
+    trial_rows = collect(tracking_uri, mlflow_experiment, sweep)
     rows = _progress(trial_rows, tracking_uri, mlflow_experiment, sweep)
     finished = sum(row["Status"] == "FINISHED" for row in rows)
     click.echo(f"Sweep {sweep}: {finished}/{len(rows)} trials finished\n")
-    click.echo(rep.to_markdown(rows))
-    bicubic = rep.baselines(trial_rows).bicubic
+    click.echo(to_markdown(rows))
+    bicubic = baselines(trial_rows).bicubic
     if bicubic:
         click.echo("Bicubic: " + ", ".join(f"PSNR {s} {v:.2f} dB" for s, v in bicubic.items()) + "\n")
     for line in best_trial_lines(trial_rows, tracking_uri, sweep):
@@ -266,5 +269,5 @@ def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address
             click.secho(line, err=True, fg="red", bold=True)
         else:
             click.echo(line)
-    _, experiment_id = rep.open_experiment(tracking_uri, mlflow_experiment)
-    click.echo(rep.ui_hint(tracking_uri, experiment_id))
+    _, experiment_id = open_experiment(tracking_uri, mlflow_experiment)
+    click.echo(ui_hint(tracking_uri, experiment_id))

@@ -139,7 +139,8 @@ def _log_path(experiment: Experiment) -> Path:
 
 def _preflight(experiment: Experiment, echo: Callable[[str], Any]) -> None:
     """Print the plan of `experiment` on the connected cluster; any problem stops here (exit 1)."""
-    from orchestrator.preflight import cluster_capacity, format_plan, preflight
+    from orchestrator.capacity import cluster_capacity
+    from orchestrator.preflight import format_plan, preflight
 
     plan = preflight(experiment, cluster_capacity())
     echo(format_plan(plan))

@@ -16,7 +16,7 @@ import click
 
 from orchestrator.cli import friendly_errors
 from orchestrator.experiment import SCALE_HELP, ExperimentError
-from orchestrator.submit import SubmitError
+from orchestrator.jobs import SubmitError
 from orchestrator.tracking import TrackingUnavailable
 
 __all__ = ["address_option", "echo_job_status", "jobs", "logs", "stop", "submit"]
@@ -90,7 +90,8 @@ def submit(
     Prints the submission id. Without --no-wait, follows the job's logs until it ends and exits
     non-zero unless it SUCCEEDED; Ctrl-C stops following, not the job.
     """
-    from orchestrator.submit import mlflow_hint, submit_sweep, wait_for_job
+    from orchestrator.jobs import mlflow_hint, wait_for_job
+    from orchestrator.submit import submit_sweep
 
     def say(text: str) -> None:
         click.echo(text, nl=False, err=True)
@@ -146,7 +147,7 @@ def echo_job_status(submission_id: str | None, address: str) -> None:
 
     Raises `click.ClickException` (one line, exit 1) for an unknown id or an unreachable server.
     """
-    from orchestrator.submit import SubmitError, describe_job, job_status_or_none
+    from orchestrator.jobs import SubmitError, describe_job, job_status_or_none
 
     if submission_id is None:
         raise click.UsageError("With --address, give a submission id (`trilevel jobs --address …` lists them).")
@@ -163,7 +164,7 @@ def echo_job_status(submission_id: str | None, address: str) -> None:
         uri = f" --tracking-uri {job.tracking_uri}" if job.tracking_uri else ""
         click.echo(f"Trials:   trilevel status {job.sweep}{uri}")
     if job.tracking_uri:
-        from orchestrator.submit import mlflow_hint
+        from orchestrator.jobs import mlflow_hint
 
         click.echo(mlflow_hint(job.tracking_uri))
 
@@ -175,7 +176,7 @@ def echo_job_status(submission_id: str | None, address: str) -> None:
 @_friendly_errors
 def logs(submission_id: str, address: str, follow: bool) -> None:
     """The output of job SUBMISSION_ID (the sweep driver's, with its trials' forwarded lines)."""
-    from orchestrator.submit import job_logs
+    from orchestrator.jobs import job_logs
 
     try:
         for chunk in job_logs(address, submission_id, follow=follow):
@@ -190,7 +191,7 @@ def logs(submission_id: str, address: str, follow: bool) -> None:
 @_friendly_errors
 def stop(submission_id: str, address: str) -> None:
     """Stop job SUBMISSION_ID: its driver and trials end; finished trials stay in storage and MLflow."""
-    from orchestrator.submit import job_status, stop_job
+    from orchestrator.jobs import job_status, stop_job
 
     if stop_job(address, submission_id):
         click.echo(f"Stop requested for job {submission_id}.")
@@ -204,8 +205,8 @@ def stop(submission_id: str, address: str) -> None:
 @_friendly_errors
 def jobs(address: str) -> None:
     """Every job submitted to the cluster at --address, oldest first."""
-    from orchestrator.report import to_markdown
-    from orchestrator.submit import format_time, list_jobs
+    from orchestrator.jobs import format_time, list_jobs
+    from orchestrator.report.table import to_markdown
 
     rows = [
         {

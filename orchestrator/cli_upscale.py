@@ -14,14 +14,10 @@ from pathlib import Path
 import click
 
 from orchestrator.tracking import DEFAULT_TRACKING_URI
-from orchestrator.upscale import (
-    UpscaleError,
-    collect_images,
-    open_model,
-    receptive_radius,
-    resolve_device,
-    upscale_files,
-)
+from orchestrator.upscale.errors import UpscaleError
+from orchestrator.upscale.files import collect_images, upscale_files
+from orchestrator.upscale.model_source import open_model
+from orchestrator.upscale.tiled import receptive_radius, resolve_device
 
 __all__ = ["DEFAULT_MLFLOW_EXPERIMENT", "DEFAULT_TRACKING", "MODEL_HELP", "upscale"]
 

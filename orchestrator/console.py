@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.plan import TrialPlan
+from workers.stage_list import EVALUATE
 
 __all__ = ["SweepConsole", "quiet_output", "terminal_warnings"]
 
@@ -177,7 +178,7 @@ class SweepConsole:
         if p.get("state") == "done":
             return [trial_id, "done", "", "", "", "", _result(p.get("final", {}))]
         if p.get("state") == "evaluating":
-            return [trial_id, "evaluate", "", "", _number(p.get("val_psnr")), "", ""]
+            return [trial_id, EVALUATE, "", "", _number(p.get("val_psnr")), "", ""]
         epochs = p.get("epochs")
         epoch = f"{p['epoch'] + 1}/{epochs}" if "epoch" in p and epochs else ""
         loss = p.get("loss", p.get("loss_w"))

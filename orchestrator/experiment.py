@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.tracking import DEFAULT_TRACKING_URI
 from search_space.supernet import SupernetConfig
+from workers.stage_list import STAGES
 
 __all__ = [
     "DEMO",
@@ -180,8 +181,8 @@ class PerceptualSpec(_Strict):
 class ResourcesSpec(_Strict):
     """Per-stage Ray Train workers (≥ 1: Train V2's local mode keeps no checkpoints to chain stages with)."""
 
-    workers: dict[Literal["pretrain", "search", "train"], int] = Field(
-        default_factory=lambda: {"pretrain": 1, "search": 1, "train": 1}
+    workers: dict[Literal[STAGES], int] = Field(  # type: ignore[valid-type]  # the stage names, as literals
+        default_factory=lambda: dict.fromkeys(STAGES, 1)
     )
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(0.5, gt=0)
@@ -244,10 +245,14 @@ class Experiment(_Strict):
         """The training data of a stage: its own `stages.<stage>.data`, else `data.train`."""
         return getattr(self.stages, stage).data or self.data.train
 
+    def stage_data_field(self, stage: str) -> str:
+        """The field that sets a stage's training data (`stage_data`), for errors that name it."""
+        return f"stages.{stage}.data" if getattr(self.stages, stage).data else "data.train"
+
     def data_fields(self) -> list[tuple[str, str]]:
         """Every data set the experiment reads, as (field, path): what a pre-flight check must find."""
         fields = [("data.train", self.data.train)]
-        fields += [(f"stages.{s}.data", getattr(self.stages, s).data) for s in ("pretrain", "search", "train")]
+        fields += [(f"stages.{s}.data", getattr(self.stages, s).data) for s in STAGES]
         fields += [(f"data.val.{name}", path) for name, path in self.data.val.items()]
         return [(field, path) for field, path in fields if path]
 

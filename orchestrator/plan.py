@@ -6,6 +6,10 @@ built-in "demo" data written under the storage path), the facts the steps per ep
 stages with the same worker count share one Train run (one worker group from pretrain through
 train); a stage with another worker count starts its own. The plan is plain, picklable data: the
 sweep builds it in the driver and ships it to the trial.
+
+The pre-flight (`orchestrator.preflight`) reads and checks data with the same functions
+(`data_facts`, `check_scale`, `check_search_split`, `check_workers`, `steps_per_epoch`): here the
+first problem raises, there every problem is listed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from orchestrator.experiment import DEMO, Experiment, ExperimentError, PhaseSpec
 from search_space.genotype import Genotype, load_genotype
 from workers.pipeline import image_ids, split_image_ids
 from workers.settings import (
-    STAGES,
     DatasetSource,
     OptimSettings,
     RunSettings,
@@ -29,36 +32,58 @@ from workers.settings import (
     Supervision,
     TrainSettings,
 )
-from workers.shards import join_storage, read_manifest, write_demo_dataset
+from workers.shards.demo import write_demo_dataset
+from workers.shards.format import read_manifest
+from workers.stage_list import ROLES, SEARCH_SPLIT_ROLES, STAGE_ROLES, STAGES
+from workers.storage import join_storage
 
 __all__ = [
     "DataFacts",
     "ResolvedData",
     "TrainRunPlan",
     "TrialPlan",
+    "check_scale",
+    "check_search_split",
+    "check_workers",
+    "data_facts",
     "plan_trial",
     "resolve_data",
     "stage_outputs",
+    "steps_per_epoch",
 ]
 
 # Decoded RGB pixels (LR + HR) take about this many times the PNG bytes of a prepared shard.
 _DECODED_PER_PNG_BYTE = 4.0
 _ROLE_DATASET = {"w": "train_w", "a": "train_a", "all": "train"}
-_STAGE_ROLES = {"pretrain": ("w",), "search": ("w", "a"), "train": ("all",)}
 
 
 @dataclass(frozen=True)
 class DataFacts:
-    """A prepared training set and the sizes its steps per epoch follow from."""
+    """A prepared training set and the sizes its steps per epoch (and the pre-flight's plan) follow from.
+
+    Rows count sub-images one each; images are distinct image ids, so sub-images of one photograph
+    land on the same side of the search split.
+    """
 
     path: str
-    rows: int  # all rows (sub-images count one each)
+    scale: int  # the SR factor it was prepared for
+    rows: int  # all rows
     rows_w: int  # rows of χ1, the first half of the sorted image ids
     rows_a: int  # rows of χ2
+    images: int  # images in its manifest
+    images_w: int  # images of χ1
+    images_a: int  # images of χ2
     bytes: int  # stored (PNG) bytes
 
     def rows_of(self, role: str) -> int:
         return {"w": self.rows_w, "a": self.rows_a, "all": self.rows}[role]
+
+    def images_of(self, role: str) -> int:
+        return {"w": self.images_w, "a": self.images_a, "all": self.images_w + self.images_a}[role]
+
+    def smallest(self, roles: tuple[str, ...]) -> str:
+        """The role with the fewest rows: the one that ends a stage's epoch (the first of equals)."""
+        return min(roles, key=self.rows_of)
 
 
 @dataclass(frozen=True)
@@ -73,26 +98,65 @@ class ResolvedData:
         return self.train["pretrain"].path
 
 
-def _not_prepared(field: str, path: str, err: Exception) -> ExperimentError:
-    return ExperimentError(f"{field}: {path} is not a prepared data set ({err}); run `trilevel data prepare`")
-
-
-def _facts(path: str, field: str) -> DataFacts:
+def data_facts(path: str, field: str) -> DataFacts:
+    """Read a prepared data set's manifest and image ids (no image bytes); the error names `field`."""
     try:
         manifest = read_manifest(path)
         per_image = Counter(image_ids(path))
     except Exception as err:
-        raise _not_prepared(field, path, err) from None
+        raise ExperimentError(
+            f"{field}: {path} is not a prepared data set ({' '.join(str(err).split())}); "
+            f"prepare it with `trilevel data prepare <image folders> --out {path}`"
+        ) from None
     chi1, chi2 = split_image_ids(per_image)
-    if not chi1 or not chi2:
-        raise ExperimentError(f"{field}: {path} holds {len(per_image)} image(s); the search split needs at least 2")
     return DataFacts(
         path=path,
+        scale=manifest.scale,
         rows=manifest.rows,
         rows_w=sum(per_image[i] for i in chi1),
         rows_a=sum(per_image[i] for i in chi2),
+        images=manifest.images,
+        images_w=len(chi1),
+        images_a=len(chi2),
         bytes=int(manifest.data.get("bytes", 0)),
     )
+
+
+def check_scale(facts: DataFacts, scale: int, field: str) -> None:
+    """A data set prepared for another SR factor would fail in the first worker that decodes it."""
+    if facts.scale != scale:
+        raise ExperimentError(
+            f"{field}: {facts.path} was prepared for scale x{facts.scale}, but data.scale is {scale}: "
+            f"prepare it with `trilevel data prepare … --scale {scale}`"
+        )
+
+
+def check_search_split(stage: str, facts: DataFacts, field: str) -> None:
+    """A stage that reads χ1 or χ2 needs an image on each side of the split."""
+    if SEARCH_SPLIT_ROLES.intersection(STAGE_ROLES[stage]) and (facts.images_w < 1 or facts.images_a < 1):
+        raise ExperimentError(f"{field}: {facts.path} holds {facts.images} image(s); the search split needs at least 2")
+
+
+def check_workers(stage: str, facts: DataFacts, workers: int) -> None:
+    """Ray Train gives each worker an equal share of a split; a share of no rows cannot train."""
+    role = facts.smallest(STAGE_ROLES[stage])
+    rows = facts.rows_of(role)
+    if rows // workers < 1:
+        raise ExperimentError(
+            f"resources.workers.{stage}={workers}: {ROLES[role]} of {facts.path} has {rows} row(s), "
+            f"fewer than the {workers} Train workers; each worker needs at least one"
+        )
+
+
+def steps_per_epoch(phase: PhaseSpec, facts: DataFacts, roles: tuple[str, ...], workers: int) -> int:
+    """The phase's `steps_per_epoch`, else one pass over each worker's equal share of the smallest split.
+
+    Ray Train splits a training set equally across the workers (`streaming_split(equal=True)`), and
+    a worker's last batch may be partial: ⌈⌊rows / workers⌋ / batch⌉. The search alternates χ1 and χ2
+    batches until either runs out, so it counts the smaller split.
+    """
+    rows = facts.rows_of(facts.smallest(roles))
+    return phase.steps_per_epoch or math.ceil((rows // workers) / phase.batch_size)
 
 
 def resolve_data(experiment: Experiment, storage: str) -> ResolvedData:
@@ -104,21 +168,23 @@ def resolve_data(experiment: Experiment, storage: str) -> ResolvedData:
     def where(path: str, part: str) -> str:
         return join_storage(demo_root, part) if path == DEMO else path
 
+    def read(path: str, field: str) -> DataFacts:
+        facts = data_facts(path, field)
+        check_scale(facts, experiment.data.scale, field)
+        return facts
+
     facts: dict[str, DataFacts] = {}
     train: dict[str, DataFacts] = {}
     for stage in STAGES:
-        own = getattr(experiment.stages, stage).data
-        field = f"stages.{stage}.data" if own else "data.train"
+        field = experiment.stage_data_field(stage)
         path = where(experiment.stage_data(stage), "train")
         if path not in facts:
-            facts[path] = _facts(path, field)
+            facts[path] = read(path, field)
+        check_search_split(stage, facts[path], field)
         train[stage] = facts[path]
     val = {name: where(path, "val") for name, path in experiment.data.val.items()}
     for name, path in val.items():
-        try:
-            read_manifest(path)
-        except Exception as err:
-            raise _not_prepared(f"data.val.{name}", path, err) from None
+        read(path, f"data.val.{name}")
     return ResolvedData(train=train, val=val)
 
 
@@ -165,17 +231,6 @@ def _optim(phase: PhaseSpec, steps: int) -> OptimSettings:
     )
 
 
-def _steps(phase: PhaseSpec, facts: DataFacts, roles: tuple[str, ...], workers: int, field: str) -> int:
-    """The experiment's steps per epoch, else one pass over the smallest split a worker reads."""
-    per_worker = min(facts.rows_of(role) // workers for role in roles)
-    if per_worker < 1:
-        raise ExperimentError(
-            f"{field}: {facts.path} gives {workers} worker(s) no rows to train on "
-            f"({min(facts.rows_of(r) for r in roles)} in the smallest split); use fewer workers or more data"
-        )
-    return phase.steps_per_epoch or math.ceil(per_worker / phase.batch_size)
-
-
 def _dataset_name(role: str, stage: str, facts: DataFacts, default_path: str) -> str:
     base = _ROLE_DATASET[role]
     return base if facts.path == default_path else f"{base}.{stage}"
@@ -186,8 +241,9 @@ def _stage_settings(
 ) -> StageSettings:
     spec = getattr(experiment.stages, stage)
     facts = data.train[stage]
-    roles = _STAGE_ROLES[stage]
-    steps = _steps(spec, facts, roles, workers, f"stages.{stage}")
+    roles = STAGE_ROLES[stage]
+    check_workers(stage, facts, workers)
+    steps = steps_per_epoch(spec, facts, roles, workers)
     sup = experiment.supervision
     search = train = None
     if stage == "search":
@@ -206,7 +262,7 @@ def _stage_settings(
     if stage == "train":
         finetune = None
         if spec.finetune is not None:
-            finetune = _optim(spec.finetune, _steps(spec.finetune, facts, roles, workers, "stages.train.finetune"))
+            finetune = _optim(spec.finetune, steps_per_epoch(spec.finetune, facts, roles, workers))
         train = TrainSettings(from_search=spec.from_search, genotype=_genotype(experiment), finetune=finetune)
     return StageSettings(
         stage=stage,
@@ -260,7 +316,7 @@ def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> Tr
         for stage in group:
             facts = data.train[stage]
             names = {}
-            for role in _STAGE_ROLES[stage]:
+            for role in STAGE_ROLES[stage]:
                 name = _dataset_name(role, stage, facts, data.default_train)
                 in_memory = _decoded_mb(facts) / workers <= experiment.data.cache_mb
                 sources[name] = DatasetSource(facts.path, role, in_memory)

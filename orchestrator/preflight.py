@@ -13,57 +13,39 @@ server are checked as the run will see them:
 * the storage path writable, the tracking server reachable, an existing sweep of the same name either
   continued (same experiment) or refused (a different one);
 * the resources: the largest stage of a trial, and `max_concurrent_trials` trials at once, must fit in
-  what the cluster has now or can scale to (:func:`cluster_capacity`).
+  what the cluster has now or can scale to (:func:`orchestrator.capacity.cluster_capacity`).
 
 It returns a :class:`Plan` (trials, stages, workers, GPUs and steps per stage) that lists every
-problem found, each naming the field and the path or value, rather than stopping at the first.
+problem found, each naming the field and the path or value, rather than stopping at the first. The
+data is read and checked, and the steps per epoch counted, by the trial plan's own functions
+(:mod:`orchestrator.plan`), so the pre-flight and the run cannot disagree.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from orchestrator.capacity import Capacity
+from orchestrator.capacity import format_amount as _num
 from orchestrator.experiment import DEMO, Experiment, ExperimentError, PhaseSpec, trials
-from workers.shards import join_storage
+from orchestrator.plan import (
+    DataFacts,
+    check_scale,
+    check_search_split,
+    check_workers,
+    data_facts,
+    steps_per_epoch,
+)
+from workers.stage_list import ROLES, STAGE_ROLES, STAGES
+from workers.storage import join_storage
 
-__all__ = [
-    "STAGES",
-    "Capacity",
-    "DataSet",
-    "PhasePlan",
-    "Plan",
-    "StagePlan",
-    "cluster_capacity",
-    "format_plan",
-    "max_resources",
-    "preflight",
-]
-
-STAGES: tuple[str, ...] = ("pretrain", "search", "train")
-# Which part of a stage's training data it reads (orchestrator.plan, the roles w, a and all).
-_SPLITS = {"pretrain": ("chi1",), "search": ("chi1", "chi2"), "train": ("all",)}
-_SPLIT_NAMES = {"chi1": "χ1 (first half of the sorted image ids)", "chi2": "χ2 (second half)", "all": "all images"}
-_SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-_BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` puts the autoscaling config on the head
+__all__ = ["PhasePlan", "Plan", "StagePlan", "format_plan", "preflight"]
 
 
 # --- what the plan holds ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DataSet:
-    """A prepared data set as the stages will read it: rows per split (sub-images share an image id)."""
-
-    path: str
-    scale: int
-    images: int
-    rows: dict[str, int]  # "all", "chi1", "chi2" → rows
-    split_images: dict[str, int]  # "all", "chi1", "chi2" → images
-
-
 @dataclass(frozen=True)
 class PhasePlan:
     """One optimisation phase of a stage: epochs × steps, and where the steps per epoch come from."""
@@ -81,24 +63,13 @@ class StagePlan:
 
     stage: str
     data: str
-    splits: tuple[str, ...]
+    roles: tuple[str, ...]  # the parts of the data it reads (workers.stage_list.ROLES)
     images: int | None
     rows: int | None
     workers: int
     gpus: float
     cpus: float
     phases: tuple[PhasePlan, ...]
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """The most of each resource the cluster has now or can scale to, and where each number came from."""
-
-    resources: dict[str, float]
-    sources: tuple[str, ...]
-
-    def describe(self, resource: str) -> str:
-        return f"{_num(self.resources.get(resource, 0))} {resource} ({'; '.join(self.sources) or 'no source'})"
 
 
 @dataclass
@@ -146,10 +117,10 @@ def preflight(experiment: Experiment, capacity: Capacity | None = None) -> Plan:
     _check(plan, _tracking_check(experiment))
     if storage_ok:
         _check(plan, lambda: _existing_sweep(experiment, plan))
-    data: dict[str, DataSet | None] = {}
+    data: dict[str, DataFacts | None] = {}
     loaded: set[tuple[Any, ...]] = set()
     if storage_ok and any(path == DEMO for t in grid for _, path in t.experiment.data_fields()):
-        from workers.shards import write_demo_dataset
+        from workers.shards.demo import write_demo_dataset
 
         demo = join_storage(experiment.storage, "_data", DEMO)
         write_demo_dataset(demo)  # what the run writes first (orchestrator.plan.resolve_data)
@@ -205,73 +176,40 @@ def _actual_path(path: str, field_name: str, experiment: Experiment) -> str:
     return join_storage(experiment.storage, "_data", DEMO, "val" if field_name.startswith("data.val.") else "train")
 
 
-def _data_set(plan: Plan, cache: dict[str, DataSet | None], name: str, path: str, experiment: Experiment) -> None:
+def _data_set(plan: Plan, cache: dict[str, DataFacts | None], name: str, path: str, experiment: Experiment) -> None:
     """Read the manifest and image ids of one data set (once per path); problems name the field."""
     path = _actual_path(path, name, experiment)
     if path not in cache:
-        cache[path] = _inspect(path, name, plan)
+        try:
+            cache[path] = data_facts(path, name)
+        except ExperimentError as err:
+            plan.problems.append(" ".join(str(err).split()))
+            cache[path] = None
     found = cache[path]
-    if found is not None and found.scale != experiment.data.scale:
-        plan.problems.append(
-            f"{name}: {path} was prepared for scale x{found.scale}, but data.scale is {experiment.data.scale}: "
-            f"prepare it with `trilevel data prepare … --scale {experiment.data.scale}`"
-        )
+    if found is not None and not _check(plan, lambda: check_scale(found, experiment.data.scale, name)):
         cache[path] = None
 
 
-def _inspect(path: str, name: str, plan: Plan) -> DataSet | None:
-    from workers.pipeline import image_ids, split_image_ids
-    from workers.shards import read_manifest
-
-    try:
-        manifest = read_manifest(path)
-        ids = image_ids(path)
-    except Exception as err:
-        plan.problems.append(
-            f"{name}: {path} is not a prepared data set ({' '.join(str(err).split())}); "
-            f"prepare it with `trilevel data prepare <image folders> --out {path}`"
-        )
-        return None
-    chi1, chi2 = (set(half) for half in split_image_ids(ids))
-    rows = {"all": len(ids), "chi1": sum(i in chi1 for i in ids), "chi2": sum(i in chi2 for i in ids)}
-    images = {"all": len(chi1) + len(chi2), "chi1": len(chi1), "chi2": len(chi2)}
-    return DataSet(path, manifest.scale, manifest.images, rows, images)
-
-
-def _stage_data(cache: Mapping[str, DataSet | None], experiment: Experiment, stage: str) -> tuple[str, DataSet | None]:
-    field_name = f"stages.{stage}.data" if getattr(experiment.stages, stage).data else "data.train"
-    return field_name, cache.get(_actual_path(experiment.stage_data(stage), field_name, experiment))
-
-
-def _stage_plan(plan: Plan, experiment: Experiment, stage: str, cache: Mapping[str, DataSet | None]) -> StagePlan:
+def _stage_plan(plan: Plan, experiment: Experiment, stage: str, cache: Mapping[str, DataFacts | None]) -> StagePlan:
     """Workers, GPUs and steps of one stage; a split too small for its workers is a problem."""
     resources = experiment.resources
     workers = resources.workers[stage]
     spec = getattr(experiment.stages, stage)
-    field_name, data = _stage_data(cache, experiment, stage)
-    splits = _SPLITS[stage]
+    field_name = experiment.stage_data_field(stage)
+    data = cache.get(_actual_path(experiment.stage_data(stage), field_name, experiment))
+    roles = STAGE_ROLES[stage]
     phases_spec: list[tuple[str, PhaseSpec]] = [(stage, spec)]
     if stage == "train" and experiment.stages.train.finetune:
         phases_spec.append(("train finetune", experiment.stages.train.finetune))
-    rows = None if data is None else min(data.rows[s] for s in splits)
-    if data is not None:
-        if stage in ("pretrain", "search") and (data.split_images["chi1"] < 1 or data.split_images["chi2"] < 1):
-            plan.problems.append(
-                f"{field_name}: {data.path} holds {data.images} image(s); the search split needs at least 2"
-            )
-        elif rows is not None and rows // workers < 1:
-            plan.problems.append(
-                f"resources.workers.{stage}={workers}: {_SPLIT_NAMES[splits[0]]} of {data.path} has {rows} row(s), "
-                f"fewer than the {workers} Train workers; each worker needs at least one"
-            )
-    phases = tuple(_phase_plan(name, phase, rows, workers, stage) for name, phase in phases_spec)
-    images = None if data is None else min(data.split_images[s] for s in splits)
+    if data is not None and _check(plan, lambda: check_search_split(stage, data, field_name)):
+        _check(plan, lambda: check_workers(stage, data, workers))
+    phases = tuple(_phase_plan(name, phase, data, roles, workers, stage) for name, phase in phases_spec)
     return StagePlan(
         stage=stage,
         data=experiment.stage_data(stage) if data is None else data.path,
-        splits=splits,
-        images=images,
-        rows=rows,
+        roles=roles,
+        images=None if data is None else min(data.images_of(role) for role in roles),
+        rows=None if data is None else data.rows_of(data.smallest(roles)),
         workers=workers,
         gpus=workers * resources.gpus_per_worker,
         cpus=workers * resources.cpus_per_worker,
@@ -279,19 +217,17 @@ def _stage_plan(plan: Plan, experiment: Experiment, stage: str, cache: Mapping[s
     )
 
 
-def _phase_plan(name: str, phase: PhaseSpec, rows: int | None, workers: int, stage: str) -> PhasePlan:
-    """Steps per epoch: the configured `steps_per_epoch`, else one pass over each worker's equal share.
-
-    Ray Train splits a training set equally across the workers (`streaming_split(equal=True)`), and
-    a worker's last batch may be partial: ⌈⌊rows / workers⌋ / batch⌉. The search alternates χ1 and χ2
-    batches until either runs out, so it counts the smaller split.
-    """
+def _phase_plan(
+    name: str, phase: PhaseSpec, data: DataFacts | None, roles: tuple[str, ...], workers: int, stage: str
+) -> PhasePlan:
+    """Steps per epoch as the run counts them (`orchestrator.plan.steps_per_epoch`), and where they come from."""
     where = f"stages.{stage}.finetune" if name.endswith("finetune") else f"stages.{stage}"
     if phase.steps_per_epoch is not None:
         return PhasePlan(name, phase.epochs, phase.batch_size, phase.steps_per_epoch, f"{where}.steps_per_epoch")
-    if rows is None:
+    if data is None:
         return PhasePlan(name, phase.epochs, phase.batch_size, None, "from the data (unreadable)")
-    steps = math.ceil((rows // workers) / phase.batch_size)
+    rows = data.rows_of(data.smallest(roles))
+    steps = steps_per_epoch(phase, data, roles, workers)
     return PhasePlan(name, phase.epochs, phase.batch_size, steps, f"⌈⌊{rows} rows / {workers}⌋ / {phase.batch_size}⌉")
 
 
@@ -383,96 +319,12 @@ def _check_resources(plan: Plan, grid_experiments: Mapping[str, Experiment]) -> 
             )
 
 
-def max_resources(autoscaling_config: Mapping[str, Any]) -> dict[str, float]:
-    """The most CPU/GPU/… an autoscaling config (`ray up` YAML or KubeRay's derived one) can bring up.
-
-    Head node type once, every worker type at its `max_workers`, all workers capped by the global
-    `max_workers`: the same numbers the autoscaler plans with.
-    """
-    types = autoscaling_config.get("available_node_types", {})
-    head = autoscaling_config.get("head_node_type")
-    budget = autoscaling_config.get("max_workers")
-    total: dict[str, float] = {}
-    for name, node_type in types.items():
-        count = 1 if name == head else int(node_type.get("max_workers", 0))
-        if name != head and budget is not None:
-            count = min(count, int(budget))
-        for resource, amount in (node_type.get("resources") or {}).items():
-            total[resource] = total.get(resource, 0.0) + count * float(amount)
-    return total
-
-
-def cluster_capacity() -> Capacity:
-    """What the connected Ray cluster has now, or can scale to, per resource (the larger of the two).
-
-    Sources, each used when present: `ray.cluster_resources()` (nodes up now); the limits the
-    autoscaler reported to the GCS (what Ray Train itself checks); on a `ray up` head the autoscaling
-    config `~/ray_bootstrap_config.yaml`; in a KubeRay pod the RayCluster (`RAY_CLUSTER_NAME`), read with
-    the pod's service account and converted by Ray's own KubeRay autoscaler code.
-    """
-    import ray
-
-    found: list[tuple[str, Mapping[str, float]]] = [("now", ray.cluster_resources())]
-    for name, source in (
-        ("autoscaler limits", _reported_limits),
-        (f"autoscaling config {_BOOTSTRAP_CONFIG}", _bootstrap_limits),
-        ("RayCluster", _kuberay_limits),
-    ):
-        try:
-            limits = source()
-        except Exception as err:  # a source that cannot be read is named, never fatal
-            found.append((f"{name}: unreadable ({type(err).__name__}: {err})", {}))
-            continue
-        if limits is not None:
-            found.append(limits if isinstance(limits, tuple) else (name, limits))
-    resources: dict[str, float] = {}
-    for _, limits in found:
-        for resource in ("CPU", "GPU"):
-            resources[resource] = max(resources.get(resource, 0.0), float(limits.get(resource, 0.0)))
-    sources = tuple(
-        name if not limits else f"{name}: {', '.join(f'{_num(limits.get(r, 0))} {r}' for r in ('GPU', 'CPU'))}"
-        for name, limits in found
-    )
-    return Capacity(resources, sources)
-
-
-def _reported_limits() -> Mapping[str, float] | None:
-    import ray._private.state
-
-    return ray._private.state.state.get_max_resources_from_cluster_config() or None
-
-
-def _bootstrap_limits() -> Mapping[str, float] | None:
-    import yaml
-
-    path = Path(os.path.expanduser(_BOOTSTRAP_CONFIG))
-    if not path.is_file():
-        return None
-    return max_resources(yaml.safe_load(path.read_text()))
-
-
-def _kuberay_limits() -> tuple[str, Mapping[str, float]] | None:
-    name = os.environ.get("RAY_CLUSTER_NAME")
-    if not name or not (_SA_DIR / "token").is_file():
-        return None
-    namespace = os.environ.get("RAY_CLUSTER_NAMESPACE") or (_SA_DIR / "namespace").read_text().strip()
-    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
-    from ray.autoscaler._private.kuberay.node_provider import KubernetesHttpApiClient
-
-    cr = KubernetesHttpApiClient(namespace=namespace).get(f"rayclusters/{name}")
-    return f"RayCluster {namespace}/{name}", max_resources(_derive_autoscaling_config_from_ray_cr(cr))
-
-
 # --- output -------------------------------------------------------------------------------------
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
 def _stage_lines(stages: Iterable[StagePlan]) -> list[str]:
     lines = []
     for s in stages:
         size = "?" if s.images is None else f"{s.images} images / {s.rows} rows"
-        split = " + ".join(_SPLIT_NAMES[x].split(" (")[0] for x in s.splits)
+        split = " + ".join(ROLES[role].split(" (")[0] for role in s.roles)
         resources = f"{s.workers} worker(s), {_num(s.gpus)} GPU, {_num(s.cpus)} CPU"
         lines.append(f"  {s.stage:<8} {resources}; data {s.data} [{split}: {size}]")
         for p in s.phases:

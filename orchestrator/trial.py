@@ -28,9 +28,9 @@ from workers.checkpointing import open_checkpoint
 from workers.comparison import comparison_for_sets
 from workers.evaluate import evaluate_network, load_derived, load_supervision_teacher
 from workers.markers import read_marker, remove_marker, write_marker
-from workers.settings import STAGES
-from workers.shards import join_storage
+from workers.stage_list import EVALUATE, PIPELINE, STAGES
 from workers.stage_outputs import StageResult, read_stage_result
+from workers.storage import join_storage
 
 __all__ = ["BACKLOG_DIR", "StageRuns", "TrialContext", "catch_up", "run_trial"]
 
@@ -82,7 +82,7 @@ def _run_trial(trial_id: str, context: TrialContext, hub: Any) -> None:
     tags |= {f"trilevel.axis.{k}": str(v) for k, v in plan.axes.items()}
     trial_run = tracker.trial_run(context.sweep_run_id, context.sweep, trial_id, params=params, tags=tags)
     flush_timeout_s = experiment.tracking.flush_timeout_s
-    finished = {"stage": "evaluate", "stages_finished": len(STAGES) + 1}
+    finished = {"stage": EVALUATE, "stages_finished": len(PIPELINE)}
     if done is not None:  # finished before a driver crash hid that from Tune: report, never redo
         hub.update.remote(trial_id, state="done", stage="done", final=done)
         if not _is_finished(tracker, trial_run):
@@ -101,7 +101,7 @@ def _run_trial(trial_id: str, context: TrialContext, hub: Any) -> None:
             tracker.flush(timeout_s=STAGE_BOUNDARY_FLUSH_S)
         trained = read_stage_result(plan.outputs, "train")
         assert trained is not None
-        hub.update.remote(trial_id, state="evaluating", stage="evaluate")
+        hub.update.remote(trial_id, state="evaluating", stage=EVALUATE)
         final = _evaluate(tracker, context, plan, trial_run, trained)
         hub.update.remote(trial_id, state="done", stage="done", final=final)
         write_marker(context.storage, final, context.sweep, "stages", trial_id, TRIAL_DONE)
@@ -268,7 +268,7 @@ def _evaluate(
 ) -> dict[str, float]:
     """Evaluate the trained network, log the trial's headline numbers, artifacts and model."""
     experiment = plan.experiment
-    stage_run = tracker.stage_run(trial_run, context.sweep, plan.trial_id, "evaluate")
+    stage_run = tracker.stage_run(trial_run, context.sweep, plan.trial_id, EVALUATE)
     with tracked(tracker, stage_run):
         checkpoint = trained.best_checkpoint or trained.checkpoint
         net = load_derived(checkpoint)  # loaded once: evaluated, described and logged as the model

@@ -40,7 +40,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> str:
     """The built-in data set (scikit-image's photographs), written once per test session."""
-    from workers.shards import write_demo_dataset
+    from workers.shards.demo import write_demo_dataset
 
     root = tmp_path_factory.mktemp("demo-data")
     write_demo_dataset(str(root))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from search_space.genotype import Genotype
 from search_space.supernet import SupernetConfig
+from workers.stage_list import STAGES
 
 __all__ = [
     "STAGES",
@@ -23,9 +24,6 @@ __all__ = [
     "Supervision",
     "TrainSettings",
 ]
-
-STAGES: tuple[str, ...] = ("pretrain", "search", "train")
-
 
 @dataclass(frozen=True)
 class OptimSettings:
@@ -87,7 +85,7 @@ class StageSettings:
     patch: int
     optim: OptimSettings
     supernet: SupernetConfig
-    datasets: dict[str, str]  # role (w = χ1, a = χ2, all) → dataset name handed to the TorchTrainer
+    datasets: dict[str, str]  # role (workers.stage_list: w = χ1, a = χ2, all) → dataset name for the TorchTrainer
     supervision: Supervision
     vgg_weights: str | None
     checkpoint_every: int  # epochs

@@ -2,10 +2,13 @@
 
 One home for them: the tracker writes these tags, reports and status queries read them back
 (``MlflowClient.search_runs`` by tag), so a name spelled twice is a query that silently finds nothing.
-Imports nothing, so any module (and a report that must not load MLflow) can use it.
+Imports only the stage list (itself import-free), so any module (and a report that must not load
+MLflow) can use it.
 """
 
 from __future__ import annotations
+
+from workers.stage_list import PIPELINE
 
 __all__ = [
     "AXIS_TAG_PREFIX",
@@ -37,7 +40,7 @@ TRIAL_TAG = "trilevel.trial"
 STAGE_TAG = "trilevel.stage"  # one of STAGES
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID)
 KINDS = ("sweep", "trial", "stage")
-STAGES = ("pretrain", "search", "train", "evaluate")
+STAGES = PIPELINE  # the training stages and evaluate
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")  # how a run may end
 
 # What a trial found and how it ran.

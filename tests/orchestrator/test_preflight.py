@@ -24,7 +24,7 @@ import torch
 import yaml
 from PIL import Image
 
-from orchestrator.preflight import max_resources
+from orchestrator.capacity import max_resources
 from tests.conftest import CLUSTER_CPUS, CLUSTER_GPUS
 
 pytestmark = pytest.mark.xdist_group("cluster")  # shares the session cluster (tests/conftest.py)
@@ -142,8 +142,9 @@ def _in_process(cluster: dict[str, str], volume: Path, *extra: str) -> str:
     checks as the job's; only the capacity comes from this test instead of the cluster (the run above
     reads it from the cluster). One process start less per case.
     """
+    from orchestrator.capacity import Capacity
     from orchestrator.cli_run import _load, sweep
-    from orchestrator.preflight import Capacity, format_plan, preflight
+    from orchestrator.preflight import format_plan, preflight
 
     command = _entrypoint().replace(MOUNT, str(volume)).replace(IN_CLUSTER_MLFLOW, cluster["mlflow"])
     tokens = shlex.split(command)

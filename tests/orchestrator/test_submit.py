@@ -16,15 +16,8 @@ import yaml
 from click.testing import CliRunner
 
 from orchestrator.experiment import ExperimentError, load_experiment
-from orchestrator.submit import (
-    EXPERIMENT_ENV_VAR,
-    SubmitError,
-    build_entrypoint,
-    job_logs,
-    job_status,
-    list_jobs,
-    submit_sweep,
-)
+from orchestrator.jobs import SubmitError, job_logs, job_status, list_jobs
+from orchestrator.submit import EXPERIMENT_ENV_VAR, build_entrypoint, submit_sweep
 from tests.servers import free_port
 
 STAGES = {"pretrain", "search", "train", "evaluate"}
