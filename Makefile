@@ -1,4 +1,6 @@
 # The two entry points of README.md. Both build .venv from nothing with the pinned versions.
+# --no-compile: pip would byte-compile every file of torch, Ray and MLflow (half the install's CPU time);
+# Python compiles the modules actually imported, once, on first use.
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -7,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/pip install -q --no-compile -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

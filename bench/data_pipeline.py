@@ -36,7 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.pipeline import collate_crops, split_search
-from workers.shards import write_demo_dataset
+from workers.shards.demo import write_demo_dataset
 
 PATCH, SCALE, BATCH = 32, 4, 3
 RESULTS = Path(__file__).resolve().parent / "results"

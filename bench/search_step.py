@@ -29,6 +29,10 @@ step: 2.7–4.5 s with one thread, 4.4–76 s with two). Peak memory = each work
     python -m bench.search_step --with-a   # + backbone A at LR 8×8, batch 1
     python -m bench.search_step --quick    # ~20 s smoke run (nf 16, 3 cells, LR 8×8, batch 1)
 
+One file (~780 lines) on purpose: a benchmark is read as one protocol, from the worker that takes a step
+to the table in BENCHMARKS.md; split over modules, its method would be harder to check than to run.
+The step itself is not here: it is production's (`workers.search_step`).
+
 Prints Markdown tables and writes JSON to `bench/results/search_step.json` (`..._quick.json`).
 """
 

@@ -32,8 +32,10 @@ from workers.settings import (
     Supervision,
     TrainSettings,
 )
-from workers.shards import join_storage, read_manifest, write_demo_dataset
+from workers.shards.demo import write_demo_dataset
+from workers.shards.format import read_manifest
 from workers.stage_list import ROLES, SEARCH_SPLIT_ROLES, STAGE_ROLES, STAGES
+from workers.storage import join_storage
 
 __all__ = [
     "DataFacts",

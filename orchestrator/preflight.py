@@ -39,8 +39,8 @@ from orchestrator.plan import (
     data_facts,
     steps_per_epoch,
 )
-from workers.shards import join_storage
 from workers.stage_list import ROLES, STAGE_ROLES, STAGES
+from workers.storage import join_storage
 
 __all__ = ["PhasePlan", "Plan", "StagePlan", "format_plan", "preflight"]
 
@@ -120,7 +120,7 @@ def preflight(experiment: Experiment, capacity: Capacity | None = None) -> Plan:
     data: dict[str, DataFacts | None] = {}
     loaded: set[tuple[Any, ...]] = set()
     if storage_ok and any(path == DEMO for t in grid for _, path in t.experiment.data_fields()):
-        from workers.shards import write_demo_dataset
+        from workers.shards.demo import write_demo_dataset
 
         demo = join_storage(experiment.storage, "_data", DEMO)
         write_demo_dataset(demo)  # what the run writes first (orchestrator.plan.resolve_data)

@@ -34,7 +34,7 @@ from orchestrator.tracking import (
     tracked,
 )
 from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
-from workers.shards import join_storage, resolve_uri
+from workers.storage import join_storage, resolve_uri
 
 __all__ = [
     "EXPERIMENT_FILE",

@@ -21,10 +21,10 @@ from orchestrator.memory import killed_for_memory, memory_error_message
 from orchestrator.plan import TrainRunPlan
 from workers.checkpointing import CheckpointWriteError
 from workers.pipeline import data_config, read_pairs, role_ids, worker_rows
-from workers.shards import join_storage
 from workers.stage_io import LocalStageIO
 from workers.stage_outputs import read_stage_result
 from workers.stages import train_fn_per_worker
+from workers.storage import join_storage
 
 __all__ = ["TRAIN_ENV", "StageError", "build_datasets", "fit_run", "local_io", "run_finished"]
 

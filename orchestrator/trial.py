@@ -28,9 +28,9 @@ from workers.checkpointing import open_checkpoint
 from workers.comparison import comparison_for_sets
 from workers.evaluate import evaluate_network, load_derived, load_supervision_teacher
 from workers.markers import read_marker, remove_marker, write_marker
-from workers.shards import join_storage
 from workers.stage_list import EVALUATE, PIPELINE, STAGES
 from workers.stage_outputs import StageResult, read_stage_result
+from workers.storage import join_storage
 
 __all__ = ["BACKLOG_DIR", "StageRuns", "TrialContext", "catch_up", "run_trial"]
 

@@ -16,6 +16,10 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
+    # xdist 3.8 tags a grouped test by rewriting Node._nodeid, which pytest 9.2 no longer reads: the tests
+    # sharing a cluster would be split over both processes, each starting its own cluster.
+    if config.getoption("dist", "no") == "loadgroup" and pytest.version_tuple >= (9, 2):
+        raise pytest.UsageError(f"pytest {pytest.__version__} breaks xdist_group: install constraints.txt's pytest")
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +40,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> str:
     """The built-in data set (scikit-image's photographs), written once per test session."""
-    from workers.shards import write_demo_dataset
+    from workers.shards.demo import write_demo_dataset
 
     root = tmp_path_factory.mktemp("demo-data")
     write_demo_dataset(str(root))

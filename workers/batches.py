@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from workers.pipeline import collate_crops
-from workers.shards import DataError
+from workers.shards.format import DataError
 
 __all__ = ["epoch_generator", "patch_batches"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from workers.shards import resolve_uri
+from workers.storage import resolve_uri
 
 __all__ = ["read_marker", "remove_marker", "write_marker"]
 

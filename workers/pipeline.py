@@ -34,7 +34,8 @@ import torch
 from PIL import Image
 
 from workers.imresize import downscale
-from workers.shards import DataError, Manifest, read_manifest, resolve_uri
+from workers.shards.format import DataError, Manifest, read_manifest
+from workers.storage import resolve_uri
 
 if TYPE_CHECKING:
     import ray.data

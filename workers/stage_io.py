@@ -20,7 +20,7 @@ import torch
 from workers.checkpointing import CheckpointWriteError, is_no_space, load_state, staged_checkpoint
 from workers.pipeline import worker_rows
 from workers.settings import DatasetSource
-from workers.shards import join_storage
+from workers.storage import join_storage
 
 __all__ = ["LocalStageIO", "RayStageIO", "Report", "StageIO"]
 

@@ -18,7 +18,7 @@ import click
 from orchestrator.cli.common import JSON, friendly_errors
 
 if TYPE_CHECKING:
-    from workers.shards import PrepareSummary
+    from workers.shards.writer import PrepareSummary
 
 __all__ = ["data"]
 
@@ -116,7 +116,7 @@ def prepare(
     as_json: bool,
 ) -> None:
     """Prepare the HR image folders SOURCES (PNG/JPEG) into shards at --out."""
-    from workers.shards import prepare_dataset
+    from workers.shards.folders import prepare_dataset
 
     with _echo_progress():
         summary = prepare_dataset(
@@ -138,7 +138,7 @@ def prepare(
 @friendly_errors
 def demo(out: str, as_json: bool) -> None:
     """Write the built-in demo data set (scikit-image's bundled photographs, no download)."""
-    from workers.shards import write_demo_dataset
+    from workers.shards.demo import write_demo_dataset
 
     with _echo_progress():
         summary = write_demo_dataset(out)
@@ -151,7 +151,7 @@ def demo(out: str, as_json: bool) -> None:
 def info(path: str) -> None:
     """Show a prepared data set: rows, images, shards, and its search split (chi_1 / chi_2)."""
     from workers.pipeline import image_ids, split_image_ids
-    from workers.shards import read_manifest
+    from workers.shards.format import read_manifest
 
     m = read_manifest(path)
     w, a = split_image_ids(image_ids(path))

@@ -54,7 +54,7 @@ def export(
     from mlflow.exceptions import MlflowException
 
     from orchestrator.export import export_onnx, log_export
-    from orchestrator.upscale import open_model
+    from orchestrator.upscale.model_source import open_model
 
     uri = tracking_uri or DEFAULT_TRACKING
     loaded = open_model(source, uri, mlflow_experiment)

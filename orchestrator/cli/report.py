@@ -16,7 +16,6 @@ from typing import Any
 
 import click
 
-from orchestrator import report as rep
 from orchestrator.cli.common import (
     DEFAULT_MLFLOW_EXPERIMENT,
     DEFAULT_STORAGE,
@@ -28,7 +27,10 @@ from orchestrator.cli.common import (
     friendly_errors,
 )
 from orchestrator.cli.sweep_report import best_trial_lines, echo_report, report_dir, saved_experiment
-from orchestrator.tracking import STAGE_TAG
+from orchestrator.report.rows import TrialRow, baselines, collect, validation_sets
+from orchestrator.report.runs import open_experiment, search_all, sweep_filter, ui_hint
+from orchestrator.report.table import MISSING, format_delta, format_path, format_value, to_markdown
+from orchestrator.tracking import STAGE_TAG, SWEEP_TAG, TRIAL_TAG
 
 __all__ = ["echo_job_status", "report", "status"]
 
@@ -70,26 +72,26 @@ def report(sweep: str, storage: str, tracking_uri: str | None, mlflow_experiment
 
 # --- status ------------------------------------------------------------------------------------
 def _time(ms: int | None) -> str:
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else rep.MISSING
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else MISSING
 
 
 def sweeps_overview(tracking_uri: str, mlflow_experiment: str) -> list[dict[str, str]]:
     """One row per sweep: name, parent run status, start time, trials finished/tracked (oldest sweep first)."""
-    client, experiment_id = rep.open_experiment(tracking_uri, mlflow_experiment)
-    parents = rep.search_all(client, experiment_id, rep.sweep_filter(kind="sweep"))
-    trials = rep.search_all(client, experiment_id, rep.sweep_filter(kind="trial"))
+    client, experiment_id = open_experiment(tracking_uri, mlflow_experiment)
+    parents = search_all(client, experiment_id, sweep_filter(kind="sweep"))
+    trials = search_all(client, experiment_id, sweep_filter(kind="trial"))
     per_sweep: dict[str, dict[str, str]] = {}  # sweep → trial id → status (oldest run of a trial id wins)
     for run in trials:
         tags = run.data.tags
-        per_sweep.setdefault(tags.get(rep.SWEEP_TAG, ""), {}).setdefault(tags.get(rep.TRIAL_TAG, ""), run.info.status)
+        per_sweep.setdefault(tags.get(SWEEP_TAG, ""), {}).setdefault(tags.get(TRIAL_TAG, ""), run.info.status)
     rows, seen = [], set()
     for run in parents:
-        name = run.data.tags.get(rep.SWEEP_TAG, "")
+        name = run.data.tags.get(SWEEP_TAG, "")
         if name in seen:
             continue
         seen.add(name)
         rows.append((name, run.info.status, run.info.start_time))
-    rows += [(name, rep.MISSING, None) for name in per_sweep if name not in seen]  # trials without a parent run
+    rows += [(name, MISSING, None) for name in per_sweep if name not in seen]  # trials without a parent run
     out = []
     for name, state, start in rows:
         statuses = per_sweep.get(name, {}).values()
@@ -100,28 +102,28 @@ def sweeps_overview(tracking_uri: str, mlflow_experiment: str) -> list[dict[str,
 
 def trials_progress(tracking_uri: str, mlflow_experiment: str, sweep: str) -> list[dict[str, str]]:
     """One row per trial of `sweep`: status, path, latest stage (and its status), headline metrics, run id."""
-    return _progress(rep.collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, mlflow_experiment, sweep)
+    return _progress(collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, mlflow_experiment, sweep)
 
 
 def _progress(
-    trial_rows: list[rep.TrialRow], tracking_uri: str, mlflow_experiment: str, sweep: str
+    trial_rows: list[TrialRow], tracking_uri: str, mlflow_experiment: str, sweep: str
 ) -> list[dict[str, str]]:
-    client, experiment_id = rep.open_experiment(tracking_uri, mlflow_experiment)
+    client, experiment_id = open_experiment(tracking_uri, mlflow_experiment)
     latest: dict[str, Any] = {}
-    for run in rep.search_all(client, experiment_id, rep.sweep_filter(sweep, "stage")):  # oldest first
-        latest[run.data.tags.get(rep.TRIAL_TAG, "")] = run
-    sets = rep.validation_sets(trial_rows)
-    base = rep.baselines(trial_rows)
+    for run in search_all(client, experiment_id, sweep_filter(sweep, "stage")):  # oldest first
+        latest[run.data.tags.get(TRIAL_TAG, "")] = run
+    sets = validation_sets(trial_rows)
+    base = baselines(trial_rows)
     out = []
     for row in trial_rows:
         stage_run = latest.get(row.trial)
-        stage = f"{stage_run.data.tags.get(STAGE_TAG, '?')} ({stage_run.info.status})" if stage_run else rep.MISSING
-        entry = {"Trial": row.trial, "Status": row.status, "Stage": stage, "Path": rep.format_path(row)}
-        entry |= {"Params (M)": rep.format_value(row.params_m), "GFLOPs": rep.format_value(row.gflops)}
+        stage = f"{stage_run.data.tags.get(STAGE_TAG, '?')} ({stage_run.info.status})" if stage_run else MISSING
+        entry = {"Trial": row.trial, "Status": row.status, "Stage": stage, "Path": format_path(row)}
+        entry |= {"Params (M)": format_value(row.params_m), "GFLOPs": format_value(row.gflops)}
         for s in sets:
-            entry[f"PSNR {s}"] = rep.format_value(row.psnr.get(s))
+            entry[f"PSNR {s}"] = format_value(row.psnr.get(s))
             if s in base.bicubic:
-                entry[f"Δ vs bicubic {s}"] = rep.format_delta(row.delta(s))
+                entry[f"Δ vs bicubic {s}"] = format_delta(row.delta(s))
         entry["Run"] = row.run_id
         out.append(entry)
     return out
@@ -132,7 +134,7 @@ def echo_job_status(submission_id: str | None, address: str) -> None:
 
     Raises `click.ClickException` (one line, exit 1) for an unknown id or an unreachable server.
     """
-    from orchestrator.submit import SubmitError, describe_job, job_status_or_none
+    from orchestrator.jobs import SubmitError, describe_job, job_status_or_none
 
     if submission_id is None:
         raise click.UsageError("With --address, give a submission id (`trilevel jobs --address …` lists them).")
@@ -149,7 +151,7 @@ def echo_job_status(submission_id: str | None, address: str) -> None:
         uri = f" --tracking-uri {job.tracking_uri}" if job.tracking_uri else ""
         click.echo(f"Trials:   trilevel status {job.sweep}{uri}")
     if job.tracking_uri:
-        from orchestrator.submit import mlflow_hint
+        from orchestrator.jobs import mlflow_hint
 
         click.echo(mlflow_hint(job.tracking_uri))
 
@@ -177,14 +179,14 @@ def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address
         if not rows:
             click.echo(f"No sweeps tracked in experiment {mlflow_experiment!r} at {tracking_uri}.")
             return
-        click.echo(rep.to_markdown(rows), nl=False)
+        click.echo(to_markdown(rows), nl=False)
         return
-    trial_rows = rep.collect(tracking_uri, mlflow_experiment, sweep)
+    trial_rows = collect(tracking_uri, mlflow_experiment, sweep)
     rows = _progress(trial_rows, tracking_uri, mlflow_experiment, sweep)
     finished = sum(row["Status"] == "FINISHED" for row in rows)
     click.echo(f"Sweep {sweep}: {finished}/{len(rows)} trials finished\n")
-    click.echo(rep.to_markdown(rows))
-    bicubic = rep.baselines(trial_rows).bicubic
+    click.echo(to_markdown(rows))
+    bicubic = baselines(trial_rows).bicubic
     if bicubic:
         click.echo("Bicubic: " + ", ".join(f"PSNR {s} {v:.2f} dB" for s, v in bicubic.items()) + "\n")
     for line in best_trial_lines(trial_rows, tracking_uri, sweep):
@@ -192,5 +194,5 @@ def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address
             click.secho(line, err=True, fg="red", bold=True)
         else:
             click.echo(line)
-    _, experiment_id = rep.open_experiment(tracking_uri, mlflow_experiment)
-    click.echo(rep.ui_hint(tracking_uri, experiment_id))
+    _, experiment_id = open_experiment(tracking_uri, mlflow_experiment)
+    click.echo(ui_hint(tracking_uri, experiment_id))

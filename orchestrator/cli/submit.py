@@ -73,7 +73,8 @@ def submit(
     Prints the submission id. Without --no-wait, follows the job's logs until it ends and exits
     non-zero unless it SUCCEEDED; Ctrl-C stops following, not the job.
     """
-    from orchestrator.submit import mlflow_hint, submit_sweep, wait_for_job
+    from orchestrator.jobs import mlflow_hint, wait_for_job
+    from orchestrator.submit import submit_sweep
 
     def say(text: str) -> None:
         click.echo(text, nl=False, err=True)
@@ -131,7 +132,7 @@ def _tracking_uri_of(experiment: str, scale: str, overrides: tuple[str, ...]) ->
 @friendly_errors
 def logs(submission_id: str, address: str, follow: bool) -> None:
     """The output of job SUBMISSION_ID (the sweep driver's, with its trials' forwarded lines)."""
-    from orchestrator.submit import job_logs
+    from orchestrator.jobs import job_logs
 
     try:
         for chunk in job_logs(address, submission_id, follow=follow):
@@ -146,7 +147,7 @@ def logs(submission_id: str, address: str, follow: bool) -> None:
 @friendly_errors
 def stop(submission_id: str, address: str) -> None:
     """Stop job SUBMISSION_ID: its driver and trials end; finished trials stay in storage and MLflow."""
-    from orchestrator.submit import job_status, stop_job
+    from orchestrator.jobs import job_status, stop_job
 
     if stop_job(address, submission_id):
         click.echo(f"Stop requested for job {submission_id}.")
@@ -160,8 +161,8 @@ def stop(submission_id: str, address: str) -> None:
 @friendly_errors
 def jobs(address: str) -> None:
     """Every job submitted to the cluster at --address, oldest first."""
-    from orchestrator.report import to_markdown
-    from orchestrator.submit import format_time, list_jobs
+    from orchestrator.jobs import format_time, list_jobs
+    from orchestrator.report.table import to_markdown
 
     rows = [
         {

@@ -16,8 +16,10 @@ from typing import Any
 
 import click
 
-from orchestrator import report as rep
 from orchestrator.cli.common import DEFAULT_MLFLOW_EXPERIMENT, DEFAULT_TRACKING, friendly_errors
+from orchestrator.report.build import REPORT_ARTIFACT_DIR, ReportFiles, build_report, warning_text
+from orchestrator.report.rows import TrialRow, best_row, collect, validation_sets
+from orchestrator.report.table import to_markdown
 
 __all__ = ["best_trial_lines", "echo_report", "print_report", "report_dir", "saved_experiment"]
 
@@ -49,19 +51,19 @@ def report_dir(sweep: str, storage: str) -> str:
 
 def echo_report(
     sweep: str, tracking_uri: str, mlflow_experiment: str, labels: Mapping[str, str] | None, out: str
-) -> rep.ReportFiles:
+) -> ReportFiles:
     """Build the sweep's report into `out`, log it to the sweep's MLflow run, and print its table and files."""
-    files = rep.build_report(tracking_uri, mlflow_experiment, sweep, labels, out)
-    click.echo(rep.to_markdown(files.table))
+    files = build_report(tracking_uri, mlflow_experiment, sweep, labels, out)
+    click.echo(to_markdown(files.table))
     if files.paper:
         click.echo(f"Paper columns: {files.paper} of the supplementary, the row of the same method.")
     if files.warnings:
-        click.secho(rep.warning_text(files.warnings), err=True, fg="red", bold=True)
+        click.secho(warning_text(files.warnings), err=True, fg="red", bold=True)
     click.echo(f"CSV:      {files.csv}")
     click.echo(f"Plot:     {files.png}")
     click.echo(f"Markdown: {files.markdown}")
     if files.parent_run_id:
-        click.echo(f"Logged to MLflow run {files.parent_run_id} under {rep.REPORT_ARTIFACT_DIR}/")
+        click.echo(f"Logged to MLflow run {files.parent_run_id} under {REPORT_ARTIFACT_DIR}/")
     if files.ui:
         click.echo(files.ui)
     else:
@@ -80,16 +82,16 @@ def print_report(
     experiment = saved_experiment(sweep, storage)
     labels = experiment.labels if experiment is not None else None
     echo_report(sweep, tracking_uri, mlflow_experiment, labels, report_dir(sweep, storage))
-    for line in best_trial_lines(rep.collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, sweep):
+    for line in best_trial_lines(collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, sweep):
         click.secho(line, fg="red" if line.startswith("WARNING") else None, bold=line.startswith("WARNING"))
 
 
-def best_trial_lines(trial_rows: list[rep.TrialRow], tracking_uri: str, sweep: str) -> list[str]:
+def best_trial_lines(trial_rows: list[TrialRow], tracking_uri: str, sweep: str) -> list[str]:
     """What `status` says about the trial to use: its numbers beside bicubic and a ready-to-paste upscale command."""
-    best = rep.best_row(trial_rows)
+    best = best_row(trial_rows)
     if best is None:
         return [f"No finished trial with PSNR yet; once there is one: trilevel upscale --model best:{sweep} …"]
-    first = rep.validation_sets([best])[0]
+    first = validation_sets([best])[0]
     numbers = f"PSNR {first} {best.psnr[first]:.2f} dB"
     delta = best.delta(first)
     if delta is not None:

@@ -14,13 +14,9 @@ from pathlib import Path
 import click
 
 from orchestrator.cli.common import DEFAULT_TRACKING, MLFLOW_EXPERIMENT, MODEL, TRACKING_URI, friendly_errors
-from orchestrator.upscale import (
-    collect_images,
-    open_model,
-    receptive_radius,
-    resolve_device,
-    upscale_files,
-)
+from orchestrator.upscale.files import collect_images, upscale_files
+from orchestrator.upscale.model_source import open_model
+from orchestrator.upscale.tiled import receptive_radius, resolve_device
 
 __all__ = ["upscale"]
 

@@ -4,6 +4,10 @@ No cluster, Docker daemon, kubectl or kubeconform is needed: every YAML is parse
 fields KubeRay (ray.io/v1), Kubernetes and the Ray cluster launcher need, for consistency with constraints.txt, and
 for the security rules of the deployment (nothing exposed publicly, credentials only through secretKeyRef, no
 secret-looking values in any file).
+
+One file (~670 lines) because the checks cross-reference the whole deployment (one image name across
+manifests, launcher and kustomization; the README's commands against the RayJob's and the data Job's
+paths) through the shared loaders at the top; split by directory, those would be repeated.
 """
 
 from __future__ import annotations

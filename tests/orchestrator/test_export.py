@@ -24,7 +24,8 @@ from orchestrator.cli.export import export
 from orchestrator.cli.upscale import upscale
 from orchestrator.export import ExportError, export_onnx, onnx_latency, onnx_session, run_onnx
 from orchestrator.tracking import Tracker
-from orchestrator.upscale import UpscaleError, load_model, open_model
+from orchestrator.upscale.errors import UpscaleError
+from orchestrator.upscale.model_source import load_model, open_model
 from search_space.derived import build_network
 from search_space.genotype import Genotype, OpChoice
 from search_space.latency import median_seconds

@@ -23,25 +23,11 @@ from PIL import Image
 from orchestrator.cli import report as cli_report
 from orchestrator.cli import sweep_report
 from orchestrator.paper import PAPER_TABLES, paper_row, paper_table
-from orchestrator.report import (
-    MISSING,
-    Baselines,
-    TrialRow,
-    baselines,
-    below_bicubic,
-    best_row,
-    build_report,
-    collect,
-    pareto_figure,
-    pareto_front,
-    pareto_png,
-    table,
-    to_csv,
-    to_markdown,
-    ui_hint,
-    ui_url,
-    validation_sets,
-)
+from orchestrator.report.build import build_report
+from orchestrator.report.pareto import pareto_figure, pareto_front, pareto_png
+from orchestrator.report.rows import Baselines, TrialRow, baselines, best_row, collect, validation_sets
+from orchestrator.report.runs import ui_hint, ui_url
+from orchestrator.report.table import MISSING, below_bicubic, table, to_csv, to_markdown
 
 EXPERIMENT = "trilevel"
 LAMBDA = "stages.search.lambda_order"

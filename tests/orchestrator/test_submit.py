@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,8 @@ import yaml
 from click.testing import CliRunner
 
 from orchestrator.experiment import ExperimentError, load_experiment
-from orchestrator.submit import (
-    EXPERIMENT_ENV_VAR,
-    SubmitError,
-    build_entrypoint,
-    job_logs,
-    job_status,
-    list_jobs,
-    submit_sweep,
-)
+from orchestrator.jobs import SubmitError, job_logs, job_status, list_jobs
+from orchestrator.submit import EXPERIMENT_ENV_VAR, build_entrypoint, submit_sweep
 from tests.servers import free_port
 
 STAGES = {"pretrain", "search", "train", "evaluate"}
@@ -40,14 +32,12 @@ ONE_TRIAL = (
 # --- no server needed -----------------------------------------------------------------------------
 def test_unreachable_address_is_named_with_the_port_forward_hint(tmp_path):
     closed = f"http://127.0.0.1:{free_port()}"
-    started = time.monotonic()
     with pytest.raises(SubmitError) as err:
         submit_sweep("table8", address=closed, storage=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path}/m.db")
     assert closed in str(err.value) and "8265" in str(err.value) and "port-forward" in str(err.value)
     for call in (lambda: job_status(closed, "x"), lambda: list(job_logs(closed, "x")), lambda: list_jobs(closed)):
         with pytest.raises(SubmitError, match="Cannot reach the Ray job server"):
             call()
-    assert time.monotonic() - started < 30
 
 
 def test_bad_input_is_refused_before_anything_is_submitted(tmp_path):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from orchestrator.submit import LARGE_FILE_BYTES, _upload_excludes, large_files, mlflow_hint
+from orchestrator.job_upload import LARGE_FILE_BYTES, large_files, upload_excludes
+from orchestrator.jobs import mlflow_hint
 
 
 def _sparse(path: Path, size: int) -> None:
@@ -34,7 +35,7 @@ def test_weights_and_large_files_stay_out_of_the_upload_each_named(tmp_path):
 
     assert large_files(str(root)) == [("scratch/capture.bin", LARGE_FILE_BYTES + 1)]
     said: list[str] = []
-    excludes = _upload_excludes(str(root), said.append)
+    excludes = upload_excludes(str(root), said.append)
     assert len(said) == 1 and said[0].startswith("Not uploading scratch/capture.bin (8 MiB)")
 
     package = tmp_path / "package.zip"

@@ -20,16 +20,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from orchestrator.cli.upscale import upscale
-from orchestrator.upscale import (
-    InputConversionWarning,
-    UpscaleError,
-    collect_images,
-    load_model,
-    receptive_radius,
-    upscale_files,
-    upscale_image,
-    upscale_tensor,
-)
+from orchestrator.upscale.errors import UpscaleError
+from orchestrator.upscale.files import collect_images, upscale_files
+from orchestrator.upscale.model_source import load_model
+from orchestrator.upscale.tiled import InputConversionWarning, receptive_radius, upscale_image, upscale_tensor
 from search_space.derived import DerivedNetwork, build_network
 from search_space.genotype import Genotype, OpChoice
 

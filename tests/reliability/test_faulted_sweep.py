@@ -32,7 +32,8 @@ import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from orchestrator.submit import job_logs, job_status, job_status_or_none, list_jobs, stop_job, submit_sweep
+from orchestrator.jobs import job_logs, job_status, job_status_or_none, list_jobs, stop_job
+from orchestrator.submit import submit_sweep
 from orchestrator.train_run import local_io
 from tests.helpers import TINY, registered_checkpoints, tiny_plan, wait_for
 from tests.servers import marked_processes

@@ -26,7 +26,9 @@ from workers.pipeline import (
     split_search,
     val_pairs,
 )
-from workers.shards import DataError, prepare_dataset, write_demo_dataset
+from workers.shards.demo import write_demo_dataset
+from workers.shards.folders import prepare_dataset
+from workers.shards.format import DataError
 
 pytestmark = pytest.mark.xdist_group("local_ray")  # shares the in-process Ray (tests/conftest.py)
 

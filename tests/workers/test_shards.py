@@ -13,15 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from workers.shards import (
-    DEMO_TRAIN,
-    MANIFEST_NAME,
-    SCHEMA_VERSION,
-    DataError,
-    prepare_dataset,
-    read_manifest,
-    write_demo_dataset,
-)
+from workers.shards.demo import DEMO_TRAIN, write_demo_dataset
+from workers.shards.folders import prepare_dataset
+from workers.shards.format import MANIFEST_NAME, SCHEMA_VERSION, DataError, read_manifest
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

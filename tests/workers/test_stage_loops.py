@@ -179,3 +179,41 @@ def test_dead_data_is_a_clear_error(tmp_path):
         run_stages(run.settings, empty)
     shutil.rmtree(run.settings.outputs, ignore_errors=True)
     assert glob.glob(os.path.join(run.settings.checkpoints, "*")) == []
+
+
+def _searched_gflops(storage: str, target: float) -> tuple[float, list[float]]:
+    overrides = (
+        *SHORT,
+        "stages.search.epochs=4",
+        "stages.search.steps_per_epoch=3",
+        "stages.search.arch_lr=0.05",
+        f"stages.search.flops_target={target}",
+        "stages.search.lambda_flops=1.0",
+        "stages.search.flops_interval=1",
+    )
+    plan = tiny_plan(storage, overrides)
+    (run,) = plan.runs
+    io = local_io(run, 4)
+    _, search, _ = run_stages(run.settings, io)
+    weights = [r.metrics["lambda_flops"] for r in io.reports if r.metrics["stage"] == "search"]
+    return search.metrics["derived_gflops"], weights
+
+
+def test_a_flops_target_steers_the_search_and_adapts_its_weight(tmp_path):
+    low, low_weights = _searched_gflops(str(tmp_path / "low"), 0.05)
+    high, high_weights = _searched_gflops(str(tmp_path / "high"), 100.0)
+    assert low < high  # two targets far apart: derived networks on the right side of each other
+    # AGD's rule every epoch: far above the low target, λ doubles; far below the high one, it halves
+    assert low_weights == [1.0, 2.0, 4.0, 8.0] and high_weights == [1.0, 0.5, 0.25, 0.125]
+
+
+def test_the_workers_use_the_threads_they_asked_for(tmp_path):
+    plan = tiny_plan(str(tmp_path / "runs"), (*SHORT, "resources.cpus_per_worker=2"))
+    (run,) = plan.runs
+    assert run.settings.threads == 2
+    before = torch.get_num_threads()
+    try:
+        run_stages(run.settings, local_io(run, 4))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -221,7 +221,6 @@ def test_end_unfinished_marks_every_running_run_of_the_sweep(tracker, client):
 
 def test_unreachable_server_queues_logging_and_warns_once(unreachable, caplog):
     tracker = Tracker(unreachable, retries=1, backoff_s=0.01, max_backoff_s=0.05)
-    started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="orchestrator.tracking"):
         tracker.log_metrics("0" * 32, {"loss": 1.0}, step=0)
         assert tracker.pending == 1
@@ -234,7 +233,6 @@ def test_unreachable_server_queues_logging_and_warns_once(unreachable, caplog):
     assert "log_metrics" in warnings[0].getMessage()
     failed = tracker.flush(timeout_s=0.5)
     assert len(failed) == 4 and failed[0].startswith("log_metrics") and tracker.pending == 4
-    assert time.monotonic() - started < 15
     with pytest.raises(TrackingUnavailable, match=re.escape(unreachable)):
         tracker.sweep_run("sw")  # nothing can be tracked without a run id
 

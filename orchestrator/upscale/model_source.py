@@ -1,4 +1,4 @@
-"""Use a trained network: load it from wherever a trial left it, and upscale images with it.
+"""A trained network from wherever a trial left it: a checkpoint, an MLflow run, ``best:<sweep>``, the registry.
 
 Why it looks like this:
 
@@ -7,7 +7,7 @@ Why it looks like this:
   trial's MLflow run (logged model ``model``, reachable by run id), and the model registry
   (``models:/<name>/<version>``, ``models:/<name>@<alias>``). ``best:<sweep>`` names the run of the
   sweep's best finished trial (highest PSNR on its first validation set, ties to fewer GFLOPs:
-  :func:`orchestrator.report.best_row`), so nobody has to look a run id up to use a sweep's result.
+  :func:`orchestrator.report.rows.best_row`), so nobody has to look a run id up to use a sweep's result.
   A genotype alone (a zoo name or a JSON file) is refused on purpose: it has no trained weights, and
   an untrained network's output looks like a result without being one.
 * **No global MLflow state.** Everything goes through an ``MlflowClient`` bound to the given
@@ -23,17 +23,6 @@ Why it looks like this:
   height and width are fixed to the example it was logged with, so it cannot take other image
   sizes; when its run holds ``genotype.json`` (trials log it), the network is rebuilt from the
   genotype and the graph's weights, which restores any input size.
-* **Tiles.** A super-resolution network is fully convolutional, so a large image is cut into
-  ``tile``-pixel LR tiles, each run with ``overlap`` pixels of real neighbouring context on every
-  side (fewer at the image border, where the network's own zero padding applies exactly as for the
-  whole image) and only its centre × scale is kept. With ``overlap`` at least the network's
-  receptive-field radius (:func:`receptive_radius` bounds it) the tiled result equals whole-image
-  inference up to float rounding; with less, seams differ by little, since residual blocks damp
-  far context. Tiles bound memory: a 4000×3000 photo at ×4 never needs the whole feature maps.
-* **Files.** Outputs are ``<stem>_x<scale>.png`` (lossless), written atomically; JPEG orientation
-  (EXIF) is applied first, non-RGB inputs are converted to RGB and each conversion is reported;
-  an unreadable file is an error naming it (or, with ``keep_going``, reported and skipped), and
-  two inputs that would write the same output are refused before any work.
 """
 
 from __future__ import annotations
@@ -41,46 +30,25 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 import tempfile
-import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor, nn
 
 from orchestrator.tracking import sqlite_file
+from orchestrator.upscale.errors import UpscaleError
 from search_space.derived import DerivedNetwork, build_network
 from search_space.genotype import Genotype, zoo_names
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = [
-    "BEST_PREFIX",
-    "IMAGE_SUFFIXES",
-    "MODEL_ARTIFACT",
-    "InputConversionWarning",
-    "LoadedModel",
-    "UpscaleError",
-    "collect_images",
-    "load_model",
-    "open_model",
-    "output_name",
-    "receptive_radius",
-    "resolve_device",
-    "upscale_files",
-    "upscale_image",
-    "upscale_tensor",
-]
+__all__ = ["BEST_PREFIX", "MODEL_ARTIFACT", "LoadedModel", "load_model", "open_model"]
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 MODEL_ARTIFACT = "model"  # the name a trial logs its network under
 BEST_PREFIX = "best:"  # best:<sweep>: the run of the sweep's best finished trial
 _RUN_ID = re.compile(r"[0-9a-fA-F]{32}")
@@ -90,20 +58,6 @@ _SOURCES_HELP = (
     "models:/<name>/<version>, models:/<name>@<alias> or models:/<logged model id> URI, or a local MLflow "
     "model directory (MLmodel)"
 )
-
-Report = Callable[[str], None]
-
-
-class UpscaleError(RuntimeError):
-    """A model source or an image file that cannot be used; the message names it."""
-
-
-class InputConversionWarning(UserWarning):
-    """An input image was not 8-bit RGB and was converted (alpha dropped, gray replicated, 16-bit reduced)."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loading
 
 
 @dataclass(frozen=True)
@@ -158,7 +112,7 @@ def _best_run(source: str, tracking_uri: str | None, mlflow_experiment: str) -> 
     """(run id, a line saying which trial) of the best finished trial of the sweep named in ``best:<sweep>``."""
     import mlflow
 
-    from orchestrator.report import best_row, collect, validation_sets
+    from orchestrator.report.rows import best_row, collect, validation_sets
 
     sweep = source[len(BEST_PREFIX) :].strip()
     if not sweep:
@@ -393,285 +347,3 @@ def _scale_of(net: nn.Module, source: str) -> int:
     if height != width or height % 8:
         raise UpscaleError(f"model source {source}: no integer scale (1×3×8×8 gave {tuple(out.shape)})")
     return height // 8
-
-
-def receptive_radius(model: nn.Module) -> int:
-    """An upper bound, in LR pixels, of how far an output pixel sees: the sum of the conv kernels' radii.
-
-    Exact for chains of convolutions; branches (shortcuts) and upsampling only make the true radius
-    smaller. 0 when the model has no ``nn.Conv2d`` modules (e.g. an exported graph).
-    """
-    radius = 0
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            dh, dw = module.dilation
-            radius += max((kh - 1) // 2 * dh, (kw - 1) // 2 * dw)
-    return radius
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Inference
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """`device` as a torch device that exists here; UpscaleError otherwise."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise UpscaleError(f"device {device!r}: not a torch device (cpu, cuda, cuda:1, …)") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UpscaleError(f"device {device}: CUDA is not available here (use --device cpu)")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise UpscaleError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise UpscaleError(f"device {device}: MPS is not available here")
-    return resolved
-
-
-def _check_tiling(tile: int | None, overlap: int) -> int:
-    if tile is None:
-        tile = 0
-    if not isinstance(tile, int) or tile < 0:
-        raise ValueError(f"tile must be a non-negative number of pixels (0 = whole image), got {tile!r}")
-    if not isinstance(overlap, int) or overlap < 0:
-        raise ValueError(f"overlap must be a non-negative number of pixels, got {overlap!r}")
-    return tile
-
-
-def _spans(length: int, tile: int) -> list[tuple[int, int]]:
-    step = tile if 0 < tile < length else length
-    return [(start, min(start + step, length)) for start in range(0, length, step)]
-
-
-def _tiles(
-    model: nn.Module, lr: Tensor, scale: int, tile: int, overlap: int, device: torch.device
-) -> Iterator[tuple[tuple[int, int, int, int], Tensor]]:
-    """((top, bottom, left, right) in HR pixels, the HR crop on `device`) for every tile of `lr` [N,3,H,W]."""
-    height, width = lr.shape[-2:]
-    for y0, y1 in _spans(height, tile):
-        for x0, x1 in _spans(width, tile):
-            py0, py1 = max(0, y0 - overlap), min(height, y1 + overlap)
-            px0, px1 = max(0, x0 - overlap), min(width, x1 + overlap)
-            patch = lr[..., py0:py1, px0:px1].to(device)
-            with torch.inference_mode():
-                out = model(patch)
-            expected = (lr.shape[0], 3, (py1 - py0) * scale, (px1 - px0) * scale)
-            if not isinstance(out, Tensor) or tuple(out.shape) != expected:
-                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise UpscaleError(f"the model turned a {tuple(patch.shape)} input into {got}, expected {expected}")
-            crop = out[..., (y0 - py0) * scale : (y1 - py0) * scale, (x0 - px0) * scale : (x1 - px0) * scale]
-            yield (y0 * scale, y1 * scale, x0 * scale, x1 * scale), crop
-
-
-def upscale_tensor(
-    model: nn.Module,
-    lr: Tensor,
-    scale: int,
-    *,
-    tile: int | None = 256,
-    overlap: int = 24,
-    device: str | torch.device = "cpu",
-) -> Tensor:
-    """Tiled inference on a float batch [N,3,h,w] in [0,1]: the float output [N,3,h·s,w·s] on the CPU (not clamped).
-
-    `tile` is the LR tile size (0 or None: the whole image at once), `overlap` the context each tile
-    gets on every side. The model is moved to `device`.
-    """
-    tile = _check_tiling(tile, overlap)
-    if lr.ndim != 4 or lr.shape[1] != 3:
-        raise ValueError(f"expected an LR batch [N,3,h,w], got shape {tuple(lr.shape)}")
-    target = resolve_device(device)
-    model.to(target)
-    n, _, height, width = lr.shape
-    out = torch.empty((n, 3, height * scale, width * scale), dtype=torch.float32)
-    for (top, bottom, left, right), crop in _tiles(model, lr.float(), scale, tile, overlap, target):
-        out[..., top:bottom, left:right] = crop.float().cpu()
-    return out
-
-
-def _as_rgb(image: Image.Image) -> tuple[np.ndarray, str | None]:
-    """(H×W×3 float32 in [0,1], a note saying what was converted, or None for 8-bit RGB)."""
-    mode = image.mode
-    if mode == "RGB":
-        return np.asarray(image, dtype=np.float32) / 255.0, None
-    has_alpha = "A" in mode or (mode == "P" and "transparency" in image.info)
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        values = np.asarray(image, dtype=np.float32)
-        peak = 65535.0 if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255) else 255.0
-        if mode == "F" and values.max(initial=0) <= 1.0:
-            peak = 1.0
-        gray = np.clip(values / peak, 0.0, 1.0)
-        note = f"{mode} ({'16-bit' if peak == 65535.0 else 'high-precision'}) grayscale converted to 8-bit RGB"
-        return np.repeat(gray[..., None], 3, axis=2), note
-    try:
-        rgb = np.asarray(image.convert("RGBA" if has_alpha else "RGB"), dtype=np.float32)[..., :3] / 255.0
-    except (ValueError, OSError) as err:
-        raise UpscaleError(f"image mode {mode}: cannot convert it to RGB ({err})") from None
-    if has_alpha:
-        note = f"{mode} image: alpha channel dropped, output is RGB"
-    elif mode in ("L", "1"):
-        note = f"grayscale ({mode}) image converted to RGB"
-    else:
-        note = f"{mode} image converted to RGB"
-    return rgb, note
-
-
-def _upscale(
-    model: nn.Module, image: Image.Image, scale: int, tile: int, overlap: int, device: torch.device
-) -> tuple[Image.Image, str | None]:
-    rgb, note = _as_rgb(image)
-    lr = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
-    height, width = rgb.shape[:2]
-    out = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
-    for (top, bottom, left, right), crop in _tiles(model, lr, scale, tile, overlap, device):
-        pixels = crop[0].float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
-        out[top:bottom, left:right] = pixels.permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(out, mode="RGB"), note
-
-
-def upscale_image(
-    model: nn.Module,
-    image: Image.Image,
-    scale: int,
-    *,
-    tile: int | None = 256,
-    overlap: int = 24,
-    device: str | torch.device = "cpu",
-) -> Image.Image:
-    """`image` upscaled ×`scale` as an 8-bit RGB image (rounded, clamped), by tiled inference.
-
-    Non-RGB inputs are converted to RGB first (alpha dropped, gray replicated, 16-bit scaled) with an
-    :class:`InputConversionWarning` saying so. See :func:`upscale_tensor` for `tile` and `overlap`;
-    the model is moved to `device`.
-    """
-    tile = _check_tiling(tile, overlap)
-    target = resolve_device(device)
-    model.to(target)
-    result, note = _upscale(model, image, scale, tile, overlap, target)
-    if note:
-        warnings.warn(note, InputConversionWarning, stacklevel=2)
-    return result
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Files
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def collect_images(inputs: Sequence[Path | str], report: Report | None = None) -> list[Path]:
-    """Files as given, folders expanded to their PNG/JPEG files (sorted, not recursive), duplicates removed.
-
-    A missing path or a folder without images is an UpscaleError; other files in a folder are
-    left out and reported.
-    """
-    report = report or _stderr
-    files: list[Path] = []
-    seen: set[Path] = set()
-    for entry in map(Path, inputs):
-        if entry.is_dir():
-            children = sorted(p for p in entry.iterdir() if p.is_file() and not p.name.startswith("."))
-            images = [p for p in children if p.suffix.lower() in IMAGE_SUFFIXES]
-            if not images:
-                raise UpscaleError(f"{entry}: no PNG/JPEG images in this folder")
-            if len(images) < len(children):
-                others = [p.name for p in children if p.suffix.lower() not in IMAGE_SUFFIXES]
-                shown = ", ".join(others[:5]) + (", …" if len(others) > 5 else "")
-                report(f"{entry}: {len(others)} file(s) that are not PNG/JPEG left out ({shown})")
-        elif entry.is_file():
-            images = [entry]
-        else:
-            raise UpscaleError(f"{entry}: no such file or folder")
-        for path in images:
-            key = path.resolve()
-            if key not in seen:
-                seen.add(key)
-                files.append(path)
-    return files
-
-
-def output_name(path: Path, scale: int) -> str:
-    """``<stem>_x<scale>.png``."""
-    return f"{path.stem}_x{scale}.png"
-
-
-def _read(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return ImageOps.exif_transpose(opened)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UpscaleError(f"{path}: cannot read the image ({err})") from None
-
-
-def _write(image: Image.Image, target: Path) -> None:
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        image.save(partial, format="PNG")
-        os.replace(partial, target)
-    except OSError as err:
-        partial.unlink(missing_ok=True)
-        raise UpscaleError(f"{target}: cannot write the output ({err})") from None
-
-
-def upscale_files(
-    model: nn.Module,
-    scale: int,
-    inputs: Sequence[Path | str],
-    out_dir: Path | str,
-    *,
-    tile: int | None = 256,
-    overlap: int = 24,
-    device: str | torch.device = "cpu",
-    keep_going: bool = False,
-    report: Report | None = None,
-) -> list[Path]:
-    """Upscale image files and folders of PNG/JPEG into `out_dir` as ``<stem>_x<scale>.png``; the paths written.
-
-    Progress, conversions and left-out files go to `report` (default: stderr). An unreadable image
-    (or an unwritable output) raises an UpscaleError naming the file; with `keep_going` it is
-    reported and skipped instead, so fewer paths come back than inputs went in. Two inputs that
-    would write the same output are refused before anything runs.
-    """
-    tile = _check_tiling(tile, overlap)
-    report = report or _stderr
-    target_device = resolve_device(device)
-    files = collect_images(inputs, report)
-    out = Path(out_dir)
-    claimed: dict[str, Path] = {}
-    for path in files:
-        name = output_name(path, scale)
-        if name.lower() in claimed:  # lower: a.png and A.png collide on case-insensitive file systems
-            other = claimed[name.lower()]
-            raise UpscaleError(f"{other} and {path} would both be written to {out / name}; rename one")
-        claimed[name.lower()] = path
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UpscaleError(f"{out}: cannot create the output folder ({err})") from None
-    model.to(target_device)
-    written: list[Path] = []
-    for index, path in enumerate(files, 1):
-        target = out / output_name(path, scale)
-        started = time.perf_counter()
-        try:
-            image = _read(path)
-            result, note = _upscale(model, image, scale, tile, overlap, target_device)
-            if note:
-                report(f"{path}: {note}")
-            _write(result, target)
-        except UpscaleError as err:
-            if not keep_going:
-                raise
-            report(f"[{index}/{len(files)}] skipped: {err}")
-            continue
-        written.append(target)
-        report(
-            f"[{index}/{len(files)}] {path} → {target} ({image.width}×{image.height} → "
-            f"{result.width}×{result.height}, {time.perf_counter() - started:.1f} s)"
-        )
-    return written

@@ -1,0 +1,114 @@
+"""The shard format: the row schema, the manifest, and reading a finished data set back.
+
+Shard schema (version ``SCHEMA_VERSION``, stored in each file's Arrow schema metadata under
+``trilevel_nas.schema_version``; one row per image or sub-image):
+
+========== ======= =====================================================================
+column     type    meaning
+========== ======= =====================================================================
+image_id   string  stem of the source file ("0001"); sub-images of one file share it
+id         string  unique per row: image_id, or image_id + "_s###" for sub-images
+source     string  the source folder's name ("DIV2K_train_HR"), or "skimage.data"
+hr         binary  PNG bytes of the mod-cropped 8-bit RGB HR image (or sub-image)
+lr         binary  PNG bytes of the matching official LR image, or null (then the reader
+                   makes it with the MATLAB-faithful ``workers.imresize.downscale``)
+height     int32   HR height in pixels (a multiple of ``scale``)
+width      int32   HR width in pixels (a multiple of ``scale``)
+scale      int32   the SR factor the row was prepared for
+========== ======= =====================================================================
+
+A finished output folder holds ``part-#####.parquet`` shards and ``_MANIFEST.json``, written last:
+the completion marker, listing the shards, the options and a fingerprint of the inputs (source file
+names and sizes) and options. Writers (:mod:`workers.shards.writer`) and readers
+(:mod:`workers.pipeline`) agree on the format through this module alone.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from workers.storage import path_kind, read_bytes, resolve_uri
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST_NAME",
+    "SCHEMA_VERSION",
+    "SHARD_SCHEMA",
+    "DataError",
+    "Manifest",
+    "read_manifest",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "_MANIFEST.json"
+FORMAT = "trilevel-nas/sr-shards"  # the manifest's "format" and the shards' schema metadata
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("hr", pa.binary(), nullable=False),
+        pa.field("lr", pa.binary(), nullable=True),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("scale", pa.int32(), nullable=False),
+    ],
+    metadata={b"trilevel_nas.format": FORMAT.encode(), b"trilevel_nas.schema_version": b"1"},
+)
+
+
+class DataError(ValueError):
+    """A data set cannot be prepared or read; the message names the file/folder and the reason."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A finished data set: the filesystem, the root path on it and the shard paths on it."""
+
+    filesystem: pafs.FileSystem
+    root: str
+    shards: tuple[str, ...]
+    scale: int
+    rows: int
+    images: int
+    data: Mapping[str, Any]
+
+
+def read_manifest(path: str) -> Manifest:
+    """Load and check the manifest of a finished data set at ``path`` (local or URI)."""
+    fs, root = resolve_uri(path)
+    mpath = posixpath.join(root, MANIFEST_NAME)
+    if path_kind(fs, mpath) != pafs.FileType.File:
+        raise DataError(
+            f"{path} is not a finished data set (no {MANIFEST_NAME}): run `trilevel data prepare` "
+            "or `trilevel data demo` into it first, or let an interrupted preparation finish"
+        )
+    try:
+        data = json.loads(read_bytes(fs, mpath))
+    except ValueError as exc:
+        raise DataError(f"{mpath} is not valid JSON: {exc}") from exc
+    if data.get("format") != FORMAT:
+        raise DataError(f"{mpath} is not a trilevel-nas shard manifest (format={data.get('format')!r})")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(
+            f"{mpath} has shard schema version {data.get('schema_version')}, this code reads "
+            f"version {SCHEMA_VERSION}: prepare the data set again"
+        )
+    shards = tuple(posixpath.join(root, s["path"]) for s in data["shards"])
+    return Manifest(
+        filesystem=fs,
+        root=root,
+        shards=shards,
+        scale=int(data["options"]["scale"]),
+        rows=int(data["rows"]),
+        images=int(data["images"]),
+        data=data,
+    )
