@@ -117,15 +117,15 @@ JSON = SharedOption("--json", "as_json", is_flag=True, help="Print the summary a
 # `trilevel arch list` should not import MLflow or Ray to find that out.
 _USER_ERRORS = (
     ("orchestrator.tracking.errors", "TrackingUnavailable"),
-    ("orchestrator.submit", "SubmitError"),
+    ("orchestrator.jobs", "SubmitError"),
     ("orchestrator.export", "ExportError"),
-    ("orchestrator.upscale", "UpscaleError"),
+    ("orchestrator.upscale.errors", "UpscaleError"),
 )
 
 
 def _imported(module: str, name: str) -> tuple[type[BaseException], ...]:
     loaded = sys.modules.get(module)
-    return (getattr(loaded, name),) if loaded is not None else ()
+    return (getattr(loaded, name),) if loaded is not None else ()  # a moved class fails loudly here (tested)
 
 
 def user_error_message(err: BaseException) -> str | None:
