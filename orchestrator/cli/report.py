@@ -100,11 +100,6 @@ def sweeps_overview(tracking_uri: str, mlflow_experiment: str) -> list[dict[str,
     return out
 
 
-def trials_progress(tracking_uri: str, mlflow_experiment: str, sweep: str) -> list[dict[str, str]]:
-    """One row per trial of `sweep`: status, path, latest stage (and its status), headline metrics, run id."""
-    return _progress(collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, mlflow_experiment, sweep)
-
-
 def _progress(
     trial_rows: list[TrialRow], tracking_uri: str, mlflow_experiment: str, sweep: str
 ) -> list[dict[str, str]]:

@@ -27,7 +27,6 @@ from orchestrator.experiment import (
     Experiment,
     apply_overrides,
     load_experiment,
-    preset_names,
 )
 
 if TYPE_CHECKING:
@@ -211,7 +210,3 @@ def demo(storage: str | None, tracking_uri: str | None, verbose: bool) -> None:
     root = absolute_storage(experiment.storage)
     again = ray.tune.Tuner.can_restore(f"{root}/{experiment.name}")
     _launch(experiment, None, resume=again, verbose=verbose)
-
-
-def presets_help() -> str:
-    return ", ".join(preset_names())
