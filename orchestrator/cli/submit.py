@@ -79,33 +79,20 @@ def submit(
     def say(text: str) -> None:
         click.echo(text, nl=False, err=True)
 
+    target = {
+        "address": address,
+        "scale": scale,
+        "overrides": overrides,
+        "name": name,
+        "storage": storage,
+        "tracking_uri": tracking_uri,
+        "check_tracking": not skip_tracking_check,
+    }
     if dry_run:
-        submit_sweep(
-            experiment,
-            address=address,
-            scale=scale,
-            overrides=overrides,
-            name=name,
-            storage=storage,
-            tracking_uri=tracking_uri,
-            check_tracking=not skip_tracking_check,
-            echo=lambda chunk: click.echo(chunk, nl=False),
-            dry_run=True,
-        )
+        submit_sweep(experiment, **target, echo=lambda chunk: click.echo(chunk, nl=False), dry_run=True)
         click.echo("Pre-flight passed on the cluster; submit again without --dry-run to start.", err=True)
         return
-    submission_id = submit_sweep(
-        experiment,
-        address=address,
-        scale=scale,
-        overrides=overrides,
-        name=name,
-        storage=storage,
-        tracking_uri=tracking_uri,
-        wait=False,
-        check_tracking=not skip_tracking_check,
-        echo=say,
-    )
+    submission_id = submit_sweep(experiment, **target, wait=False, echo=say)
     click.echo(submission_id)
     click.echo(_hints(submission_id, address), err=True)
     click.echo(mlflow_hint(tracking_uri or _tracking_uri_of(experiment, scale, overrides)), err=True)
