@@ -52,6 +52,9 @@ def _never_permanent(err: BaseException) -> bool:
     return False
 
 
+_UNTIL_DEADLINE = 2**31  # attempts of a flush: only its deadline stops it
+
+
 def _retryable(err: BaseException) -> bool:
     """Errors of the call itself; Ctrl-C, exit and cancellation stop at once, as do permanent ones."""
     return isinstance(err, Exception) and not isinstance(err, Permanent)
@@ -217,10 +220,15 @@ class Outbox:
             return False, None
 
     def flush(self, timeout_s: float = 60.0) -> list[str]:
-        """Retry queued calls in order for up to `timeout_s`; return descriptions of those still queued."""
+        """Retry queued calls in order for up to `timeout_s`; return descriptions of those still queued.
+
+        The deadline alone ends the retrying (waits doubling up to ``max_backoff_s``), not ``retries``:
+        a tracking server restarting on a busy machine can take most of a minute, and a catch-up that
+        gave up after a few seconds would leave the runs of a finished trial behind.
+        """
         with self.lock:
             if self._queue:
-                self._drain(attempts=self.retries, deadline=self._clock() + timeout_s)
+                self._drain(attempts=_UNTIL_DEADLINE, deadline=self._clock() + timeout_s)
             return self.descriptions()
 
     # -----------------------------------------------------------------------------------------------------

@@ -163,6 +163,32 @@ def test_flush_stops_at_its_deadline(clock):
     assert clock.now - started == pytest.approx(2.5), "the last wait is cut to the deadline"
 
 
+class BackAt(Backend):
+    """Down until the clock reaches `at` (a server that takes a while to restart)."""
+
+    def __init__(self, clock: Clock, at: float) -> None:
+        super().__init__()
+        self.clock, self.at = clock, at
+
+    def call(self, name: str) -> Call:
+        inner = super().call(name)
+
+        def fn() -> str:
+            self.up = self.clock.now >= self.at
+            return inner.fn()
+
+        return Call(name, fn)
+
+
+def test_flush_keeps_retrying_past_its_attempts_until_the_backend_is_back(clock):
+    outbox = _outbox(clock, retries=3, backoff_s=1.0, max_backoff_s=4.0)  # 3 attempts span only 3 s
+    backend = BackAt(clock, at=clock.now + 40.0)
+    outbox.submit(backend.call("a"))
+    outbox.submit(backend.call("b"))
+    assert outbox.flush(timeout_s=60) == []
+    assert backend.received == ["a", "b"] and backend.attempts > 3
+
+
 def test_the_queue_is_bounded_and_drops_the_oldest(clock, caplog):
     backend = Backend()
     backend.up = False
