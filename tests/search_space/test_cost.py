@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from torch import nn
 
-from search_space.cost import count
+from search_space.cost import count, count_macs
+from search_space.derived import build_network
 from search_space.genotype import load_genotype
 from search_space.teacher import RRDBNet
 
@@ -53,3 +55,15 @@ def test_esrgan_teacher():
 def test_count_scales_with_input_area():
     genotype = load_genotype("trilevel-b-aim")
     assert count(genotype, (128, 128)).macs * 4 == count(genotype).macs
+
+
+def test_scaled_count_equals_the_meta_device_count_at_full_size():
+    net = build_network(load_genotype("trilevel-b-aim"))
+    assert count(net).macs == count_macs(net, (1, 3, 256, 256), device="meta")
+
+
+def test_a_network_not_proportional_to_area_is_counted_at_full_size():
+    # a fixed-size pooled branch: its conv costs the same at every input size, so scaling would be wrong
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Conv2d(4, 4, 1))
+    full = 256 * 256 * 4 * (3 * 9 + 1) + 2 * 2 * 4 * (4 + 1)
+    assert count(net).macs == full == count_macs(net, (1, 3, 256, 256))
