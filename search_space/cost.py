@@ -115,7 +115,9 @@ def _network_macs(net: nn.Module, lr_size: tuple[int, int]) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _count_genotype(genotype: Genotype, lr_size: tuple[int, int]) -> Cost:
-    """A genotype's cost is a pure function of it: counted once per process (searches ask every epoch)."""
-    with torch.device("meta"):
-        net = build_network(genotype)
-    return count(net, lr_size)
+    """A genotype's cost is a pure function of it: counted once per process (searches ask every epoch).
+
+    Built on the CPU (derived networks are small): a meta-device build would need `to_empty` for the
+    probes, whose meta kernels import torch's symbolic-shape machinery (~1 s per process).
+    """
+    return count(build_network(genotype), lr_size)
