@@ -33,6 +33,7 @@ from orchestrator.tracking import (
     run_environment_tags,
     tracked,
 )
+from orchestrator.train_run import start_train_coordinator
 from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
 from workers.storage import join_storage, resolve_uri
 
@@ -221,6 +222,7 @@ def run_sweep(
         resume = continues_saved_sweep(experiment, storage)
     if resume and not exists:
         raise ExperimentError(f"no sweep {experiment.name!r} to resume under {storage}")
+    start_train_coordinator()  # up before the first trial's Train run asks for it
     data = resolve_data(experiment, storage)
     plans = {t.trial_id: plan_trial(t, data, storage, experiment.name) for t in trials(experiment)}
     if not resume:

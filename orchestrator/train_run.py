@@ -10,6 +10,7 @@ started at all.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -26,11 +27,41 @@ from workers.stage_outputs import read_stage_result
 from workers.stages import train_fn_per_worker
 from workers.storage import join_storage
 
-__all__ = ["TRAIN_ENV", "StageError", "build_datasets", "fit_run", "local_io", "run_finished"]
+__all__ = [
+    "TRAIN_ENV",
+    "StageError",
+    "build_datasets",
+    "fit_run",
+    "local_io",
+    "run_finished",
+    "start_train_coordinator",
+]
 
 # Ray Train's controller polls its workers every 2 s by default: a run's start and end each wait for a
 # poll. 0.5 s costs the controller nothing noticeable; Ray passes it on to the controller it starts.
 TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+_log = logging.getLogger(__name__)
+
+
+def start_train_coordinator() -> None:
+    """Start Ray Train's cluster-wide autoscaling coordinator now, while the driver sets up the sweep.
+
+    Every TorchTrainer run registers its resources with this detached actor and waits up to 5 s for the
+    answer, twice (Ray 2.60, `train/v2/.../autoscaling_coordinator_client.py`). On a fresh cluster the
+    first run's controller therefore sat ~10 s waiting for the actor's process to start. Asked for here
+    (asynchronously), it is up by the time a trial fits. The function is Ray's private API: should it
+    move, the only loss is those seconds.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+
+        get_or_create_autoscaling_coordinator()
+    except Exception as err:  # an optimisation only: never fail a sweep over it
+        _log.debug("could not start Ray Train's autoscaling coordinator early: %s", err)
 
 
 class StageError(RuntimeError):

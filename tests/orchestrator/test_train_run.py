@@ -1,10 +1,12 @@
-"""Driver-side glue of a Train run that needs no cluster: the SIGINT handler a main-thread fit() leaves behind."""
+"""Driver-side glue of a Train run: the SIGINT handler a main-thread fit() leaves behind, the coordinator started early."""
 
 from __future__ import annotations
 
 import signal
 
-from orchestrator.train_run import _restore_sigint
+import pytest
+
+from orchestrator.train_run import _restore_sigint, start_train_coordinator
 
 
 def test_the_sigint_handler_a_fit_installs_is_put_back():
@@ -24,3 +26,12 @@ def test_the_sigint_handler_a_fit_installs_is_put_back():
         assert signal.getsignal(signal.SIGINT) is ours
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.xdist_group("local_ray")  # shares the in-process Ray (tests/conftest.py)
+def test_the_train_coordinator_is_up_before_any_train_run(ray_session):
+    """Each Train run's controller asks this detached actor for resources, waiting 5 s twice when it is not up
+    yet. Started by the sweep driver, it must exist under the name Ray Train looks up (a canary for Ray upgrades)."""
+    start_train_coordinator()
+    actor = ray_session.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+    assert ray_session.get(actor.__ray_ready__.remote(), timeout=120) is True

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.train_run import StageError, build_datasets, fit_run
+from orchestrator.train_run import StageError, build_datasets, fit_run, start_train_coordinator
 from tests.faults import fill_up, small_filesystem
 from tests.helpers import registered_checkpoints, tiny_plan
 from workers.checkpointing import load_state
@@ -67,6 +67,7 @@ def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(tmp_path):
         plan = tiny_plan(str(storage), SHORT)
         (run,) = plan.runs
         run_dir = Path(run.settings.checkpoints)
+        start_train_coordinator()  # as a sweep's driver does
         filler = FillWhenCheckpointed(run_dir, storage)
         filler.start()
         with pytest.raises(StageError) as failed:
