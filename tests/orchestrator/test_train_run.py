@@ -1,4 +1,4 @@
-"""Driver-side glue of a Train run: the SIGINT handler a main-thread fit() leaves behind, the coordinator started early."""
+"""Driver-side glue of a Train run: the SIGINT handler a main-thread fit() leaves, the coordinator started early."""
 
 from __future__ import annotations
 
