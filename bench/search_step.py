@@ -152,6 +152,7 @@ def make_supernet(
     nf: int = 64,
     num_cells: int = 5,
     num_ups: int = 2,
+    recompute_cells: float = 0.0,
 ) -> Supernet:
     """The supernet (paper defaults unless told) with seeded weights and `set_logits(logits)`."""
     config = SupernetConfig(
@@ -161,6 +162,7 @@ def make_supernet(
         num_cells=num_cells,
         num_ups=num_ups,
         sparse_execution=sparse,
+        recompute_cells=recompute_cells,
     )
     torch.manual_seed(seed)
     net = Supernet(config)
@@ -515,21 +517,31 @@ def run_backbone(
     return run
 
 
+RECOMPUTE_SHARE = 0.5  # `search_space.recompute_cells` of the third memory mode
+MEMORY_MODES: dict[str, dict[str, Any]] = {
+    "summed": {"summed": True},  # before: every pass's graph alive at one backward
+    "one_graph": {},  # now: backward after each pass
+    "recompute": {"recompute_cells": RECOMPUTE_SHARE},  # now, with half the cells recomputed in backward
+}
+
+
 def run_memory(*, backbone: str, kwargs: dict[str, Any], pairs: int, warmup: int) -> dict[str, Any]:
-    """One graph alive vs all of them: the production step against the summed-sandwich baseline.
+    """One graph alive (with and without recomputed cells) vs all of them: production steps against the
+    summed-sandwich baseline.
 
     Dense execution at uniform logits, r = 0 (the most a step ever computes), fresh worker per mode
-    so each peak RSS is that mode's; steps in ABBA order so load drifts hit both alike.
+    so each peak RSS is that mode's; the modes' order alternates per round so load drifts hit all alike.
     """
     target = "bench.search_step:StepRunner"
-    _log(f"[{backbone}] memory: one graph alive vs summed sandwich, {pairs} pairs")
-    steps: dict[str, list[dict[str, float]]] = {"one_graph": [], "summed": []}
+    modes = list(MEMORY_MODES)
+    _log(f"[{backbone}] memory: {', '.join(modes)}, {pairs} rounds")
+    steps: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     with contextlib.ExitStack() as stack:
         workers = {
             mode: stack.enter_context(
-                Worker(target, sparse=False, logits="uniform", radius=0.0, summed=mode == "summed", **kwargs)
+                Worker(target, sparse=False, logits="uniform", radius=0.0, **MEMORY_MODES[mode], **kwargs)
             )
-            for mode in steps
+            for mode in modes
         }
         for worker in workers.values():
             worker.wait_ready()
@@ -537,11 +549,11 @@ def run_memory(*, backbone: str, kwargs: dict[str, Any], pairs: int, warmup: int
             for _ in range(warmup):
                 _timed(worker, f"{mode} warm-up")
         for i in range(pairs):
-            for mode in ("one_graph", "summed") if i % 2 == 0 else ("summed", "one_graph"):
+            for mode in modes if i % 2 == 0 else modes[::-1]:
                 steps[mode].append(_timed(workers[mode], mode))
         memory = {mode: w.call("memory") for mode, w in workers.items()}
-    result: dict[str, Any] = {}
-    for mode in steps:
+    result: dict[str, Any] = {"recompute_share": RECOMPUTE_SHARE}
+    for mode in modes:
         times = _step_seconds(steps[mode])
         result[mode] = {
             "step_s": times,
@@ -550,9 +562,10 @@ def run_memory(*, backbone: str, kwargs: dict[str, Any], pairs: int, warmup: int
             "losses": [steps[mode][0]["arch_loss"], steps[mode][0]["weight_loss"]],
             **memory[mode],
         }
-    above = {mode: result[mode]["peak_rss_mib"] - result[mode]["base_rss_mib"] for mode in steps}
-    result["peak_ratio"] = above["one_graph"] / above["summed"]
-    result["time_ratio"] = result["one_graph"]["median_cpu_s"] / result["summed"]["median_cpu_s"]
+    above = {mode: result[mode]["peak_rss_mib"] - result[mode]["base_rss_mib"] for mode in modes}
+    for mode in ("one_graph", "recompute"):
+        result[mode]["peak_ratio"] = above[mode] / above["summed"]
+        result[mode]["time_ratio"] = result[mode]["median_cpu_s"] / result["summed"]["median_cpu_s"]
     return result
 
 
@@ -624,13 +637,17 @@ def table(run: dict[str, Any]) -> str:
                 _fmt_s(m[mode]["median_step_s"]),
                 _fmt_s(m[mode]["median_cpu_s"]),
             ]
-            for mode, label in (("summed", "summed sandwich (before)"), ("one_graph", "backward per pass (now)"))
+            for mode, label in (
+                ("summed", "summed sandwich (before)"),
+                ("one_graph", "backward per pass (now)"),
+                ("recompute", f"backward per pass, recompute_cells={m['recompute_share']}"),
+            )
         ]
+        out += ["", markdown_table(headers, rows), ""]
         out += [
-            "",
-            markdown_table(headers, rows),
-            "",
-            f"Memory above base: **{m['peak_ratio']:.2f}×** of the summed sandwich; CPU time {m['time_ratio']:.2f}×.",
+            f"{mode}: memory above base **{m[mode]['peak_ratio']:.2f}×** of the summed sandwich, "
+            f"CPU time {m[mode]['time_ratio']:.2f}×."
+            for mode in ("one_graph", "recompute")
         ]
     return "\n".join(out)
 
@@ -685,7 +702,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--uniform-batch", type=int, default=1, help="batch of the uniform-logits row (default 1)")
     parser.add_argument("--uniform-pairs", type=int, help="dense/sparse step pairs of that row (default 6; quick: 2)")
     parser.add_argument(
-        "--memory-pairs", type=int, help="step pairs, backward per pass vs summed sandwich (default 2; 0 skips)"
+        "--memory-pairs", type=int, help="rounds of the memory modes (summed, per pass, recomputed; default 2; 0 skips)"
     )
     parser.add_argument("--backbone", choices=("A", "B"), default="B")
     parser.add_argument("--with-a", action="store_true", help="also run backbone A at --a-patch / --a-batch")

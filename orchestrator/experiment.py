@@ -48,6 +48,7 @@ RESULT_NEUTRAL_FIELDS: tuple[str, ...] = (
     "data.data_cpus",
     "data.cache_mb",
     "tracking.flush_timeout_s",
+    "search_space.recompute_cells",  # the same gradients bit for bit (tests/workers/test_search_step.py)
 )
 SCALE_HELP = "Preset scale: tiny (the demo, minutes), small (about 30 min per sweep on a laptop) or paper."
 
@@ -86,6 +87,13 @@ class SearchSpaceSpec(_Strict):
     num_ups: int = Field(2, ge=0, le=4)
     omega_ops: float = Field(2 / 7, ge=0)
     omega_widths: float = Field(5 / 7, ge=0)
+    recompute_cells: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of cells whose activations are recomputed in backward instead of stored: "
+        "less memory per step for more compute (0.5 halves a dense step's activations for ~1/6 more time)",
+    )
 
 
 class PhaseSpec(_Strict):
@@ -270,6 +278,7 @@ class Experiment(_Strict):
             fixed_path=tuple(s.fixed_path),
             omega_ops=s.omega_ops,
             omega_widths=s.omega_widths,
+            recompute_cells=s.recompute_cells,
         )
 
 

@@ -28,8 +28,9 @@ __all__ = [
 ]
 
 MEMORY_KNOBS = (
-    "stages.<stage>.batch_size, stages.patch, resources.workers.<stage> and resources.max_concurrent_trials "
-    "(`trilevel resume NAME --set resources.max_concurrent_trials=1` runs the trials one at a time)"
+    "stages.<stage>.batch_size, stages.patch, resources.workers.<stage>, resources.max_concurrent_trials and "
+    "search_space.recompute_cells (`trilevel resume NAME --set resources.max_concurrent_trials=1` runs the "
+    "trials one at a time; `--set search_space.recompute_cells=0.5` stores half the cells' activations)"
 )
 _MEMORY_MARKERS = ("OutOfMemoryError", "running low on memory")
 

@@ -9,6 +9,10 @@ Forward = Σ_n p_n · h_n over tree nodes, each cell Σ_k w_k · op_k at sampled
 backbone head. Ops or subtrees whose combiner weight is exactly 0 are not computed ("sparse
 execution"); because the combiners give exactly-zero weights zero gradient, this equals dense
 execution in outputs and gradients, and makes late (nearly one-hot) sparsestmax searches cheap.
+
+`recompute_cells` (share of cells, spread evenly) trades time for memory when most ops still carry
+weight (dense early search): those cells keep only their input for backward and run their forward
+again there (activation checkpointing), with the same outputs and gradients.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from search_space.backbones import BACKBONES, Head, UpLayer, make_stem, required_ups
 from search_space.combiners import COMBINERS, combine
@@ -57,6 +62,7 @@ class SupernetConfig:
     path_init: float = 0.3
     omega_ops: float = 2 / 7  # ω1: FLOPs term at max widths, current ops and path
     omega_widths: float = 5 / 7  # ω2: FLOPs term at Gumbel widths, uniform ops
+    recompute_cells: float = 0.0  # share of cells recomputed in backward instead of storing activations
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +81,8 @@ class SupernetConfig:
             raise bad("widths", f"must be strictly increasing positive widths ending at nf={self.nf}")
         if self.num_cells < 1:
             raise bad("num_cells", "must be >= 1")
+        if not 0.0 <= self.recompute_cells <= 1.0:
+            raise bad("recompute_cells", "must be a share between 0 and 1")
         ups = required_ups(self.backbone, self.scale)
         if ups is not None and self.num_ups != ups:
             raise bad("num_ups", f"backbone A at scale {self.scale} needs exactly {ups} up-convs")
@@ -167,6 +175,8 @@ class Supernet(nn.Module):
         self.register_buffer("output_mask", torch.tensor(eligible), persistent=False)
         self._resolution = [2**n.num_ups if config.backbone == "A" else 1 for n in tree.nodes]
         self._cost_tables = self._build_cost_tables()
+        share = config.recompute_cells  # spread evenly: cell c when ⌊(c+1)·share⌋ > ⌊c·share⌋
+        self._recomputed = [int((c + 1) * share) > int(c * share) for c in range(tree.num_cell_edges)]
 
     # --- parameters -------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -295,13 +305,17 @@ class Supernet(nn.Module):
             source = stem if node.parent is None else features[node.parent]
             if node.cell is not None:
                 c = node.cell
-                h = self.cells[c](
+                args = (
                     source,
                     op_w[c],
                     [widths_of[i] for i in sample.index[c]],
                     None if gates is None else gates[c],
                     None if active_ops is None else active_ops[c],
                 )
+                if self._recomputed[c] and torch.is_grad_enabled():
+                    h = checkpoint(self.cells[c], *args, use_reentrant=False)
+                else:
+                    h = self.cells[c](*args)
             else:
                 assert node.up is not None
                 h = self.ups[node.up](source)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -55,6 +57,27 @@ def test_backward_per_pass_equals_one_backward_of_the_sum(widths):
     for a, b in zip(per_pass, summed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_recomputed_cells_give_the_same_gradients_bit_for_bit(share):
+    """Activation checkpointing is a memory knob only: the same sandwich step, the same numbers."""
+    lr, hr = _batch()
+    grads = []
+    for recompute in (0.0, share):
+        torch.manual_seed(0)
+        net = Supernet(dataclasses.replace(SMALL, recompute_cells=recompute, sparse_execution=False))
+        net.set_radius(0.3)
+        with torch.no_grad():
+            net.alpha.normal_()
+        gen = torch.Generator().manual_seed(1)
+        widths = [net.sample_widths("gumbel", gen), *SEARCH_FIXED_WIDTHS]
+        net.zero_grad()
+        sandwich_backward(net, lr, hr, widths, content_loss, None)
+        grads.append(_grads(net))
+    assert sum(net._recomputed) == round(share * len(net.cells))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 def test_radius_reaches_the_end_on_the_last_step():
     assert [radius_at(t, 5, 0.0, 1.0) for t in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
