@@ -207,13 +207,28 @@ def test_a_flops_target_steers_the_search_and_adapts_its_weight(tmp_path):
     assert low_weights == [1.0, 2.0, 4.0, 8.0] and high_weights == [1.0, 0.5, 0.25, 0.125]
 
 
+class _ThreadsSeen(Exception):
+    pass
+
+
 def test_the_workers_use_the_threads_they_asked_for(tmp_path):
+    """The thread count is set before a stage does any work (checked there: a 2-thread pool on a busy 2-core
+    machine stalls, so running the stages to the end would only make this test slow)."""
     plan = tiny_plan(str(tmp_path / "runs"), (*SHORT, "resources.cpus_per_worker=2"))
     (run,) = plan.runs
     assert run.settings.threads == 2
+    seen = []
+
+    class Probe(LocalStageIO):
+        def resumed(self):  # the first thing a stage loop asks its runtime
+            seen.append(torch.get_num_threads())
+            raise _ThreadsSeen
+
     before = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        run_stages(run.settings, local_io(run, 4))
-        assert torch.get_num_threads() == 2
+        with pytest.raises(_ThreadsSeen):
+            run_stages(run.settings, Probe(checkpoints=str(tmp_path / "ckpt"), datasets={}))
     finally:
         torch.set_num_threads(before)
+    assert seen == [2]
