@@ -44,16 +44,11 @@ def registered_checkpoints(run_dir: str | os.PathLike) -> list[str]:
         return []
 
 
-def wait_for(
-    condition: Callable[[], bool], timeout_s: float = 120.0, what: str = "condition", interval_s: float = 0.1
-) -> None:
-    """Poll `condition` every `interval_s` until it holds; fail the test naming `what` if it never does.
-
-    Conditions that ask a server (MLflow) should poll less often: on 2 cores the server's CPU is the sweep's.
-    """
+def wait_for(condition: Callable[[], bool], timeout_s: float = 120.0, what: str = "condition") -> None:
+    """Poll `condition` until it holds; fail the test naming `what` if it never does."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(interval_s)
+        time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")

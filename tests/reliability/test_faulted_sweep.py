@@ -113,7 +113,7 @@ class Faults(threading.Thread):
         a, b = TRIALS
         server = self.cluster["mlflow_server"]
         try:
-            wait_for(lambda: self._search_epoch_logged(a), 600, "trial A's first search epoch in MLflow", 0.5)
+            wait_for(lambda: self._search_epoch_logged(a), 600, "trial A's first search epoch in MLflow")
             server.kill()
             self.events["mlflow_killed"] = time.time()
             wait_for(lambda: self._registered(a, "train-e0001"), 600, "A's first train checkpoint")
