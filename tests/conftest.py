@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -54,13 +55,21 @@ def cluster(tmp_path_factory):
     server. Shared by the pre-flight tests and the faulted-sweep scenario; stopped at the end."""
     from ray._private.utils import get_dashboard_dependency_error
 
-    from tests.servers import mlflow_server, ray_head
+    from tests.servers import MlflowServer, ray_head
 
     if (missing := get_dashboard_dependency_error()) is not None:
         pytest.skip(f"the Ray job server needs the full dashboard, `pip install 'ray[default]'` ({missing})")
     root = tmp_path_factory.mktemp("cluster")
-    with ray_head(num_cpus=CLUSTER_CPUS, num_gpus=CLUSTER_GPUS) as head, mlflow_server(root / "mlflow") as mlflow:
-        yield {**head, "mlflow": mlflow.url, "mlflow_server": mlflow, "root": str(root)}
+    mlflow = MlflowServer(root / "mlflow")
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(mlflow.start)  # the MLflow server comes up while the Ray head does
+        try:
+            with ray_head(num_cpus=CLUSTER_CPUS, num_gpus=CLUSTER_GPUS) as head:
+                started.result()
+                yield {**head, "mlflow": mlflow.url, "mlflow_server": mlflow, "root": str(root)}
+        finally:
+            started.exception()  # waits until the start returned, so stop() sees its process
+            mlflow.stop()
 
 
 CLUSTER_GPUS, CLUSTER_CPUS = 3, 24  # the RayJob's GPU worker group at maxReplicas: 3 pods of 1 GPU and 8 CPUs
