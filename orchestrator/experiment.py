@@ -92,7 +92,8 @@ class SearchSpaceSpec(_Strict):
         ge=0,
         le=1,
         description="share of cells whose activations are recomputed in backward instead of stored: "
-        "less memory per step for more compute (0.5 halves a dense step's activations for ~1/6 more time)",
+        "less memory per step for more compute (a dense paper-size search step at 0.5: 0.62x the memory of 0, "
+        "~1.2x the time; BENCHMARKS.md)",
     )
 
 
