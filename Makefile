@@ -7,8 +7,8 @@
 PY ?= python3
 # Some machine images (this project's CI among them) set PYTHONDONTWRITEBYTECODE=1. With it, and no .pyc
 # in the venv, every process compiles torch, Ray, MLflow and pandas from source at each start: 5-8 s more
-# for every Ray worker, trial, Train worker, job driver and MLflow server, the larger part of a tiny
-# trial's fixed cost. Empty means unset to Python: each module is compiled once, on first import.
+# for every Ray worker, trial, Train worker, job driver and MLflow server: much of what the tests and
+# small sweeps wait for. Empty means unset to Python: each module is compiled once, on first import.
 export PYTHONDONTWRITEBYTECODE :=
 VENV := .venv
 STAMP := $(VENV)/.installed
