@@ -25,6 +25,7 @@ __all__ = [
     "TrainSettings",
 ]
 
+
 @dataclass(frozen=True)
 class OptimSettings:
     """One phase of optimisation (method.md §3): length, batch, learning-rate schedule and loss."""
@@ -95,9 +96,7 @@ class StageSettings:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
-        if (self.search is not None) != (self.stage == "search") or (self.train is not None) != (
-            self.stage == "train"
-        ):
+        if (self.search is not None) != (self.stage == "search") or (self.train is not None) != (self.stage == "train"):
             raise ValueError(f"stage {self.stage}: search settings only for search, train settings only for train")
 
     @property

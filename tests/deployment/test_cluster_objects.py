@@ -199,6 +199,7 @@ def test_every_pod_and_container_has_the_restricted_fields(components):
 )
 def test_core_objects_validate_strictly_against_the_kubernetes_schema(components):
     import kubernetes_validate  # a dev dependency (pyproject.toml)
+
     for obj in _with_components(*components):
         if obj["kind"] not in CRD_KINDS:
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

@@ -58,7 +58,6 @@ def test_backward_per_pass_equals_one_backward_of_the_sum(widths):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-
 @pytest.mark.parametrize("share", [0.5, 1.0])
 def test_recomputed_cells_give_the_same_gradients_bit_for_bit(share):
     """Activation checkpointing is a memory knob only: the same sandwich step, the same numbers."""
@@ -78,6 +77,7 @@ def test_recomputed_cells_give_the_same_gradients_bit_for_bit(share):
     assert sum(net._recomputed) == round(share * len(net.cells))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
 
 def test_radius_reaches_the_end_on_the_last_step():
     assert [radius_at(t, 5, 0.0, 1.0) for t in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
