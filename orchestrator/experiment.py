@@ -188,7 +188,7 @@ class PerceptualSpec(_Strict):
 
 
 class ResourcesSpec(_Strict):
-    """Per-stage Ray Train workers (≥ 1: Train V2's local mode keeps no checkpoints to chain stages with)."""
+    """Per-stage Ray Train workers (≥ 1), their CPUs/GPUs, and how trials are scheduled and retried."""
 
     workers: dict[Literal[STAGES], int] = Field(  # type: ignore[valid-type]  # the stage names, as literals
         default_factory=lambda: dict.fromkeys(STAGES, 1)
@@ -198,6 +198,21 @@ class ResourcesSpec(_Strict):
     trial_cpus: float = Field(0.01, gt=0, description="what a Tune trial reserves; tiny so trials never deadlock")
     max_concurrent_trials: int = Field(1, ge=1)
     max_failures: int = Field(1, ge=0, description="retries of a failed Train worker group and of a failed trial")
+    single_worker_in_trial: bool = Field(
+        True,
+        description="a run of stages with one CPU worker runs in its trial's process, which then reserves "
+        "cpus_per_worker: no Ray Train start (~15 s per trial); false starts a TorchTrainer for it too",
+    )
+
+    def in_trial(self, stage: str) -> bool:
+        """Whether `stage` runs in its trial's process (one CPU worker) rather than as a TorchTrainer."""
+        return self.single_worker_in_trial and self.workers[stage] == 1 and self.gpus_per_worker == 0
+
+    def trial_reservation(self) -> float:
+        """CPUs a Tune trial reserves: its one worker's when a stage runs in it, else a token share."""
+        if any(self.in_trial(stage) for stage in self.workers):
+            return max(self.trial_cpus, self.cpus_per_worker)
+        return self.trial_cpus
 
     @field_validator("workers")
     @classmethod

@@ -80,8 +80,9 @@ def trials_survive_memory_kills() -> None:
 
     @functools.wraps(original)
     def _actor_task_failed(self: Any, tracked_actor_task: Any, exception: Exception) -> None:
-        if isinstance(exception, OutOfMemoryError):
-            exception = TrialKilledForMemory(memory_error_message("the trial") + f" ({exception})")
+        if isinstance(exception, OutOfMemoryError):  # one line: the sweep's summary shows an error's last line
+            ray_says = " ".join(str(exception).split())[:400]
+            exception = TrialKilledForMemory(f"{memory_error_message('the trial')} Ray: {ray_says}")
         original(self, tracked_actor_task, exception)
 
     _actor_task_failed._trilevel_memory_kills = True  # type: ignore[attr-defined]

@@ -1,11 +1,12 @@
 """A trial's plan: its validated experiment turned into the typed settings of its Train runs.
 
-Everything that can be resolved before any compute is resolved here, once: data paths (the
-built-in "demo" data written under the storage path), the facts the steps per epoch follow from
-(rows of χ1, χ2 and the whole set), the genotype named by `stages.train.genotype`. Consecutive
-stages with the same worker count share one Train run (one worker group from pretrain through
-train); a stage with another worker count starts its own. The plan is plain, picklable data: the
-sweep builds it in the driver and ships it to the trial.
+Everything that can be resolved before any compute is resolved here, once: data paths (the built-in
+"demo" data written under the storage path), the facts the steps per epoch follow from (rows of χ1,
+χ2 and the whole set), the genotype named by `stages.train.genotype`. Consecutive stages with the
+same worker count share one Train run (one worker group from pretrain through train); a stage with
+another worker count starts its own. A run with one CPU worker runs in the trial's process
+(`resources.single_worker_in_trial`), the others as TorchTrainer runs. The plan is plain, picklable
+data: the sweep builds it in the driver and ships it to the trial.
 
 The pre-flight (`orchestrator.preflight`) reads and checks data with the same functions
 (`data_facts`, `check_scale`, `check_search_split`, `check_workers`, `steps_per_epoch`): here the
@@ -190,11 +191,15 @@ def resolve_data(experiment: Experiment, storage: str) -> ResolvedData:
 
 @dataclass(frozen=True)
 class TrainRunPlan:
-    """One TorchTrainer run of a trial: its run name, worker count and settings (datasets included)."""
+    """One Train run of a trial: its run name, worker count and settings (datasets included).
+
+    `in_process`: the run's one CPU worker is the trial's own process (no TorchTrainer is started).
+    """
 
     name: str
     workers: int
     settings: RunSettings
+    in_process: bool = False
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -332,7 +337,8 @@ def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> Tr
             datasets=sources,
             threads=max(1, int(resources.cpus_per_worker)),
         )
-        runs.append(TrainRunPlan(name=name, workers=workers, settings=settings))
+        in_process = resources.in_trial(group[0])
+        runs.append(TrainRunPlan(name=name, workers=workers, settings=settings, in_process=in_process))
     return TrialPlan(
         trial_id=trial.trial_id,
         axes=dict(trial.axes),

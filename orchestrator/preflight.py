@@ -70,6 +70,7 @@ class StagePlan:
     gpus: float
     cpus: float
     phases: tuple[PhasePlan, ...]
+    in_trial: bool = False  # its one worker is the trial's own process (no TorchTrainer)
 
 
 @dataclass
@@ -214,6 +215,7 @@ def _stage_plan(plan: Plan, experiment: Experiment, stage: str, cache: Mapping[s
         gpus=workers * resources.gpus_per_worker,
         cpus=workers * resources.cpus_per_worker,
         phases=phases,
+        in_trial=resources.in_trial(stage),
     )
 
 
@@ -290,7 +292,8 @@ def _check_resources(plan: Plan, grid_experiments: Mapping[str, Experiment]) -> 
     for trial_id, stages in plan.stages.items():
         experiment = grid_experiments[trial_id]
         for stage in stages:
-            for resource, amount in (("GPU", stage.gpus), ("CPU", stage.cpus + experiment.resources.trial_cpus)):
+            cpus = (0.0 if stage.in_trial else stage.cpus) + experiment.resources.trial_reservation()
+            for resource, amount in (("GPU", stage.gpus), ("CPU", cpus)):
                 if amount > peak.get(resource, (0.0, "", experiment))[0]:
                     peak[resource] = (amount, stage.stage, experiment)
     plan.needs = {resource: amount * plan.concurrent for resource, (amount, _, _) in peak.items()}
@@ -326,6 +329,7 @@ def _stage_lines(stages: Iterable[StagePlan]) -> list[str]:
         size = "?" if s.images is None else f"{s.images} images / {s.rows} rows"
         split = " + ".join(ROLES[role].split(" (")[0] for role in s.roles)
         resources = f"{s.workers} worker(s), {_num(s.gpus)} GPU, {_num(s.cpus)} CPU"
+        resources += " (in the trial's process)" if s.in_trial else ""
         lines.append(f"  {s.stage:<8} {resources}; data {s.data} [{split}: {size}]")
         for p in s.phases:
             steps = "?" if p.steps_per_epoch is None else str(p.steps_per_epoch)

@@ -3,10 +3,11 @@
 Train V2 keeps only the metrics that come with a checkpoint in its `Result`, and its callbacks run
 in the Train controller, not in the trial. One `ReportHub` actor per sweep (no CPU, created by the
 driver) takes every report: `MetricsRelay`, a Train callback, puts each one there tagged with its
-trial; `relay_reports` runs a thread in the trial process that takes its trial's reports and hands
-each to a sink (the stage's MLflow run), so the trial stays the only MLflow writer; the driver's
-console reads the hub's per-trial progress. Warnings a trial logs also reach the hub, so the console
-can show them while Ray's own output goes to the log file.
+trial (a run in the trial's own process calls its `put` directly); `relay_reports` runs a thread in
+the trial process that takes its trial's reports and hands each to a sink (the stage's MLflow run),
+so the trial stays the only MLflow writer; the driver's console reads the hub's per-trial progress.
+Warnings a trial logs also reach the hub, so the console can show them while Ray's own output goes
+to the log file.
 """
 
 from __future__ import annotations
@@ -71,9 +72,12 @@ class MetricsRelay(UserCallback):
         self.trial_id = trial_id
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        path = None if checkpoint is None else checkpoint.path
+        self.put(dict(metrics[0]) if metrics else {}, None if checkpoint is None else checkpoint.path)
+
+    def put(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
+        """Put one report on the hub (also called directly by a run in the trial's process)."""
         with contextlib.suppress(Exception):  # a lost progress report never fails training
-            self.hub.put.remote(self.trial_id, dict(metrics[0]) if metrics else {}, path)
+            self.hub.put.remote(self.trial_id, metrics, checkpoint)
 
 
 class relay_reports:

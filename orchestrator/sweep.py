@@ -240,7 +240,7 @@ def run_sweep(
         hub=ReportHub.remote(),
     )
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, context=context), {"cpu": experiment.resources.trial_cpus}
+        tune.with_parameters(run_trial, context=context), {"cpu": experiment.resources.trial_reservation()}
     )
     with tracked(tracker, sweep_run):
         if resume:

@@ -1,10 +1,15 @@
-"""Run one Train run of a trial plan as a TorchTrainer job (driver side).
+"""Run one Train run of a trial plan: as a TorchTrainer job, or in the trial's process (one CPU worker).
 
 A Train run holds consecutive stages that share a worker group (`orchestrator.plan`). Its name is
-deterministic (`<sweep>/stages/<trial>/run-<stages>`), so fitting it again resumes from its latest
-checkpoint (Train V2 restores its checkpoint manager from the storage path), and the stages that
-already left a done marker are skipped inside the workers. A run whose stages are all done is not
-started at all.
+deterministic (`<sweep>/stages/<trial>/run-<stages>`), so running it again resumes from its latest
+checkpoint (Train V2 restores its checkpoint manager from the storage path; an in-process run reads
+its list of checkpoints there), and the stages that already left a done marker are skipped. A run
+whose stages are all done is not started at all.
+
+A one-worker CPU run needs nothing Ray Train adds (a controller and a worker process, a torch process
+group: ~15 s per start), so `run_in_process` runs its stages in the calling trial process, with the
+same checkpoints, reports and errors. A kill of that process is a failed trial, which Tune retries
+(`resources.max_failures`) and which resumes from the run's latest checkpoint.
 """
 
 from __future__ import annotations
@@ -15,16 +20,16 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from orchestrator.memory import killed_for_memory, memory_error_message
 from orchestrator.plan import TrainRunPlan
 from workers.checkpointing import CheckpointWriteError
 from workers.pipeline import data_config, read_pairs, role_ids, worker_rows
-from workers.stage_io import LocalStageIO
+from workers.stage_io import InProcessStageIO, LocalStageIO
 from workers.stage_outputs import read_stage_result
-from workers.stages import train_fn_per_worker
+from workers.stages import run_stages, train_fn_per_worker
 from workers.storage import join_storage
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "fit_run",
     "local_io",
     "run_finished",
+    "run_in_process",
     "start_train_coordinator",
 ]
 
@@ -152,6 +158,25 @@ def fit_run(
         if write_error is None:
             raise
         raise StageError(_checkpoint_write_message(plan.name, storage, write_error)) from err
+
+
+def run_in_process(
+    plan: TrainRunPlan,
+    storage: str,
+    datasets: dict[str, Any],
+    on_report: Callable[[dict[str, Any], str | None], None],
+) -> None:
+    """Run the stages of a one-worker run in this process, as its Train worker would; reports go to `on_report`."""
+    if plan.workers != 1:
+        raise ValueError(f"stage run {plan.name} has {plan.workers} workers: only a one-worker run runs in process")
+    for dataset in datasets.values():  # what `data_config` asks of Train's ingest: a resume sees the same rows
+        dataset.context.execution_options.preserve_order = True
+    settings = plan.settings
+    io = InProcessStageIO(settings.checkpoints, settings.datasets, settings.stages[0].scale, on_report, datasets)
+    try:
+        run_stages(settings, io)
+    except CheckpointWriteError as err:
+        raise StageError(_checkpoint_write_message(plan.name, storage, err)) from err
 
 
 def _checkpoint_write_error(err: BaseException) -> CheckpointWriteError | None:

@@ -1,19 +1,23 @@
 """One trial: pretrain → search → derive → train → evaluate, in as few Train runs as its plan allows.
 
-`run_trial` is a Ray Tune function trainable (Train V2 forbids `Tuner(trainer)`). It fits one
-TorchTrainer per Train run of its plan (`orchestrator.plan`: usually one for all three training
-stages), so the worker group, the torch import and the dataset split coordinators are paid once
-per trial. Stage boundaries stay visible: every stage has its own nested MLflow run, opened at its
-first report and finished at its last (`StageRuns`), its checkpoints and done marker on the storage
-path. Re-running a trial (Tune retry, `trilevel resume`) skips finished Train runs without
-starting them, and inside a run skips finished stages and resumes the interrupted one. Evaluate runs
-in the trial process, without another Train start. The trial process is the only MLflow writer.
+`run_trial` is a Ray Tune function trainable (Train V2 forbids `Tuner(trainer)`). It runs each Train
+run of its plan (`orchestrator.plan`: usually one for all three training stages): a run with one CPU
+worker in this process, any other as a TorchTrainer, so a worker group, the torch import and the
+dataset split coordinators are paid at most once per run. Stage boundaries stay visible: every stage
+has its own nested MLflow run, opened at its first report and finished at its last (`StageRuns`),
+its checkpoints and done marker on the storage path. Re-running a trial (Tune retry, `trilevel
+resume`) skips finished Train runs without starting them, and inside a run skips finished stages and
+resumes the interrupted one. Evaluate runs in the trial process, without another Train start. The
+trial process is the only MLflow writer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +26,7 @@ import numpy as np
 from orchestrator.plan import TrainRunPlan, TrialPlan
 from orchestrator.relay import HubWarnings, ReportHub, relay_reports
 from orchestrator.tracking import ERROR_TAG, Tracker, TrackingUnavailable, flatten, tracked
-from orchestrator.train_run import build_datasets, fit_run, run_finished
+from orchestrator.train_run import build_datasets, fit_run, run_finished, run_in_process
 from search_space.genotype import Genotype
 from workers.checkpointing import open_checkpoint
 from workers.comparison import comparison_for_sets
@@ -59,7 +63,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Tune entry point: `config["trial_id"]` picks the grid point."""
     import torch
 
-    torch.set_num_threads(1)  # the trial process only evaluates; its CPUs belong to the workers
+    torch.set_num_threads(1)  # until a run in this process takes the threads of the CPUs it reserved
     trial_id = config["trial_id"]
     hub = context.hub if context.hub is not None else ReportHub.remote()
     logging.getLogger("orchestrator").addHandler(HubWarnings(hub, trial_id))  # warnings reach the console
@@ -80,18 +84,26 @@ def _run_trial(trial_id: str, context: TrialContext, hub: Any) -> None:
     params = flatten(experiment.model_dump(mode="json")) | {f"axis.{k}": v for k, v in plan.axes.items()}
     tags = context.environment | {"trilevel.seed": str(experiment.seed)}
     tags |= {f"trilevel.axis.{k}": str(v) for k, v in plan.axes.items()}
-    trial_run = tracker.trial_run(context.sweep_run_id, context.sweep, trial_id, params=params, tags=tags)
+    # MLflow's client (seconds of imports in a fresh process) and the trial's run are made while the first
+    # stages train, and then what evaluation will import: nothing a stage does waits for them
+    creating = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trial-run")
+    trial_run = creating.submit(
+        tracker.trial_run, context.sweep_run_id, context.sweep, trial_id, params=params, tags=tags
+    )
+    if done is None:
+        creating.submit(_warm_up_evaluation)
+    creating.shutdown(wait=False)
     flush_timeout_s = experiment.tracking.flush_timeout_s
     finished = {"stage": EVALUATE, "stages_finished": len(PIPELINE)}
     if done is not None:  # finished before a driver crash hid that from Tune: report, never redo
         hub.update.remote(trial_id, state="done", stage="done", final=done)
-        if not _is_finished(tracker, trial_run):
-            tracker.finish(trial_run, "FINISHED")
+        if not _is_finished(tracker, trial_run.result()):
+            tracker.finish(trial_run.result(), "FINISHED")
         not_logged = catch_up(tracker, context.storage, context.sweep, trial_id, flush_timeout_s)
         ray.tune.report(finished | done | not_logged)
         return
-    with tracked(tracker, trial_run):
-        stage_runs = StageRuns(tracker, trial_run, context.sweep, trial_id)
+    with tracked(tracker, trial_run.result):
+        stage_runs = StageRuns(tracker, trial_run.result, context.sweep, trial_id)
         for run in plan.runs:
             _run_tracked(stage_runs, context, plan, run, hub)
             last = read_stage_result(plan.outputs, run.stages[-1])
@@ -102,12 +114,29 @@ def _run_trial(trial_id: str, context: TrialContext, hub: Any) -> None:
         trained = read_stage_result(plan.outputs, "train")
         assert trained is not None
         hub.update.remote(trial_id, state="evaluating", stage=EVALUATE)
-        final = _evaluate(tracker, context, plan, trial_run, trained)
+        final = _evaluate(tracker, context, plan, trial_run.result(), trained)
         hub.update.remote(trial_id, state="done", stage="done", final=final)
         write_marker(context.storage, final, context.sweep, "stages", trial_id, TRIAL_DONE)
     not_logged = catch_up(tracker, context.storage, context.sweep, trial_id, flush_timeout_s)
     # never the key "done": Tune treats done=True as "stop this trial now", before the run is closed
     ray.tune.report(finished | final | not_logged)
+
+
+def _warm_up_evaluation() -> None:
+    """Import what evaluation uses (matplotlib, scikit-image, MLflow's model saving: ~4 s in a fresh process).
+
+    Called in a background thread while the stages train, so the trial's end does not wait for it.
+    Evaluation imports the same modules itself; should any of this fail, it only costs that time.
+    """
+    import matplotlib.backends.backend_agg  # the comparison picture
+    import matplotlib.figure  # noqa: F401
+    import mlflow.pytorch  # noqa: F401  # the logged model
+    import skimage.metrics  # noqa: F401  # SSIM
+
+    with contextlib.suppress(Exception):  # MLflow's private map of installed packages, built at the first model save
+        from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+
+        _init_modules_to_packages_map()
 
 
 def _run_tracked(stage_runs: StageRuns, context: TrialContext, plan: TrialPlan, run: TrainRunPlan, hub: Any) -> None:
@@ -117,15 +146,18 @@ def _run_tracked(stage_runs: StageRuns, context: TrialContext, plan: TrialPlan, 
     if not run_finished(run):
         datasets = build_datasets(run, experiment.data.scale, experiment.data.data_cpus)
         with stage_runs.failing_on_error(), relay_reports(stage_runs.on_report, hub, plan.trial_id) as relay:
-            fit_run(
-                run,
-                context.storage,
-                datasets,
-                use_gpu=resources.gpus_per_worker > 0,
-                cpus_per_worker=resources.cpus_per_worker,
-                max_failures=resources.max_failures,
-                callbacks=[relay.callback],
-            )
+            if run.in_process:
+                run_in_process(run, context.storage, datasets, relay.callback.put)
+            else:
+                fit_run(
+                    run,
+                    context.storage,
+                    datasets,
+                    use_gpu=resources.gpus_per_worker > 0,
+                    cpus_per_worker=resources.cpus_per_worker,
+                    max_failures=resources.max_failures,
+                    callbacks=[relay.callback],
+                )
     for stage in run.stages:
         result = read_stage_result(plan.outputs, stage)
         if result is not None:
@@ -140,9 +172,9 @@ class StageRuns:
     (genotype, checkpoint) and finishes it in case the relay missed that report.
     """
 
-    def __init__(self, tracker: Tracker, trial_run: str, sweep: str, trial_id: str) -> None:
+    def __init__(self, tracker: Tracker, trial_run: str | Callable[[], str], sweep: str, trial_id: str) -> None:
         self.tracker = tracker
-        self.trial_run = trial_run
+        self._trial_run = trial_run  # or a callable giving it, blocking while the run is being created
         self.sweep = sweep
         self.trial_id = trial_id
         self.ids: dict[str, str] = {}
@@ -150,7 +182,8 @@ class StageRuns:
 
     def run_id(self, stage: str) -> str:
         if stage not in self.ids:
-            self.ids[stage] = self.tracker.stage_run(self.trial_run, self.sweep, self.trial_id, stage)
+            trial_run = self._trial_run() if callable(self._trial_run) else self._trial_run
+            self.ids[stage] = self.tracker.stage_run(trial_run, self.sweep, self.trial_id, stage)
             self.open_stages.add(stage)
         return self.ids[stage]
 

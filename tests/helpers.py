@@ -1,9 +1,7 @@
-"""What many tests repeat: tiny experiments and plans, Ray Train's registered checkpoints, waiting."""
+"""What many tests repeat: tiny experiments and plans, waiting for a condition."""
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -33,15 +31,6 @@ def tiny_plan(storage: str, overrides: Sequence[str] = (), trial: int = 0, sweep
     """The plan of one trial of a tiny experiment (data resolved under `storage`)."""
     experiment = tiny_experiment(storage, overrides)
     return plan_trial(trials(experiment)[trial], resolve_data(experiment, storage), storage, sweep)
-
-
-def registered_checkpoints(run_dir: str | os.PathLike) -> list[str]:
-    """Names of the checkpoints Ray Train has registered (a directory on disk alone may not be yet)."""
-    try:
-        with open(os.path.join(run_dir, "checkpoint_manager_snapshot.json")) as f:
-            return [r["checkpoint_dir_name"] for r in json.load(f)["checkpoint_results"]]
-    except (OSError, ValueError, KeyError):
-        return []
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 120.0, what: str = "condition") -> None:

@@ -31,7 +31,6 @@ import math
 
 import numpy as np
 import torch
-from skimage.metrics import structural_similarity
 from torch import Tensor
 
 __all__ = [
@@ -149,6 +148,8 @@ def ssim_y(sr: Image, hr: Image, crop: int = 4, *, quantize: bool = True) -> flo
     Identical images → 1.0.
     The cropped image must be at least 11x11. Raises ``ValueError`` on shape mismatch (naming both).
     """
+    from skimage.metrics import structural_similarity  # 0.4 s of scipy: only evaluation needs it, not training
+
     sr_y, hr_y = _y_pair(sr, hr, crop, quantize, "ssim_y")
     if min(sr_y.shape) < _SSIM_WIN:
         raise ValueError(f"ssim_y: cropped Y image {sr_y.shape} is smaller than the {_SSIM_WIN}x{_SSIM_WIN} window")

@@ -1,28 +1,40 @@
 """What a stage loop needs from the outside world: rows to train on, a resume point, a way to report.
 
 The loops in `workers.stages` talk only to a `StageIO`, so the same code runs inside Ray Train
-(`RayStageIO`: dataset shards, `get_checkpoint`, `report` with checkpoints on the storage path)
-and in one plain process (`LocalStageIO`: rows in memory, checkpoints in a local folder), which
-lets tests exercise resume and fine-tuning logic in seconds and lets a notebook run a stage
-without a cluster.
+(`RayStageIO`: dataset shards, `get_checkpoint`, `report` with checkpoints on the storage path),
+as a one-worker run in the calling process (`InProcessStageIO`: what a one-worker Train run does,
+checkpoints on the same storage path, without starting Ray Train), and in one plain process
+(`LocalStageIO`: rows in memory, checkpoints in a local folder), which lets tests exercise resume
+and fine-tuning logic in seconds and lets a notebook run a stage without a cluster.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pyarrow.fs as pafs
 import torch
 
-from workers.checkpointing import CheckpointWriteError, is_no_space, load_state, staged_checkpoint
+from workers.checkpointing import (
+    CheckpointWriteError,
+    is_no_space,
+    load_state,
+    open_checkpoint,
+    staged_checkpoint,
+)
+from workers.markers import read_marker, write_marker
 from workers.pipeline import worker_rows
 from workers.settings import DatasetSource
-from workers.storage import join_storage
+from workers.storage import join_storage, resolve_uri
 
-__all__ = ["LocalStageIO", "RayStageIO", "Report", "StageIO"]
+__all__ = ["CHECKPOINT_LIST", "InProcessStageIO", "LocalStageIO", "RayStageIO", "Report", "StageIO", "checkpoint_names"]
+
+CHECKPOINT_LIST = "_CHECKPOINTS.json"  # an in-process run's checkpoints, oldest first (Train keeps its own list)
+_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list, in a run it started
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,95 @@ class RayStageIO:
             raise CheckpointWriteError(
                 f"the checkpoint {dir_name} could not be written: {err}", no_space=is_no_space(err)
             ) from err
+
+
+def checkpoint_names(checkpoints: str) -> list[str]:
+    """The checkpoints a run has registered, oldest first, whoever ran it (in process or Ray Train).
+
+    A checkpoint is registered once it is whole on the storage path, so a kill while it was copied
+    resumes from the one before.
+    """
+    listed = read_marker(checkpoints, CHECKPOINT_LIST)
+    if listed is not None:
+        return list(listed["checkpoints"])
+    train = read_marker(checkpoints, _TRAIN_SNAPSHOT)  # a run Ray Train started (e.g. before an upgrade)
+    if train is not None:
+        return [result["checkpoint_dir_name"] for result in train.get("checkpoint_results", [])]
+    return []
+
+
+class InProcessStageIO:
+    """`StageIO` of a one-worker run in the calling process (a Tune trial): Ray Train without its start.
+
+    A one-worker CPU Train run costs ~15 s to start (controller and worker processes, a torch process
+    group) for nothing a single process needs. This IO gives the loops what that worker would get:
+    its rows (decoded, or a Ray data iterator for streamed sets), the latest registered checkpoint of
+    the run on the storage path (resume after the process was killed), and checkpoints written there
+    under the same names; `on_report(metrics, checkpoint path or None)` gets every report.
+    """
+
+    rank = 0
+    world = 1
+
+    def __init__(
+        self,
+        checkpoints: str,
+        datasets: Mapping[str, DatasetSource],
+        scale: int,
+        on_report: Callable[[dict[str, Any], str | None], None],
+        streamed: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.device = torch.device("cpu")
+        self._checkpoints = checkpoints
+        self._sources = dict(datasets)
+        self._scale = scale
+        self._on_report = on_report
+        self._streamed = dict(streamed or {})
+        self._decoded: dict[str, list[dict[str, Any]]] = {}
+
+    def rows(self, dataset: str) -> Any:
+        source = self._sources[dataset]
+        if not source.in_memory:
+            return self._streamed[dataset].iterator()
+        if dataset not in self._decoded:
+            self._decoded[dataset] = worker_rows(source.path, self._scale, source.role)
+        return self._decoded[dataset]
+
+    def resumed(self) -> tuple[dict[str, Any] | None, str | None]:
+        names = checkpoint_names(self._checkpoints)
+        if not names:
+            return None, None
+        path = self.checkpoint_path(names[-1])
+        with open_checkpoint(path) as directory:
+            return load_state(directory), path
+
+    def checkpoint_path(self, dir_name: str) -> str:
+        return join_storage(self._checkpoints, dir_name)
+
+    def report(
+        self, metrics: dict[str, Any], state: dict[str, Any] | None, genotype_json: str | None, dir_name: str
+    ) -> None:
+        path = None
+        if state is not None:
+            path = self.checkpoint_path(dir_name)
+            try:
+                with staged_checkpoint(state, genotype_json) as directory:
+                    self._upload(directory, path)
+                names = [n for n in checkpoint_names(self._checkpoints) if n != dir_name] + [dir_name]
+                write_marker(self._checkpoints, {"checkpoints": names}, CHECKPOINT_LIST)
+            except OSError as err:  # staging (local temp dir) or the copy to the storage path
+                raise CheckpointWriteError(
+                    f"the checkpoint {dir_name} could not be written: {err}", no_space=is_no_space(err)
+                ) from err
+        self._on_report(dict(metrics), path)
+
+    @staticmethod
+    def _upload(directory: str, path: str) -> None:
+        fs, target = resolve_uri(path)
+        if fs.get_file_info(target).type != pafs.FileType.NotFound:  # an epoch redone after a kill
+            fs.delete_dir(target)
+        fs.create_dir(target, recursive=True)
+        pafs.copy_files(directory, target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
 @dataclass

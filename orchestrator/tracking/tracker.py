@@ -425,23 +425,27 @@ class Tracker(LogCalls):
 
 
 @contextlib.contextmanager
-def tracked(tracker: Tracker, run_id: str) -> Iterator[str]:
+def tracked(tracker: Tracker, run_id: str | Callable[[], str]) -> Iterator[None]:
     """End `run_id` FINISHED on success, KILLED on Ctrl-C/exit/cancel, FAILED on errors (which re-raise).
 
     The error's type and message are kept as tag ``trilevel.error``; runs are never left RUNNING
     by a crash in the block (a SIGKILLed process is what :meth:`Tracker.end_unfinished` is for).
+    `run_id` may be a callable giving the id (a run created meanwhile), asked for when the block ends.
     """
     import asyncio
 
+    def run() -> str:
+        return run_id() if callable(run_id) else run_id
+
     try:
-        yield run_id
+        yield
     except (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError) as err:
-        tracker.set_tags(run_id, {ERROR_TAG: f"{type(err).__name__}: {err}"})
-        tracker.finish(run_id, "KILLED")
+        tracker.set_tags(run(), {ERROR_TAG: f"{type(err).__name__}: {err}"})
+        tracker.finish(run(), "KILLED")
         raise
     except BaseException as err:
-        tracker.set_tags(run_id, {ERROR_TAG: f"{type(err).__name__}: {err}"})
-        tracker.finish(run_id, "FAILED")
+        tracker.set_tags(run(), {ERROR_TAG: f"{type(err).__name__}: {err}"})
+        tracker.finish(run(), "FAILED")
         raise
     else:
-        tracker.finish(run_id, "FINISHED")
+        tracker.finish(run(), "FINISHED")

@@ -110,3 +110,21 @@ def test_bad_sources(tmp_path):
         load_experiment(bad)
     with pytest.raises(ExperimentError, match=r"override 'oops': expected FIELD=VALUE"):
         load_experiment("table8", overrides=["oops"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "in_trial", "reservation"),
+    [
+        ((), [True], 0.5),  # the usual plan: one run, in the trial's process, which reserves its CPUs
+        (("resources.workers.pretrain=2",), [False, True], 0.5),  # a 2-worker pretrain is a TorchTrainer run
+        (("resources.workers={pretrain: 2, search: 2, train: 2}",), [False], 0.01),  # the trial only waits
+        (("resources.gpus_per_worker=1",), [False], 0.01),  # GPU runs go to Ray Train's workers
+        (("resources.single_worker_in_trial=false",), [False], 0.01),
+    ],
+)
+def test_one_worker_cpu_runs_run_in_the_trial_which_reserves_their_cpus(overrides, in_trial, reservation):
+    experiment = load_experiment("table8", "tiny", (*overrides, "resources.cpus_per_worker=0.5", "sweep={}"))
+    (trial,) = trials(experiment)
+    plan = plan_trial(trial, ResolvedData(train=dict.fromkeys(STAGES, FACTS), val={"v": "y"}), "/storage", "sw")
+    assert [run.in_process for run in plan.runs] == in_trial
+    assert experiment.resources.trial_reservation() == reservation

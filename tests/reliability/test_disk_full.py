@@ -1,10 +1,11 @@
 """The storage fills up mid-stage: a clear error, the saved checkpoints intact, and a clean resume.
 
-The storage path is a real 48 MiB tmpfs mounted by the test (tests/faults.py). Once Ray Train has
+The storage path is a real 48 MiB tmpfs mounted by the test (tests/faults.py). Once the run has
 registered the first checkpoint of the pretrain stage, a ballast file fills the filesystem, so
-saving the next checkpoint fails with ENOSPC inside the Train worker. The run must stop with a
-message naming the problem and the path, leave the registered checkpoint loadable, and, once
-space is freed, resume from it rather than start over.
+saving the next checkpoint fails with ENOSPC, in the trial's process (a one-worker run) and inside a
+Train worker (a TorchTrainer run) alike. The run must stop with a message naming the problem and the
+path, leave the registered checkpoint loadable, and, once space is freed, resume from it rather than
+start over.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.train_run import StageError, build_datasets, fit_run, start_train_coordinator
+from orchestrator.plan import TrainRunPlan
+from orchestrator.train_run import StageError, build_datasets, fit_run, run_in_process, start_train_coordinator
 from tests.faults import fill_up, small_filesystem
-from tests.helpers import registered_checkpoints, tiny_plan
+from tests.helpers import tiny_plan
 from workers.checkpointing import load_state
+from workers.stage_io import checkpoint_names
 from workers.stage_outputs import read_stage_result
 
 pytestmark = pytest.mark.xdist_group("local_ray")  # shares the in-process Ray (tests/conftest.py)
@@ -36,8 +39,17 @@ SHORT = (
 
 
 def _registered(run_dir: Path) -> list[str]:
-    """Paths of the checkpoints Ray Train has registered for this run."""
-    return [str(run_dir / name) for name in registered_checkpoints(run_dir)]
+    """Paths of the checkpoints the run has registered."""
+    return [str(run_dir / name) for name in checkpoint_names(str(run_dir))]
+
+
+def _in_trial(run: TrainRunPlan, storage: str) -> None:
+    run_in_process(run, storage, build_datasets(run, 4, 0.25), lambda metrics, checkpoint: None)
+
+
+def _train(run: TrainRunPlan, storage: str) -> None:
+    start_train_coordinator()  # as a sweep's driver does
+    fit_run(run, storage, build_datasets(run, 4, 0.25))
 
 
 class FillWhenCheckpointed(threading.Thread):
@@ -61,17 +73,19 @@ class FillWhenCheckpointed(threading.Thread):
             time.sleep(0.02)
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(tmp_path):
+@pytest.mark.parametrize("runner", [_in_trial, _train], ids=["in-trial", "ray-train"])
+def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(tmp_path, runner, request):
+    if runner is _train:
+        request.getfixturevalue("ray_session")
     with small_filesystem(tmp_path / "small", size="48m") as storage:
-        plan = tiny_plan(str(storage), SHORT)
+        plan = tiny_plan(str(storage), (*SHORT, f"resources.single_worker_in_trial={runner is _in_trial}"))
         (run,) = plan.runs
+        assert run.in_process == (runner is _in_trial)
         run_dir = Path(run.settings.checkpoints)
-        start_train_coordinator()  # as a sweep's driver does
         filler = FillWhenCheckpointed(run_dir, storage)
         filler.start()
         with pytest.raises(StageError) as failed:
-            fit_run(run, str(storage), build_datasets(run, 4, 0.25))
+            runner(run, str(storage))
         filler.join(timeout=5)
         assert filler.ballast is not None, "the filesystem was never filled"
         message = str(failed.value)
@@ -87,7 +101,7 @@ def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(tmp_path):
 
         # space is freed: running again continues from the last checkpoint, not from scratch
         filler.ballast.unlink()
-        fit_run(run, str(storage), build_datasets(run, 4, 0.25))
+        runner(run, str(storage))
         done = read_stage_result(plan.outputs, "pretrain")
         assert done is not None and done.metrics["epoch"] == EPOCHS - 1
         assert load_state(done.checkpoint)["epoch"] == EPOCHS

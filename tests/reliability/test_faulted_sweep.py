@@ -6,8 +6,9 @@ with this checkout as the job's code. Two trials run one after the other; while 
 1. the MLflow server is SIGKILLed once trial A's search has logged an epoch (A pretrained with two Train
    workers, in a Train run of its own), and restarted on the same port and store only once A's training
    has checkpointed (the outage spans a stage boundary);
-2. trial B's Train worker is SIGKILLed once its first search checkpoint is registered (Train restarts
-   the worker group, which skips pretrain by its done marker and resumes the search);
+2. trial B's worker, which is B's trial process (a one-worker run runs there), is SIGKILLed once its
+   first search checkpoint is registered (Tune retries the trial, which skips pretrain by its done marker
+   and resumes the search from that checkpoint);
 3. the sweep's driver (the job's entrypoint) is SIGKILLed once B's search has finished;
 4. the same sweep is submitted again: the same experiment under the same name resumes.
 
@@ -35,16 +36,17 @@ from mlflow import MlflowClient
 from orchestrator.jobs import job_logs, job_status, job_status_or_none, list_jobs, stop_job
 from orchestrator.submit import submit_sweep
 from orchestrator.train_run import local_io
-from tests.helpers import TINY, registered_checkpoints, tiny_plan, wait_for
+from tests.helpers import TINY, tiny_plan, wait_for
 from tests.servers import marked_processes
 from workers.checkpointing import load_state
+from workers.stage_io import checkpoint_names
 from workers.stages import run_stages
 
 pytestmark = pytest.mark.xdist_group("cluster")  # shares the session cluster (tests/conftest.py)
 
 SWEEP = "faulted"
-# Trial A pretrains with 2 Train workers (so it takes two Train runs: pretrain, then search and train with
-# one worker); trial B runs all three stages in one Train run with one worker.
+# Trial A pretrains with 2 Train workers (so it takes two runs: pretrain as a TorchTrainer, then search and
+# train with one worker, in the trial's process); trial B runs all three stages in one run in its process.
 TRIALS = ("pretrain=2", "pretrain=1")
 RUNS = {
     "pretrain=2": ("run-pretrain", "run-search-train", "run-search-train"),  # the run of each stage
@@ -91,7 +93,7 @@ class Faults(threading.Thread):
     def _registered(self, trial: str, checkpoint: str) -> bool:
         stage = checkpoint.split("-", 1)[0]
         run_dir = self.storage / SWEEP / "stages" / trial / RUNS[trial][("pretrain", "search", "train").index(stage)]
-        return checkpoint in registered_checkpoints(run_dir)
+        return checkpoint in checkpoint_names(str(run_dir))
 
     def _search_epoch_logged(self, trial: str) -> bool:
         experiment = self.client.get_experiment_by_name("trilevel")
@@ -122,7 +124,7 @@ class Faults(threading.Thread):
             self.events["mlflow_restarted"] = time.time()
 
             wait_for(lambda: self._registered(b, "search-e0001"), 600, "B's first search checkpoint")
-            self.events["worker_killed"] = self._kill("ray::RayTrainWorker")  # trial B's: one trial runs at a time
+            self.events["worker_killed"] = self._kill("ray::ImplicitFunc")  # B's trial: one trial runs at a time
 
             search_done = self.storage / SWEEP / "stages" / b / "search" / "_STAGE_DONE.json"
             wait_for(search_done.is_file, 600, "B's search to finish")
@@ -238,7 +240,7 @@ def test_the_killed_worker_resumed_to_the_uninterrupted_search(faulted, tmp_path
     (run,) = reference.runs
     _, search, _ = run_stages(run.settings, local_io(run, 4))
     run_dir = faulted["storage"] / SWEEP / "stages" / TRIALS[1] / RUNS[TRIALS[1]][0]
-    names = registered_checkpoints(run_dir)
+    names = checkpoint_names(str(run_dir))
     assert names[0] == "pretrain-e0001" and names.count("pretrain-e0001") == 1  # pretrain was not redone
     done = json.loads((faulted["storage"] / SWEEP / "stages" / TRIALS[1] / "search" / "_STAGE_DONE.json").read_text())
     for key in ("alpha", "width_logits", "path_logits", "frozen_ops", "frozen_path"):

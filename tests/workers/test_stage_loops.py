@@ -1,4 +1,4 @@
-"""The stage loops in one plain process (`LocalStageIO`): pipeline, resume, skip, fine-tuning, search schedule.
+"""The stage loops in one plain process (`LocalStageIO`, `InProcessStageIO`): pipeline, resume, skip, fine-tuning.
 
 The same loop code runs inside Ray Train (`tests/reliability/test_faulted_sweep.py` covers that, with a real
 worker kill); here it runs without Ray, so the resume and fine-tuning logic is tested in seconds.
@@ -18,7 +18,7 @@ from search_space.genotype import Genotype
 from search_space.teacher import RRDBNet
 from tests.helpers import tiny_plan
 from workers.checkpointing import load_state
-from workers.stage_io import LocalStageIO
+from workers.stage_io import InProcessStageIO, LocalStageIO, checkpoint_names
 from workers.stage_outputs import DONE_MARKER, read_stage_result
 from workers.stages import run_stages
 from workers.vgg import VGG19Features
@@ -90,7 +90,7 @@ def test_pipeline_with_teacher_in_one_process(tmp_path):
         assert read_stage_result(run.settings.outputs, result.stage) == result
 
 
-def test_interrupted_search_resumes_to_the_identical_result(tmp_path):
+def test_interrupted_search_resumes_to_the_identical_result_in_a_plain_and_in_a_trial_process(tmp_path):
     reference_plan = tiny_plan(str(tmp_path / "a"), SHORT)
     (reference_run,) = reference_plan.runs
     _, reference, _ = run_stages(reference_run.settings, local_io(reference_run, 4))
@@ -106,6 +106,42 @@ def test_interrupted_search_resumes_to_the_identical_result(tmp_path):
     resumed_io = local_io(run, 4, resume_from=os.path.join(run.settings.checkpoints, "search-e0001"))
     _, resumed, _ = run_stages(run.settings, resumed_io)
     assert [(r.metrics["stage"], r.metrics["epoch"]) for r in resumed_io.reports] == [("search", 1), ("train", 0)]
+    for a, b in zip(_arch(resumed.checkpoint), _arch(reference.checkpoint), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert resumed.genotype == reference.genotype
+
+    # the same in a trial's process: no resume point is handed over, the run finds its latest registered
+    # checkpoint on the storage path, and a checkpoint left half-copied by the kill is not one of them
+    plan = tiny_plan(str(tmp_path / "c"), SHORT)
+    (run,) = plan.runs
+    reports: list[tuple[str, int, str | None]] = []
+
+    def on_report(metrics, checkpoint):
+        reports.append((metrics["stage"], metrics["epoch"], checkpoint and os.path.basename(checkpoint)))
+        if checkpoint and checkpoint.endswith("search-e0001") and len(reports) == 2:
+            raise KeyboardInterrupt("killed after search-e0001")
+
+    def in_process() -> InProcessStageIO:
+        return InProcessStageIO(run.settings.checkpoints, run.settings.datasets, 4, on_report)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(run.settings, in_process())
+    half_copied = os.path.join(run.settings.checkpoints, "search-e0002")
+    os.makedirs(half_copied)
+    open(os.path.join(half_copied, "state.pt"), "wb").close()
+    _, resumed, _ = run_stages(run.settings, in_process())
+    assert reports == [
+        ("pretrain", 0, "pretrain-e0001"),
+        ("search", 0, "search-e0001"),
+        ("search", 1, "search-e0002"),
+        ("train", 0, "train-e0001"),
+    ]
+    assert checkpoint_names(run.settings.checkpoints) == [
+        "pretrain-e0001",
+        "search-e0001",
+        "search-e0002",
+        "train-e0001",
+    ]
     for a, b in zip(_arch(resumed.checkpoint), _arch(reference.checkpoint), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert resumed.genotype == reference.genotype
