@@ -118,6 +118,9 @@ def _count_genotype(genotype: Genotype, lr_size: tuple[int, int]) -> Cost:
     """A genotype's cost is a pure function of it: counted once per process (searches ask every epoch).
 
     Built on the CPU (derived networks are small): a meta-device build would need `to_empty` for the
-    probes, whose meta kernels import torch's symbolic-shape machinery (~1 s per process).
+    probes, whose meta kernels import torch's symbolic-shape machinery (~1 s per process). The build
+    draws its initial weights from a forked RNG: a count made once per process (cached) must not
+    change what a seeded run draws next, or a run would depend on what the process did before.
     """
-    return count(build_network(genotype), lr_size)
+    with torch.random.fork_rng(devices=[]):  # the build's weight init must not move the caller's seeded RNG
+        return count(build_network(genotype), lr_size)

@@ -433,14 +433,23 @@ class Supernet(nn.Module):
 
 @functools.lru_cache(maxsize=16)
 def _per_pixel_op_macs(ops: tuple[str, ...], widths: tuple[int, ...]) -> Tensor:
-    """MACs per LR pixel of every op at every (Cin, Cout) width pair; counted once per process."""
+    """MACs per LR pixel of every op at every (Cin, Cout) width pair; counted once per process.
+
+    The ops are built under a forked RNG: their weight init must not move the seeded global RNG, or the
+    first supernet of a process would be initialised differently from the next (the count is cached).
+    """
     table = torch.zeros(len(ops), len(widths), len(widths))
+    with torch.random.fork_rng(devices=[]):
+        _fill_op_macs(table, ops, widths)
+    return table
+
+
+def _fill_op_macs(table: Tensor, ops: tuple[str, ...], widths: tuple[int, ...]) -> None:
     for k, name in enumerate(ops):
         for a, cin in enumerate(widths):
             for b, cout in enumerate(widths):
                 op = build_op(name, cin, cout, slimmable=False)
                 table[k, a, b] = count_macs(op, (1, cin, 1, 1), call=lambda m, x, c=cout: m(x, c), device="cpu")
-    return table
 
 
 def _one_hot_rows(weights: Tensor) -> Tensor:

@@ -67,3 +67,26 @@ def test_a_network_not_proportional_to_area_is_counted_at_full_size():
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Conv2d(4, 4, 1))
     full = 256 * 256 * 4 * (3 * 9 + 1) + 2 * 2 * 4 * (4 + 1)
     assert count(net).macs == full == count_macs(net, (1, 3, 256, 256))
+
+
+def test_cached_counts_leave_the_seeded_rng_alone():
+    """Counts are cached per process and build modules to count them; were their weight init drawn from the
+    global RNG, the first supernet (or genotype count) of a process would move a seeded run's draws and the
+    next would not: the same seed would give different runs depending on what the process did before."""
+    import dataclasses
+
+    import torch
+
+    from search_space.cost import _count_genotype
+    from search_space.supernet import Supernet, SupernetConfig, _per_pixel_op_macs
+
+    _per_pixel_op_macs.cache_clear()
+    _count_genotype.cache_clear()
+    config = dataclasses.replace(SupernetConfig(), nf=8, widths=(4, 8), num_cells=1)
+    draws = []
+    for _ in range(2):  # the first pass fills the caches, the second finds them
+        torch.manual_seed(0)
+        Supernet(config)
+        _count_genotype(load_genotype("trilevel-b-psnr"), (8, 8))
+        draws.append(torch.rand(4))
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
