@@ -172,9 +172,9 @@ class StageRuns:
     (genotype, checkpoint) and finishes it in case the relay missed that report.
     """
 
-    def __init__(self, tracker: Tracker, trial_run: str | Callable[[], str], sweep: str, trial_id: str) -> None:
+    def __init__(self, tracker: Tracker, trial_run: Callable[[], str], sweep: str, trial_id: str) -> None:
         self.tracker = tracker
-        self._trial_run = trial_run  # or a callable giving it, blocking while the run is being created
+        self._trial_run = trial_run  # gives the trial run's id, blocking while the run is being created
         self.sweep = sweep
         self.trial_id = trial_id
         self.ids: dict[str, str] = {}
@@ -182,8 +182,7 @@ class StageRuns:
 
     def run_id(self, stage: str) -> str:
         if stage not in self.ids:
-            trial_run = self._trial_run() if callable(self._trial_run) else self._trial_run
-            self.ids[stage] = self.tracker.stage_run(trial_run, self.sweep, self.trial_id, stage)
+            self.ids[stage] = self.tracker.stage_run(self._trial_run(), self.sweep, self.trial_id, stage)
             self.open_stages.add(stage)
         return self.ids[stage]
 

@@ -440,16 +440,12 @@ def _per_pixel_op_macs(ops: tuple[str, ...], widths: tuple[int, ...]) -> Tensor:
     """
     table = torch.zeros(len(ops), len(widths), len(widths))
     with torch.random.fork_rng(devices=[]):
-        _fill_op_macs(table, ops, widths)
+        for k, name in enumerate(ops):
+            for a, cin in enumerate(widths):
+                for b, cout in enumerate(widths):
+                    op = build_op(name, cin, cout, slimmable=False)
+                    table[k, a, b] = count_macs(op, (1, cin, 1, 1), call=lambda m, x, c=cout: m(x, c), device="cpu")
     return table
-
-
-def _fill_op_macs(table: Tensor, ops: tuple[str, ...], widths: tuple[int, ...]) -> None:
-    for k, name in enumerate(ops):
-        for a, cin in enumerate(widths):
-            for b, cout in enumerate(widths):
-                op = build_op(name, cin, cout, slimmable=False)
-                table[k, a, b] = count_macs(op, (1, cin, 1, 1), call=lambda m, x, c=cout: m(x, c), device="cpu")
 
 
 def _one_hot_rows(weights: Tensor) -> Tensor:

@@ -10,9 +10,10 @@ and fine-tuning logic in seconds and lets a notebook run a stage without a clust
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -69,6 +70,17 @@ class StageIO(Protocol):
         ...
 
 
+@contextlib.contextmanager
+def _writing_checkpoint(dir_name: str) -> Iterator[None]:
+    """An OSError while a checkpoint is staged or copied to the storage path becomes a CheckpointWriteError."""
+    try:
+        yield
+    except OSError as err:
+        raise CheckpointWriteError(
+            f"the checkpoint {dir_name} could not be written: {err}", no_space=is_no_space(err)
+        ) from err
+
+
 class RayStageIO:
     """`StageIO` inside a Ray Train worker."""
 
@@ -115,14 +127,9 @@ class RayStageIO:
         if state is None or self.rank != 0:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=dir_name if state else None)
             return
-        try:
-            with staged_checkpoint(state, genotype_json) as directory:
-                checkpoint = ray.train.Checkpoint.from_directory(directory)
-                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
-        except OSError as err:  # staging (local temp dir) or the copy to the storage path
-            raise CheckpointWriteError(
-                f"the checkpoint {dir_name} could not be written: {err}", no_space=is_no_space(err)
-            ) from err
+        with _writing_checkpoint(dir_name), staged_checkpoint(state, genotype_json) as directory:
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
 
 
 def checkpoint_names(checkpoints: str) -> list[str]:
@@ -194,15 +201,11 @@ class InProcessStageIO:
         path = None
         if state is not None:
             path = self.checkpoint_path(dir_name)
-            try:
+            with _writing_checkpoint(dir_name):
                 with staged_checkpoint(state, genotype_json) as directory:
                     self._upload(directory, path)
                 names = [n for n in checkpoint_names(self._checkpoints) if n != dir_name] + [dir_name]
                 write_marker(self._checkpoints, {"checkpoints": names}, CHECKPOINT_LIST)
-            except OSError as err:  # staging (local temp dir) or the copy to the storage path
-                raise CheckpointWriteError(
-                    f"the checkpoint {dir_name} could not be written: {err}", no_space=is_no_space(err)
-                ) from err
         self._on_report(dict(metrics), path)
 
     @staticmethod
