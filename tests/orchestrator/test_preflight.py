@@ -227,3 +227,29 @@ def test_max_resources_of_the_kuberay_clusters_as_the_autoscaler_reads_them(mani
     gpu_group = next(g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu")
     per_pod = int(gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
     assert limits["GPU"] == gpu_group["maxReplicas"] * per_pod
+
+
+@pytest.mark.parametrize(
+    ("overrides", "cpus_at_once", "in_trial_stages"),
+    [
+        ((), 0.5, 3),  # all three stages in the trial's process: it holds the one worker's 0.5 CPU
+        (("resources.workers.pretrain=2",), 1.5, 2),  # 2 Train workers × 0.5 while the trial holds its 0.5
+    ],
+)
+def test_the_plan_counts_the_cpus_a_trial_holds_for_the_stages_it_runs(
+    tmp_path, overrides, cpus_at_once, in_trial_stages
+):
+    from orchestrator.experiment import load_experiment
+    from orchestrator.preflight import format_plan, preflight
+
+    experiment = load_experiment(
+        "table8",
+        "tiny",
+        (*overrides, "sweep={}", "resources.cpus_per_worker=0.5"),
+        storage=str(tmp_path / "runs"),
+        **{"tracking.uri": f"sqlite:///{tmp_path}/mlflow.db"},
+    )
+    plan = preflight(experiment)
+    assert plan.ok, plan.problems
+    assert plan.needs == {"CPU": cpus_at_once}
+    assert format_plan(plan).count("(in the trial's process)") == in_trial_stages
