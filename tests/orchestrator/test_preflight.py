@@ -229,6 +229,7 @@ def test_max_resources_of_the_kuberay_clusters_as_the_autoscaler_reads_them(mani
     assert limits["GPU"] == gpu_group["maxReplicas"] * per_pod
 
 
+@pytest.mark.xdist_group("preflight-plan")  # needs no cluster: free to run beside the cluster's tests
 @pytest.mark.parametrize(
     ("overrides", "cpus_at_once", "in_trial_stages"),
     [
