@@ -169,8 +169,6 @@ def run_in_process(
     """Run the stages of a one-worker run in this process, as its Train worker would; reports go to `on_report`."""
     if plan.workers != 1:
         raise ValueError(f"stage run {plan.name} has {plan.workers} workers: only a one-worker run runs in process")
-    for dataset in datasets.values():  # what `data_config` asks of Train's ingest: a resume sees the same rows
-        dataset.context.execution_options.preserve_order = True
     settings = plan.settings
     io = InProcessStageIO(settings.checkpoints, settings.datasets, settings.stages[0].scale, on_report, datasets)
     try:

@@ -174,6 +174,8 @@ class InProcessStageIO:
         self._scale = scale
         self._on_report = on_report
         self._streamed = dict(streamed or {})
+        for dataset in self._streamed.values():  # as `data_config` asks of Train's ingest: every pass, same order
+            dataset.context.execution_options.preserve_order = True
         self._decoded: dict[str, list[dict[str, Any]]] = {}
 
     def rows(self, dataset: str) -> Any:

@@ -35,3 +35,28 @@ def test_the_train_coordinator_is_up_before_any_train_run(ray_session):
     start_train_coordinator()
     actor = ray_session.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
     assert ray_session.get(actor.__ray_ready__.remote(), timeout=120) is True
+
+
+@pytest.mark.xdist_group("local_ray")  # shares the in-process Ray (tests/conftest.py)
+def test_a_run_in_the_trial_process_streams_large_sets_in_the_same_order_every_pass(ray_session, tmp_path):
+    """Sets too large to decode in memory reach an in-process run as Ray Data iterators, as a Train worker's
+    shards would: the same rows as decoding them, in the same order on every pass (a resume's crops depend
+    on it)."""
+    from orchestrator.train_run import build_datasets
+    from tests.helpers import tiny_plan
+    from workers.pipeline import worker_rows
+    from workers.stage_io import InProcessStageIO
+
+    plan = tiny_plan(str(tmp_path / "runs"), ("data.cache_mb=0",))
+    (run,) = plan.runs
+    assert run.in_process and run.settings.streamed  # nothing is decoded in memory
+    name = run.settings.streamed[0]
+    streamed = build_datasets(run, 4, 0.25)
+    io = InProcessStageIO(run.settings.checkpoints, run.settings.datasets, 4, lambda m, c: None, streamed)
+    passes = [
+        [row_id for batch in io.rows(name).iter_batches(batch_size=2, batch_format="numpy") for row_id in batch["id"]]
+        for _ in range(2)
+    ]
+    source = run.settings.datasets[name]
+    assert passes[0] == passes[1]
+    assert sorted(passes[0]) == sorted(row["id"] for row in worker_rows(source.path, 4, source.role))
