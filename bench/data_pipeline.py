@@ -160,7 +160,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_root = args.data or tmp
         summary = write_demo_dataset(data_root, subimages=sub)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             produced = measure_producer(data_root, args.epochs, args.num_cpus)
         finally:

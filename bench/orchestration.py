@@ -113,7 +113,9 @@ def main() -> None:
     from orchestrator.tracking import Tracker
 
     os.environ.update(LOCAL_RAY_ENV)
-    ray_start = _time(lambda: ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False))
+    ray_start = _time(
+        lambda: ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    )
     uri = experiment.tracking.uri
     store_creation = _time(lambda: Tracker.check_reachable(uri))  # as before any user's first sweep
     address = ray.get_runtime_context().gcs_address

@@ -30,7 +30,9 @@ def ray_connection(address: str | None = None, *, num_cpus: int | None = None) -
     else:
         for key, value in LOCAL_RAY_ENV.items():  # inherited by every process of the local Ray
             os.environ.setdefault(key, value)
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=True)
+        # address="local": always a new Ray of our own, even when RAY_ADDRESS is set or a `ray start` head
+        # runs elsewhere on this machine (without it, ray.init would attach to that head and refuse num_cpus).
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=True)
     try:
         yield
     finally:

@@ -33,7 +33,8 @@ def ray_session():
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # address="local": a Ray of the tests' own, whatever RAY_ADDRESS or another head on the machine says
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
