@@ -9,7 +9,10 @@ plan (`orchestrator.plan`) is built from it; this module holds every default the
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -260,6 +263,9 @@ class Experiment(_Strict):
         for axis, values in self.sweep.items():
             if not values:
                 raise ValueError(f"sweep.{axis}: needs at least one value")
+            shown = [json.dumps(v, sort_keys=True, default=str) for v in values]
+            if repeated := sorted({v for v in shown if shown.count(v) > 1}):
+                raise ValueError(f"sweep.{axis}: the value {', '.join(repeated)} appears more than once")
             _get(self.model_dump(), axis, where=f"sweep.{axis}")
         if self.stages.search.radius_end < self.stages.search.radius_start:
             raise ValueError("stages.search.radius_end must be >= radius_start")
@@ -346,12 +352,24 @@ def _preset_data(name: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
     return _deep_merge(_preset_data(parent, (*chain, name)), data) if parent else data
 
 
+def _at_scale(data: dict[str, Any], scale: str, source: str) -> dict[str, Any]:
+    """`data` with its `scales:` block resolved: the block of `scale` merged over the other fields."""
+    scales = data.pop("scales", None)
+    if scales is None:
+        return data
+    if not isinstance(scales, Mapping) or scale not in scales:
+        known = ", ".join(scales) if isinstance(scales, Mapping) else "none (scales is not a mapping)"
+        raise ExperimentError(f"{source}: scale must be one of {known}, got {scale!r}")
+    return _deep_merge(data, scales[scale] or {})
+
+
 def load_experiment(
     name_or_path: str | Path, scale: str = "tiny", overrides: Sequence[str] = (), **fields: Any
 ) -> Experiment:
     """A preset name (see `preset_names`) at `scale`, or a YAML file; then `FIELD=VALUE` overrides.
 
-    A YAML file may `extends: <preset>` to start from a preset and change only what differs.
+    A YAML file may `extends: <preset>` to start from a preset at `scale` and change only what differs:
+    what the file sets wins over the preset (at every scale), `--set` overrides win over both.
     """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
@@ -360,16 +378,14 @@ def load_experiment(
         source = str(path)
         data = _read_yaml(path.read_text(), source)
         parent = data.pop("extends", None)
-        if parent:
-            data = _deep_merge(_preset_data(parent), data)
+        # The preset is resolved at `scale` first and the file goes on top: a preset's scale block used to
+        # be merged last, so it silently beat the user's own `data.train` or `epochs` (GPU-days on the
+        # wrong experiment). The file's own `scales:` block, if any, is the last word of the file.
+        base = _at_scale(_preset_data(parent), scale, f"preset {parent} (extended by {source})") if parent else {}
+        data = _at_scale(_deep_merge(base, data), scale, source)
     else:
         source = f"preset {name_or_path}"
-        data = _preset_data(str(name_or_path))
-    scales = data.pop("scales", None)
-    if scales is not None:
-        if scale not in scales:
-            raise ExperimentError(f"{source}: scale must be one of {', '.join(scales)}, got {scale!r}")
-        data = _deep_merge(data, scales[scale] or {})
+        data = _at_scale(_preset_data(str(name_or_path)), scale, source)
     for item in overrides:
         key, value = _parse_override(item)
         data = _set(data, key, value)
@@ -443,10 +459,23 @@ class Trial:
     experiment: Experiment
 
 
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.,=+-]+")
+
+
 def _trial_id(axes: Mapping[str, Any]) -> str:
+    """`lambda_order=0.01,...`: readable, and always one safe folder name under the sweep.
+
+    The id names the trial's folder: an axis value such as `../../x.json` must not lead out of the
+    sweep folder, so characters other than letters, digits and `_.,=+-` become `_` and a short hash of
+    the exact values keeps two such ids apart. Ids that were already safe are unchanged (resume finds them).
+    """
     if not axes:
         return "default"
-    return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in axes.items())
+    readable = ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in axes.items())
+    if _SAFE_ID.fullmatch(readable) and readable not in (".", ".."):
+        return readable
+    digest = hashlib.sha256(json.dumps(axes, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_.,=+-]', '_', readable).strip('.')}-{digest}"
 
 
 def trials(experiment: Experiment) -> list[Trial]:
@@ -460,5 +489,10 @@ def trials(experiment: Experiment) -> list[Trial]:
         for key, value in assignment.items():
             data = _set(data, key, value)
         trial_id = _trial_id(assignment)
+        if any(t.trial_id == trial_id for t in out):
+            raise ExperimentError(
+                f"{experiment.name}: two grid points get the same trial id {trial_id!r} "
+                f"(sweep values {assignment}): make the values of each axis distinct"
+            )
         out.append(Trial(trial_id, assignment, validate(data, f"{experiment.name} trial {trial_id}")))
     return out

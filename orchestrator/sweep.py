@@ -68,14 +68,14 @@ _join = join_storage
 
 
 def absolute_storage(storage: str) -> str:
-    """Tune and Train need absolute local paths (URIs such as s3://… pass through)."""
-    return storage if "://" in storage else os.path.abspath(storage)
+    """Tune and Train need absolute local paths (URIs such as s3://… pass through); `~` is the user's home."""
+    return storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
 
 
 def _absolute_path(value: str | None) -> str | None:
-    if value is None or "://" in value or value == DEMO or os.path.isabs(value):
+    if value is None or "://" in value or value == DEMO:
         return value
-    return os.path.abspath(value)
+    return os.path.abspath(os.path.expanduser(value))
 
 
 def absolutize(experiment: Experiment) -> Experiment:

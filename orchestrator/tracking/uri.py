@@ -37,16 +37,17 @@ def sqlite_path(tracking_uri: str) -> str | None:
 def sqlite_file(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, absolute; None for other URIs and in-memory stores."""
     path = sqlite_path(tracking_uri)
-    return None if path is None else Path(path).absolute()
+    return None if path is None else Path(path).expanduser().absolute()
 
 
 def absolute_tracking_uri(tracking_uri: str) -> str:
-    """`sqlite:///relative.db` → `sqlite:////abs/relative.db`: trials run in other working directories."""
+    """`sqlite:///relative.db` → `sqlite:////abs/relative.db` (and `~` expanded): trials run in other
+    working directories, and nothing expands `~` inside a URI for us."""
     path = sqlite_path(tracking_uri)
     if path is None or os.path.isabs(path):
         return tracking_uri
     raw, sep, query = tracking_uri[len(SQLITE_PREFIX) :].partition("?")
-    return SQLITE_PREFIX + os.path.abspath(raw) + sep + query
+    return SQLITE_PREFIX + os.path.abspath(os.path.expanduser(raw)) + sep + query
 
 
 def sqlite_artifact_root(tracking_uri: str) -> str | None:
