@@ -34,7 +34,7 @@ from workers.settings import (
     TrainSettings,
 )
 from workers.shards.demo import write_demo_dataset
-from workers.shards.format import read_manifest
+from workers.shards.format import DataError, read_manifest, verify_shards
 from workers.stage_list import ROLES, SEARCH_SPLIT_ROLES, STAGE_ROLES, STAGES
 from workers.storage import join_storage
 
@@ -99,16 +99,27 @@ class ResolvedData:
         return self.train["pretrain"].path
 
 
+def _not_prepared(field: str, path: str, err: Exception) -> ExperimentError:
+    return ExperimentError(
+        f"{field}: {path} is not a prepared data set ({' '.join(str(err).split())}); "
+        f"prepare it with `trilevel data prepare <image folders> --out {path}`"
+    )
+
+
 def data_facts(path: str, field: str) -> DataFacts:
     """Read a prepared data set's manifest and image ids (no image bytes); the error names `field`."""
     try:
         manifest = read_manifest(path)
+    except Exception as err:
+        raise _not_prepared(field, path, err) from None
+    try:
+        verify_shards(manifest)  # a damaged shard is named here, before any compute, not met mid-training
+    except DataError as err:
+        raise ExperimentError(f"{field}: {err}") from None
+    try:
         per_image = Counter(image_ids(path))
     except Exception as err:
-        raise ExperimentError(
-            f"{field}: {path} is not a prepared data set ({' '.join(str(err).split())}); "
-            f"prepare it with `trilevel data prepare <image folders> --out {path}`"
-        ) from None
+        raise _not_prepared(field, path, err) from None
     chi1, chi2 = split_image_ids(per_image)
     return DataFacts(
         path=path,

@@ -1,15 +1,18 @@
 """Stage checkpoints: what they hold, how they are written and read back (safely).
 
 A checkpoint directory holds `state.pt` (model, optimisers, schedulers, the next epoch and the
-settings) and, for search/train stages, `genotype.json`. It is written into a fresh temporary
-directory and handed to `ray.train.report`, which copies it to the storage path, so a crash while
-writing never leaves a half-written "latest" checkpoint. Reading uses `torch.load(weights_only=True)`:
-a checkpoint is data, never code.
+settings), for search/train stages `genotype.json`, and `_CHECKSUMS.json` (each file's size and
+SHA-256, written last): a checkpoint damaged on the storage path after it was registered (a truncated
+copy, a bad disk) is refused by `load_state` naming the file, and resuming falls back to the one
+before. It is written into a fresh temporary directory and handed to `ray.train.report`, which
+copies it to the storage path, so a crash while writing never leaves a half-written "latest"
+checkpoint. Reading uses `torch.load(weights_only=True)`: a checkpoint is data, never code.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "CHECKSUM_FILE",
     "GENOTYPE_FILE",
     "STATE_FILE",
     "CheckpointError",
@@ -31,10 +35,12 @@ __all__ = [
     "open_checkpoint",
     "read_genotype_json",
     "staged_checkpoint",
+    "verify_checkpoint",
 ]
 
 STATE_FILE = "state.pt"
 GENOTYPE_FILE = "genotype.json"
+CHECKSUM_FILE = "_CHECKSUMS.json"
 
 
 class CheckpointError(RuntimeError):
@@ -73,14 +79,57 @@ def staged_checkpoint(state: dict[str, Any], genotype_json: str | None = None) -
         os.replace(partial, os.path.join(tmp, STATE_FILE))
         if genotype_json is not None:
             Path(tmp, GENOTYPE_FILE).write_text(genotype_json)
+        _write_checksums(Path(tmp))
         yield tmp
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_checksums(directory: Path) -> None:
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != CHECKSUM_FILE)
+    listed = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (directory / CHECKSUM_FILE).write_text(json.dumps({"files": listed}, indent=1))
+
+
+def verify_checkpoint(directory: str | os.PathLike) -> None:
+    """Every file `_CHECKSUMS.json` lists is there with its size and SHA-256; else a CheckpointError naming it.
+
+    Checkpoints written before checksums were recorded have no list and pass (their `state.pt` is
+    still only loaded as plain data).
+    """
+    root = Path(directory)
+    listing = root / CHECKSUM_FILE
+    if not listing.is_file():
+        return
+    try:
+        files = json.loads(listing.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{listing}: unreadable checksum list ({err})") from None
+    for name, expected in files.items():
+        path = root / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from the checkpoint ({CHECKSUM_FILE} lists it)")
+        if path.stat().st_size != expected["bytes"]:
+            raise CheckpointError(
+                f"{path}: {path.stat().st_size:,} bytes, {CHECKSUM_FILE} lists {expected['bytes']:,} (truncated)"
+            )
+        if _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"{path}: SHA-256 differs from {CHECKSUM_FILE} (damaged after it was written)")
+
+
 def load_state(directory: str | os.PathLike) -> dict[str, Any]:
-    """`state.pt` of a checkpoint directory; refuses pickles that are not plain tensors/containers."""
+    """`state.pt` of a checkpoint directory, checked against its checksums; refuses pickles that are not plain
+    tensors/containers."""
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint state here (expected {STATE_FILE})")
+    verify_checkpoint(directory)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -11,6 +11,7 @@ and fine-tuning logic in seconds and lets a notebook run a stage without a clust
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -21,6 +22,7 @@ import pyarrow.fs as pafs
 import torch
 
 from workers.checkpointing import (
+    CheckpointError,
     CheckpointWriteError,
     is_no_space,
     load_state,
@@ -32,10 +34,20 @@ from workers.pipeline import worker_rows
 from workers.settings import DatasetSource
 from workers.storage import join_storage, resolve_uri
 
-__all__ = ["CHECKPOINT_LIST", "InProcessStageIO", "LocalStageIO", "RayStageIO", "Report", "StageIO", "checkpoint_names"]
+__all__ = [
+    "CHECKPOINT_LIST",
+    "InProcessStageIO",
+    "LocalStageIO",
+    "RayStageIO",
+    "Report",
+    "StageIO",
+    "checkpoint_names",
+    "newest_loadable",
+]
 
 CHECKPOINT_LIST = "_CHECKPOINTS.json"  # an in-process run's checkpoints, oldest first (Train keeps its own list)
 _TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list, in a run it started
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,8 +125,8 @@ class RayStageIO:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None, None
-        with checkpoint.as_directory() as directory:
-            return load_state(directory), checkpoint.path
+        older = [self.checkpoint_path(name) for name in reversed(checkpoint_names(self._checkpoints))]
+        return newest_loadable([checkpoint.path, *(path for path in older if path != checkpoint.path)])
 
     def checkpoint_path(self, dir_name: str) -> str:
         return join_storage(self._checkpoints, dir_name)
@@ -145,6 +157,22 @@ def checkpoint_names(checkpoints: str) -> list[str]:
     if train is not None:
         return [result["checkpoint_dir_name"] for result in train.get("checkpoint_results", [])]
     return []
+
+
+def newest_loadable(paths: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """The state of the first checkpoint of `paths` (newest first) that is whole, and its path.
+
+    A damaged newest checkpoint (truncated, or failing its checksums) must not stop every retry: it is
+    skipped with a warning naming it and the one resumed from instead (or the stage's start).
+    """
+    for index, path in enumerate(paths):
+        try:
+            with open_checkpoint(path) as directory:
+                return load_state(directory), path
+        except CheckpointError as err:
+            fallback = paths[index + 1] if index + 1 < len(paths) else "the start of the stage"
+            _log.warning("checkpoint %s is damaged (%s): resuming from %s instead", path, err, fallback)
+    return None, None
 
 
 class InProcessStageIO:
@@ -187,12 +215,7 @@ class InProcessStageIO:
         return self._decoded[dataset]
 
     def resumed(self) -> tuple[dict[str, Any] | None, str | None]:
-        names = checkpoint_names(self._checkpoints)
-        if not names:
-            return None, None
-        path = self.checkpoint_path(names[-1])
-        with open_checkpoint(path) as directory:
-            return load_state(directory), path
+        return newest_loadable([self.checkpoint_path(name) for name in reversed(checkpoint_names(self._checkpoints))])
 
     def checkpoint_path(self, dir_name: str) -> str:
         return join_storage(self._checkpoints, dir_name)

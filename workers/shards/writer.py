@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from workers.shards.format import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SHARD_SCHEMA, DataError
+from workers.shards.format import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SHARD_SCHEMA, DataError, file_sha256
 from workers.shards.rows import ImageRows, RowOptions, SourceImage, image_rows
 from workers.storage import path_kind, read_bytes, resolve_uri, write_bytes
 
@@ -188,7 +188,8 @@ class _ShardWriter:
         final = posixpath.join(self.root, name)
         self.fs.move(self._tmp, final)
         size = self.fs.get_file_info(final).size
-        self.shards.append({"path": name, "rows": self._rows, "bytes": int(size or 0)})
+        entry = {"path": name, "rows": self._rows, "bytes": int(size or 0), "sha256": file_sha256(self.fs, final)}
+        self.shards.append(entry)
         self._writer, self._rows, self._bytes = None, 0, 0
 
     def abort(self) -> None:
