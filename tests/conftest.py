@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -21,6 +22,26 @@ def pytest_configure(config: pytest.Config) -> None:
     # sharing a cluster would be split over both processes, each starting its own cluster.
     if config.getoption("dist", "no") == "loadgroup" and pytest.version_tuple >= (9, 2):
         raise pytest.UsageError(f"pytest {pytest.__version__} breaks xdist_group: install constraints.txt's pytest")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_test() -> Iterator[None]:
+    """Each test leaves the environment variables and torch's thread count as it found them.
+
+    The product sets variables for the processes it starts (the tracker's MLflow HTTP timeouts, Ray's and Ray
+    Train's settings) and a stage sets torch's threads; left behind, they change what later tests in the same
+    process see (a 30 s MLflow timeout where a test expects the default, a thread count a timing relies on).
+    Set up after the wider-scoped fixtures a test uses: what the session's Ray set stays for the tests sharing it.
+    """
+    import torch
+
+    environ, threads = dict(os.environ), torch.get_num_threads()
+    yield
+    for key in set(os.environ) - set(environ):
+        del os.environ[key]
+    os.environ.update(environ)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

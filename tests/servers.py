@@ -27,7 +27,13 @@ MARKER_VAR = "TRILEVEL_TEST_SERVER_OWNER"
 BIN = Path(sys.executable).parent
 
 
+# A port found free is released before the server binds it, so another process can take it in between: a start
+# that fails is tried again on new ports, this many times in all.
+START_ATTEMPTS = 3
+
+
 def free_port() -> int:
+    """A port free now; it may be taken before it is used (see START_ATTEMPTS)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -116,6 +122,22 @@ class MlflowServer:
         self._marker = ""
 
     def start(self, timeout_s: float = 90) -> None:
+        """Start the server; the first start moves to another port if its port was taken in the meantime.
+
+        A restart stays on its port (clients hold the URL), as a restarted pod keeps its service.
+        """
+        first = self._process is None and not self.log.exists()
+        for attempt in range(START_ATTEMPTS if first else 1):
+            try:
+                return self._start(timeout_s)
+            except RuntimeError:
+                self.kill()  # one that never answered is still running
+                if attempt + 1 == START_ATTEMPTS or not _port_taken(self.log):
+                    raise
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+
+    def _start(self, timeout_s: float) -> None:
         self._marker = secrets.token_hex(8)
         cmd = [
             str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
@@ -138,15 +160,12 @@ class MlflowServer:
             self._process = None
 
 
-@contextlib.contextmanager
-def mlflow_server(root: Path) -> Iterator[MlflowServer]:
-    """A started :class:`MlflowServer`, stopped at the end even on failure."""
-    server = MlflowServer(root)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+def _port_taken(log: Path) -> bool:
+    """Whether a server's log says it could not bind its port."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return any(
+        sign in text.lower() for sign in ("address already in use", "already in use", "failed to bind", "errno 98")
+    )
 
 
 @contextlib.contextmanager
@@ -160,8 +179,32 @@ def ray_head(
 
     The temp dir is short (/tmp/trl-…): Ray's unix socket paths must stay under ~107 characters.
     """
-    marker = secrets.token_hex(8)
-    temp_dir = Path(f"/tmp/trl-{marker[:8]}")
+    for attempt in range(START_ATTEMPTS):
+        marker = secrets.token_hex(8)
+        temp_dir = Path(f"/tmp/trl-{marker[:8]}")
+        try:
+            process, started = _start_head(
+                marker, temp_dir, dashboard=dashboard, num_cpus=num_cpus, num_gpus=num_gpus, env=env
+            )
+        except RuntimeError:
+            taken = _port_taken(temp_dir / "head.log")
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            if attempt + 1 == START_ATTEMPTS or not taken:
+                raise
+            continue
+        try:
+            yield started
+        finally:
+            # a test cluster holds nothing worth a graceful stop, and `ray start --block` takes its time on SIGTERM
+            _stop(process, marker, grace_s=0)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        return
+
+
+def _start_head(
+    marker: str, temp_dir: Path, *, dashboard: bool, num_cpus: int, num_gpus: int | None, env: dict[str, str] | None
+) -> tuple[subprocess.Popen, dict[str, str]]:
+    """`ray start --head --block` on ports free a moment ago; RuntimeError (log kept) if it never comes up."""
     temp_dir.mkdir()
     gcs, dash = free_port(), free_port()
     workers = free_range(200)
@@ -191,17 +234,16 @@ def ray_head(
             start_new_session=True,
             cwd=temp_dir,
         )
+    url = f"http://127.0.0.1:{dash}"
     try:
-        url = f"http://127.0.0.1:{dash}"
         if dashboard:
             _wait_http(f"{url}/api/version", process, log, timeout_s=120)
         else:
             _wait_log(log, "--block", process, timeout_s=120)
-        yield {"dashboard": url, "gcs": f"127.0.0.1:{gcs}", "temp_dir": str(temp_dir), "marker": marker}
-    finally:
-        # a test cluster holds nothing worth a graceful stop, and `ray start --block` takes its time on SIGTERM
+    except RuntimeError:
         _stop(process, marker, grace_s=0)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    return process, {"dashboard": url, "gcs": f"127.0.0.1:{gcs}", "temp_dir": str(temp_dir), "marker": marker}
 
 
 def _wait_log(log: Path, text: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -213,22 +255,3 @@ def _wait_log(log: Path, text: str, process: subprocess.Popen, timeout_s: float)
             return
         time.sleep(0.5)
     raise RuntimeError(f"no {text!r} in {log} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-# --- MLflow's REST API
-def rest_runs(url: str, kind: str) -> list[dict]:
-    got = requests.get(f"{url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "trilevel"})
-    assert got.status_code == 200, got.text
-    experiment_id = got.json()["experiment"]["experiment_id"]
-    body = {"experiment_ids": [experiment_id], "filter": f"tags.`trilevel.kind` = '{kind}'", "max_results": 100}
-    found = requests.post(f"{url}/api/2.0/mlflow/runs/search", json=body)
-    assert found.status_code == 200, found.text
-    return found.json().get("runs", [])
-
-
-def rest_tags(run: dict) -> dict[str, str]:
-    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
-
-
-def rest_metrics(run: dict) -> dict[str, float]:
-    return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}

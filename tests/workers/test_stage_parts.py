@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -56,14 +55,9 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
         load_state(tmp_path)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _collectives(rank: int, port: int, results) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _collectives(rank: int, rendezvous: str, results) -> None:
+    # a file rendezvous: no port to pick, so none another process can take first
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     try:
         p = torch.nn.Parameter(torch.zeros(3))
         q = torch.nn.Parameter(torch.zeros(2))
@@ -78,9 +72,9 @@ def _collectives(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
-def test_collectives_on_two_real_gloo_processes():
+def test_collectives_on_two_real_gloo_processes(tmp_path):
     results = mp.Manager().dict()
-    mp.spawn(_collectives, args=(_free_port(), results), nprocs=2, join=True)
+    mp.spawn(_collectives, args=(str(tmp_path / "rendezvous"), results), nprocs=2, join=True)
     for rank in (0, 1):
         p_grad, q_grad, same, differ, agreed = results[rank]
         assert p_grad == [1.5, 1.5, 1.5]
