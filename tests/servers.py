@@ -121,7 +121,7 @@ class MlflowServer:
         self._process: subprocess.Popen | None = None
         self._marker = ""
 
-    def start(self, timeout_s: float = 90) -> None:
+    def start(self, timeout_s: float = 180) -> None:
         """Start the server; the first start moves to another port if its port was taken in the meantime.
 
         A restart stays on its port (clients hold the URL), as a restarted pod keeps its service.

@@ -15,7 +15,8 @@ from orchestrator.cli.common import _USER_ERRORS, friendly_errors, user_error_me
 def test_every_named_error_class_lives_where_the_wrapper_looks(module, name):
     error = getattr(importlib.import_module(module), name)
     assert issubclass(error, BaseException)
-    assert user_error_message(error("the problem")) is not None
+    message = user_error_message(error("the problem"))
+    assert message is not None and message.endswith("the problem"), message  # the user reads what went wrong
 
 
 def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback():

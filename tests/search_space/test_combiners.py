@@ -356,7 +356,7 @@ def test_ordering_penalty_telescopes_on_random_tree() -> None:
     paths = torch.randint(0, 55, (15, 7), generator=_gen(13))
     pen = ordering_penalty(gamma, paths, 1e-2)
     torch.testing.assert_close(pen, 1e-2 * (gamma[paths[:, -1]] - gamma[paths[:, 0]]).sum())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"path_logits must be 1-D, got shape \(1, 55\)"):
         ordering_penalty(gamma[None], paths, 1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"full_paths must be 2-D \[P, L\], got shape \(7,\)"):
         ordering_penalty(gamma, paths[0], 1.0)

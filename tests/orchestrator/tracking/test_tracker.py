@@ -190,7 +190,7 @@ def test_tracked_marks_finished_failed_killed(tracker, client):
     ok, bad, stop = (tracker.trial_run(sweep, "sw", name, params={}, tags={}) for name in ("ok", "bad", "stop"))
     with tracked(tracker, ok):
         pass
-    with pytest.raises(ValueError), tracked(tracker, bad):
+    with pytest.raises(ValueError, match="diverged"), tracked(tracker, bad):
         raise ValueError("diverged")
     with pytest.raises(KeyboardInterrupt), tracked(tracker, stop):
         raise KeyboardInterrupt
@@ -288,7 +288,7 @@ def test_trial_and_stage_runs_created_in_an_outage_are_deferred_then_resolved(st
         down.log_metrics(stage, {"epoch": float(epoch)}, step=epoch)
     down.finish(stage, "FINISHED")
     down.finish(trial, "FINISHED")
-    with pytest.raises(TrackingUnavailable):
+    with pytest.raises(TrackingUnavailable, match=f"MLflow at {re.escape(down.tracking_uri)}: .* failed after 1"):
         down.sweep_run("sw2")  # the driver's own run is never deferred: it needs the answer
     described = down.flush(timeout_s=0.2)
     assert described[0].startswith("create run 't0'") and described[2].startswith("create run 't0/search'")
