@@ -29,17 +29,19 @@ venv: $(STAMP)
 demo: $(STAMP)
 	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/trilevel demo
 
+# deptry: every import is a declared dependency (the package's in `dependencies`, tests' and benches' in
+# the dev extra too); the two runs and why are in [tool.deptry] of pyproject.toml.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-logo
+	$(VENV)/bin/deptry .
+	$(VENV)/bin/deptry tests bench --exclude '\.venv' --ignore DEP002,DEP004
 
 # Two test processes (one per core): the end-to-end tests mostly wait on processes they started, the unit
 # tests fill that time. Tests that share a cluster or the in-process Ray stay in one process (xdist_group);
 # the out-of-memory test needs the machine to itself, so it runs after. The slowest tests are listed, to
 # keep an eye on the 10-minute budget.
-test: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/lint-imports --no-logo
+test: lint
 	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not exclusive" --durations=15
 	$(VENV)/bin/pytest -q -m exclusive
 

@@ -10,6 +10,9 @@ cd "$(dirname "$0")/../.."
 out=deployment/docker/requirements.lock
 body=$(mktemp)
 trap 'rm -f "$body"' EXIT
+# uv keeps the pins of an existing output file where they still fit: seeded with the current lock, a
+# regeneration changes only what pyproject.toml or constraints.txt changed (rm the lock to move everything).
+if [[ -f "$out" ]]; then grep -v '^#' "$out" > "$body"; fi
 printf 'setuptools>=68\n' | uv pip compile pyproject.toml - \
     --constraints constraints.txt --generate-hashes \
     --python-version 3.11 --python-platform x86_64-manylinux_2_28 \

@@ -357,6 +357,11 @@ def test_the_image_lock_pins_every_package_with_hashes_and_agrees_with_constrain
         assert hashes, f"{name} has no hash"
     for name in ("torch", "ray", "mlflow", "mlflow-skinny"):
         assert locked[name][0] == _constraint(name), f"{name}: lock {locked[name][0]} != constraints.txt"
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if match := re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line):
+            name = match.group(1).lower().replace("_", "-")
+            if name in locked:
+                assert locked[name][0] == match.group(2), f"{name}: lock {locked[name][0]} != constraints.txt"
     assert any(name.startswith("nvidia-cuda-runtime") for name in locked), "the CUDA build of torch (its runtime)"
     assert any(name.startswith("nvidia-cudnn") for name in locked)
     assert "setuptools" in locked, "the package builds without network (--no-build-isolation)"
