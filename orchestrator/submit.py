@@ -18,7 +18,9 @@ How a submission is built:
   resolved YAML travels in the environment variable ``TRILEVEL_EXPERIMENT_YAML`` and is written to a
   temporary file on the head.
 * The code travels in the job's ``runtime_env`` (``working_dir``: :mod:`orchestrator.job_upload`);
-  ``env_vars`` turn on Ray Train V2, point MLflow at the tracking URI and turn off usage stats.
+  ``env_vars`` turn on Ray Train V2, point MLflow at the tracking URI, turn off usage stats and carry
+  the uploaded code's provenance (git commit, dirty flag, package version: the upload has no
+  ``.git``), so every run of the job is tagged with the submitting checkout's commit.
 * Paths are resolved **on the cluster**, not here: `--storage` must be absolute or a URI (a
   relative path would land in the job's temporary working directory), and on a multi-node cluster
   it must be a volume every node mounts or ``s3://…``/``gs://…``. A local folder only works when the
@@ -44,9 +46,9 @@ import yaml
 from orchestrator.experiment import Experiment, load_experiment
 from orchestrator.job_upload import upload_dir, upload_excludes
 from orchestrator.jobs import TRACKING_URI_KEY, SubmitError, job_call, job_client, wait_for_job
-from orchestrator.tracking import SWEEP_TAG, Tracker, sqlite_path
+from orchestrator.tracking import SWEEP_TAG, Tracker, code_provenance, sqlite_path
 
-__all__ = ["EXPERIMENT_ENV_VAR", "build_entrypoint", "submission_id_for", "submit_sweep"]
+__all__ = ["EXPERIMENT_ENV_VAR", "build_entrypoint", "build_runtime_env", "submission_id_for", "submit_sweep"]
 
 EXPERIMENT_ENV_VAR = "TRILEVEL_EXPERIMENT_YAML"
 _PYTHON = "python"  # the cluster image's interpreter, with trilevel-nas's dependencies installed
@@ -104,6 +106,22 @@ def build_entrypoint(
     return f'd="$(mktemp -d)" && printenv {EXPERIMENT_ENV_VAR} > {target} && {run}'
 
 
+def build_runtime_env(
+    experiment: str, resolved: Experiment, upload: str, echo: Callable[[str], None]
+) -> dict[str, object]:
+    """The job's runtime_env: `upload` as its working_dir (large files left out, each named through `echo`)
+    and env vars for Ray, MLflow, the uploaded code's provenance and, for a file, the resolved experiment."""
+    env_vars = {
+        "RAY_TRAIN_V2_ENABLED": "1",
+        "MLFLOW_TRACKING_URI": resolved.tracking.uri,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        **code_provenance(Path(upload)),
+    }
+    if _is_file(experiment):
+        env_vars[EXPERIMENT_ENV_VAR] = yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False)
+    return {"working_dir": upload, "excludes": upload_excludes(upload, echo), "env_vars": env_vars}
+
+
 def submit_sweep(
     experiment: str,
     *,
@@ -144,13 +162,10 @@ def submit_sweep(
         Tracker.check_reachable(uri)
     client = job_client(address)
 
-    env_vars = {"RAY_TRAIN_V2_ENABLED": "1", "MLFLOW_TRACKING_URI": uri, "RAY_USAGE_STATS_ENABLED": "0"}
-    if _is_file(experiment):
-        env_vars[EXPERIMENT_ENV_VAR] = yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False)
     submission_id = submission_id_for(resolved) + ("-dry-run" if dry_run else "")
     say = echo or (lambda text: (sys.stderr.write(text), sys.stderr.flush()))
     with upload_dir(working_dir) as upload:
-        runtime_env = {"working_dir": upload, "excludes": upload_excludes(upload, say), "env_vars": env_vars}
+        runtime_env = build_runtime_env(experiment, resolved, upload, say)
         job_call(
             address,
             None,

@@ -16,7 +16,7 @@ One job per module:
 Importing the package is cheap: MLflow is imported only when a call needs it.
 """
 
-from orchestrator.tracking.environment import run_environment_tags, source_tags
+from orchestrator.tracking.environment import code_provenance, run_environment_tags, source_tags
 from orchestrator.tracking.errors import TrackingUnavailable
 from orchestrator.tracking.limits import filter_literal, flatten, tag_filter
 from orchestrator.tracking.log_calls import PENDING_PREFIX
@@ -69,6 +69,7 @@ __all__ = [
     "Tracker",
     "TrackingUnavailable",
     "absolute_tracking_uri",
+    "code_provenance",
     "filter_literal",
     "flatten",
     "run_environment_tags",

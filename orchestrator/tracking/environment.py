@@ -3,6 +3,13 @@
 Every run records them so a result can be traced back to the code and the command that made it.
 Nothing is imported to read versions (package metadata only), and git is asked at most once per
 tracker (the tracker caches these tags).
+
+On a cluster the code has no ``.git``: a submitted job's working_dir is uploaded without it, and the
+image holds an installed package. There the code's provenance comes from the environment
+(``TRILEVEL_GIT_COMMIT``, ``TRILEVEL_GIT_DIRTY``, ``TRILEVEL_VERSION``): `trilevel submit` sets them
+in the job's env_vars from the submitting checkout (:func:`code_provenance`), and the cluster image
+bakes the commit in at build time (deployment/docker/Dockerfile). Where they are set they win over
+what the process could find out locally, since they were taken where the code came from.
 """
 
 from __future__ import annotations
@@ -19,14 +26,33 @@ from pathlib import Path
 from orchestrator.tracking.limits import MAX_TAG_VALUE
 from orchestrator.tracking.tags import COMMAND_TAG, SOURCE_NAME_TAG, SOURCE_TYPE_TAG
 
-__all__ = ["package_version", "run_environment_tags", "source_tags"]
+__all__ = [
+    "COMMIT_ENV_VAR",
+    "DIRTY_ENV_VAR",
+    "VERSION_ENV_VAR",
+    "code_provenance",
+    "package_version",
+    "run_environment_tags",
+    "source_tags",
+]
+
+COMMIT_ENV_VAR = "TRILEVEL_GIT_COMMIT"
+DIRTY_ENV_VAR = "TRILEVEL_GIT_DIRTY"
+VERSION_ENV_VAR = "TRILEVEL_VERSION"
+_UNKNOWN = "unknown"
 
 _PACKAGES = ("trilevel-nas", "torch", "ray", "mlflow", "numpy")
 _SOURCE = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding orchestrator/
 
 
 def _git_commit(source: Path) -> tuple[str, str]:
-    """(commit, dirty) of the checkout holding `source`, or ("unknown", "unknown") outside git."""
+    """(commit, dirty) of the checkout holding `source`, or ("unknown", "unknown") outside git.
+
+    An installed package (site-packages) has no commit of its own: a venv inside some checkout would
+    otherwise report that checkout's commit.
+    """
+    if source.name in ("site-packages", "dist-packages"):
+        return _UNKNOWN, _UNKNOWN
     try:
         commit = subprocess.run(
             ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
@@ -39,8 +65,8 @@ def _git_commit(source: Path) -> tuple[str, str]:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown", "unknown"
-    return (commit or "unknown"), ("true" if changed else "false")
+        return _UNKNOWN, _UNKNOWN
+    return (commit or _UNKNOWN), ("true" if changed else "false")
 
 
 def package_version(name: str, source: Path | None = None) -> str:
@@ -50,14 +76,42 @@ def package_version(name: str, source: Path | None = None) -> str:
     except importlib.metadata.PackageNotFoundError:
         pass
     if name == "trilevel-nas" and source is not None:  # a checkout that is not installed: read its pyproject
-        try:
-            import tomllib
+        return _pyproject_version(source) or _UNKNOWN
+    return _UNKNOWN
 
-            with open(source / "pyproject.toml", "rb") as handle:
-                return str(tomllib.load(handle)["project"]["version"])
-        except (OSError, KeyError, ValueError):
-            pass
-    return "unknown"
+
+def _from_env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value if value and value != _UNKNOWN else None
+
+
+def code_provenance(source: Path | None = None) -> dict[str, str]:
+    """The commit, dirty flag and trilevel-nas version of the code at `source`, keyed by their env vars.
+
+    `source` is the folder holding `orchestrator/` (default: the code running now). The env vars win
+    where set (the code was submitted or baked into an image); otherwise git is asked about `source`
+    and the version is the one in its pyproject.toml (a checkout, perhaps not the installed one), or
+    the installed package's. What cannot be known is ``"unknown"``. `trilevel submit` passes the
+    result to the job as its env vars, so the job's runs carry the submitting checkout's commit.
+    """
+    source = _SOURCE if source is None else Path(source)
+    commit, dirty = _from_env(COMMIT_ENV_VAR), _from_env(DIRTY_ENV_VAR)
+    if commit is None:
+        commit, dirty = _git_commit(source)
+    version = _from_env(VERSION_ENV_VAR) or _pyproject_version(source) or package_version("trilevel-nas")
+    return {COMMIT_ENV_VAR: commit, DIRTY_ENV_VAR: dirty or _UNKNOWN, VERSION_ENV_VAR: version}
+
+
+def _pyproject_version(source: Path) -> str | None:
+    """The version in `source`/pyproject.toml when it is this project's, else None."""
+    import tomllib
+
+    try:
+        with open(source / "pyproject.toml", "rb") as handle:
+            project = tomllib.load(handle)["project"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return str(project["version"]) if project.get("name") == "trilevel-nas" and "version" in project else None
 
 
 def _command(argv: list[str]) -> list[str]:
@@ -92,7 +146,8 @@ def run_environment_tags() -> dict[str, str]:
     ``trilevel.hostname`` and ``trilevel.platform``, and the command's :func:`source_tags`. Nothing is
     imported to read versions.
     """
-    commit, dirty = _git_commit(_SOURCE)
+    provenance = code_provenance()
+    commit, dirty = provenance[COMMIT_ENV_VAR], provenance[DIRTY_ENV_VAR]
     tags = {
         "trilevel.git_commit": commit,
         "trilevel.git_dirty": dirty,
@@ -104,4 +159,5 @@ def run_environment_tags() -> dict[str, str]:
         tags["mlflow.source.git.commit"] = commit
     for package in _PACKAGES:
         tags[f"trilevel.version.{package}"] = package_version(package, _SOURCE)
+    tags["trilevel.version.trilevel-nas"] = provenance[VERSION_ENV_VAR]
     return tags | source_tags()

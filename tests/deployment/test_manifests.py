@@ -12,14 +12,18 @@ paths) through the shared loaders at the top; split by directory, those would be
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from orchestrator.tracking.environment import COMMIT_ENV_VAR, DIRTY_ENV_VAR
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deployment"
@@ -587,6 +591,27 @@ def test_dockerfile_installs_the_hashed_lock_and_then_the_package_without_resolv
     copied = " ".join(rest for word, rest in instructions if word == "COPY")
     for needed in ("requirements.lock", "pyproject.toml", "constraints.txt", "search_space", "workers", "orchestrator"):
         assert needed in copied, f"COPY {needed}"
+
+
+def test_dockerfile_bakes_the_commit_in_and_refuses_to_build_without_it():
+    """RayJobs run the image's installed package (no .git): the commit comes as a build argument, checked."""
+    instructions = _dockerfile_instructions()
+    envs = " ".join(rest for word, rest in instructions if word == "ENV")
+    assert f"{COMMIT_ENV_VAR}=${{GIT_COMMIT}}" in envs and f"{DIRTY_ENV_VAR}=${{GIT_DIRTY}}" in envs
+    (check,) = [rest for word, rest in instructions if word == "RUN" and "GIT_COMMIT" in rest]
+    good = {"GIT_COMMIT": "0123456789abcdef0123456789abcdef01234567", "GIT_DIRTY": "false"}
+    for args, ok in (
+        (good, True),
+        ({**good, "GIT_DIRTY": "true"}, True),
+        ({"GIT_COMMIT": "", "GIT_DIRTY": ""}, False),  # docker build without --build-arg
+        ({**good, "GIT_COMMIT": "HEAD"}, False),
+        ({**good, "GIT_DIRTY": ""}, False),
+    ):
+        ran = subprocess.run(["sh", "-c", check], env={"PATH": os.environ["PATH"], **args}, capture_output=True)
+        assert (ran.returncode == 0) == ok, (args, ran.stderr)
+        assert ok or b"--build-arg GIT_COMMIT=" in ran.stderr, ran.stderr
+    text = README.read_text(encoding="utf-8")
+    assert '--build-arg GIT_COMMIT="$(git rev-parse HEAD)"' in text, "the runbook's docker build passes the commit"
 
 
 def test_dockerfile_runs_as_non_root_without_secrets():

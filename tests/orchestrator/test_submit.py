@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from click.testing import CliRunner
 
 from orchestrator.experiment import ExperimentError, load_experiment
 from orchestrator.jobs import SubmitError, job_logs, job_status, list_jobs
-from orchestrator.submit import EXPERIMENT_ENV_VAR, build_entrypoint, submit_sweep
+from orchestrator.submit import EXPERIMENT_ENV_VAR, build_entrypoint, build_runtime_env, submit_sweep
+from orchestrator.tracking.environment import COMMIT_ENV_VAR, DIRTY_ENV_VAR, VERSION_ENV_VAR
 from tests.servers import free_port
 
 STAGES = {"pretrain", "search", "train", "evaluate"}
@@ -78,3 +80,26 @@ def test_a_file_experiment_reaches_the_job_resolved(tmp_path):
     ran = subprocess.run(["sh", "-c", entrypoint], env=env, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == resolved.model_dump_json()
+
+
+def test_the_job_carries_the_submitting_checkouts_commit_and_version(tmp_path, monkeypatch):
+    """The upload has no .git: the commit and version travel in the job's env, where every run's tags read them."""
+    for name in (COMMIT_ENV_VAR, DIRTY_ENV_VAR, VERSION_ENV_VAR):
+        monkeypatch.delenv(name, raising=False)
+    root = Path(__file__).resolve().parents[2]
+    resolved = load_experiment("table8", "tiny", ONE_TRIAL, storage=str(tmp_path / "runs"))
+    env = build_runtime_env("table8", resolved, str(root), echo=lambda _: None)
+    assert env["working_dir"] == str(root) and ".git" in env["excludes"]
+    assert env["env_vars"]["MLFLOW_TRACKING_URI"] == resolved.tracking.uri
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert env["env_vars"][VERSION_ENV_VAR] == version
+    if (root / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        assert env["env_vars"][COMMIT_ENV_VAR] == head.stdout.strip()
+        assert env["env_vars"][DIRTY_ENV_VAR] in {"true", "false"}
+    # code that is itself a submitted job's or the image's (no .git) passes on the provenance it was given
+    monkeypatch.setenv(COMMIT_ENV_VAR, "b" * 40)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    env = build_runtime_env("table8", resolved, str(copy), echo=lambda _: None)
+    assert env["env_vars"][COMMIT_ENV_VAR] == "b" * 40 and EXPERIMENT_ENV_VAR not in env["env_vars"]

@@ -35,6 +35,7 @@ from mlflow import MlflowClient
 
 from orchestrator.jobs import job_logs, job_status, job_status_or_none, list_jobs, stop_job
 from orchestrator.submit import submit_sweep
+from orchestrator.tracking import code_provenance
 from orchestrator.train_run import local_io
 from tests.helpers import TINY, tiny_plan, wait_for
 from tests.servers import marked_processes
@@ -208,6 +209,9 @@ def test_one_run_per_sweep_trial_and_stage_all_finished_with_every_epoch(faulted
     (sweep,), trials, stages = _runs(client, "sweep"), _runs(client, "trial"), _runs(client, "stage")
     assert sorted(r.data.tags["trilevel.trial"] for r in trials) == sorted(TRIALS)
     assert all(r.info.status == "FINISHED" for r in [sweep, *trials, *stages])
+    # the upload has no .git: the submitting checkout's commit reached every run through the job's env
+    submitted = code_provenance(Path(__file__).resolve().parents[2])["TRILEVEL_GIT_COMMIT"]
+    assert {r.data.tags["trilevel.git_commit"] for r in [sweep, *trials, *stages]} == {submitted}
     for trial in trials:
         assert trial.data.tags["mlflow.parentRunId"] == sweep.info.run_id
         assert trial.data.metrics["psnr/demo"] > 0 and "psnr_bicubic/demo" in trial.data.metrics
