@@ -119,7 +119,7 @@ def _pod_labels(objects: list[dict]) -> dict[str, dict]:
     out = {}
     for obj in objects:
         spec = obj["spec"]
-        if obj["kind"] in {"Deployment", "Job"}:
+        if obj["kind"] in {"Deployment", "StatefulSet", "Job"}:
             out[obj["metadata"]["name"]] = spec["template"]["metadata"]["labels"]
         elif obj["kind"] in CRD_KINDS:
             cluster = spec if obj["kind"] == "RayCluster" else spec["rayClusterSpec"]
@@ -173,7 +173,9 @@ RESTRICTED_CONTAINER = {
 }
 
 
-@pytest.mark.parametrize("components", [(), ("gcs-ft", "mlflow/basic-auth")], ids=["base", "all-components"])
+@pytest.mark.parametrize(
+    "components", [(), ("gcs-ft", "mlflow/basic-auth", "mlflow/postgres")], ids=["base", "all-components"]
+)
 def test_every_pod_and_container_has_the_restricted_fields(components):
     for obj in _with_components(*components):
         for where, pod in _pod_specs(obj):
@@ -195,7 +197,9 @@ def test_every_pod_and_container_has_the_restricted_fields(components):
 
 
 @pytest.mark.parametrize(
-    "components", [(), ("gcs-ft",), ("mlflow/basic-auth",)], ids=["base", "gcs-ft", "mlflow-basic-auth"]
+    "components",
+    [(), ("gcs-ft",), ("mlflow/basic-auth",), ("mlflow/postgres",)],
+    ids=["base", "gcs-ft", "mlflow-basic-auth", "mlflow-postgres"],
 )
 def test_core_objects_validate_strictly_against_the_kubernetes_schema(components):
     import kubernetes_validate  # a dev dependency (pyproject.toml)
@@ -206,7 +210,7 @@ def test_core_objects_validate_strictly_against_the_kubernetes_schema(components
 
 
 def test_component_patches_keep_credentials_in_secrets():
-    objects = _with_components("gcs-ft", "mlflow/basic-auth")
+    objects = _with_components("gcs-ft", "mlflow/basic-auth", "mlflow/postgres")
     (cluster,) = [o for o in objects if o["kind"] == "RayCluster"]
     ft = cluster["spec"]["gcsFaultToleranceOptions"]
     assert ft["redisAddress"] == "trilevel-redis:6379"
@@ -246,6 +250,34 @@ def test_mlflow_admits_only_the_ray_pods():
     ray = {"trilevel-ray/head", "trilevel-ray/gpu", "trilevel-table8/head", "trilevel-table8/gpu"}
     assert admitted == ray, f"admitted: {sorted(admitted)}"
     assert all(set(f) == {"podSelector"} for f in rule["from"]), "no namespaceSelector or ipBlock: this namespace only"
+
+
+def test_postgres_is_mlflows_store_reached_by_mlflow_only():
+    """The mlflow/postgres component: its password from a Secret, only MLflow admitted, the runbook's URI fits."""
+    objects = _with_components("mlflow/postgres")
+    pods = _pod_labels(objects)
+    (database,) = [o for o in objects if o["kind"] == "StatefulSet"]
+    env = _env(database["spec"]["template"]["spec"]["containers"][0])
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-postgres", "key": "password"}
+    user, db = env["POSTGRES_USER"]["value"], env["POSTGRES_DB"]["value"]
+    assert env["PGDATA"]["value"].startswith(
+        database["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]["mountPath"] + "/"
+    )
+    (claim,) = database["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], "its own block volume, not the shared one"
+    (service,) = [
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == database["spec"]["serviceName"]
+    ]
+    port = service["spec"]["ports"][0]["port"]
+    (policy,) = [o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"].startswith("postgres-")]
+    assert _labels_match(policy["spec"]["podSelector"], pods["mlflow-postgres"])
+    (rule,) = policy["spec"]["ingress"]
+    assert _admitted(pods, rule) == {"mlflow"} and rule["ports"] == [{"protocol": "TCP", "port": port}]
+    readme = (DEPLOY / "README.md").read_text()
+    uri = f"postgresql+psycopg2://{user}:$PGPASSWORD@{service['metadata']['name']}:{port}/{db}"
+    assert f'--from-literal=backend-store-uri="{uri}"' in readme, "the runbook's mlflow-db Secret names this database"
+    assert '--from-literal=password="$PGPASSWORD"' in readme and "- mlflow/postgres" in readme
+    assert "- mlflow/postgres" in (DEPLOY / "kustomization.yaml").read_text(), "listed (commented) with the others"
 
 
 def test_redis_admits_only_the_ray_heads():

@@ -42,6 +42,8 @@ API_VERSIONS = {
     "RayCluster": "ray.io/v1",
     "RayJob": "ray.io/v1",
     "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "StorageClass": "storage.k8s.io/v1",
     "Job": "batch/v1",
     "Service": "v1",
     "Secret": "v1",
@@ -93,9 +95,10 @@ def _constraint(name: str) -> str:
 
 
 def _pod_specs(obj: dict) -> Iterator[tuple[str, dict]]:
-    """(where, pod spec) for every pod template of a Deployment, Job, RayCluster or RayJob (its submitter too)."""
+    """(where, pod spec) for every pod template of a Deployment, StatefulSet, Job, RayCluster or RayJob (its
+    submitter too)."""
     kind = obj.get("kind")
-    if kind in {"Deployment", "Job"}:
+    if kind in {"Deployment", "StatefulSet", "Job"}:
         yield kind.lower(), obj["spec"]["template"]["spec"]
     elif kind in {"RayCluster", "RayJob"}:
         if kind == "RayJob" and "submitterPodTemplate" in obj["spec"]:
@@ -243,6 +246,8 @@ def test_expected_files_exist():
         "gcs-ft/kustomization.yaml",
         "gcs-ft/redis.yaml",
         "mlflow/basic-auth/kustomization.yaml",
+        "mlflow/postgres/kustomization.yaml",
+        "mlflow/postgres/postgres.yaml",
         "mlflow/networkpolicy.yaml",
         "docker/requirements.lock",
         "docker/lock.sh",
