@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -402,3 +406,69 @@ def test_the_image_lock_pins_every_package_with_hashes_and_agrees_with_constrain
         name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
         assert name in locked, f"{name} (pyproject.toml) is missing from the lock"
     assert "lock.sh" in LOCK.read_text().splitlines()[1] + LOCK.read_text().splitlines()[0]
+
+
+# --- the shared volume's root: writable by uid 1000 without a chown ---------------------------------------
+STORAGE_CLASSES = sorted((DEPLOY / "storage").glob("*.yaml"))
+
+
+def _layout_job() -> dict:
+    (job,) = [o for o in _base() if o["kind"] == "Job" and o["metadata"]["name"] == "trilevel-volume-layout"]
+    return job
+
+
+@pytest.mark.parametrize("path", STORAGE_CLASSES, ids=lambda p: p.name)
+def test_each_storage_class_gives_a_root_the_image_user_can_write(path):
+    import kubernetes_validate  # a dev dependency (pyproject.toml)
+
+    (storage_class,) = _docs(path)
+    kubernetes_validate.validate(storage_class, K8S_VERSION, strict=True)
+    assert storage_class["metadata"]["name"] == "trilevel-rwx", "the name pvc.yaml and the README use"
+    assert "storageClassName: trilevel-rwx" in (DEPLOY / "kuberay" / "pvc.yaml").read_text()
+    assert path.relative_to(DEPLOY).as_posix() not in (DEPLOY / "kustomization.yaml").read_text(), "cluster-scoped"
+    pod = _layout_job()["spec"]["template"]["spec"]["securityContext"]
+    uid, gid = str(pod["runAsUser"]), str(pod["runAsGroup"])
+    params, options = storage_class.get("parameters", {}), storage_class.get("mountOptions", [])
+    if storage_class["provisioner"] == "efs.csi.aws.com":
+        assert (params["provisioningMode"], params["uid"], params["gid"]) == ("efs-ap", uid, gid)
+    elif storage_class["provisioner"] == "nfs.csi.k8s.io":
+        assert params["mountPermissions"] == "0777", "a root-owned share: the per-claim folder must be writable"
+    elif storage_class["provisioner"] == "file.csi.azure.com":
+        assert f"uid={uid}" in options and f"gid={gid}" in options
+    else:
+        pytest.fail(f"{path.name}: {storage_class['provisioner']} — how is its root writable by uid {uid}?")
+    assert f"`storage/{path.name}`" in (DEPLOY / "README.md").read_text(), "the runbook's table names it"
+
+
+def _run_layout(mount: Path, as_user: list[str]) -> subprocess.CompletedProcess:
+    (script,) = _layout_job()["spec"]["template"]["spec"]["containers"][0]["args"]
+    script = script.replace(SHARED_MOUNT, str(mount))
+    return subprocess.run([*as_user, "sh", "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_the_layout_job_lays_out_a_writable_root_and_names_the_fix_for_a_root_owned_one(tmp_path):
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    ran = _run_layout(mount, [])
+    assert ran.returncode == 0, ran.stderr
+    assert {p.name for p in mount.iterdir()} == {"raw", "data", "weights", "runs", "mlflow"}
+    assert (mount / "mlflow" / "artifacts").is_dir()
+    assert _run_layout(mount, []).returncode == 0, "idempotent"
+    # a share the job's user cannot write (as root here: drop to another uid, as the pod runs; pytest's own
+    # temporary folders are private to root, so this one is made where any uid can reach it)
+    with tempfile.TemporaryDirectory() as outside:
+        locked = Path(outside) / "locked"
+        locked.mkdir()
+        Path(outside).chmod(0o755)
+        locked.chmod(0o755)
+        if os.geteuid() == 0:
+            if shutil.which("setpriv") is None:
+                pytest.skip("needs setpriv to run as a non-root user")
+            user = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+        else:
+            locked.chmod(0o555)
+            user = []
+        ran = _run_layout(locked, user)
+        assert ran.returncode == 1 and not any(locked.iterdir()), ran.stderr
+        assert "cannot write it" in ran.stderr and "deployment/storage/" in ran.stderr and "step 3" in ran.stderr
+        locked.chmod(0o755)
