@@ -19,6 +19,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -472,3 +473,78 @@ def test_the_layout_job_lays_out_a_writable_root_and_names_the_fix_for_a_root_ow
         assert ran.returncode == 1 and not any(locked.iterdir()), ran.stderr
         assert "cannot write it" in ran.stderr and "deployment/storage/" in ran.stderr and "step 3" in ran.stderr
         locked.chmod(0o755)
+
+
+# --- the data Job's downloads: pinned sizes and SHA-256 digests ------------------------------------------
+PIN_SOURCES = ("DIV2K", "FLICKR2K", "VGG19", "SET5", "SET14", "ESRGAN", "PSNR")
+
+
+def _prepare(snippet: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run `snippet` in bash with prepare-data.sh sourced (its functions only), as the Job's env would."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # its `python` downloads
+    return subprocess.run(
+        ["bash", "-c", f'set -euo pipefail; source "{PREPARE}"; {snippet}'],
+        env={"PATH": path, "HOME": str(cwd), **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_data_job_pins_every_download_and_ships_no_invented_digest():
+    job = next(o for o in _base() if o["kind"] == "Job" and o["metadata"]["name"] == "trilevel-prepare-data")
+    env = _env(job["spec"]["template"]["spec"]["containers"][0])
+    for name in PIN_SOURCES:
+        assert env[f"{name}_BYTES"]["value"] == env[f"{name}_SHA256"]["value"] == "", f"{name}: SET-ME, empty"
+        assert f"{name}_URL" in env or f"{name}_URL=${{{name}_URL-http" in PREPARE.read_text()
+
+
+def test_the_data_job_refuses_to_start_without_pins(tmp_path):
+    ran = _prepare("check_pins", {}, tmp_path)  # the official URLs of DIV2K, Flickr2K and VGG19 are set
+    assert ran.returncode == 1, ran.stdout
+    for name in ("DIV2K", "FLICKR2K", "VGG19"):
+        assert f"{name}_BYTES=''" in ran.stderr and f"{name}_SHA256=''" in ran.stderr
+    assert "SET5_BYTES" not in ran.stderr, "a source without a URL (copied in) needs no pin"
+    assert "step 5" in ran.stderr
+    no_urls = {"DIV2K_URL": "", "FLICKR2K_URL": "", "VGG19_URL": ""}
+    assert _prepare("check_pins", no_urls, tmp_path).returncode == 0
+    pinned = {"DIV2K_URL": "", "FLICKR2K_URL": "", "VGG19_BYTES": "548", "VGG19_SHA256": "ab" * 32}
+    ran = _prepare("check_pins", pinned, tmp_path)
+    assert ran.returncode == 1 and "starts with dcbb9e9d" in ran.stderr, "torchvision's name carries its digest"
+    ran = _prepare("check_pins", {**pinned, "VGG19_SHA256": "dcbb9e9d" + "0" * 56}, tmp_path)
+    assert ran.returncode == 0, ran.stderr
+
+
+def test_a_download_is_unpacked_only_when_its_size_and_digest_match(tmp_path):
+    import hashlib
+    import zipfile
+
+    archive = tmp_path / "Set5.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("Set5/baby.png", b"\x89PNG not really")
+    data = archive.read_bytes()
+    url = archive.as_uri()
+    good = {"SET5_URL": url, "SET5_BYTES": str(len(data)), "SET5_SHA256": hashlib.sha256(data).hexdigest()}
+    volume = tmp_path / "volume"
+    (volume / "raw").mkdir(parents=True)
+    step = 'images Set5 "$SET5_URL" Set5 SET5'
+    for wrong, says in (
+        ({"SET5_SHA256": "0" * 64}, "has SHA-256"),
+        ({"SET5_BYTES": str(len(data) + 1)}, f"is {len(data)} bytes, pinned {len(data) + 1}"),
+    ):
+        ran = _prepare(step, {**good, **wrong}, volume)
+        assert ran.returncode == 1 and says in ran.stderr and "not used" in ran.stderr, ran.stderr
+        assert list((volume / "raw").iterdir()) == [], "nothing unpacked, nothing left behind"
+    ran = _prepare(step, good, volume)
+    assert ran.returncode == 0, ran.stderr
+    assert (volume / "raw" / "Set5" / "baby.png").read_bytes() == b"\x89PNG not really"
+    assert [p.name for p in (volume / "raw").iterdir()] == ["Set5"]
+    # a weights file downloaded the same way, and one already present that does not match its pins
+    weights = {"PSNR_URL": url, "PSNR_BYTES": str(len(data)), "PSNR_SHA256": good["SET5_SHA256"]}
+    (volume / "weights").mkdir()
+    assert _prepare('weights RRDB_PSNR_x4.pth "$PSNR_URL" PSNR', weights, volume).returncode == 0
+    assert (volume / "weights" / "RRDB_PSNR_x4.pth").read_bytes() == data
+    (volume / "weights" / "RRDB_PSNR_x4.pth").write_bytes(b"tampered")
+    ran = _prepare('weights RRDB_PSNR_x4.pth "$PSNR_URL" PSNR', weights, volume)
+    assert ran.returncode == 1 and "not used" in ran.stderr
