@@ -186,10 +186,13 @@ def sparsestmax(logits: Tensor, radius: float | Tensor, dim: int = -1) -> Tensor
 
     ``radius`` may be a float or a 0-d tensor; it is a schedule value and receives no gradient.
     """
+    if isinstance(radius, Tensor):
+        if radius.dim() != 0:
+            raise ValueError(f"radius must be a scalar or a 0-d tensor, got shape {tuple(radius.shape)}")
+        r_value = float(radius)  # a host read (a device sync for a GPU tensor): pass floats in loops
+    else:
+        r_value = float(radius)
     r = torch.as_tensor(radius, dtype=logits.dtype, device=logits.device).detach()
-    if r.dim() != 0:
-        raise ValueError(f"radius must be a scalar or a 0-d tensor, got shape {tuple(r.shape)}")
-    r_value = float(r)
     if not math.isfinite(r_value) or r_value < 0:
         raise ValueError(f"radius must be finite and >= 0, got {r_value}")
     z = logits.movedim(dim, -1)

@@ -17,8 +17,9 @@ again there (activation checkpointing), with the same outputs and gradients.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -107,6 +108,8 @@ class WidthSample:
 
     index: tuple[tuple[int, ...], ...]
     gates: Tensor | None = None
+    #: `index` as a [cells, 5] long tensor where the sample was drawn (the cost model's gather), if kept.
+    index_tensor: Tensor | None = field(default=None, compare=False)
 
     def slot_gates(self) -> Tensor | None:
         if self.gates is None:
@@ -173,8 +176,18 @@ class Supernet(nn.Module):
         ups_needed = required_ups(config.backbone, config.scale)
         eligible = [ups_needed is None or n.num_ups == ups_needed for n in tree.nodes]
         self.register_buffer("output_mask", torch.tensor(eligible), persistent=False)
+        # Host copies of what the forward branches on: reading a device tensor there is a host-device
+        # sync (one per node per pass), reading these is not.
+        self._eligible = eligible
+        self._radius_value = 0.0
+        self._fixing = False
+        self._fixed_combined: tuple[Tensor, Tensor, list[list[list[int]]] | None, list[bool]] | None = None
+        self.register_load_state_dict_post_hook(_sync_radius_value)
         self._resolution = [2**n.num_ups if config.backbone == "A" else 1 for n in tree.nodes]
-        self._cost_tables = self._build_cost_tables()
+        # Cost tables and index tensors as non-persistent buffers: they follow the net to its device
+        # once (`.to`) instead of being copied there on every cost evaluation; not in the state dict.
+        for name, table in self._build_cost_tables().items():
+            self.register_buffer(f"_cost_{name}", table, persistent=False)
         share = config.recompute_cells  # spread evenly: cell c when ⌊(c+1)·share⌋ > ⌊c·share⌋
         self._recomputed = [int((c + 1) * share) > int(c * share) for c in range(tree.num_cell_edges)]
 
@@ -190,11 +203,12 @@ class Supernet(nn.Module):
 
     def set_radius(self, radius: float) -> None:
         """Sparsestmax radius r (0 = sparsemax, ≥ √(1−1/K) = one-hot); ignored by softmax."""
-        self.radius.fill_(float(radius))
+        self._radius_value = float(radius)
+        self.radius.fill_(self._radius_value)
 
     # --- combiners --------------------------------------------------------------------------
     def op_weights(self, radius: float | None = None) -> Tensor:
-        r = self.radius if radius is None else radius
+        r = self._radius_value if radius is None else radius
         return combine(self.config.combiner, self.alpha, r, dim=-1)
 
     def path_weights(self, radius: float | None = None) -> Tensor:
@@ -203,9 +217,9 @@ class Supernet(nn.Module):
             weights = torch.zeros_like(self.path_logits)
             weights[self.tree.index_of(self.config.fixed_path)] = 1.0
             return weights
-        r = self.radius if radius is None else radius
+        r = self._radius_value if radius is None else radius
         mask = self.output_mask
-        if bool(mask.all()):
+        if all(self._eligible):
             return combine(self.config.combiner, self.path_logits, r, dim=-1)
         weights = torch.zeros_like(self.path_logits)
         return weights.masked_scatter(mask, combine(self.config.combiner, self.path_logits[mask], r, dim=-1))
@@ -225,7 +239,7 @@ class Supernet(nn.Module):
         """
         if self.config.combiner != "softmax":
             self.frozen_ops |= _one_hot_rows(self.op_weights())
-            widths = combine(self.config.combiner, self.width_logits, self.radius, dim=-1)
+            widths = combine(self.config.combiner, self.width_logits, self._radius_value, dim=-1)
             self.frozen_widths |= _one_hot_rows(widths)
             if self.config.levels == "trilevel":
                 self.frozen_path |= bool(_one_hot_rows(self.path_weights()[self.output_mask]))
@@ -261,11 +275,14 @@ class Supernet(nn.Module):
         n_cells, n_widths = self.tree.num_cell_edges, len(self.config.widths)
         top = n_widths - 1
         gates = None
-        if mode == "max":
-            index = torch.full((n_cells, SLOTS_PER_CELL - 1), top)
-        elif mode == "min":
-            index = torch.zeros((n_cells, SLOTS_PER_CELL - 1), dtype=torch.long)
-        elif mode == "argmax":
+        if mode in ("max", "min"):  # constants: the host index and the device tensor without a copy
+            value = top if mode == "max" else 0
+            row = (value,) * (SLOTS_PER_CELL - 1) + (top,)
+            device = self.alpha.device
+            full = torch.full((n_cells, SLOTS_PER_CELL), value, dtype=torch.long, device=device)
+            full[:, -1] = top
+            return WidthSample(tuple(row for _ in range(n_cells)), None, full)
+        if mode == "argmax":
             index = self.width_logits.detach().argmax(dim=-1).cpu()
         elif mode == "random":
             index = torch.randint(n_widths, (n_cells, SLOTS_PER_CELL - 1), generator=generator)
@@ -278,22 +295,17 @@ class Supernet(nn.Module):
             hard = F.one_hot(index, n_widths).to(soft) - soft.detach() + soft
             chosen = hard.gather(-1, index.unsqueeze(-1)).squeeze(-1)
             gates = F.pad(chosen, (0, 1), value=1.0)
-            index = index.cpu()
         else:
             raise ValueError(f"width mode must be one of {', '.join(WIDTH_MODES)}, got {mode!r}")
         full = F.pad(index, (0, 1), value=top)
-        return WidthSample(tuple(tuple(row) for row in full.tolist()), gates)
+        return WidthSample(tuple(tuple(row) for row in full.tolist()), gates, full)
 
     # --- forward ----------------------------------------------------------------------------
     def forward(self, x: Tensor, widths: WidthSample | str = "max", generator: torch.Generator | None = None) -> Tensor:
         """SR image in [0, 1] for LR `x` under the current combiners and the given widths."""
         sample = self.sample_widths(widths, generator) if isinstance(widths, str) else widths
-        op_w = self.op_weights()
-        path_w = self.path_weights()
+        op_w, path_w, active_ops, carries_weight = self._combined()
         gates = sample.slot_gates()
-        sparse = self.config.sparse_execution
-        active_ops = _nonzero_indices(op_w) if sparse else None
-        carries_weight = (path_w > 0).tolist() if sparse else [True] * len(self.tree)
         needed = self._needed_nodes(carries_weight)
         widths_of = self.config.widths
         stem = self.stem(x)
@@ -320,11 +332,43 @@ class Supernet(nn.Module):
                 assert node.up is not None
                 h = self.ups[node.up](source)
             features[node.index] = h
-            if carries_weight[node.index] and bool(self.output_mask[node.index]):
+            if carries_weight[node.index] and self._eligible[node.index]:
                 term = path_w[node.index] * h
                 out = term if out is None else out + term
         assert out is not None, "no tree node carries path weight"
         return self.head(out)
+
+    def _combined(self) -> tuple[Tensor, Tensor, list[list[list[int]]] | None, list[bool]]:
+        """Op and path weights and (sparse execution) their non-zero pattern, read to the host once."""
+        if self._fixed_combined is not None:
+            return self._fixed_combined
+        op_w, path_w = self.op_weights(), self.path_weights()
+        if self.config.sparse_execution:
+            active_ops, carries_weight = _nonzero_pattern(op_w, path_w)
+        else:
+            active_ops, carries_weight = None, [True] * len(self.tree)
+        combined = (op_w, path_w, active_ops, carries_weight)
+        if self._fixing:
+            self._fixed_combined = combined
+        return combined
+
+    @contextlib.contextmanager
+    def fixed_architecture(self) -> Iterator[None]:
+        """Passes inside share one evaluation of the combiners (and one host read of their pattern).
+
+        Why: the passes of a weight step (and of pretrain) see the same architecture, so computing
+        sparsestmax and reading its non-zero pattern to the host once per step instead of once per
+        pass gives the same forward with fewer launches and syncs. The architecture parameters must
+        need no gradient inside (the weights are constants then); the radius must not change.
+        """
+        moving = [name for name, p in (("alpha", self.alpha), ("path_logits", self.path_logits)) if p.requires_grad]
+        if moving and torch.is_grad_enabled():
+            raise RuntimeError(f"fixed_architecture: {', '.join(moving)} still require gradients; freeze them first")
+        self._fixing, self._fixed_combined = True, None
+        try:
+            yield
+        finally:
+            self._fixing, self._fixed_combined = False, None
 
     def _needed_nodes(self, carries_weight: list[bool]) -> list[bool]:
         """A node is computed when it carries weight or a descendant does (reverse DFS order)."""
@@ -354,11 +398,15 @@ class Supernet(nn.Module):
         res_out = max(self._resolution)
         head = count_macs(Head(config.backbone, nf, config.scale), (1, nf, res_out, res_out), device="cpu") * pixels
         pixel_scale = torch.tensor([float(r * r * pixels) for r in self._resolution])
+        cell_nodes = [n.index for n in self.tree.nodes if n.cell is not None]
         return {
             "per_pixel": per_pixel,
             "fixed": torch.tensor(float(stem + head)),
             "up_edge": torch.tensor(up_edge),
-            "cell_pixels": pixel_scale,
+            "cell_pixels": pixel_scale[cell_nodes],
+            "cell_nodes": torch.tensor(cell_nodes, dtype=torch.long),
+            "cell_of_node": torch.tensor([n.cell for n in self.tree.nodes if n.cell is not None], dtype=torch.long),
+            "ancestry": self.tree.ancestry_matrix.clone(),
         }
 
     def expected_cost(self, op_weights: Tensor, path_weights: Tensor, widths: WidthSample) -> Tensor:
@@ -368,24 +416,21 @@ class Supernet(nn.Module):
         Σ_slots Σ_k w_k · MACs_k(Cin, Cout) · gate_in · gate_out.
         """
         device = op_weights.device
-        tables = {k: v.to(device) for k, v in self._cost_tables.items()}
-        index = torch.tensor(widths.index, device=device)  # [cells, 5]
+        index = widths.index_tensor
+        if index is None or index.device != device:
+            index = torch.tensor(widths.index, device=device)  # [cells, 5]
         cin = F.pad(index[:, :-1], (1, 0), value=len(self.config.widths) - 1)
-        per_slot = tables["per_pixel"][:, cin, index].permute(1, 2, 0)  # [cells, 5, ops]
+        per_slot = self._cost_per_pixel[:, cin, index].permute(1, 2, 0)  # [cells, 5, ops]
         slot_cost = (op_weights * per_slot).sum(-1)
         gates = widths.slot_gates()
         if gates is not None:
             slot_cost = slot_cost * gates
         cell_cost = slot_cost.sum(-1)  # per LR pixel at the cell's own resolution
-        cell_nodes = [n.index for n in self.tree.nodes if n.cell is not None]
-        cell_of_node = [n.cell for n in self.tree.nodes if n.cell is not None]
-        edge = tables["up_edge"].clone()
-        edge = edge.index_put(
-            (torch.tensor(cell_nodes, device=device),),
-            cell_cost[cell_of_node] * tables["cell_pixels"][cell_nodes],
+        edge = self._cost_up_edge.index_put(
+            (self._cost_cell_nodes,), cell_cost[self._cost_cell_of_node] * self._cost_cell_pixels
         )
-        cumulative = self.tree.ancestry_matrix.to(device) @ edge
-        return tables["fixed"] + (path_weights * cumulative).sum()
+        cumulative = self._cost_ancestry @ edge
+        return self._cost_fixed + (path_weights * cumulative).sum()
 
     def flops_penalty(self, widths: WidthSample) -> Tensor:
         """ω1·F(α, widths = max) + ω2·F(α uniform, widths = the Gumbel sample), in MACs (AGD architect)."""
@@ -453,10 +498,22 @@ def _one_hot_rows(weights: Tensor) -> Tensor:
     return (weights > 0).sum(dim=-1) == 1
 
 
-def _nonzero_indices(op_weights: Tensor) -> list[list[list[int]]]:
-    """[cells][slots] → indices of ops with non-zero weight (one host sync per forward)."""
-    mask = (op_weights > 0).tolist()
-    return [[[k for k, on in enumerate(slot) if on] for slot in cell] for cell in mask]
+def _nonzero_pattern(op_weights: Tensor, path_weights: Tensor) -> tuple[list[list[list[int]]], list[bool]]:
+    """([cells][slots] → ops with non-zero weight, nodes with non-zero path weight): one host read.
+
+    Sparse execution must know on the host what to run; both masks come back in one transfer, the
+    forward's only host-device sync.
+    """
+    n_ops = op_weights.numel()
+    mask = torch.cat([op_weights.reshape(-1), path_weights.reshape(-1)]).gt(0).tolist()
+    cells, slots, ops = op_weights.shape
+    active = [[[k for k in range(ops) if mask[(c * slots + i) * ops + k]] for i in range(slots)] for c in range(cells)]
+    return active, mask[n_ops:]
+
+
+def _sync_radius_value(module: nn.Module, incompatible_keys: object) -> None:
+    """After `load_state_dict`, the host copy of the radius follows the loaded buffer (one read, at load)."""
+    module._radius_value = float(module.radius)
 
 
 @torch.no_grad()

@@ -10,6 +10,10 @@ Source: AGD ``model_search.py::_criterion`` with ``loss_func='L1'`` and loss wei
 The TV and GAN weights are 0 in every configuration the paper uses, so they are not implemented. The
 TrilevelNAS ordering-constraint term (5th weight) belongs to the search objective, not here.
 Targets are teacher outputs (no gradient); the target branch of φ runs under ``no_grad``.
+
+A sandwich step compares several outputs with one target: :func:`bind_target` fixes the target once,
+so φ(target) is computed once per step instead of once per pass (the same value: a no-grad forward
+of the same tensor).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import Tensor, nn
 
 from workers.vgg import load_vgg19_features
 
-__all__ = ["LOSS_KINDS", "PerceptualLoss", "build_loss", "content_loss"]
+__all__ = ["LOSS_KINDS", "PerceptualLoss", "bind_target", "build_loss", "content_loss"]
 
 LOSS_KINDS: tuple[str, ...] = ("content", "perceptual")
 
@@ -52,16 +56,36 @@ class PerceptualLoss(nn.Module):
         self.feature_weight = float(feature_weight)
 
     def forward(self, sr: Tensor, target: Tensor) -> Tensor:
-        if sr.shape != target.shape:
-            raise ValueError(f"PerceptualLoss: sr shape {tuple(sr.shape)} != target shape {tuple(target.shape)}")
-        pixel = F.l1_loss(sr, target)
+        return self.bind(target)(sr)
+
+    def bind(self, target: Tensor) -> Callable[[Tensor], Tensor]:
+        """The loss against `target` as a function of `sr`, with φ(target) computed here, once."""
         with torch.no_grad():
             feat_target = self.vgg(target.detach())
-        feat_sr = self.vgg(sr)
-        return self.pixel_weight * pixel + self.feature_weight * F.l1_loss(feat_sr, feat_target)
+
+        def loss(sr: Tensor) -> Tensor:
+            if sr.shape != target.shape:
+                raise ValueError(f"PerceptualLoss: sr shape {tuple(sr.shape)} != target shape {tuple(target.shape)}")
+            pixel = F.l1_loss(sr, target)
+            feat_sr = self.vgg(sr)
+            return self.pixel_weight * pixel + self.feature_weight * F.l1_loss(feat_sr, feat_target)
+
+        return loss
 
     def extra_repr(self) -> str:
         return f"pixel_weight={self.pixel_weight}, feature_weight={self.feature_weight}"
+
+
+def bind_target(loss_fn: Callable[[Tensor, Tensor], Tensor], target: Tensor) -> Callable[[Tensor], Tensor]:
+    """`loss_fn` against a fixed `target`: what depends on the target alone is computed once here.
+
+    Why: the sandwich runs 3-4 passes per batch against one target; a perceptual loss would run
+    VGG19 on that same target in every pass. Losses without a `bind` method are wrapped as they are.
+    """
+    bind = getattr(loss_fn, "bind", None)
+    if bind is not None:
+        return bind(target)
+    return lambda sr: loss_fn(sr, target)
 
 
 def build_loss(

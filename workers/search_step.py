@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from search_space.combiners import ordering_penalty
 from search_space.supernet import Supernet, WidthSample
 from workers.distributed import average_gradients
+from workers.losses import bind_target
 
 __all__ = [
     "PRETRAIN_WIDTHS",
@@ -32,6 +33,7 @@ __all__ = [
     "arch_step",
     "frozen",
     "optimizer_step",
+    "pretrain_step",
     "radius_at",
     "sandwich_backward",
     "search_step",
@@ -56,14 +58,19 @@ def sandwich_backward(
     """Σ over width settings of the loss, backpropagated pass by pass; returns the summed loss.
 
     `extra` (penalties that share the first pass's graph, e.g. the FLOPs term on the Gumbel gates)
-    joins the first pass's backward.
+    joins the first pass's backward. What depends on the target alone (a perceptual loss's VGG
+    features of it) is computed once for all passes (`bind_target`). The sum is kept on the device
+    in float64 and read once: one host-device sync per sandwich instead of one per pass, and the same
+    number as adding the passes' float losses on the host.
     """
-    total = 0.0
+    against = bind_target(loss_fn, target)
+    total: Tensor | None = None
     for i, width in enumerate(widths):
-        loss = loss_fn(net(lr, width, generator=generator), target)
+        loss = against(net(lr, width, generator=generator))
         (loss + extra if i == 0 and extra is not None else loss).backward()
-        total += float(loss.detach())
-    return total
+        value = loss.detach().double()
+        total = value if total is None else total + value
+    return 0.0 if total is None else float(total)
 
 
 @contextlib.contextmanager
@@ -85,6 +92,26 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     if clip:
         nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
+
+
+def pretrain_step(
+    net: Supernet,
+    optimizer: torch.optim.Optimizer,
+    lr: Tensor,
+    target: Tensor,
+    loss_fn: Loss,
+    widths_gen: torch.Generator,
+    grad_clip: float | None,
+) -> float:
+    """One pretrain step (Alg. 1 lines 5-11): the {max, min, random, random} sandwich on the weights.
+
+    The architecture is fixed in pretrain, so its combiners are evaluated once per step.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with net.fixed_architecture():
+        loss = sandwich_backward(net, lr, target, PRETRAIN_WIDTHS, loss_fn, widths_gen)
+    optimizer_step(optimizer, net.weight_parameters(), grad_clip)
+    return loss
 
 
 def radius_at(step: int, total_steps: int, start: float, end: float) -> float:
@@ -197,7 +224,7 @@ def weight_step(
     grad_clip: float | None,
 ) -> float:
     """One weight step on χ1 with the architecture fixed; returns the sandwich loss."""
-    with frozen(net.arch_parameters()):
+    with frozen(net.arch_parameters()), net.fixed_architecture():
         gumbel = net.sample_widths("gumbel", widths_gen)
         optimizer.zero_grad(set_to_none=True)
         loss = sandwich_backward(net, lr, target, (gumbel, *SEARCH_FIXED_WIDTHS), loss_fn, None)

@@ -37,14 +37,7 @@ from workers.checkpointing import load_state, open_checkpoint
 from workers.distributed import all_ranks_agree, rank_spread
 from workers.losses import build_loss
 from workers.pipeline import val_pairs
-from workers.search_step import (
-    PRETRAIN_WIDTHS,
-    FlopsController,
-    optimizer_step,
-    radius_at,
-    sandwich_backward,
-    search_step,
-)
+from workers.search_step import FlopsController, optimizer_step, pretrain_step, radius_at, search_step
 from workers.settings import OptimSettings, RunSettings, StageSettings
 from workers.stage_io import RayStageIO, StageIO
 from workers.stage_outputs import StageResult, read_stage_result, write_stage_result
@@ -219,9 +212,7 @@ def pretrain(
         batches = ctx.batches(s, "w", epoch, 0, s.optim)
         while all_ranks_agree((batch := next(batches, None)) is not None, ctx.device):
             lr, target, _ = batch
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(sandwich_backward(net, lr, target, PRETRAIN_WIDTHS, loss_fn, widths_gen))
-            optimizer_step(optimizer, net.weight_parameters(), s.optim.grad_clip)
+            losses.append(pretrain_step(net, optimizer, lr, target, loss_fn, widths_gen, s.optim.grad_clip))
         scheduler.step()
         metrics = {"loss": _mean(losses), "lr": optimizer.param_groups[0]["lr"], "steps": len(losses)}
         metrics["weight_rank_spread"] = rank_spread(net.weight_parameters())
