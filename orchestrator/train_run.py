@@ -23,7 +23,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from orchestrator.memory import killed_for_memory, memory_error_message
+from orchestrator.memory import (
+    GPUOutOfMemory,
+    gpu_memory_error_message,
+    gpu_out_of_memory,
+    killed_for_memory,
+    memory_error_message,
+)
 from orchestrator.plan import TrainRunPlan
 from workers.checkpointing import CheckpointWriteError
 from workers.pipeline import data_config, read_pairs, role_ids, worker_rows
@@ -152,6 +158,8 @@ def fit_run(
         with _restore_sigint():
             trainer.fit()
     except ray.train.TrainingFailedError as err:
+        if gpu_out_of_memory(err):  # Train retried it max_failures times already (it retries any worker error)
+            raise GPUOutOfMemory(gpu_memory_error_message(f"stage run {plan.name}", err)) from err
         if killed_for_memory(err):
             raise StageError(memory_error_message(f"stage run {plan.name}")) from err
         write_error = _checkpoint_write_error(err)
@@ -175,6 +183,10 @@ def run_in_process(
         run_stages(settings, io)
     except CheckpointWriteError as err:
         raise StageError(_checkpoint_write_message(plan.name, storage, err)) from err
+    except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+        if gpu_out_of_memory(err):
+            raise GPUOutOfMemory(gpu_memory_error_message(f"stage run {plan.name}", err)) from err
+        raise
 
 
 def _checkpoint_write_error(err: BaseException) -> CheckpointWriteError | None:
