@@ -229,7 +229,16 @@ class ResourcesSpec(_Strict):
 class TrackingSpec(_Strict):
     uri: str = DEFAULT_TRACKING_URI
     experiment: str = "trilevel"
-    registered_model: str | None = None
+    registered_model: str | None = Field(
+        None,
+        description="MLflow registered model of the best trial's image model (PNG in, ×scale PNG out), its alias "
+        "`champion` moved when a better trial finishes (serve it: mlflow models serve -m models:/NAME@champion); "
+        "default: the sweep's name",
+    )
+    register_model: bool = Field(True, description="register the best trial's model; false: log models, register none")
+    system_metrics: bool = Field(
+        True, description="MLflow system metrics (CPU, memory, disk, network, GPU) of every stage run"
+    )
     flush_timeout_s: float = Field(
         300.0,
         ge=0,

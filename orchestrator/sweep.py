@@ -235,7 +235,9 @@ def run_sweep(
         tracking_uri=experiment.tracking.uri,
         mlflow_experiment=experiment.tracking.experiment,
         plans=plans,
-        registered_model=experiment.tracking.registered_model,
+        registered_model=(experiment.tracking.registered_model or experiment.name)
+        if experiment.tracking.register_model
+        else None,
         environment=environment,
         hub=ReportHub.remote(),
     )

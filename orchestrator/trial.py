@@ -26,6 +26,8 @@ import numpy as np
 from orchestrator.plan import TrainRunPlan, TrialPlan
 from orchestrator.relay import HubWarnings, ReportHub, relay_reports
 from orchestrator.tracking import ERROR_TAG, Tracker, TrackingUnavailable, flatten, tracked
+from orchestrator.tracking.champion import Score
+from orchestrator.tracking.models import IMAGE_MODEL
 from orchestrator.train_run import build_datasets, fit_run, run_finished, run_in_process
 from search_space.genotype import Genotype
 from workers.checkpointing import open_checkpoint
@@ -54,7 +56,7 @@ class TrialContext:
     tracking_uri: str
     mlflow_experiment: str
     plans: dict[str, TrialPlan]  # trial id → its plan
-    registered_model: str | None = None
+    registered_model: str | None = None  # the registry name of the sweep's champion; None: register nothing
     environment: dict[str, str] = field(default_factory=dict)
     hub: Any = None  # the sweep's ReportHub actor (live progress for the console); None: the trial makes its own
 
@@ -321,7 +323,16 @@ def _evaluate(
         if picture is not None:  # bicubic | ours | HR crops: the result as people judge it
             tracker.log_image(trial_run, picture, "comparison.png")
         example = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
-        tracker.log_model(trial_run, net, input_example=example, registered_model_name=context.registered_model)
+        tracker.log_model(trial_run, net, input_example=example)  # tensors in/out: what upscale/export load
+        tracker.log_model(  # PNG in, ×scale PNG out: what `mlflow models serve -m models:/NAME@champion` serves
+            trial_run,
+            net,
+            input_example=example,
+            name=IMAGE_MODEL,
+            io="png",
+            registered_model_name=context.registered_model,
+            score=Score.of_metrics(metrics, plan.trial_id, context.sweep),
+        )
     return _numeric(metrics)
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+from orchestrator.tracking.champion import Score
 from orchestrator.tracking.limits import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VALUE,
@@ -209,37 +210,31 @@ class LogCalls:
         *,
         input_example: np.ndarray,
         name: str = "model",
+        io: Literal["tensor", "png"] = "tensor",
         registered_model_name: str | None = None,
+        score: Score | None = None,
         step: int = 0,
-        serialization_format: Literal["pickle", "pt2"] = "pickle",
-        pip_requirements: list[str] | None = None,
     ) -> str | None:
-        """Log `model` as an MLflow 3 LoggedModel linked to the run, with a signature from `input_example`.
+        """Log the derived network `model` as an MLflow 3 LoggedModel linked to the run: weights, genotype, code.
 
-        The model runs once on `input_example` (eval mode, no grad; its train/eval mode is restored)
-        to infer the signature, and a CPU copy is saved locally with ``mlflow.pytorch.save_model``.
-        Image tensors (4-D, N×C×H×W) keep only their channel count in the signature: batch, height and
-        width are -1, so the served model (``mlflow.pyfunc``, ``mlflow models serve``) takes any image size,
-        not only the example's.
-        ``serialization_format="pickle"`` (our default) works for any module but loading needs this
-        package importable; ``"pt2"`` (MLflow 3.17's own default outside Databricks) is a
-        self-contained ``torch.export`` graph, but export fails on some modules, takes seconds, and
-        fixes size-1 dimensions of the example (batch 1 → batch fixed at 1).
+        Nothing is pickled (:func:`orchestrator.tracking.models.save_model`): ``io="tensor"`` serves
+        float32 N×3×H×W arrays of any size, ``io="png"`` a column ``image`` of PNG bytes (→ ×scale
+        PNG). With `registered_model_name` and `score` the model is registered only if it beats the
+        registered model's ``champion`` (then the alias moves to it); without `score`, always.
 
         The upload then uses client APIs only (:mod:`orchestrator.tracking.models`). Errors in the
         model itself raise; an outage queues the upload (the saved copy waits in a temporary
-        directory). Returns the model id (load with ``mlflow.pytorch.load_model(f"models:/{id}")``
-        under this tracking URI, or from ``client.get_logged_model(id).artifact_location``), or None
-        when queued or rejected.
+        directory). Returns the model id (``mlflow.pyfunc.load_model(client.get_logged_model(id)
+        .artifact_location)``), or None when queued or rejected.
         """
         saved = save_model(
             model,
             input_example=input_example,
             name=name,
+            io=io,
             registered_model_name=registered_model_name,
+            score=score,
             step=step,
-            serialization_format=serialization_format,
-            pip_requirements=pip_requirements,
         )
         delivered = self._submit(
             Call(

@@ -1,9 +1,16 @@
-"""Model upload: a trained network as an MLflow 3 LoggedModel of a run, served at any image size.
+"""Model upload: a trained network as an MLflow 3 LoggedModel of a run: weights, genotype and code, no pickle.
+
+What a logged model is: the derived network's weights (safetensors) and genotype (JSON) as data, and
+this package's ``search_space`` as code (``code/``), loaded by MLflow's ``python_function`` flavour
+through :mod:`search_space.serving` (a ``loader_module``, not a pickled ``PythonModel``), so
+``mlflow models serve`` works without this package installed and loading never unpickles anything.
+``trilevel upscale/export`` read the ``trilevel`` flavour (the weights' location) and rebuild the
+network from their own code (:mod:`orchestrator.upscale.model_source`).
 
 Split in two so an outage costs no training time: :func:`save_model` runs the network once (to infer
 its signature) and saves a CPU copy to a temporary directory now; :meth:`SavedModel.upload` sends it
 later, through client APIs only, in steps that a retry resumes instead of repeating (one logged model,
-one registered version, however often the upload is retried).
+at most one registered version, however often the upload is retried).
 
 ``mlflow.pytorch.log_model`` is not used: it resolves the *global* tracking URI and, without a
 global active run, the global experiment, while every tracker is bound to its own URI.
@@ -17,8 +24,11 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import search_space
+from orchestrator.tracking.champion import Score, register_if_better
 from orchestrator.tracking.environment import package_version
 
 if TYPE_CHECKING:
@@ -26,7 +36,11 @@ if TYPE_CHECKING:
     import torch
     from mlflow import MlflowClient
 
-__all__ = ["SavedModel", "save_model"]
+__all__ = ["IMAGE_MODEL", "TRILEVEL_FLAVOR", "WEIGHTS_FORMAT", "SavedModel", "save_model"]
+
+TRILEVEL_FLAVOR = "trilevel"  # MLmodel flavour: where the weights + genotype are (data/weights)
+WEIGHTS_FORMAT = "safetensors+genotype-json"
+IMAGE_MODEL = "image-model"  # a trial's PNG-in/PNG-out model, next to its tensor model "model"
 
 
 @dataclass
@@ -41,6 +55,7 @@ class SavedModel:
     name: str
     step: int = 0
     registered_model_name: str | None = None
+    score: Score | None = None  # with registered_model_name: register only if it beats the champion
     state: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -65,7 +80,6 @@ class SavedModel:
         `registered_model_name` is set), skipping the steps an earlier attempt finished.
         """
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-        from mlflow.exceptions import MlflowException
         from mlflow.models import Model
 
         state = self.state
@@ -91,23 +105,30 @@ class SavedModel:
                 action()
                 state[done] = True
         if self.registered_model_name and not state.get("registered"):
-            try:
-                client.create_registered_model(self.registered_model_name)
-            except MlflowException as err:
-                if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                    raise
-            # source: the artifact location, not models:/<id>: the SQL registry store resolves the latter
-            # through the *global* tracking URI (its own TODO), which is not ours. It keeps no model_id
-            # column either way; the version points at the same files and records the run.
-            version = client.create_model_version(
-                self.registered_model_name, source=state["location"], run_id=run_id, model_id=model_id
-            )
+            version = self._register(client, run_id, model_id)
             state["registered"] = True
-            # The link the UI shows from the logged model to its versions, as mlflow's _register_model sets it.
-            versions = json.loads(client.get_logged_model(model_id).tags.get("mlflow.modelVersions", "[]"))
-            versions.append({"name": version.name, "version": version.version})
-            client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(versions)})
+            if version is not None:  # the link the UI shows from the logged model to its versions
+                versions = json.loads(client.get_logged_model(model_id).tags.get("mlflow.modelVersions", "[]"))
+                versions.append({"name": version.name, "version": version.version})
+                client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(versions)})
         return model_id
+
+    def _register(self, client: MlflowClient, run_id: str, model_id: str) -> Any:
+        """A new version of the registered model (None when a score says the champion is better)."""
+        name, location = self.registered_model_name, self.state["location"]
+        assert name is not None
+        if self.score is not None:
+            return register_if_better(client, name, self.score, source=location, run_id=run_id, model_id=model_id)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(name)
+        except MlflowException as err:
+            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        # source: the artifact location, not models:/<id>: the SQL registry store resolves the latter
+        # through the *global* tracking URI (its own TODO), which is not ours.
+        return client.create_model_version(name, source=location, run_id=run_id, model_id=model_id)
 
 
 def save_model(
@@ -115,55 +136,109 @@ def save_model(
     *,
     input_example: np.ndarray,
     name: str = "model",
+    io: Literal["tensor", "png"] = "tensor",
     registered_model_name: str | None = None,
+    score: Score | None = None,
     step: int = 0,
-    serialization_format: Literal["pickle", "pt2"] = "pickle",
-    pip_requirements: list[str] | None = None,
 ) -> SavedModel:
-    """Save `model` locally as an MLflow model with a signature inferred from `input_example`.
+    """Save the derived network `model` locally as an MLflow pyfunc model of weights, genotype and code.
 
-    The model runs once on `input_example` (eval mode, no grad; its train/eval mode is restored);
-    image tensors (4-D, N×C×H×W) keep only their channel count in the signature, batch, height and
-    width are -1, so the served model takes any image size. Errors in the model itself raise here,
-    before anything is queued.
+    The directory holds ``data/weights/`` (:mod:`search_space.weights`: safetensors + genotype JSON,
+    nothing pickled), ``code/search_space/`` (the loader :mod:`search_space.serving` and the code
+    that rebuilds the network, so serving needs no install of this package) and an MLmodel with two
+    flavours: ``python_function`` (``loader_module: search_space.serving``, ``model_config.io`` =
+    `io`) and ``trilevel`` (where the weights are; what ``trilevel upscale/export`` read, never the
+    pyfunc). ``io="tensor"`` takes float32 N×3×H×W; ``io="png"`` takes a column ``image`` of image
+    bytes and returns ×scale PNG bytes. The network runs once on `input_example` (eval mode, no grad;
+    its mode is restored) to check it and infer the tensor signature; batch, height and width are -1,
+    so any image size is accepted. Errors in the model itself raise here, before anything is queued.
+
+    With `registered_model_name` and `score`, the upload registers it only if it beats the
+    registered model's ``champion`` (:mod:`orchestrator.tracking.champion`).
     """
-    import mlflow.pytorch
+    import mlflow.pyfunc
     import numpy as np
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
-    example = np.asarray(input_example)
+    from search_space.derived import DerivedNetwork
+    from search_space.serving import IMAGE_COLUMN, png_to_png
+    from search_space.weights import save_network
+
+    if not isinstance(model, DerivedNetwork):
+        raise TypeError(
+            f"log_model needs a DerivedNetwork (it is logged as weights + genotype), got {type(model).__name__}"
+        )
+    if io not in ("tensor", "png"):
+        raise ValueError(f"log_model io: expected 'tensor' or 'png', got {io!r}")
+    example = np.asarray(input_example, dtype=np.float32)
     was_training = model.training
+    portable = copy.deepcopy(model).cpu().eval()
     try:
         model.eval()
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with torch.no_grad():
-            output = model(torch.from_numpy(example).to(device))
+            output = portable(torch.from_numpy(example))
     finally:
         model.train(was_training)
-    if not isinstance(output, torch.Tensor):
-        raise TypeError(f"log_model needs a model returning one tensor, got {type(output).__name__}")
-    signature = _free_image_sizes(infer_signature(example, output.detach().cpu().numpy()))
-    portable = model if device.type == "cpu" else copy.deepcopy(model).cpu()
-    if pip_requirements is None:  # pinned here: MLflow would otherwise infer them in a subprocess (slow)
-        pip_requirements = [f"{package}=={package_version(package)}" for package in ("torch", "numpy")]
-        if serialization_format == "pickle":
-            pip_requirements.append(f"cloudpickle=={package_version('cloudpickle')}")
+    if io == "tensor":
+        signature = _free_image_sizes(infer_signature(example, output.numpy()))
+        served_example: Any = example
+    else:
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import ColSpec, Schema
 
-    saved = SavedModel(tempfile.mkdtemp(prefix="trilevel-model-"), name, step, registered_model_name)
+        signature = ModelSignature(Schema([ColSpec("binary", IMAGE_COLUMN)]), Schema([ColSpec("binary", IMAGE_COLUMN)]))
+        served_example = {IMAGE_COLUMN: [_png_of(example[0])]}
+        png_to_png(portable, served_example[IMAGE_COLUMN][0])  # the served path runs before anything is queued
+    requirements = [
+        f"{package}=={package_version(package)}" for package in ("mlflow", "torch", "numpy", "pillow", "safetensors")
+    ]
+    saved = SavedModel(tempfile.mkdtemp(prefix="trilevel-model-"), name, step, registered_model_name, score)
     try:
-        mlflow.pytorch.save_model(
-            portable,
-            saved.local,
-            signature=signature,
-            input_example=example,
-            pip_requirements=pip_requirements,
-            serialization_format=serialization_format,
-        )
+        with tempfile.TemporaryDirectory(prefix="trilevel-model-src-") as staging:
+            weights = save_network(portable, os.path.join(staging, "weights"))
+            code = shutil.copytree(
+                Path(search_space.__file__).parent,
+                os.path.join(staging, "search_space"),
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            )
+            mlmodel = Model()
+            mlmodel.add_flavor(
+                TRILEVEL_FLAVOR,
+                format=WEIGHTS_FORMAT,
+                data="data/weights",
+                io=io,
+                scale=portable.genotype.scale,
+                genotype=portable.genotype.to_dict(),
+            )
+            mlflow.pyfunc.save_model(
+                saved.local,
+                loader_module="search_space.serving",
+                data_path=str(weights),
+                code_paths=[code],
+                model_config={"io": io},
+                mlflow_model=mlmodel,
+                signature=signature,
+                input_example=served_example,
+                pip_requirements=requirements,
+            )
     except BaseException:
         saved.remove()
         raise
     return saved
+
+
+def _png_of(chw: np.ndarray) -> bytes:
+    """A float C×H×W image in [0, 1] as PNG bytes (the image model's input example)."""
+    import io as _io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.clip(chw, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
+    out = _io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(out, format="PNG")
+    return out.getvalue()
 
 
 def _free_image_sizes(signature: Any) -> Any:

@@ -17,12 +17,12 @@ Why it looks like this:
   empty ``./mlflow.db``. We resolve run → logged model → artifact location ourselves, download that
   plain location, and load the local copy. A SQLite database that does not exist is an error,
   never created.
-* **Both MLflow formats.** A pickled model (what the trial's tracker logs by default) unpickles to
-  the ``DerivedNetwork`` (MLflow's own pickle rules apply, see ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``).
-  A ``pt2`` model (``mlflow.pytorch.log_model``'s default) is a ``torch.export`` graph whose input
-  height and width are fixed to the example it was logged with, so it cannot take other image
-  sizes; when its run holds ``genotype.json`` (trials log it), the network is rebuilt from the
-  genotype and the graph's weights, which restores any input size.
+* **Nothing from a tracked run is unpickled or run.** Anyone who can write to the tracking server can
+  plant a model, so a model is read as data only: the ``trilevel`` flavour of its MLmodel (YAML,
+  ``safe_load``) names a folder with safetensors weights and a genotype JSON, validated and rebuilt
+  with this package's code (:mod:`search_space.weights`); MLflow's own loaders are never called.
+  A pickled or ``torch.export`` PyTorch model, a pickled ``PythonModel`` or models-from-code are
+  refused, naming the file that would have been unpickled (``best:`` included, whichever run wins).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,8 +40,7 @@ from torch import Tensor, nn
 
 from orchestrator.tracking import sqlite_file
 from orchestrator.upscale.errors import UpscaleError
-from search_space.derived import DerivedNetwork, build_network
-from search_space.genotype import Genotype, zoo_names
+from search_space.genotype import zoo_names
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -152,7 +150,7 @@ def _unknown_source(source: str) -> str:
 
 def _load_from_directory(directory: Path) -> nn.Module:
     if (directory / "MLmodel").is_file():
-        return _load_mlflow_model_dir(directory, str(directory), lambda: None)
+        return _load_mlflow_model_dir(directory, str(directory))
     from workers.checkpointing import GENOTYPE_FILE, STATE_FILE, CheckpointError
     from workers.evaluate import load_derived
 
@@ -197,7 +195,7 @@ def _load_from_mlflow(source: str, tracking_uri: str | None) -> tuple[nn.Module,
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=location, tracking_uri=uri, dst_path=os.path.join(tmp, "model")
             )
-            return _load_mlflow_model_dir(Path(local), source, lambda: _run_genotype(client, run_id, tmp)), run_id
+            return _load_mlflow_model_dir(Path(local), source), run_id
     except MlflowException as err:
         raise UpscaleError(f"model source {source} (MLflow {uri}): {err.message}") from None
     except OSError as err:  # an artifact store that lost the files, a full temp disk
@@ -279,51 +277,67 @@ def _resolve_models_uri(client: MlflowClient, source: str) -> tuple[str, str | N
     return location, version.run_id
 
 
-def _run_genotype(client: MlflowClient, run_id: str | None, tmp: str) -> Genotype | None:
-    """The run's ``genotype.json`` artifact (a trial logs it next to its model), or None."""
-    if not run_id:
-        return None
-    from mlflow.exceptions import MlflowException
+def _load_mlflow_model_dir(local: Path, source: str) -> nn.Module:
+    """The network of an MLflow model directory logged by this package: weights + genotype, rebuilt from our code.
 
-    try:
-        if not any(f.path == "genotype.json" for f in client.list_artifacts(run_id)):
-            return None
-        path = client.download_artifacts(run_id, "genotype.json", os.path.join(tmp, "run"))
-        return Genotype.from_json(Path(path).read_text(), source=f"run {run_id} genotype.json")
-    except (MlflowException, OSError):
-        return None
+    Only the ``trilevel`` flavour is read (its ``data`` folder: safetensors + genotype JSON, see
+    :mod:`search_space.weights`); MLflow's loaders are never called, so nothing in the directory is
+    unpickled or run. Any other model (a pickled or ``torch.export`` PyTorch model, a pickled
+    ``PythonModel``) is refused, naming it and what would have had to be unpickled.
+    """
+    import yaml
 
+    from orchestrator.tracking.models import TRILEVEL_FLAVOR, WEIGHTS_FORMAT
+    from search_space.weights import WeightsError, load_network
 
-def _load_mlflow_model_dir(local: Path, source: str, genotype: Callable[[], Genotype | None]) -> nn.Module:
-    """An MLflow pytorch model directory as a module; a graph of fixed shape is rebuilt from its genotype."""
-    import mlflow.pytorch
-    from mlflow.exceptions import MlflowException
-
-    if not (local / "MLmodel").is_file():
+    mlmodel = local / "MLmodel"
+    if not mlmodel.is_file():
         raise UpscaleError(f"model source {source}: not an MLflow model (no MLmodel file in {local})")
     try:
-        module = mlflow.pytorch.load_model(str(local), map_location="cpu")
-    except MlflowException as err:
-        raise UpscaleError(f"model source {source}: not a loadable MLflow pytorch model ({err.message})") from None
-    except Exception as err:  # unpickling runs arbitrary code: anything can fail
+        meta = yaml.safe_load(mlmodel.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UpscaleError(f"model source {source}: {mlmodel} is not readable YAML ({err})") from None
+    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    if not isinstance(flavors, dict):
+        raise UpscaleError(f"model source {source}: {mlmodel} lists no flavors")
+    ours = flavors.get(TRILEVEL_FLAVOR)
+    if not isinstance(ours, dict):
+        raise UpscaleError(_refusal(source, local, flavors))
+    if ours.get("format") != WEIGHTS_FORMAT:
         raise UpscaleError(
-            f"model source {source}: loading the MLflow model failed ({type(err).__name__}: {err})"
-        ) from None
-    if not isinstance(module, nn.Module):
-        raise UpscaleError(f"model source {source}: the MLflow model is a {type(module).__name__}, not a torch module")
-    if isinstance(module, DerivedNetwork):
-        return module
-    found = genotype()
-    if found is None:
-        return module  # e.g. a graph exported with variable size; _scale_of tells when it is not
-    net = build_network(found)
+            f"model source {source}: {mlmodel} flavors.{TRILEVEL_FLAVOR}.format is {ours.get('format')!r}; "
+            f"this version reads {WEIGHTS_FORMAT!r}"
+        )
+    data = (local / str(ours.get("data", ""))).resolve()
+    if not data.is_relative_to(local.resolve()) or not data.is_dir():
+        raise UpscaleError(
+            f"model source {source}: {mlmodel} flavors.{TRILEVEL_FLAVOR}.data {ours.get('data')!r} "
+            "is not a folder inside the model"
+        )
     try:
-        net.load_state_dict(module.state_dict())
-    except RuntimeError as err:
-        raise UpscaleError(
-            f"model source {source}: its weights do not fit the genotype.json of its run ({err})"
-        ) from None
-    return net
+        return load_network(data)
+    except WeightsError as err:
+        raise UpscaleError(f"model source {source}: {err}") from None
+
+
+def _refusal(source: str, local: Path, flavors: dict) -> str:
+    """Why a model that is not ours is not loaded: what in it would have to be unpickled."""
+    names = ", ".join(sorted(str(name) for name in flavors)) or "none"
+    torch_flavor = flavors.get("pytorch") if isinstance(flavors.get("pytorch"), dict) else {}
+    pyfunc = flavors.get("python_function") if isinstance(flavors.get("python_function"), dict) else {}
+    if torch_flavor.get("pickled_model") or torch_flavor.get("model_data"):
+        kind = str(torch_flavor.get("serialization_format") or "pickle")
+        what = f"a PyTorch model saved as {kind} ({local / str(torch_flavor.get('model_data', 'data'))})"
+    elif pyfunc.get("python_model"):
+        what = f"a pickled Python model ({local / str(pyfunc['python_model'])})"
+    else:
+        what = f"an MLflow model of flavors {names}"
+    return (
+        f"model source {source}: refusing to load {what}: it is not a trilevel-nas model (weights + genotype), "
+        "and loading it would unpickle or run code from the tracked run, which can run anything on this machine. "
+        "Use the trial's train-stage checkpoint (its run's tag trilevel.checkpoint) or re-log the model "
+        "with this version of trilevel-nas"
+    )
 
 
 def _scale_of(net: nn.Module, source: str) -> int:
