@@ -93,7 +93,10 @@ def open_model(source: str, tracking_uri: str | None = None, mlflow_experiment: 
     note = None
     if source.startswith(BEST_PREFIX):
         run, note = _best_run(source, tracking_uri, mlflow_experiment)
-        net, run_id = _load_from_mlflow(run, tracking_uri)
+        try:
+            net, run_id = _load_from_mlflow(run, tracking_uri)
+        except UpscaleError as err:
+            raise UpscaleError(f"model source {source} ({note}): {err}") from None
     elif source.startswith(("models:/", "runs:/")) or (_RUN_ID.fullmatch(source) and not Path(source).exists()):
         net, run_id = _load_from_mlflow(source, tracking_uri)
     elif Path(source).is_dir():
@@ -195,7 +198,7 @@ def _load_from_mlflow(source: str, tracking_uri: str | None) -> tuple[nn.Module,
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=location, tracking_uri=uri, dst_path=os.path.join(tmp, "model")
             )
-            return _load_mlflow_model_dir(Path(local), source), run_id
+            return _load_mlflow_model_dir(Path(local), source, location), run_id
     except MlflowException as err:
         raise UpscaleError(f"model source {source} (MLflow {uri}): {err.message}") from None
     except OSError as err:  # an artifact store that lost the files, a full temp disk
@@ -277,13 +280,14 @@ def _resolve_models_uri(client: MlflowClient, source: str) -> tuple[str, str | N
     return location, version.run_id
 
 
-def _load_mlflow_model_dir(local: Path, source: str) -> nn.Module:
+def _load_mlflow_model_dir(local: Path, source: str, where: str | None = None) -> nn.Module:
     """The network of an MLflow model directory logged by this package: weights + genotype, rebuilt from our code.
 
     Only the ``trilevel`` flavour is read (its ``data`` folder: safetensors + genotype JSON, see
     :mod:`search_space.weights`); MLflow's loaders are never called, so nothing in the directory is
     unpickled or run. Any other model (a pickled or ``torch.export`` PyTorch model, a pickled
-    ``PythonModel``) is refused, naming it and what would have had to be unpickled.
+    ``PythonModel``) is refused, naming it and what would have had to be unpickled; `where` is where
+    the model lives, for messages (default: `local`).
     """
     import yaml
 
@@ -302,7 +306,7 @@ def _load_mlflow_model_dir(local: Path, source: str) -> nn.Module:
         raise UpscaleError(f"model source {source}: {mlmodel} lists no flavors")
     ours = flavors.get(TRILEVEL_FLAVOR)
     if not isinstance(ours, dict):
-        raise UpscaleError(_refusal(source, local, flavors))
+        raise UpscaleError(_refusal(source, local, where or str(local), flavors))
     if ours.get("format") != WEIGHTS_FORMAT:
         raise UpscaleError(
             f"model source {source}: {mlmodel} flavors.{TRILEVEL_FLAVOR}.format is {ours.get('format')!r}; "
@@ -320,21 +324,24 @@ def _load_mlflow_model_dir(local: Path, source: str) -> nn.Module:
         raise UpscaleError(f"model source {source}: {err}") from None
 
 
-def _refusal(source: str, local: Path, flavors: dict) -> str:
-    """Why a model that is not ours is not loaded: what in it would have to be unpickled."""
+def _refusal(source: str, local: Path, where: str, flavors: dict) -> str:
+    """Why a model that is not ours is not loaded: what in it would have to be unpickled or run."""
     names = ", ".join(sorted(str(name) for name in flavors)) or "none"
     torch_flavor = flavors.get("pytorch") if isinstance(flavors.get("pytorch"), dict) else {}
     pyfunc = flavors.get("python_function") if isinstance(flavors.get("python_function"), dict) else {}
-    if torch_flavor.get("pickled_model") or torch_flavor.get("model_data"):
-        kind = str(torch_flavor.get("serialization_format") or "pickle")
-        what = f"a PyTorch model saved as {kind} ({local / str(torch_flavor.get('model_data', 'data'))})"
+    where = where.rstrip("/")
+    if torch_flavor:
+        folder = str(torch_flavor.get("model_data") or "data")
+        files = sorted(p.name for p in (local / folder).glob("*") if p.suffix in (".pth", ".pt", ".pt2"))
+        kind = "pt2" if any(name.endswith(".pt2") for name in files) else "pickle"
+        what = f"a PyTorch model saved as {kind} ({', '.join(f'{where}/{folder}/{name}' for name in files) or where})"
     elif pyfunc.get("python_model"):
-        what = f"a pickled Python model ({local / str(pyfunc['python_model'])})"
+        what = f"a pickled Python model ({where}/{pyfunc['python_model']})"
     else:
-        what = f"an MLflow model of flavors {names}"
+        what = f"an MLflow model of flavors {names} ({where})"
     return (
         f"model source {source}: refusing to load {what}: it is not a trilevel-nas model (weights + genotype), "
-        "and loading it would unpickle or run code from the tracked run, which can run anything on this machine. "
+        "and loading it would unpickle or run code from the tracked run, which can do anything on this machine. "
         "Use the trial's train-stage checkpoint (its run's tag trilevel.checkpoint) or re-log the model "
         "with this version of trilevel-nas"
     )

@@ -1,10 +1,12 @@
 """`trilevel upscale` and orchestrator.upscale: every model source, tiling, image modes, files and the CLI.
 
-One tiny derived network (nf 16, one RiR block of conv 3×3, ×4) is saved the three ways a trial
-leaves it: a train-stage checkpoint directory, a run with a ``pt2`` model logged by
-``mlflow.pytorch.log_model`` (MLflow 3.17's default format, fixed to its example's size) next to its
-``genotype.json``, and a run with a pickled model logged by the trial's ``Tracker`` and registered.
-MLflow is real, on SQLite, created once per module (its schema migrations take seconds).
+One tiny derived network (nf 16, one RiR block of conv 3×3, ×4) is saved the two ways a trial
+leaves it: a train-stage checkpoint directory, and a run with its model logged by the trial's
+``Tracker`` (weights + genotype) and registered. Beside them, models this package must refuse to
+load, each planted where a source can reach it: a pickled PyTorch model whose unpickling would create
+a marker file (as a logged model, as MLflow 2 run artifacts, registered under an alias, and as the
+best trial of a sweep), and a ``torch.export`` (pt2) model. MLflow is real, on SQLite, created once
+per module (its schema migrations take seconds).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from orchestrator.cli.export import export
 from orchestrator.cli.upscale import upscale
 from orchestrator.upscale.errors import UpscaleError
 from orchestrator.upscale.files import collect_images, upscale_files
@@ -59,9 +62,34 @@ def _save_checkpoint(net: DerivedNetwork, directory: Path) -> Path:
     return directory
 
 
+class _Planted(torch.nn.Module):
+    """A module whose unpickling creates `marker` (what a hostile pickle could do instead: anything)."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = str(marker)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def __reduce_ex__(self, protocol):
+        return (open, (self.marker, "w"))
+
+
+def _log_dir_as_model(client, run_id: str, experiment: str, directory: Path) -> str:
+    """An MLflow model directory uploaded as the run's logged model "model"; its id."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    created = client.create_logged_model(experiment, name="model", source_run_id=run_id)
+    client.log_model_artifacts(created.model_id, str(directory))
+    client.log_outputs(run_id, [LoggedModelOutput(created.model_id, step=0)])
+    client.finalize_logged_model(created.model_id, LoggedModelStatus.READY)
+    return created.model_id
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> dict:
-    """The network, its checkpoint dir, and its MLflow runs / registered model in a SQLite store."""
+    """The network, its checkpoint dir, its MLflow run / registered model, and planted models, in a SQLite store."""
     import mlflow
     import mlflow.pytorch
     from mlflow import MlflowClient
@@ -83,25 +111,45 @@ def saved(tmp_path_factory) -> dict:
             mlflow.log_text(TINY.to_json(), "genotype.json")
         pt2_run = run.info.run_id
 
-    pickle_run = client.create_run(experiment).info.run_id
+    tracked_run = client.create_run(experiment).info.run_id
     tracker = Tracker(uri, "upscale", retries=1)
-    model_id = tracker.log_model(pickle_run, net, input_example=EXAMPLE, registered_model_name="tiny-sr")
+    model_id = tracker.log_model(tracked_run, net, input_example=EXAMPLE, registered_model_name="tiny-sr")
     assert model_id and tracker.pending == 0
     client.set_registered_model_alias("tiny-sr", "champion", "1")
     empty_run = client.create_run(experiment).info.run_id
+
+    marker = root / "UNPICKLED"  # created by unpickling the planted model, and by nothing else
+    planted = root / "planted"
+    mlflow.pytorch.save_model(_Planted(marker), planted, serialization_format="pickle", pip_requirements=["torch"])
+    assert not marker.exists()
+    planted_run = client.create_run(experiment).info.run_id
+    planted_id = _log_dir_as_model(client, planted_run, experiment, planted)
+    client.create_registered_model("planted")
+    client.create_model_version("planted", client.get_logged_model(planted_id).artifact_location, planted_run)
+    client.set_registered_model_alias("planted", "champion", "1")
     legacy_run = client.create_run(experiment).info.run_id  # MLflow 2 style: the model as run artifacts
-    mlflow.pytorch.save_model(net, root / "legacy", serialization_format="pickle", pip_requirements=["torch"])
-    client.log_artifacts(legacy_run, str(root / "legacy"), "model")
+    client.log_artifacts(legacy_run, str(planted), "model")
+    # the best trial of sweep "evil": tagged with the sweep, a PSNR above everyone's, FINISHED
+    evil = Tracker(uri, "upscale", retries=1)
+    trial_run = evil.trial_run(evil.sweep_run("evil"), "evil", "lambda_order=0", params={}, tags={})
+    evil.log_metrics(trial_run, {"psnr/demo": 99.0, "gflops": 0.01})
+    _log_dir_as_model(client, evil.resolve(trial_run), experiment, planted)
+    evil.finish(trial_run)
+    assert evil.pending == 0
     return {
         "net": net,
         "uri": uri,
         "checkpoint": _save_checkpoint(net, root / "checkpoint_000003"),
         "pt2_run": pt2_run,
-        "pickle_run": pickle_run,
+        "tracked_run": tracked_run,
         "empty_run": empty_run,
-        "legacy_run": legacy_run,
         "model_id": model_id,
         "pt2_dir": Path(client.get_logged_model(pt2.model_id).artifact_location),
+        "marker": marker,
+        "planted": planted,
+        "planted_run": planted_run,
+        "planted_id": planted_id,
+        "legacy_run": legacy_run,
     }
 
 
@@ -129,14 +177,12 @@ def test_every_source_gives_the_same_network(saved, no_global_mlflow):
         expected = saved["net"](x)
     sources = [
         str(saved["checkpoint"]),
-        saved["pt2_run"],  # pt2 graph fixed at 32×32, rebuilt from the run's genotype.json
-        saved["pickle_run"],
-        f"runs:/{saved['pickle_run']}/model",
+        saved["tracked_run"],
+        f"runs:/{saved['tracked_run']}/model",
         "models:/tiny-sr/1",
         "models:/tiny-sr@champion",
         "models:/tiny-sr/latest",
         f"models:/{saved['model_id']}",
-        saved["legacy_run"],
     ]
     for source in sources:
         model, scale = load_model(source, saved["uri"])
@@ -148,27 +194,62 @@ def test_every_source_gives_the_same_network(saved, no_global_mlflow):
     assert not no_global_mlflow.parent.exists()  # MLflow's global URI was never opened
 
 
-def test_scale_is_measured_when_the_module_has_no_genotype(saved, tmp_path, no_global_mlflow):
-    import mlflow.pytorch
+def test_a_planted_pickled_model_is_refused_from_every_source_and_never_unpickled(saved, tmp_path, no_global_mlflow):
+    """Issue 19: anyone who can write to the tracking server can plant a model; loading one must run nothing."""
+    pickled = saved["planted"] / "data" / "model.pth"
+    sources = [
+        saved["planted_run"],  # its logged model
+        f"runs:/{saved['planted_run']}/model",
+        f"models:/{saved['planted_id']}",
+        "models:/planted/1",
+        "models:/planted@champion",
+        saved["legacy_run"],  # MLflow 2 style run artifacts
+        "best:evil",  # the sweep's best trial by PSNR
+        str(saved["planted"]),  # a local model directory
+    ]
+    for source in sources:
+        with pytest.raises(UpscaleError, match="refusing to load a PyTorch model saved as pickle") as err:
+            load_model(source, saved["uri"], mlflow_experiment="upscale")
+        assert f"model source {source}" in str(err.value) and "model.pth" in str(err.value), source
+        assert not saved["marker"].exists(), f"{source} was unpickled"
+    for source in (saved["pt2_run"], str(saved["pt2_dir"])):  # torch.export archives hold pickles too
+        with pytest.raises(UpscaleError, match="refusing to load a PyTorch model saved as pt2"):
+            load_model(source, saved["uri"])
+    _write_inputs(tmp_path / "in")
+    runner = CliRunner()
+    for command, args in (
+        (upscale, [str(tmp_path / "in"), "--out", str(tmp_path / "out")]),
+        (export, ["--out", str(tmp_path / "sr.onnx")]),
+    ):
+        result = runner.invoke(
+            command, ["--model", "best:evil", "--tracking-uri", saved["uri"], "--mlflow-experiment", "upscale", *args]
+        )
+        assert result.exit_code == 1 and "refusing to load a PyTorch model saved as pickle" in result.output
+        assert "Traceback" not in result.output and not saved["marker"].exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "sr.onnx").exists()
+    torch.load(pickled, weights_only=False)  # the plant is live: unpickling it does create the marker
+    assert saved["marker"].exists()
+    saved["marker"].unlink()
 
-    class Plain(torch.nn.Module):  # an SR module without .genotype
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = saved["net"]
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x)
+def test_a_tampered_weights_folder_is_a_named_error(saved, tmp_path):
+    import shutil
 
-    mlflow.pytorch.save_model(Plain(), tmp_path / "plain", serialization_format="pickle", pip_requirements=["torch"])
-    model, scale = load_model(str(tmp_path / "plain"))
-    assert scale == 4 and not isinstance(model, DerivedNetwork)
+    from mlflow import MlflowClient
 
-
-def test_fixed_shape_graph_without_genotype_is_refused(saved):
-    """A pt2 model directory on its own: the graph takes 1×3×32×32 only and there is no genotype to rebuild from."""
-    assert (saved["pt2_dir"] / "data" / "model.pt2").is_file()
-    with pytest.raises(UpscaleError, match=r"does not run on a 1×3×8×8 image.*log genotype\.json in its run"):
-        load_model(str(saved["pt2_dir"]))
+    local = Path(
+        shutil.copytree(
+            MlflowClient(saved["uri"]).get_logged_model(saved["model_id"]).artifact_location, tmp_path / "m"
+        )
+    )
+    weights = local / "data" / "weights"
+    (weights / "model.safetensors").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(UpscaleError, match=r"model\.safetensors: not a safetensors file"):
+        load_model(str(local))
+    mlmodel = (local / "MLmodel").read_text().replace("data: data/weights", "data: ../../..")
+    (local / "MLmodel").write_text(mlmodel)
+    with pytest.raises(UpscaleError, match="is not a folder inside the model"):
+        load_model(str(local))
 
 
 @pytest.mark.parametrize(
@@ -192,7 +273,7 @@ def test_run_without_model_and_broken_checkpoints(saved, tmp_path, no_global_mlf
     with pytest.raises(UpscaleError, match=f"run {saved['empty_run']} has no logged model named 'model'"):
         load_model(saved["empty_run"], saved["uri"])
     with pytest.raises(UpscaleError, match="no database at"):
-        load_model(saved["pickle_run"], f"sqlite:///{tmp_path}/missing.db")
+        load_model(saved["tracked_run"], f"sqlite:///{tmp_path}/missing.db")
     assert not (tmp_path / "missing.db").exists()
     (tmp_path / "empty").mkdir()
     with pytest.raises(UpscaleError, match=r"no state\.pt or genotype\.json here"):
@@ -340,7 +421,7 @@ def test_cli_end_to_end(saved, tmp_path, no_global_mlflow):
         upscale,
         [
             "--model",
-            saved["pickle_run"],
+            saved["tracked_run"],
             "--tracking-uri",
             saved["uri"],
             str(tmp_path / "in"),
@@ -394,5 +475,5 @@ def test_cli_errors_are_messages(saved, tmp_path, no_global_mlflow):
     if not torch.cuda.is_available():
         result = runner.invoke(upscale, ["--model", str(saved["checkpoint"]), "--device", "cuda", *args])
         assert result.exit_code == 1 and "CUDA is not available" in result.output
-    result = runner.invoke(upscale, ["--model", saved["pickle_run"], str(tmp_path / "nope.png"), "--out", "x"])
+    result = runner.invoke(upscale, ["--model", saved["tracked_run"], str(tmp_path / "nope.png"), "--out", "x"])
     assert result.exit_code == 2 and "does not exist" in result.output
