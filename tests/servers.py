@@ -255,3 +255,39 @@ def _wait_log(log: Path, text: str, process: subprocess.Popen, timeout_s: float)
             return
         time.sleep(0.5)
     raise RuntimeError(f"no {text!r} in {log} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def model_server(model_uri: str, tracking_uri: str, cwd: Path, timeout_s: float = 180) -> Iterator[str]:
+    """`mlflow models serve -m MODEL_URI --env-manager local` on a free port; yields its base URL.
+
+    The server resolves `model_uri` (e.g. ``models:/NAME@champion``) through `tracking_uri` as a user's
+    shell would (``MLFLOW_TRACKING_URI``), and runs in this venv (``--env-manager local``). PYTHONPATH is
+    cleared, so the model's code comes from what the model ships (``code/``) or what the venv installed.
+    A start whose port was taken in the meantime is tried again on another port.
+    """
+    log = cwd / "model-server.log"
+    for attempt in range(START_ATTEMPTS):
+        marker, port = secrets.token_hex(8), free_port()
+        cmd = [
+            str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--env-manager", "local",
+        ]  # fmt: skip
+        env = _env(marker) | {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri}
+        env.pop("PYTHONPATH", None)
+        with open(log, "w") as out:
+            process = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
+            )
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/ping", process, log, timeout_s)
+        except RuntimeError:
+            _stop(process, marker, grace_s=0)
+            if attempt + 1 == START_ATTEMPTS or not _port_taken(log):
+                raise
+            continue
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            _stop(process, marker, grace_s=10)
+        return

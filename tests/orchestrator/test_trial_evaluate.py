@@ -57,6 +57,7 @@ def test_evaluate_logs_baselines_picture_and_a_servable_model(demo_data, tmp_pat
         tracking_uri=uri,
         mlflow_experiment="trilevel",
         plans={},
+        registered_model="sw-sr",
     )
     experiment = load_experiment("table8", "tiny", ["stages.val_max_images=2", "sweep={}"])
     assert experiment.supervision.kind == "hr"
@@ -87,6 +88,12 @@ def test_evaluate_logs_baselines_picture_and_a_servable_model(demo_data, tmp_pat
     with Image.open(picture) as image:
         assert image.format == "PNG" and image.mode == "RGB" and image.height > image.width / 2  # two rows of crops
 
-    (output,) = client.get_run(trial_run).outputs.model_outputs
-    mlmodel = Model.load(client.get_logged_model(output.model_id).artifact_location)
+    outputs = client.get_run(trial_run).outputs.model_outputs
+    models = {(logged := client.get_logged_model(o.model_id)).name: logged for o in outputs}
+    assert set(models) == {"model", "image-model"}  # tensors in/out, and PNG in/out
+    mlmodel = Model.load(models["model"].artifact_location)
     assert tuple(mlmodel.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, -1, -1)
+    assert Model.load(models["image-model"].artifact_location).flavors["python_function"]["config"] == {"io": "png"}
+    champion = client.get_model_version_by_alias("sw-sr", "champion")  # the only trial: the best one
+    assert champion.source == models["image-model"].artifact_location and champion.run_id == trial_run
+    assert float(champion.tags["trilevel.score"]) == pytest.approx(final["psnr/demo"])
