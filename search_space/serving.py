@@ -10,7 +10,8 @@ Two interfaces, chosen by the model's ``model_config`` (``{"io": "tensor"}`` or 
 
 * ``tensor``: a float32 N×3×H×W array in [0, 1] → the N×3×(s·H)×(s·W) array (not clamped).
 * ``png``: a table with a binary column ``image`` (PNG or any image Pillow reads; JSON requests send
-  it base64-encoded, as MLflow does for binary columns) → a table with ``image``: the ×s PNG. Any size.
+  it base64-encoded, as MLflow does for binary columns) → one record ``{"image": the ×s PNG}`` per
+  row (base64 in the server's JSON answer). Any size.
 """
 
 from __future__ import annotations
@@ -50,11 +51,9 @@ class ImageModel:
     def __init__(self, net: DerivedNetwork) -> None:
         self.net = net
 
-    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
-        import pandas as pd
-
-        images = _images_of(data)
-        return pd.DataFrame({IMAGE_COLUMN: [png_to_png(self.net, image, row) for row, image in enumerate(images)]})
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> list[dict[str, bytes]]:
+        """One record ``{"image": PNG bytes}`` per input row (JSON: ``{"predictions": [{"image": base64}]}``)."""
+        return [{IMAGE_COLUMN: png_to_png(self.net, image, row)} for row, image in enumerate(_images_of(data))]
 
 
 def png_to_png(net: DerivedNetwork, encoded: bytes, row: int = 0) -> bytes:
