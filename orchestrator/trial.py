@@ -132,7 +132,7 @@ def _warm_up_evaluation() -> None:
     """
     import matplotlib.backends.backend_agg  # the comparison picture
     import matplotlib.figure  # noqa: F401
-    import mlflow.pytorch  # noqa: F401  # the logged model
+    import mlflow.pyfunc  # noqa: F401  # the logged models
     import skimage.metrics  # noqa: F401  # SSIM
 
     with contextlib.suppress(Exception):  # MLflow's private map of installed packages, built at the first model save

@@ -40,17 +40,17 @@ def test_served_champion_returns_the_x4_png_of_the_best_trial(tracker, client, t
             input_example=EXAMPLE,
             name="image-model",
             io="png",
-            registered_model_name="sr",
+            registered_model_name="served-sr",
             score=score,
         )
-    assert client.get_model_version_by_alias("sr", "champion").tags["trilevel.trial"] == "better"
+    assert client.get_model_version_by_alias("served-sr", "champion").tags["trilevel.trial"] == "better"
 
     pixels = np.random.default_rng(1).integers(0, 256, (23, 31, 3), dtype=np.uint8)  # not the example's size
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     png = buffer.getvalue()
     payload = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(png).decode("ascii")]]}}
-    with model_server("models:/sr@champion", tracker.tracking_uri, tmp_path) as url:
+    with model_server("models:/served-sr@champion", tracker.tracking_uri, tmp_path) as url:
         response = requests.post(f"{url}/invocations", json=payload, timeout=120)
     assert response.status_code == 200, response.text[:2000]
     (prediction,) = response.json()["predictions"]

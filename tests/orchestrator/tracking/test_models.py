@@ -116,11 +116,17 @@ def test_champion_alias_follows_the_best_trial_and_only_better_ones_register(tra
         score = Score.of_metrics(metrics, trial, "sw")
         assert score is not None and score.key == "psnr/Set5"  # Set5 before Set14, as the report orders sets
         logged[trial] = tracker.log_model(
-            run, net, input_example=EXAMPLE, name="image-model", io="png", registered_model_name="sr", score=score
+            run,
+            net,
+            input_example=EXAMPLE,
+            name="image-model",
+            io="png",
+            registered_model_name="ranked-sr",
+            score=score,
         )
-        champion = client.get_model_version_by_alias("sr", CHAMPION_ALIAS)
+        champion = client.get_model_version_by_alias("ranked-sr", CHAMPION_ALIAS)
         assert champion.tags["trilevel.trial"] == {"a": "a", "b": "a", "c": "c", "d": "d"}[trial]
-    versions = client.search_model_versions("name = 'sr'")
+    versions = client.search_model_versions("name = 'ranked-sr'")
     assert sorted(v.tags["trilevel.trial"] for v in versions) == ["a", "c", "d"]  # b was worse: not registered
     # d ties c at 0.01 dB with fewer GFLOPs
     assert champion.source == client.get_logged_model(logged["d"]).artifact_location
