@@ -238,6 +238,7 @@ def run_sweep(
         registered_model=(experiment.tracking.registered_model or experiment.name)
         if experiment.tracking.register_model
         else None,
+        system_metrics=experiment.tracking.system_metrics,
         environment=environment,
         hub=ReportHub.remote(),
     )

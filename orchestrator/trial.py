@@ -28,6 +28,7 @@ from orchestrator.relay import HubWarnings, ReportHub, relay_reports
 from orchestrator.tracking import ERROR_TAG, Tracker, TrackingUnavailable, flatten, tracked
 from orchestrator.tracking.champion import Score
 from orchestrator.tracking.models import IMAGE_MODEL
+from orchestrator.tracking.system_metrics import SystemMetrics
 from orchestrator.train_run import build_datasets, fit_run, run_finished, run_in_process
 from search_space.genotype import Genotype
 from workers.checkpointing import open_checkpoint
@@ -57,6 +58,7 @@ class TrialContext:
     mlflow_experiment: str
     plans: dict[str, TrialPlan]  # trial id → its plan
     registered_model: str | None = None  # the registry name of the sweep's champion; None: register nothing
+    system_metrics: bool = True  # MLflow system metrics of every stage run (tracking.system_metrics)
     environment: dict[str, str] = field(default_factory=dict)
     hub: Any = None  # the sweep's ReportHub actor (live progress for the console); None: the trial makes its own
 
@@ -105,7 +107,8 @@ def _run_trial(trial_id: str, context: TrialContext, hub: Any) -> None:
         ray.tune.report(finished | done | not_logged)
         return
     with tracked(tracker, trial_run.result):
-        stage_runs = StageRuns(tracker, trial_run.result, context.sweep, trial_id)
+        metrics_monitor = SystemMetrics(context.tracking_uri, enabled=context.system_metrics)
+        stage_runs = StageRuns(tracker, trial_run.result, context.sweep, trial_id, metrics_monitor)
         for run in plan.runs:
             _run_tracked(stage_runs, context, plan, run, hub)
             last = read_stage_result(plan.outputs, run.stages[-1])
@@ -174,8 +177,16 @@ class StageRuns:
     (genotype, checkpoint) and finishes it in case the relay missed that report.
     """
 
-    def __init__(self, tracker: Tracker, trial_run: Callable[[], str], sweep: str, trial_id: str) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        trial_run: Callable[[], str],
+        sweep: str,
+        trial_id: str,
+        system_metrics: SystemMetrics | None = None,
+    ) -> None:
         self.tracker = tracker
+        self.system_metrics = system_metrics  # sampled into each stage's run while it is open
         self._trial_run = trial_run  # gives the trial run's id, blocking while the run is being created
         self.sweep = sweep
         self.trial_id = trial_id
@@ -186,6 +197,8 @@ class StageRuns:
         if stage not in self.ids:
             self.ids[stage] = self.tracker.stage_run(self._trial_run(), self.sweep, self.trial_id, stage)
             self.open_stages.add(stage)
+            if self.system_metrics is not None:
+                self.system_metrics.start(self.ids[stage])  # a placeholder (outage) is skipped
         return self.ids[stage]
 
     def on_report(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
@@ -234,6 +247,8 @@ class StageRuns:
                 self.tracker.log_metrics(run_id, metrics, step=step)
 
     def _finish(self, stage: str, status: str, force: bool = False) -> None:
+        if self.system_metrics is not None and stage in self.ids:
+            self.system_metrics.stop(self.ids[stage])
         if stage in self.open_stages or force:
             self.tracker.finish(self.ids[stage], status)
             self.open_stages.discard(stage)
