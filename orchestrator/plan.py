@@ -75,6 +75,7 @@ class DataFacts:
     images_w: int  # images of χ1
     images_a: int  # images of χ2
     bytes: int  # stored (PNG) bytes
+    fingerprint: str = ""  # the manifest's fingerprint of inputs and options (MLflow's dataset digest)
 
     def rows_of(self, role: str) -> int:
         return {"w": self.rows_w, "a": self.rows_a, "all": self.rows}[role]
@@ -131,6 +132,7 @@ def data_facts(path: str, field: str) -> DataFacts:
         images_w=len(chi1),
         images_a=len(chi2),
         bytes=int(manifest.data.get("bytes", 0)),
+        fingerprint=str(manifest.data.get("fingerprint", "")),
     )
 
 

@@ -33,6 +33,7 @@ from orchestrator.tracking import (
     run_environment_tags,
     tracked,
 )
+from orchestrator.tracking.datasets import experiment_datasets
 from orchestrator.train_run import start_train_coordinator
 from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
 from workers.storage import join_storage, resolve_uri
@@ -239,6 +240,7 @@ def run_sweep(
         if experiment.tracking.register_model
         else None,
         system_metrics=experiment.tracking.system_metrics,
+        datasets=experiment_datasets(data.train, data.val),
         environment=environment,
         hub=ReportHub.remote(),
     )

@@ -27,6 +27,7 @@ from orchestrator.plan import TrainRunPlan, TrialPlan
 from orchestrator.relay import HubWarnings, ReportHub, relay_reports
 from orchestrator.tracking import ERROR_TAG, Tracker, TrackingUnavailable, flatten, tracked
 from orchestrator.tracking.champion import Score
+from orchestrator.tracking.datasets import DatasetRef
 from orchestrator.tracking.models import IMAGE_MODEL
 from orchestrator.tracking.system_metrics import SystemMetrics
 from orchestrator.train_run import build_datasets, fit_run, run_finished, run_in_process
@@ -59,6 +60,7 @@ class TrialContext:
     plans: dict[str, TrialPlan]  # trial id → its plan
     registered_model: str | None = None  # the registry name of the sweep's champion; None: register nothing
     system_metrics: bool = True  # MLflow system metrics of every stage run (tracking.system_metrics)
+    datasets: tuple[DatasetRef, ...] = ()  # the trial's training and validation sets, logged as MLflow datasets
     environment: dict[str, str] = field(default_factory=dict)
     hub: Any = None  # the sweep's ReportHub actor (live progress for the console); None: the trial makes its own
 
@@ -94,6 +96,8 @@ def _run_trial(trial_id: str, context: TrialContext, hub: Any) -> None:
     trial_run = creating.submit(
         tracker.trial_run, context.sweep_run_id, context.sweep, trial_id, params=params, tags=tags
     )
+    if context.datasets:  # the run's Datasets in MLflow; after the run is created, in the same thread
+        creating.submit(lambda: tracker.log_datasets(trial_run.result(), context.datasets))
     if done is None:
         creating.submit(_warm_up_evaluation)
     creating.shutdown(wait=False)

@@ -46,6 +46,21 @@ class Score:
         """Sort key, smaller is better: as :func:`orchestrator.report.rows.best_row` ranks trials."""
         return (-round(self.psnr, 2), self.gflops if self.gflops is not None else math.inf)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (e.g. for a queue kept on storage); :meth:`from_dict` reads it back."""
+        return {"key": self.key, "psnr": self.psnr, "gflops": self.gflops, "trial": self.trial, "sweep": self.sweep}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Score:
+        gflops = data.get("gflops")
+        return cls(
+            str(data["key"]),
+            float(data["psnr"]),
+            None if gflops is None else float(gflops),
+            str(data.get("trial", "")),
+            str(data.get("sweep", "")),
+        )
+
     def tags(self) -> dict[str, str]:
         tags = {
             SCORE_TAG: repr(float(self.psnr)),

@@ -14,10 +14,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.tracking.champion import Score
+from orchestrator.tracking.datasets import DatasetRef, dataset_inputs
 from orchestrator.tracking.limits import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VALUE,
@@ -202,6 +203,17 @@ class LogCalls:
             )
 
         self._submit(Call(f"log_artifact run {short(run_id)} {description}", upload, cleanup=cleanup))
+
+    def log_datasets(self, run_id: str, datasets: Sequence[DatasetRef]) -> None:
+        """Log prepared data sets as the run's MLflow dataset inputs (digest: their manifest's fingerprint)."""
+        inputs = dataset_inputs(tuple(datasets))
+        if inputs:
+            self._submit(
+                Call(
+                    f"log_inputs run {short(run_id)} ({len(inputs)} datasets)",
+                    lambda: self.client.log_inputs(self.resolve(run_id), datasets=inputs),
+                )
+            )
 
     def log_model(
         self,

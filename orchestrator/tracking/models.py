@@ -55,8 +55,8 @@ class SavedModel:
     name: str
     step: int = 0
     registered_model_name: str | None = None
-    score: Score | None = None  # with registered_model_name: register only if it beats the champion
     state: dict[str, Any] = field(default_factory=dict)
+    score: Score | None = None  # with registered_model_name: register only if it beats the champion
 
     @property
     def local(self) -> str:
@@ -193,7 +193,7 @@ def save_model(
     requirements = [
         f"{package}=={package_version(package)}" for package in ("mlflow", "torch", "numpy", "pillow", "safetensors")
     ]
-    saved = SavedModel(tempfile.mkdtemp(prefix="trilevel-model-"), name, step, registered_model_name, score)
+    saved = SavedModel(tempfile.mkdtemp(prefix="trilevel-model-"), name, step, registered_model_name, score=score)
     try:
         with tempfile.TemporaryDirectory(prefix="trilevel-model-src-") as staging:
             weights = save_network(portable, os.path.join(staging, "weights"))

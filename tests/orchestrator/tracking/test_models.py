@@ -115,6 +115,7 @@ def test_champion_alias_follows_the_best_trial_and_only_better_ones_register(tra
         metrics = {"psnr/Set14": 1.0, "psnr/Set5": psnr, "gflops": gflops, "psnr_bicubic/Set5": 26.0}
         score = Score.of_metrics(metrics, trial, "sw")
         assert score is not None and score.key == "psnr/Set5"  # Set5 before Set14, as the report orders sets
+        assert Score.from_dict(score.to_dict()) == score  # what a queue kept on storage holds
         logged[trial] = tracker.log_model(
             run,
             net,
