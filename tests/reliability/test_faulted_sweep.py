@@ -296,3 +296,28 @@ def test_the_report_of_the_sweep_has_a_bicubic_row_and_the_model_to_use(faulted)
     assert (faulted["storage"] / SWEEP / "report" / "pareto.png").is_file()
     best = CliRunner().invoke(status, [SWEEP, "--tracking-uri", uri])
     assert best.exit_code == 0 and "trilevel upscale --model" in best.output, best.output
+
+
+def test_the_champion_is_the_best_trials_image_model_and_trial_runs_list_their_datasets(faulted):
+    """Issue 20: one registered model per sweep (default name: the sweep's), alias `champion` on the best trial."""
+    from orchestrator.report.rows import best_row, collect
+    from workers.shards.format import read_manifest
+
+    client = faulted["client"]
+    best = best_row(collect(faulted["cluster"]["mlflow"], "trilevel", SWEEP))
+    assert best is not None
+    champion = client.get_model_version_by_alias(SWEEP, "champion")
+    assert (champion.run_id, champion.tags["trilevel.trial"]) == (best.run_id, best.trial)
+    versions = client.search_model_versions(f"name = '{SWEEP}'")
+    assert 1 <= len(versions) <= len(TRIALS)  # a version only for a trial that beat the champion of its time
+    train_digest = read_manifest(str(faulted["storage"] / "_data" / "demo" / "train")).data["fingerprint"][:32]
+    for trial in _runs(client, "trial"):
+        inputs = client.get_run(trial.info.run_id).inputs.dataset_inputs
+        contexts = {{t.key: t.value for t in d.tags}["mlflow.data.context"]: d.dataset.digest for d in inputs}
+        assert contexts.keys() == {"training", "validation"} and contexts["training"] == train_digest
+        models = {
+            m.name
+            for m in client.search_logged_models([trial.info.experiment_id])
+            if m.source_run_id == trial.info.run_id
+        }
+        assert models == {"model", "image-model"}
