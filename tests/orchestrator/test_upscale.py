@@ -215,6 +215,14 @@ def test_a_planted_pickled_model_is_refused_from_every_source_and_never_unpickle
     for source in (saved["pt2_run"], str(saved["pt2_dir"])):  # torch.export archives hold pickles too
         with pytest.raises(UpscaleError, match="refusing to load a PyTorch model saved as pt2"):
             load_model(source, saved["uri"])
+    # a train-stage checkpoint on shared storage whose state.pt is the plant: read as data, refused
+    planted_checkpoint = tmp_path / "checkpoint_000009"
+    planted_checkpoint.mkdir()
+    torch.save({"model": _Planted(saved["marker"]), "epoch": 9}, planted_checkpoint / "state.pt")
+    (planted_checkpoint / "genotype.json").write_text(TINY.to_json())
+    with pytest.raises(UpscaleError, match=r"state\.pt: refusing to unpickle arbitrary objects"):
+        load_model(str(planted_checkpoint))
+    assert not saved["marker"].exists()
     _write_inputs(tmp_path / "in")
     runner = CliRunner()
     for command, args in (
