@@ -157,7 +157,7 @@ class SweepConsole:
 
     def render(self) -> Group:
         table = Table(title=f"sweep {self.sweep} · {_duration(time.time() - self._started)}", title_justify="left")
-        for column in ("trial", "stage", "epoch", "loss", "val PSNR", "ETA", "PSNR vs bicubic"):
+        for column in ("trial", "stage", "epoch", "loss", "val PSNR", "ETA", "test PSNR vs bicubic"):
             table.add_column(column, justify="left" if column in ("trial", "stage") else "right", no_wrap=True)
         warnings: list[Text] = []
         for trial_id, plan in self.plans.items():
@@ -199,7 +199,7 @@ class SweepConsole:
 
 
 def _result(final: Mapping[str, Any]) -> Text:
-    """The trial's PSNR on its first validation set beside bicubic; loudly red when it does not beat it."""
+    """The trial's PSNR on its first test set beside bicubic; loudly red when it does not beat it."""
     sets = [k.split("/", 1)[1] for k in final if k.startswith("psnr/")]
     if not sets:
         return Text("done")

@@ -40,7 +40,7 @@ __all__ = [
     "trials",
 ]
 
-DEMO = "demo"  # data.train / data.val value meaning "the built-in data set"
+DEMO = "demo"  # data.train / data.val / data.test value meaning "the built-in data set" (its part of it)
 PRESET_SCALES: tuple[str, ...] = ("tiny", "small", "paper")
 # Fields that change how a sweep runs but never its results: a resumed sweep may change them
 # (`trilevel resume NAME --set resources.max_concurrent_trials=1`), a re-submitted one may differ in them.
@@ -65,10 +65,23 @@ class _Strict(BaseModel):
 
 
 class DataSpec(_Strict):
-    """Prepared shard folders (`trilevel data prepare`), or "demo" for the built-in photographs."""
+    """Prepared shard folders (`trilevel data prepare`), or "demo" for the built-in photographs.
+
+    Selection and reporting use different images: `val` gives the per-epoch curves and the train
+    stage's best-of-epochs checkpoint (its first set) and nothing else; `test` is only evaluated,
+    never used by any choice, and is what every report shows. "demo" means the built-in set's own
+    val or test part (`workers.shards.demo`), disjoint from its training photographs and each other.
+    """
 
     train: str = DEMO
-    val: dict[str, str] = Field(default_factory=lambda: {DEMO: DEMO})
+    val: dict[str, str] = Field(
+        default_factory=lambda: {"demo-val": DEMO},
+        description="selection sets (name → path): per-epoch curves and the best-checkpoint choice only",
+    )
+    test: dict[str, str] = Field(
+        default_factory=lambda: {DEMO: DEMO},
+        description="test sets (name → path): evaluated once at the end, what reports show; never selects",
+    )
     scale: int = Field(4, ge=2, le=8)
     data_cpus: float = Field(0.25, gt=0, lt=1, description="CPU fraction of each Ray Data task")
     cache_mb: float = Field(
@@ -77,6 +90,24 @@ class DataSpec(_Strict):
         description="a training set whose decoded images take at most this much per worker is decoded once and "
         "kept in memory instead of being streamed again every pass",
     )
+
+    @model_validator(mode="after")
+    def _test_is_not_val(self) -> DataSpec:
+        if not self.test:
+            raise ValueError("data.test: needs at least one test set (name: path); reports show only test numbers")
+        for name, path in self.test.items():
+            if name in self.val:
+                raise ValueError(
+                    f"data.test.{name}: {name!r} is also a validation set (data.val.{name}); a test set must never "
+                    "select a checkpoint: give the test set another name and other images"
+                )
+            for val_name, val_path in self.val.items():
+                if path == val_path and path != DEMO:
+                    raise ValueError(
+                        f"data.test.{name}: {path} is also data.val.{val_name}; selecting and reporting on the same "
+                        "images overstates the result: use separate prepared sets"
+                    )
+        return self
 
 
 class SearchSpaceSpec(_Strict):
@@ -293,6 +324,7 @@ class Experiment(_Strict):
         fields = [("data.train", self.data.train)]
         fields += [(f"stages.{s}.data", getattr(self.stages, s).data) for s in STAGES]
         fields += [(f"data.val.{name}", path) for name, path in self.data.val.items()]
+        fields += [(f"data.test.{name}", path) for name, path in self.data.test.items()]
         return [(field, path) for field, path in fields if path]
 
     def supernet_config(self) -> SupernetConfig:
@@ -319,11 +351,17 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in files if p.name.endswith(".yaml"))
 
 
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+# Mappings a child replaces whole instead of merging into: a preset (or file) that names its val or test
+# sets means exactly those (AIM reports on DIV2K-val, which its parent uses to select); in `scales` too.
+_REPLACED: frozenset[tuple[str, ...]] = frozenset({("data", "val"), ("data", "test")})
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any], at: tuple[str, ...] = ()) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        where = (*at, key)
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict) and where[-2:] not in _REPLACED:
+            merged[key] = _deep_merge(merged[key], value, where)
         else:
             merged[key] = copy.deepcopy(value)
     return merged

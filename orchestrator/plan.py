@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import posixpath
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +46,10 @@ __all__ = [
     "TrialPlan",
     "check_scale",
     "check_search_split",
+    "check_test_apart",
     "check_workers",
     "data_facts",
+    "demo_part",
     "plan_trial",
     "resolve_data",
     "stage_outputs",
@@ -93,7 +96,8 @@ class ResolvedData:
     """Where every data set of an experiment is, checked to be a prepared data set."""
 
     train: dict[str, DataFacts]  # stage → its training data
-    val: dict[str, str]  # validation set name → path
+    val: dict[str, str]  # validation set name → path: per-epoch curves and the best-checkpoint choice
+    test: dict[str, str]  # test set name → path: evaluated at the end, reported; never selects
 
     @property
     def default_train(self) -> str:
@@ -173,14 +177,43 @@ def steps_per_epoch(phase: PhaseSpec, facts: DataFacts, roles: tuple[str, ...], 
     return phase.steps_per_epoch or math.ceil((rows // workers) / phase.batch_size)
 
 
+def demo_part(field: str) -> str:
+    """The part of the built-in data set that "demo" means in `field`: val, test or train."""
+    for part in ("val", "test"):
+        if field.startswith(f"data.{part}."):
+            return part
+    return "train"
+
+
+def check_test_apart(val: dict[str, str], test: dict[str, str], ids: Callable[[str], list[str]]) -> None:
+    """A test set must not be a validation set: not the same folder, not the same images under another name.
+
+    `val` and `test` map set names to resolved paths; `ids(path)` gives a set's image ids (its manifest).
+    The experiment schema already refuses a test set named like a val set (`DataSpec`).
+    """
+    for test_name, test_path in test.items():
+        test_ids = set(ids(test_path))
+        for val_name, val_path in val.items():
+            if posixpath.normpath(test_path) == posixpath.normpath(val_path):
+                raise ExperimentError(
+                    f"data.test.{test_name}: {test_path} is also data.val.{val_name}; a test set must never select "
+                    "a checkpoint: use separate prepared sets"
+                )
+            if test_ids and test_ids == set(ids(val_path)):
+                raise ExperimentError(
+                    f"data.test.{test_name}: {test_path} holds the same images as data.val.{val_name} ({val_path}); "
+                    "selecting and reporting on the same images overstates the result: use separate prepared sets"
+                )
+
+
 def resolve_data(experiment: Experiment, storage: str) -> ResolvedData:
     """Every data set of `experiment`, checked; "demo" is written once under `<storage>/_data/demo`."""
     demo_root = join_storage(storage, "_data", DEMO)
     if DEMO in (path for _, path in experiment.data_fields()):
         write_demo_dataset(demo_root)
 
-    def where(path: str, part: str) -> str:
-        return join_storage(demo_root, part) if path == DEMO else path
+    def where(path: str, field: str) -> str:
+        return join_storage(demo_root, demo_part(field)) if path == DEMO else path
 
     def read(path: str, field: str) -> DataFacts:
         facts = data_facts(path, field)
@@ -191,15 +224,18 @@ def resolve_data(experiment: Experiment, storage: str) -> ResolvedData:
     train: dict[str, DataFacts] = {}
     for stage in STAGES:
         field = experiment.stage_data_field(stage)
-        path = where(experiment.stage_data(stage), "train")
+        path = where(experiment.stage_data(stage), field)
         if path not in facts:
             facts[path] = read(path, field)
         check_search_split(stage, facts[path], field)
         train[stage] = facts[path]
-    val = {name: where(path, "val") for name, path in experiment.data.val.items()}
-    for name, path in val.items():
-        read(path, f"data.val.{name}")
-    return ResolvedData(train=train, val=val)
+    val = {name: where(path, f"data.val.{name}") for name, path in experiment.data.val.items()}
+    test = {name: where(path, f"data.test.{name}") for name, path in experiment.data.test.items()}
+    for part, sets in (("val", val), ("test", test)):
+        for name, path in sets.items():
+            read(path, f"data.{part}.{name}")
+    check_test_apart(val, test, image_ids)
+    return ResolvedData(train=train, val=val, test=test)
 
 
 @dataclass(frozen=True)
@@ -228,7 +264,8 @@ class TrialPlan:
     experiment: Experiment
     outputs: str  # <storage>/<sweep>/stages/<trial>: stage markers and Train runs
     runs: tuple[TrainRunPlan, ...]
-    val: dict[str, str]
+    val: dict[str, str]  # selection sets (the Train runs read the first)
+    test: dict[str, str]  # what the trial's evaluation scores and reports
 
 
 def stage_outputs(storage: str, sweep: str, trial_id: str) -> str:
@@ -359,6 +396,7 @@ def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> Tr
         outputs=outputs,
         runs=tuple(runs),
         val=dict(data.val),
+        test=dict(data.test),
     )
 
 

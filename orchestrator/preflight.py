@@ -35,8 +35,10 @@ from orchestrator.plan import (
     DataFacts,
     check_scale,
     check_search_split,
+    check_test_apart,
     check_workers,
     data_facts,
+    demo_part,
     steps_per_epoch,
 )
 from workers.stage_list import ROLES, STAGE_ROLES, STAGES
@@ -131,6 +133,7 @@ def preflight(experiment: Experiment, capacity: Capacity | None = None) -> Plan:
         for name, path in resolved.data_fields():
             if path != DEMO or storage_ok:
                 _data_set(plan, data, name, path, resolved)
+        _check(plan, lambda e=resolved: _test_apart(e, data))
         _check_weights(plan, resolved, loaded)
         plan.stages[trial.trial_id] = [_stage_plan(plan, resolved, stage, data) for stage in STAGES]
     _check_resources(plan, grid_experiments={t.trial_id: t.experiment for t in grid})
@@ -174,7 +177,7 @@ def _actual_path(path: str, field_name: str, experiment: Experiment) -> str:
     """Where a data set is read from: "demo" is the built-in set the run writes under `<storage>/_data/demo`."""
     if path != DEMO:
         return path
-    return join_storage(experiment.storage, "_data", DEMO, "val" if field_name.startswith("data.val.") else "train")
+    return join_storage(experiment.storage, "_data", DEMO, demo_part(field_name))
 
 
 def _data_set(plan: Plan, cache: dict[str, DataFacts | None], name: str, path: str, experiment: Experiment) -> None:
@@ -189,6 +192,18 @@ def _data_set(plan: Plan, cache: dict[str, DataFacts | None], name: str, path: s
     found = cache[path]
     if found is not None and not _check(plan, lambda: check_scale(found, experiment.data.scale, name)):
         cache[path] = None
+
+
+def _test_apart(experiment: Experiment, cache: Mapping[str, DataFacts | None]) -> None:
+    """Test sets that are a validation set under another name (same folder or same images) are problems."""
+    from workers.pipeline import image_ids
+
+    def readable(part: str) -> dict[str, str]:
+        sets = getattr(experiment.data, part)
+        paths = {name: _actual_path(path, f"data.{part}.{name}", experiment) for name, path in sets.items()}
+        return {name: path for name, path in paths.items() if cache.get(path) is not None}
+
+    check_test_apart(readable("val"), readable("test"), image_ids)
 
 
 def _stage_plan(plan: Plan, experiment: Experiment, stage: str, cache: Mapping[str, DataFacts | None]) -> StagePlan:

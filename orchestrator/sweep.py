@@ -96,7 +96,8 @@ def absolutize(experiment: Experiment) -> Experiment:
     data["data"]["train"] = _absolute_path(data["data"]["train"])
     for stage in ("pretrain", "search", "train"):
         data["stages"][stage]["data"] = _absolute_path(data["stages"][stage]["data"])
-    data["data"]["val"] = {k: _absolute_path(v) for k, v in data["data"]["val"].items()}
+    for part in ("val", "test"):
+        data["data"][part] = {k: _absolute_path(v) for k, v in data["data"][part].items()}
     return validate(data, f"experiment {experiment.name}")
 
 

@@ -34,15 +34,16 @@ from orchestrator.train_run import build_datasets, fit_run, run_finished, run_in
 from search_space.genotype import Genotype
 from workers.checkpointing import open_checkpoint
 from workers.comparison import comparison_for_sets
-from workers.evaluate import evaluate_network, load_derived, load_supervision_teacher
+from workers.evaluate import evaluate_sets, load_derived, load_supervision_teacher
 from workers.markers import read_marker, remove_marker, write_marker
 from workers.stage_list import EVALUATE, PIPELINE, STAGES
 from workers.stage_outputs import StageResult, read_stage_result
 from workers.storage import join_storage
 
-__all__ = ["BACKLOG_DIR", "StageRuns", "TrialContext", "catch_up", "run_trial"]
+__all__ = ["BACKLOG_DIR", "PER_IMAGE_FILE", "StageRuns", "TrialContext", "catch_up", "run_trial"]
 
 TRIAL_DONE = "_TRIAL_DONE.json"
+PER_IMAGE_FILE = "per_image.json"  # every test image's PSNR/SSIM (ours, bicubic, teacher), beside TRIAL_DONE
 BACKLOG_DIR = "tracking-backlog"
 STAGE_BOUNDARY_FLUSH_S = 5.0  # between Train runs a down tracking server may delay training only this long
 _log = logging.getLogger(__name__)
@@ -319,26 +320,40 @@ def catch_up(tracker: Tracker, storage: str, sweep: str, who: str, timeout_s: fl
 def _evaluate(
     tracker: Tracker, context: TrialContext, plan: TrialPlan, trial_run: str, trained: StageResult
 ) -> dict[str, float]:
-    """Evaluate the trained network, log the trial's headline numbers, artifacts and model."""
+    """Evaluate the trained network on the test sets, log the trial's headline numbers, artifacts and model.
+
+    Only `plan.test` is scored here: the validation sets chose the checkpoint and are not reported.
+    Every image's scores go to MLflow as a table (``per_image.json`` of the trial run) and to the
+    storage path beside the trial's done marker, so arms can be compared image by image.
+    """
     experiment = plan.experiment
     stage_run = tracker.stage_run(trial_run, context.sweep, plan.trial_id, EVALUATE)
     with tracked(tracker, stage_run):
         checkpoint = trained.best_checkpoint or trained.checkpoint
         net = load_derived(checkpoint)  # loaded once: evaluated, described and logged as the model
         genotype = net.genotype
-        metrics = evaluate_network(
+        evaluation = evaluate_sets(
             net,
-            plan.val,
+            plan.test,
             experiment.data.scale,
-            max_images=experiment.stages.val_max_images,
             teacher=load_supervision_teacher(experiment.supervision.model_dump()),  # the teacher's row of the report
         )
+        metrics = evaluation.metrics
+        write_marker(
+            context.storage,
+            {"columns": list(evaluation.table()), "rows": evaluation.per_image},
+            context.sweep,
+            "stages",
+            plan.trial_id,
+            PER_IMAGE_FILE,
+        )
+        tracker.log_table(trial_run, evaluation.table(), PER_IMAGE_FILE)
         tracker.log_metrics(stage_run, metrics)
         tracker.log_metrics(trial_run, metrics)
         tracker.set_tags(trial_run, {"trilevel.path": str(list(genotype.path)), "trilevel.checkpoint": checkpoint})
         tracker.log_text(trial_run, genotype.to_json(), "genotype.json")
         tracker.log_text(trial_run, genotype.table(), "genotype.md")
-        picture = comparison_for_sets(net, plan.val, experiment.data.scale)
+        picture = comparison_for_sets(net, plan.test, experiment.data.scale)
         if picture is not None:  # bicubic | ours | HR crops: the result as people judge it
             tracker.log_image(trial_run, picture, "comparison.png")
         example = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)

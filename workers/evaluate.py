@@ -4,6 +4,9 @@ Runs wherever it is called (the trial process): validation sets are small, read 
 split. Returns plain numbers the orchestrator logs: Y-PSNR/SSIM per set, params, GFLOPs at a
 256×256 LR input, and latency of one such input on the evaluating device.
 
+Every score is also kept per image (:func:`evaluate_sets`: one row per set, image and network, the
+network's, bicubic's and the teacher's), so two arms can be compared image by image.
+
 Why the baselines are computed here: a PSNR means little alone (a network can score below plain
 upscaling and look like a result), so every set is also scored with MATLAB bicubic ×scale of the
 same LR inputs (``psnr_bicubic/<set>``, ``ssim_bicubic/<set>``) and, when the trial distils from a
@@ -15,6 +18,7 @@ are exact comparisons, not numbers from elsewhere.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,10 +32,21 @@ from search_space.latency import measure_latency
 from workers.checkpointing import load_state, open_checkpoint, read_genotype_json
 from workers.imresize import imresize
 from workers.metrics import psnr_y, ssim_y
-from workers.pipeline import val_pairs
-from workers.validation import evaluate_pairs
+from workers.pipeline import decoded_rows
+from workers.validation import score_pairs
 
-__all__ = ["bicubic_upscale", "evaluate_bicubic", "evaluate_network", "load_derived", "load_supervision_teacher"]
+__all__ = [
+    "PER_IMAGE_COLUMNS",
+    "Evaluation",
+    "bicubic_upscale",
+    "evaluate_bicubic",
+    "evaluate_network",
+    "evaluate_sets",
+    "load_derived",
+    "load_supervision_teacher",
+]
+
+PER_IMAGE_COLUMNS = ("set", "image_id", "network", "psnr", "ssim")  # one row per set, image and network
 
 
 def load_derived(checkpoint: str) -> DerivedNetwork:
@@ -65,17 +80,34 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
     return imresize(lr, scale)
 
 
+def score_bicubic(pairs: Sequence[tuple[np.ndarray, np.ndarray]], scale: int) -> list[tuple[float, float]]:
+    """(Y-PSNR, SSIM) of bicubic ×scale on each (LR, HR) uint8 pair, as :func:`score_pairs` scores a network."""
+    scores = []
+    for lr, hr in pairs:
+        up = bicubic_upscale(lr, scale).astype(np.float64) / 255.0
+        target = hr.astype(np.float64) / 255.0
+        scores.append((psnr_y(up, target, crop=scale), ssim_y(up, target, crop=scale)))
+    return scores
+
+
 def evaluate_bicubic(pairs: Sequence[tuple[np.ndarray, np.ndarray]], scale: int) -> dict[str, float]:
     """Mean Y-PSNR / SSIM of bicubic ×scale over (LR, HR) uint8 pairs, as :func:`evaluate_pairs` scores a network."""
     if not pairs:
         return {}
-    psnrs, ssims = [], []
-    for lr, hr in pairs:
-        up = bicubic_upscale(lr, scale).astype(np.float64) / 255.0
-        target = hr.astype(np.float64) / 255.0
-        psnrs.append(psnr_y(up, target, crop=scale))
-        ssims.append(ssim_y(up, target, crop=scale))
-    return {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
+    scores = np.array(score_bicubic(pairs, scale))
+    return {"val_psnr": float(scores[:, 0].mean()), "val_ssim": float(scores[:, 1].mean())}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Headline numbers (:func:`evaluate_network`'s keys) and every image's score behind them."""
+
+    metrics: dict[str, Any]
+    per_image: list[dict[str, Any]] = field(default_factory=list)  # PER_IMAGE_COLUMNS each
+
+    def table(self) -> dict[str, list]:
+        """The per-image rows as columns (``MlflowClient.log_table``'s dict form)."""
+        return {column: [row[column] for row in self.per_image] for column in PER_IMAGE_COLUMNS}
 
 
 def evaluate_network(
@@ -95,24 +127,57 @@ def evaluate_network(
     ``psnr_teacher/<set>``, ``ssim_teacher/<set>`` when `teacher` is given), ``params_m``,
     ``gflops`` and ``latency_s`` (unless `latency_repeats` is 0).
     """
+    return evaluate_sets(
+        net,
+        val_sets,
+        scale,
+        max_images=max_images,
+        latency_size=latency_size,
+        latency_repeats=latency_repeats,
+        device=device,
+        teacher=teacher,
+    ).metrics
+
+
+def evaluate_sets(
+    net: DerivedNetwork,
+    sets: Mapping[str, str],
+    scale: int,
+    *,
+    max_images: int | None = None,
+    latency_size: tuple[int, int] = (256, 256),
+    latency_repeats: int = 1,
+    device: str = "cpu",
+    teacher: nn.Module | None = None,
+) -> Evaluation:
+    """:func:`evaluate_network`'s metrics and, per image of every set, the scores their means are made of.
+
+    Per-image rows: ``network`` is ``ours``, ``bicubic`` or ``teacher``; ``image_id`` the row's image id
+    (sub-images of one photograph share it, the rows keep their order).
+    """
     net = net.to(device).eval()
     if teacher is not None:
         teacher = teacher.to(device).eval()
     cost = count(net.genotype)
     metrics: dict[str, Any] = {"params_m": cost.params_m, "gflops": cost.gmacs}
-    for name, path in val_sets.items():
-        pairs = val_pairs(path, scale)[:max_images]
-        scores = evaluate_pairs(net, pairs, scale, device)
-        metrics[f"psnr/{name}"] = scores["val_psnr"]
-        metrics[f"ssim/{name}"] = scores["val_ssim"]
-        bicubic = evaluate_bicubic(pairs, scale)
-        metrics[f"psnr_bicubic/{name}"] = bicubic["val_psnr"]
-        metrics[f"ssim_bicubic/{name}"] = bicubic["val_ssim"]
+    per_image: list[dict[str, Any]] = []
+    for name, path in sets.items():
+        rows = decoded_rows(path, scale)[:max_images]
+        if not rows:
+            continue
+        pairs = [(row["lr"], row["hr"]) for row in rows]
+        scored = {"ours": score_pairs(net, pairs, scale, device), "bicubic": score_bicubic(pairs, scale)}
         if teacher is not None:
-            taught = evaluate_pairs(teacher, pairs, scale, device)
-            metrics[f"psnr_teacher/{name}"] = taught["val_psnr"]
-            metrics[f"ssim_teacher/{name}"] = taught["val_ssim"]
+            scored["teacher"] = score_pairs(teacher, pairs, scale, device)
+        for network, scores in scored.items():
+            suffix = "" if network == "ours" else f"_{network}"
+            metrics[f"psnr{suffix}/{name}"] = float(np.mean([p for p, _ in scores]))
+            metrics[f"ssim{suffix}/{name}"] = float(np.mean([s for _, s in scores]))
+            per_image += [
+                {"set": name, "image_id": row["image_id"], "network": network, "psnr": float(p), "ssim": float(s)}
+                for row, (p, s) in zip(rows, scores, strict=True)
+            ]
     if latency_repeats > 0:
         with torch.inference_mode():
             metrics["latency_s"] = measure_latency(net, latency_size, latency_repeats, device)
-    return metrics
+    return Evaluation(metrics, per_image)

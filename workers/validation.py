@@ -13,10 +13,26 @@ import torch
 
 from workers.metrics import psnr_y, ssim_y
 
-__all__ = ["evaluate_pairs"]
+__all__ = ["evaluate_pairs", "score_pairs"]
 
 
 @torch.no_grad()
+def score_pairs(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    scale: int,
+    device: torch.device | str = "cpu",
+) -> list[tuple[float, float]]:
+    """(Y-PSNR, SSIM) of `forward` on each (LR, HR) uint8 pair, in order (crop = scale, BasicSR convention)."""
+    scores = []
+    for lr, hr in pairs:
+        x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].float().div(255.0).to(device)
+        sr = forward(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        target = hr.astype(np.float64) / 255.0
+        scores.append((psnr_y(sr, target, crop=scale), ssim_y(sr, target, crop=scale)))
+    return scores
+
+
 def evaluate_pairs(
     forward: Callable[[torch.Tensor], torch.Tensor],
     pairs: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -26,11 +42,5 @@ def evaluate_pairs(
     """Mean Y-PSNR / SSIM (crop = scale, BasicSR convention) of `forward` over (LR, HR) uint8 pairs."""
     if not pairs:
         return {}
-    psnrs, ssims = [], []
-    for lr, hr in pairs:
-        x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].float().div(255.0).to(device)
-        sr = forward(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-        target = hr.astype(np.float64) / 255.0
-        psnrs.append(psnr_y(sr, target, crop=scale))
-        ssims.append(ssim_y(sr, target, crop=scale))
-    return {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
+    scores = np.array(score_pairs(forward, pairs, scale, device))
+    return {"val_psnr": float(scores[:, 0].mean()), "val_ssim": float(scores[:, 1].mean())}

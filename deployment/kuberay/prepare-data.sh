@@ -4,8 +4,9 @@
 # paper presets read (rayjob.yaml passes these paths with --set):
 #
 #   data/div2k-flickr2k   DIV2K_train_HR + Flickr2K_HR, prepared for x4   (data.train)
-#   data/set5             Set5 HR, prepared for x4                         (data.val.Set5)
-#   data/set14            Set14 HR, prepared for x4                        (data.val.Set14)
+#   data/div2k-val        DIV2K_valid_HR (100), prepared for x4            (data.val.DIV2K: selects checkpoints)
+#   data/set5             Set5 HR, prepared for x4                         (data.test.Set5: reported)
+#   data/set14            Set14 HR, prepared for x4                        (data.test.Set14: reported)
 #   weights/RRDB_ESRGAN_x4.pth, weights/RRDB_PSNR_x4.pth, weights/vgg19-dcbb9e9d.pth
 #
 # Each source is used if already on the volume (raw/<name>/ or weights/<file>), else downloaded from
@@ -29,6 +30,7 @@ WAIT_SECONDS=${WAIT_SECONDS:-86400}
 NAMESPACE=${POD_NAMESPACE:-<namespace>}
 POD=${HOSTNAME:-<pod>}
 DIV2K_URL=${DIV2K_URL-http://data.vision.ee.ethz.ch/cvl/DIV2K/DIV2K_train_HR.zip}
+DIV2K_VAL_URL=${DIV2K_VAL_URL-http://data.vision.ee.ethz.ch/cvl/DIV2K/DIV2K_valid_HR.zip}
 FLICKR2K_URL=${FLICKR2K_URL-https://cv.snu.ac.kr/research/EDSR/Flickr2K.tar}
 VGG19_URL=${VGG19_URL-https://download.pytorch.org/models/vgg19-dcbb9e9d.pth}
 SET5_URL=${SET5_URL:-}
@@ -36,7 +38,7 @@ SET14_URL=${SET14_URL:-}
 ESRGAN_URL=${ESRGAN_URL:-}
 PSNR_URL=${PSNR_URL:-}
 
-SOURCES="SET5 SET14 ESRGAN PSNR VGG19 DIV2K FLICKR2K"
+SOURCES="SET5 SET14 ESRGAN PSNR VGG19 DIV2K DIV2K_VAL FLICKR2K"
 
 check_pins() {  # every source with a URL has a size and a SHA-256 pinned: refuse to start otherwise
     local name url bytes sha missing=""
@@ -150,9 +152,11 @@ main() {
     weights RRDB_PSNR_x4.pth "$PSNR_URL" PSNR
     weights vgg19-dcbb9e9d.pth "$VGG19_URL" VGG19
     images DIV2K_train_HR "$DIV2K_URL" DIV2K_train_HR DIV2K
+    images DIV2K_valid_HR "$DIV2K_VAL_URL" DIV2K_valid_HR DIV2K_VAL
     images Flickr2K_HR "$FLICKR2K_URL" Flickr2K/Flickr2K_HR FLICKR2K
 
     trilevel data prepare raw/DIV2K_train_HR raw/Flickr2K_HR --out "$VOLUME/data/div2k-flickr2k" --scale "$SCALE"
+    trilevel data prepare raw/DIV2K_valid_HR --out "$VOLUME/data/div2k-val" --scale "$SCALE"
     trilevel data prepare raw/Set5 --out "$VOLUME/data/set5" --scale "$SCALE"
     trilevel data prepare raw/Set14 --out "$VOLUME/data/set14" --scale "$SCALE"
     echo "Data and weights ready under $VOLUME: check a sweep with \`trilevel submit … --dry-run\` (deployment/README.md)."

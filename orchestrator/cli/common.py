@@ -104,7 +104,7 @@ MODEL = SharedOption(
     required=True,
     metavar="RUN_ID|best:SWEEP|CHECKPOINT_DIR|models:/NAME/VERSION",
     help="A trial's MLflow run id (or runs:/ID/NAME), best:SWEEP (the sweep's best finished trial: highest PSNR "
-    "on its first validation set, ties to fewer GFLOPs), a registered model (models:/NAME/VERSION, "
+    "on its first test set, ties to fewer GFLOPs), a registered model (models:/NAME/VERSION, "
     "models:/NAME@ALIAS) or a train-stage checkpoint directory.",
 )
 JSON = SharedOption("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

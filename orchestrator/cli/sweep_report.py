@@ -92,7 +92,7 @@ def best_trial_lines(trial_rows: list[TrialRow], tracking_uri: str, sweep: str) 
     if best is None:
         return [f"No finished trial with PSNR yet; once there is one: trilevel upscale --model best:{sweep} …"]
     first = validation_sets([best])[0]
-    numbers = f"PSNR {first} {best.psnr[first]:.2f} dB"
+    numbers = f"test PSNR {first} {best.psnr[first]:.2f} dB"
     delta = best.delta(first)
     if delta is not None:
         numbers += f", bicubic {best.psnr_bicubic[first]:.2f} dB ({delta:+.2f})"

@@ -66,7 +66,11 @@ def _markdown_report(
         headline = f"> **⚠ {len(warnings)} result(s) do not beat bicubic upscaling** (worse than doing nothing):"
         parts.append(f"{headline}\n{quoted}\n")
     parts.append(to_markdown(rendered))
-    notes = ["Δ vs bicubic: PSNR gain (dB) over MATLAB bicubic ×scale of the same LR images, same Y-PSNR convention."]
+    notes = [
+        "PSNR/SSIM: on the test set(s) (`data.test`), which no stage trains on and no choice uses; the validation "
+        "set(s) (`data.val`) chose each network's checkpoint and appear only as per-epoch curves in MLflow.",
+        "Δ vs bicubic: PSNR gain (dB) over MATLAB bicubic ×scale of the same LR images, same Y-PSNR convention.",
+    ]
     if paper is not None:
         notes.append(f"Paper columns: {paper.name} of the supplementary (Wu et al.), the row of the same method.")
     parts.append("\n".join(notes) + "\n")

@@ -52,7 +52,7 @@ def pareto_png(
 def pareto_figure(
     rows: Sequence[TrialRow], set_name: str | None = None, *, labels: Mapping[str, str] | None = None
 ) -> Figure:
-    """PSNR on one validation set (the first, or `set_name`) against GFLOPs, Pareto front highlighted.
+    """test PSNR on one test set (the first, or `set_name`) against GFLOPs, Pareto front highlighted.
 
     One labelled point per trial that has both numbers; the others are counted in the title. Bicubic
     (and the teacher, when there is one) are horizontal lines at their PSNR: a network below the
@@ -74,7 +74,7 @@ def pareto_figure(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.set_xlabel("GFLOPs")
-    ax.set_ylabel(f"PSNR {set_name} (dB)" if set_name else "PSNR (dB)")
+    ax.set_ylabel(f"test PSNR {set_name} (dB)" if set_name else "test PSNR (dB)")
     ax.grid(True, alpha=0.3)
     if points:
         front = pareto_front(points)

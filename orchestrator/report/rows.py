@@ -76,7 +76,7 @@ class TrialRow:
 
 @dataclass(frozen=True)
 class Baselines:
-    """PSNR per validation set of the references every network is read against."""
+    """PSNR per test set of the references every network is read against."""
 
     bicubic: dict[str, float] = field(default_factory=dict)
     teacher: dict[str, float] = field(default_factory=dict)
@@ -194,7 +194,7 @@ def collect(tracking_uri: str, mlflow_experiment: str, sweep: str) -> list[Trial
 
 
 def validation_sets(rows: Iterable[TrialRow]) -> list[str]:
-    """Every validation set any trial was scored on, in natural order (Set5, Set14, …)."""
+    """Every test set any trial was scored on, in natural order (Set5, Set14, …); validation sets are never reported."""
     return sorted({name for row in rows for name in row.psnr}, key=natural_key)
 
 
@@ -217,12 +217,12 @@ def _agreed(rows: Sequence[TrialRow], attribute: str, what: str) -> dict[str, fl
 
 
 def baselines(rows: Sequence[TrialRow]) -> Baselines:
-    """Bicubic (and teacher) PSNR per validation set, as the trials' evaluations measured them."""
+    """Bicubic (and teacher) PSNR per test set, as the trials' evaluations measured them."""
     return Baselines(_agreed(rows, "psnr_bicubic", "bicubic"), _agreed(rows, "psnr_teacher", "teacher"))
 
 
 def best_row(rows: Iterable[TrialRow]) -> TrialRow | None:
-    """The finished trial to use: highest PSNR on the first validation set, then fewer GFLOPs.
+    """The finished trial to use: highest PSNR on the first test set, then fewer GFLOPs.
 
     PSNRs equal at the table's precision (0.01 dB) are a tie, as a reader of the table sees them.
     None when no trial has finished with a PSNR yet.

@@ -1,7 +1,7 @@
 """The paper's table of a sweep: one dict of display strings per row, as Markdown or CSV.
 
 **The paper's layout.** Tables 7, 8 and 9 of the supplementary have the same columns: the method
-(or λ), the derived path, Params (M), GFLOPs and PSNR per validation set, numbers with two
+(or λ), the derived path, Params (M), GFLOPs and PSNR per test set, numbers with two
 decimals, paths written ``[0,0,0,1,0,1]`` (``*`` when the path was fixed, not searched).
 :func:`table` builds exactly those columns so a finished sweep reads like the paper; a sweep that
 is not finished gets a ``Status`` column and ``–`` where a number is missing. The table opens with
@@ -137,7 +137,7 @@ def table(
     """The paper's columns, one dict per row (insertion-ordered keys; every value a display string).
 
     ``Method`` (or ``λ``; ``axis_title`` overrides the header), ``Path``, ``Params (M)``, ``GFLOPs``, then
-    per validation set ``PSNR <set>`` and, when the trials measured bicubic, ``Δ vs bicubic <set>``; with
+    per test set ``PSNR <set>`` and, when the trials measured bicubic, ``Δ vs bicubic <set>``; with
     `paper`, the published ``Paper …`` numbers of the same row; a ``Status`` column is added while some
     trial has no PSNR or did not finish. Baseline rows come first: ``Bicubic``, and ``Teacher`` when the
     sweep distils from one. Numbers have two decimals, missing values are ``–``.

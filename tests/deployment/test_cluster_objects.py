@@ -322,7 +322,8 @@ def test_the_rayjob_reads_what_the_data_job_writes():
     sets = _sets(_rayjob()["spec"]["entrypoint"])
     paths = {key: value for key, value in sets.items() if value.startswith(f"{SHARED_MOUNT}/")}
     assert set(paths) == {
-        "data.train", "data.val.Set5", "data.val.Set14", "supervision.weights", "perceptual.vgg_weights",
+        "data.train", "data.val.DIV2K", "data.test.Set5", "data.test.Set14", "supervision.weights",
+        "perceptual.vgg_weights",
     }  # fmt: skip
     for key, path in paths.items():
         relative = path.removeprefix(f"{SHARED_MOUNT}/")
@@ -476,7 +477,7 @@ def test_the_layout_job_lays_out_a_writable_root_and_names_the_fix_for_a_root_ow
 
 
 # --- the data Job's downloads: pinned sizes and SHA-256 digests ------------------------------------------
-PIN_SOURCES = ("DIV2K", "FLICKR2K", "VGG19", "SET5", "SET14", "ESRGAN", "PSNR")
+PIN_SOURCES = ("DIV2K", "DIV2K_VAL", "FLICKR2K", "VGG19", "SET5", "SET14", "ESRGAN", "PSNR")
 
 
 def _prepare(snippet: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -501,15 +502,15 @@ def test_the_data_job_pins_every_download_and_ships_no_invented_digest():
 
 
 def test_the_data_job_refuses_to_start_without_pins(tmp_path):
-    ran = _prepare("check_pins", {}, tmp_path)  # the official URLs of DIV2K, Flickr2K and VGG19 are set
+    ran = _prepare("check_pins", {}, tmp_path)  # the official URLs of DIV2K (train, val), Flickr2K and VGG19 are set
     assert ran.returncode == 1, ran.stdout
-    for name in ("DIV2K", "FLICKR2K", "VGG19"):
+    for name in ("DIV2K", "DIV2K_VAL", "FLICKR2K", "VGG19"):
         assert f"{name}_BYTES=''" in ran.stderr and f"{name}_SHA256=''" in ran.stderr
     assert "SET5_BYTES" not in ran.stderr, "a source without a URL (copied in) needs no pin"
     assert "step 5" in ran.stderr
-    no_urls = {"DIV2K_URL": "", "FLICKR2K_URL": "", "VGG19_URL": ""}
+    no_urls = {"DIV2K_URL": "", "DIV2K_VAL_URL": "", "FLICKR2K_URL": "", "VGG19_URL": ""}
     assert _prepare("check_pins", no_urls, tmp_path).returncode == 0
-    pinned = {"DIV2K_URL": "", "FLICKR2K_URL": "", "VGG19_BYTES": "548", "VGG19_SHA256": "ab" * 32}
+    pinned = {"DIV2K_URL": "", "DIV2K_VAL_URL": "", "FLICKR2K_URL": "", "VGG19_BYTES": "548", "VGG19_SHA256": "ab" * 32}
     ran = _prepare("check_pins", pinned, tmp_path)
     assert ran.returncode == 1 and "starts with dcbb9e9d" in ran.stderr, "torchvision's name carries its digest"
     ran = _prepare("check_pins", {**pinned, "VGG19_SHA256": "dcbb9e9d" + "0" * 56}, tmp_path)

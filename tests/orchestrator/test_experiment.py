@@ -28,7 +28,7 @@ def test_presets_ship_every_paper_setup():
 @pytest.mark.parametrize("scale", ["tiny", "small", "paper"])
 def test_every_preset_validates_and_yields_a_typed_plan(name, scale):
     experiment = load_experiment(name, scale)
-    data = ResolvedData(train=dict.fromkeys(STAGES, FACTS), val={"v": "y"})
+    data = ResolvedData(train=dict.fromkeys(STAGES, FACTS), val={"v": "y"}, test={"t": "z"})
     for trial in trials(experiment):
         plan = plan_trial(trial, data, "/storage", "sw")
         stages = [s for run in plan.runs for s in run.settings.stages]
@@ -125,6 +125,44 @@ def test_bad_sources(tmp_path):
 def test_one_worker_cpu_runs_run_in_the_trial_which_reserves_their_cpus(overrides, in_trial, reservation):
     experiment = load_experiment("table8", "tiny", (*overrides, "resources.cpus_per_worker=0.5", "sweep={}"))
     (trial,) = trials(experiment)
-    plan = plan_trial(trial, ResolvedData(train=dict.fromkeys(STAGES, FACTS), val={"v": "y"}), "/storage", "sw")
+    data = ResolvedData(train=dict.fromkeys(STAGES, FACTS), val={"v": "y"}, test={"t": "z"})
+    plan = plan_trial(trial, data, "/storage", "sw")
     assert [run.in_process for run in plan.runs] == in_trial
     assert experiment.resources.trial_reservation() == reservation
+
+
+def test_presets_select_on_one_set_and_report_on_another():
+    vis = load_experiment("table8", "paper")
+    assert vis.data.val == {"DIV2K": "data/div2k-val"}
+    assert vis.data.test == {"Set5": "data/set5", "Set14": "data/set14"}
+    aim = load_experiment("aim", "paper")  # Table 6 reports DIV2K-val: a child's sets replace its parent's
+    assert aim.data.test == {"DIV2K-val": "data/div2k-val"} and set(aim.data.val) == {"Set5", "Set14"}
+    for scale in ("tiny", "small"):
+        demo = load_experiment("table7", scale).data
+        assert demo.val == {"demo-val": "demo"} and demo.test == {"demo": "demo"}
+
+
+def test_a_test_set_that_is_a_val_set_is_refused(tmp_path):
+    with pytest.raises(ExperimentError, match=r"data.test.Set5: 'Set5' is also a validation set \(data.val.Set5\)"):
+        load_experiment("table8", "paper", ["data.val.Set5=data/set5"])
+    with pytest.raises(ExperimentError, match=r"data.test.Set5: data/div2k-val is also data.val.DIV2K"):
+        load_experiment("table8", "paper", ["data.test.Set5=data/div2k-val"])
+    with pytest.raises(ExperimentError, match=r"data.test: needs at least one test set"):
+        load_experiment("table8", "paper", ["data.test={}"])
+
+
+def test_a_copy_of_the_val_shards_as_test_set_is_refused(demo_data, tmp_path):
+    """Another folder holding the same images is the same set: refused when the data are resolved."""
+    import shutil
+
+    from orchestrator.plan import resolve_data
+
+    copy = tmp_path / "copy-of-val"
+    shutil.copytree(f"{demo_data}/val", copy)
+    sets = [f"data.train={demo_data}/train", f"data.val.demo-val={demo_data}/val", f"data.test.demo={copy}"]
+    experiment = load_experiment("table8", "tiny", sets)
+    with pytest.raises(ExperimentError, match=rf"data.test.demo: {copy} holds the same images as data.val.demo-val"):
+        resolve_data(experiment, str(tmp_path / "runs"))
+    experiment = load_experiment("table8", "tiny", [f"data.train={demo_data}/train"])
+    resolved = resolve_data(experiment, str(tmp_path / "runs"))  # the built-in split: val and test differ
+    assert resolved.val["demo-val"].endswith("_data/demo/val") and resolved.test["demo"].endswith("_data/demo/test")

@@ -60,6 +60,7 @@ def _layout(volume: Path) -> None:
     raw = volume / "raw"
     _images(raw / "DIV2K_train_HR", 2, 0)
     _images(raw / "Flickr2K_HR", 2, 1, digits=6)
+    _images(raw / "DIV2K_valid_HR", 2, 4)
     _images(raw / "Set5", 2, 2)
     _images(raw / "Set14", 2, 3)
     (volume / "weights").mkdir()
@@ -67,7 +68,8 @@ def _layout(volume: Path) -> None:
         torch.save(RRDBNet(nf=8, nb=1, gc=4).state_dict(), volume / "weights" / name)
     torch.save(VGG19Features().state_dict(), volume / "weights" / "vgg19-dcbb9e9d.pth")
     env = _env() | {"TRILEVEL_VOLUME": str(volume), "WAIT_SECONDS": "0"}
-    env |= dict.fromkeys(("DIV2K_URL", "FLICKR2K_URL", "VGG19_URL", "SET5_URL", "SET14_URL"), "")  # no network
+    urls = ("DIV2K_URL", "DIV2K_VAL_URL", "FLICKR2K_URL", "VGG19_URL", "SET5_URL", "SET14_URL")
+    env |= dict.fromkeys(urls, "")  # no network
     ran = subprocess.run(["bash", str(PREPARE)], env=env, capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert f"Data and weights ready under {volume}" in ran.stdout
@@ -107,7 +109,7 @@ def _run(cluster: dict[str, str], volume: Path | str, *extra: str) -> subprocess
 def _copy_without(cluster: dict[str, str], tmp_path: Path, *missing: str) -> Path:
     """The volume with pieces (relative paths) taken away; data and weights are linked, not copied."""
     volume, copy = Path(cluster["volume"]), tmp_path / "volume"
-    for part in ("data/div2k-flickr2k", "data/set5", "data/set14", "weights/RRDB_ESRGAN_x4.pth",
+    for part in ("data/div2k-flickr2k", "data/div2k-val", "data/set5", "data/set14", "weights/RRDB_ESRGAN_x4.pth",
                  "weights/vgg19-dcbb9e9d.pth"):  # fmt: skip
         if not any(part == gone or part.startswith(f"{gone}/") for gone in missing):
             (copy / part).parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +168,7 @@ def test_each_missing_piece_is_named(volume_cluster, tmp_path):
     out = _in_process(volume_cluster, volume)
     assert f"supervision.weights: teacher weights {volume}/weights/RRDB_ESRGAN_x4.pth: file not found" in out, out
     assert f"perceptual.vgg_weights: VGG19 weights file not found: {volume}/weights/vgg19-dcbb9e9d.pth" in out
-    assert f"data.val.Set5: {volume}/data/set5 is not a prepared data set" in out
+    assert f"data.test.Set5: {volume}/data/set5 is not a prepared data set" in out
     assert f"storage: cannot write to {volume}/runs" in out
 
 
@@ -174,7 +176,7 @@ def test_a_missing_piece_stops_the_entrypoint_before_anything_starts(volume_clus
     volume = _copy_without(volume_cluster, tmp_path, "data/set5")
     ran = _run(volume_cluster, volume)
     assert ran.returncode == 1, ran.stdout + ran.stderr
-    assert f"data.val.Set5: {volume}/data/set5 is not a prepared data set" in ran.stdout, ran.stdout
+    assert f"data.test.Set5: {volume}/data/set5 is not a prepared data set" in ran.stdout, ran.stdout
     assert "problem(s) (listed above); nothing started" in ran.stderr, ran.stderr
 
 

@@ -367,7 +367,7 @@ def test_cli_status_lists_sweeps_then_trials(store):
     assert table_rows[3][:8] == ["lambda_order=0.1", "RUNNING", "search (RUNNING)", *[MISSING] * 5]
     finished, running = (collect(store["uri"], EXPERIMENT, "running")[i].run_id for i in (0, 1))
     assert (table_rows[2][8], table_rows[3][8]) == (finished, running)
-    assert "Best trial: lambda_order=0.0 (PSNR Set5 30.32 dB, 184.08 GFLOPs)" in result.stdout
+    assert "Best trial: lambda_order=0.0 (test PSNR Set5 30.32 dB, 184.08 GFLOPs)" in result.stdout
     assert f"  trilevel upscale --model {finished} --tracking-uri {store['uri']} photos/ --out sr/" in result.stdout
 
 
@@ -463,7 +463,8 @@ def test_status_shows_psnr_beside_bicubic_and_the_best_trials_command(store):
     best = collect(store["uri"], EXPERIMENT, "demo")[1]
     assert rows[3][6:] == ["28.90", "+0.73", best.run_id]
     assert "Bicubic: PSNR demo 28.17 dB" in result.stdout
-    assert "Best trial: lambda_order=0.1 (PSNR demo 28.90 dB, bicubic 28.17 dB (+0.73), 1.20 GFLOPs)" in result.stdout
+    best_line = "Best trial: lambda_order=0.1 (test PSNR demo 28.90 dB, bicubic 28.17 dB (+0.73), 1.20 GFLOPs)"
+    assert best_line in result.stdout
     assert f"trilevel upscale --model {best.run_id} --tracking-uri {store['uri']} photos/ --out sr/" in result.stdout
     experiment_id = store["client"].get_experiment_by_name(EXPERIMENT).experiment_id
     assert (

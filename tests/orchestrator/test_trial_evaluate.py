@@ -1,11 +1,15 @@
 """The trial's evaluate step (`orchestrator.trial._evaluate`) without Ray: what it logs, read back through MLflow's API.
 
-A train-stage checkpoint of a tiny derived network is evaluated on the built-in validation photographs;
-the trial run must then hold the network's and bicubic's PSNR, the comparison picture, the genotype and
-a model whose signature takes any image size, in an experiment the UI opens on runs.
+A train-stage checkpoint of a tiny derived network is evaluated on the built-in test photographs (never
+the validation ones, which only select); the trial run must then hold the network's and bicubic's PSNR,
+every test image's scores as a table (also kept on the storage path), the comparison picture, the
+genotype and a model whose signature takes any image size, in an experiment the UI opens on runs.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +20,10 @@ from PIL import Image
 from orchestrator.experiment import load_experiment
 from orchestrator.plan import TrialPlan
 from orchestrator.tracking import Tracker
-from orchestrator.trial import TrialContext, _evaluate
+from orchestrator.trial import PER_IMAGE_FILE, TrialContext, _evaluate
 from search_space.derived import build_network
 from search_space.genotype import Genotype, OpChoice
+from workers.shards.demo import DEMO_TEST
 from workers.stage_outputs import StageResult
 
 TINY = Genotype(
@@ -67,7 +72,8 @@ def test_evaluate_logs_baselines_picture_and_a_servable_model(demo_data, tmp_pat
         experiment=experiment,
         outputs=str(tmp_path / "runs"),
         runs=(),
-        val={"demo": f"{demo_data}/val"},
+        val={"demo-val": f"{demo_data}/val"},
+        test={"demo": f"{demo_data}/test"},
     )
     trained = StageResult("train", str(checkpoint), None, {}, None)
     final = _evaluate(tracker, context, plan, trial_run, trained)
@@ -78,12 +84,23 @@ def test_evaluate_logs_baselines_picture_and_a_servable_model(demo_data, tmp_pat
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     metrics = client.get_run(trial_run).data.metrics
     assert metrics["psnr_bicubic/demo"] == pytest.approx(final["psnr_bicubic/demo"])
-    assert 25 < metrics["psnr_bicubic/demo"] < 32  # the two demo crops, MATLAB bicubic ×4
+    assert 20 < metrics["psnr_bicubic/demo"] < 32  # the ten demo test crops, MATLAB bicubic ×4
     assert {"psnr/demo", "ssim/demo", "ssim_bicubic/demo", "params_m", "gflops"} <= set(metrics)
     assert not any("teacher" in key for key in metrics)  # HR supervision: no teacher row
 
     artifacts = {f.path for f in client.list_artifacts(trial_run)}
-    assert {"comparison.png", "genotype.json", "genotype.md"} <= artifacts
+    assert {"comparison.png", "genotype.json", "genotype.md", PER_IMAGE_FILE} <= artifacts
+    table = json.loads(Path(client.download_artifacts(trial_run, PER_IMAGE_FILE, str(tmp_path / "dl"))).read_text())
+    stored = json.loads((tmp_path / "runs" / "sw" / "stages" / "default" / PER_IMAGE_FILE).read_text())
+    assert table["columns"] == stored["columns"] == ["set", "image_id", "network", "psnr", "ssim"]
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    for logged, kept in zip(rows, stored["rows"], strict=True):  # MLflow's table keeps 10 decimals
+        assert [logged[k] for k in ("set", "image_id", "network")] == [kept[k] for k in ("set", "image_id", "network")]
+        assert logged["psnr"] == pytest.approx(kept["psnr"], abs=1e-9)
+    assert len(rows) == 2 * len(DEMO_TEST)  # ours and bicubic, every test image
+    assert {r["image_id"] for r in rows} == {f"{name}_c256" for name in DEMO_TEST}  # test only, no val crop
+    bicubic = [r["psnr"] for r in rows if r["network"] == "bicubic"]
+    assert metrics["psnr_bicubic/demo"] == pytest.approx(sum(bicubic) / len(bicubic))
     picture = client.download_artifacts(trial_run, "comparison.png", str(tmp_path / "dl"))
     with Image.open(picture) as image:
         assert image.format == "PNG" and image.mode == "RGB" and image.height > image.width / 2  # two rows of crops

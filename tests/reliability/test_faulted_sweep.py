@@ -40,6 +40,7 @@ from orchestrator.train_run import local_io
 from tests.helpers import TINY, tiny_plan, wait_for
 from tests.servers import marked_processes
 from workers.checkpointing import load_state
+from workers.shards.demo import DEMO_TEST
 from workers.stage_io import checkpoint_names
 from workers.stages import run_stages
 
@@ -294,6 +295,15 @@ def test_the_report_of_the_sweep_has_a_bicubic_row_and_the_model_to_use(faulted)
     assert shown.exit_code == 0, shown.output
     assert "| Bicubic" in shown.output and "Δ vs bicubic" in shown.output
     assert (faulted["storage"] / SWEEP / "report" / "pareto.png").is_file()
+    # selected on the demo's val crops, reported on its test photographs: the report names only the test set
+    assert "PSNR demo" in shown.output and "demo-val" not in shown.output, shown.output
+    for trial in _runs(faulted["client"], "trial"):
+        assert "psnr/demo" in trial.data.metrics and not any("demo-val" in key for key in trial.data.metrics)
+    curves = [run for run in _runs(faulted["client"], "stage") if run.data.tags.get("trilevel.stage") == "train"]
+    assert curves and all("val_psnr" in run.data.metrics for run in curves)  # val only as per-epoch curves
+    for trial_id in TRIALS:
+        kept = json.loads((faulted["storage"] / SWEEP / "stages" / trial_id / "per_image.json").read_text())
+        assert {row["image_id"] for row in kept["rows"]} == {f"{name}_c256" for name in DEMO_TEST}
     best = CliRunner().invoke(status, [SWEEP, "--tracking-uri", uri])
     assert best.exit_code == 0 and "trilevel upscale --model" in best.output, best.output
 

@@ -16,7 +16,13 @@ from search_space.derived import build_network
 from search_space.genotype import Genotype, OpChoice
 from search_space.teacher import RRDBNet
 from workers.comparison import comparison_for_sets, comparison_image, hardest_window
-from workers.evaluate import bicubic_upscale, evaluate_bicubic, evaluate_network, load_supervision_teacher
+from workers.evaluate import (
+    bicubic_upscale,
+    evaluate_bicubic,
+    evaluate_network,
+    evaluate_sets,
+    load_supervision_teacher,
+)
 from workers.imresize import cubic, imresize
 from workers.pipeline import val_pairs
 from workers.validation import evaluate_pairs
@@ -95,6 +101,23 @@ def test_evaluate_network_returns_bicubic_and_teacher_rows_on_the_same_images(de
     without = evaluate_network(net, val, 4, max_images=1, latency_repeats=0)
     assert not any("teacher" in key for key in without)
     assert without["psnr_bicubic/demo"] == metrics["psnr_bicubic/demo"]
+
+
+def test_evaluate_sets_keeps_every_images_scores_behind_the_means(demo_data):
+    torch.manual_seed(0)
+    net = build_network(TINY).eval()
+    evaluation = evaluate_sets(net, {"demo": f"{demo_data}/val"}, 4, latency_repeats=0)
+    rows = evaluation.per_image
+    assert [(r["image_id"], r["network"]) for r in rows] == [
+        ("chelsea_c256", "ours"), ("coffee_c256", "ours"), ("chelsea_c256", "bicubic"), ("coffee_c256", "bicubic"),
+    ]  # fmt: skip
+    for network, key in (("ours", "psnr/demo"), ("bicubic", "psnr_bicubic/demo")):
+        psnrs = [r["psnr"] for r in rows if r["network"] == network]
+        assert evaluation.metrics[key] == pytest.approx(sum(psnrs) / len(psnrs), abs=1e-12)
+    pairs = val_pairs(f"{demo_data}/val", 4)
+    assert rows[3]["psnr"] == evaluate_bicubic(pairs[1:], 4)["val_psnr"]  # coffee's own bicubic score
+    table = evaluation.table()
+    assert list(table) == ["set", "image_id", "network", "psnr", "ssim"] and len(table["psnr"]) == 4
 
 
 def test_supervision_teacher_is_loaded_only_for_a_teacher(tmp_path):

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from workers.shards.demo import DEMO_TRAIN, write_demo_dataset
+from workers.shards.demo import DEMO_TEST, DEMO_TRAIN, write_demo_dataset
 from workers.shards.folders import prepare_dataset
 from workers.shards.format import MANIFEST_NAME, SCHEMA_VERSION, DataError, read_manifest
 
@@ -333,15 +333,23 @@ def test_read_manifest_needs_a_finished_data_set(tmp_path):
 
 def test_demo_dataset_is_deterministic_and_split(tmp_path):
     s = write_demo_dataset(str(tmp_path / "d1"))
-    assert set(s.parts) == {"train", "val"}
-    train, val = _rows(tmp_path / "d1" / "train"), _rows(tmp_path / "d1" / "val")
+    assert set(s.parts) == {"train", "val", "test"}
+    train, val, test = (_rows(tmp_path / "d1" / part) for part in ("train", "val", "test"))
     assert [r["id"] for r in train] == list(DEMO_TRAIN)
     assert [r["id"] for r in val] == ["chelsea_c256", "coffee_c256"]
-    assert all((r["height"], r["width"]) == (256, 256) for r in val)
+    assert [r["id"] for r in test] == [f"{name}_c256" for name in DEMO_TEST]
+    assert len(test) >= 10  # what the reports show: enough images that one odd photograph does not decide
+    assert all((r["height"], r["width"]) == (256, 256) for r in val + test)
     assert all(r["height"] % 4 == 0 and r["width"] % 4 == 0 and r["source"] == "skimage.data" for r in train)
-    assert not {r["image_id"] for r in train} & {r["image_id"] for r in val}
+    assert {r["source"] for r in test} == {"skimage.data", "matplotlib.sample_data"}
+    photographs = [{r["image_id"].removesuffix("_c256") for r in rows} for rows in (train, val, test)]
+    assert not photographs[0] & photographs[1] and not photographs[0] & photographs[2]
+    assert not photographs[1] & photographs[2]  # no photograph trains, selects and reports at once
+    grey = next(r for r in test if r["id"] == "camera_c256")  # grey photographs are stacked to RGB
+    hr = np.asarray(Image.open(io.BytesIO(grey["hr"])))
+    assert hr.shape == (256, 256, 3) and (hr[..., 0] == hr[..., 1]).all() and (hr[..., 1] == hr[..., 2]).all()
     assert write_demo_dataset(str(tmp_path / "d1")).reused
     write_demo_dataset(str(tmp_path / "d2"))
-    for part in ("train", "val"):
+    for part in ("train", "val", "test"):
         a = (tmp_path / "d1" / part / "part-00000.parquet").read_bytes()
         assert a == (tmp_path / "d2" / part / "part-00000.parquet").read_bytes()
