@@ -31,6 +31,7 @@ __all__ = [
     "PRESET_SCALES",
     "RESULT_NEUTRAL_FIELDS",
     "SCALE_HELP",
+    "SEED_AXIS",
     "Experiment",
     "ExperimentError",
     "Trial",
@@ -38,7 +39,10 @@ __all__ = [
     "load_experiment",
     "preset_names",
     "trials",
+    "with_seeds",
 ]
+
+SEED_AXIS = "seed"  # the sweep axis `--seeds N` adds: every arm at seeds 0..N-1
 
 DEMO = "demo"  # data.train / data.val / data.test value meaning "the built-in data set" (its part of it)
 PRESET_SCALES: tuple[str, ...] = ("tiny", "small", "paper")
@@ -523,6 +527,22 @@ def _trial_id(axes: Mapping[str, Any]) -> str:
         return readable
     digest = hashlib.sha256(json.dumps(axes, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{re.sub(r'[^A-Za-z0-9_.,=+-]', '_', readable).strip('.')}-{digest}"
+
+
+def with_seeds(experiment: Experiment, seeds: int) -> Experiment:
+    """`experiment` with every arm repeated at seeds 0..seeds-1: a `seed` sweep axis, last, so trial ids read
+    ``lambda_order=0.1,seed=2`` and the report groups by arm. Arms of one seed share initial weights,
+    patches and Gumbel draws (the seed reaches every stage), so they can be compared seed by seed.
+    """
+    if seeds < 1:
+        raise ExperimentError(f"--seeds must be at least 1, got {seeds}")
+    if SEED_AXIS in experiment.sweep:
+        raise ExperimentError(
+            f"--seeds {seeds}: the experiment already sweeps {SEED_AXIS} ({experiment.sweep[SEED_AXIS]}); use one"
+        )
+    data = experiment.model_dump(mode="json")
+    data["sweep"] = {**experiment.sweep, SEED_AXIS: list(range(seeds))}
+    return validate(data, f"experiment {experiment.name}")
 
 
 def trials(experiment: Experiment) -> list[Trial]:

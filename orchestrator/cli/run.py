@@ -27,6 +27,7 @@ from orchestrator.experiment import (
     Experiment,
     apply_overrides,
     load_experiment,
+    with_seeds,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +46,13 @@ def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ADDRESS,
         DRY_RUN,
         click.option("--preflight", is_flag=True, help="The --dry-run checks first; start only if they pass."),
+        click.option(
+            "--seeds",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Repeat every arm at seeds 0..N-1 (a sweep axis): the report gives n, mean ± std and, per "
+            "direction the paper claims, paired differences with a 95% t-interval.",
+        ),
         VERBOSE,
     ]
     for option in reversed(options):
@@ -153,10 +161,13 @@ def sweep(
     address: str | None,
     dry_run: bool,
     preflight: bool,
+    seeds: int | None,
     verbose: bool,
 ) -> None:
     """Run the sweep of EXPERIMENT (a preset or a YAML file): one trial per grid point of its axes."""
     loaded = _load(experiment, scale, overrides, name, storage, tracking_uri)
+    if seeds is not None:
+        loaded = with_seeds(loaded, seeds)
     _launch(loaded, address, dry_run=dry_run, preflight=preflight, verbose=verbose)
 
 
@@ -173,11 +184,14 @@ def run(
     address: str | None,
     dry_run: bool,
     preflight: bool,
+    seeds: int | None,
     verbose: bool,
 ) -> None:
-    """Run EXPERIMENT as a single pipeline (its sweep axes, if any, are ignored)."""
-    loaded = _load(experiment, scale, overrides, name, storage, tracking_uri)
-    _launch(loaded.model_copy(update={"sweep": {}}), address, dry_run=dry_run, preflight=preflight, verbose=verbose)
+    """Run EXPERIMENT as a single pipeline (its sweep axes, if any, are ignored; `--seeds N`: one per seed)."""
+    loaded = _load(experiment, scale, overrides, name, storage, tracking_uri).model_copy(update={"sweep": {}})
+    if seeds is not None:
+        loaded = with_seeds(loaded, seeds)
+    _launch(loaded, address, dry_run=dry_run, preflight=preflight, verbose=verbose)
 
 
 @click.command()

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.paper import PaperTable, paper_table
+from orchestrator.report.arms import arm_table, comparison_table, directions, group_arms, has_seeds
 from orchestrator.report.pareto import pareto_png
-from orchestrator.report.rows import collect, validation_sets
+from orchestrator.report.rows import TrialRow, collect, validation_sets
 from orchestrator.report.runs import search_all, sweep_experiment, sweep_filter, ui_hint
+from orchestrator.report.statistics import sign_test_floor
 from orchestrator.report.table import below_bicubic, table, to_csv, to_markdown
 
 if TYPE_CHECKING:
@@ -57,14 +59,47 @@ def warning_text(warnings: Sequence[str]) -> str:
     return f"WARNING: {len(warnings)} result(s) do not beat bicubic upscaling (worse than doing nothing):\n{lines}"
 
 
+def seeds_section(rows: Sequence[TrialRow], labels: Mapping[str, str] | None) -> str:
+    """Markdown for a sweep run at several seeds: the arms (n, mean ± std) and the paper's directions, paired by seed.
+
+    Empty for a sweep without a `seed` axis.
+    """
+    if not has_seeds(rows):
+        return ""
+    arms = group_arms(rows, labels)
+    parts = ["## Arms over seeds\n", to_markdown(arm_table(arms, rows))]
+    parts.append("Mean ± sample std over the arm's seeds; Paths: the path each seed derived, ×how many seeds.\n")
+    comparisons = directions(arms, rows)
+    if comparisons:
+        n = max(c.n for c in comparisons)
+        parts += ["## Directions the paper claims, paired by seed\n", to_markdown(comparison_table(comparisons))]
+        parts.append(
+            "Arms of one seed share initial weights, patches and Gumbel draws, so each seed gives one paired "
+            "difference (a − b: the claim's left arm minus its right). 95% interval: Student's t over the seeds "
+            "(n − 1 degrees of freedom). Verdict: *holds* when the interval excludes zero on the claimed side, "
+            "*does not hold* when it excludes zero on the other, else *undecided at n = …*. An exact sign test "
+            f"cannot go below p = {sign_test_floor(n):.3g} (two-sided) with {n} seeds, whatever the data: more "
+            "seeds (`--seeds N`) are what narrows these intervals.\n"
+        )
+    return "\n".join(parts)
+
+
 def _markdown_report(
-    sweep: str, rendered: list[dict[str, str]], warnings: Sequence[str], paper: PaperTable | None, png: str
+    sweep: str,
+    rendered: list[dict[str, str]],
+    warnings: Sequence[str],
+    paper: PaperTable | None,
+    png: str,
+    seeds: str = "",
 ) -> str:
     parts = [f"# Sweep {sweep}\n"]
     if warnings:
         quoted = "\n".join(f"> - {line}" for line in warnings)
         headline = f"> **⚠ {len(warnings)} result(s) do not beat bicubic upscaling** (worse than doing nothing):"
         parts.append(f"{headline}\n{quoted}\n")
+    if seeds:
+        parts.append(seeds)
+        parts.append("## Every trial\n")
     parts.append(to_markdown(rendered))
     notes = [
         "PSNR/SSIM: on the test set(s) (`data.test`), which no stage trains on and no choice uses; the validation "
@@ -98,7 +133,8 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     markdown_path, csv_path, png_path = out / "report.md", out / "report.csv", out / "pareto.png"
     pareto_png(rows, png_path, labels=labels)
-    markdown_path.write_text(_markdown_report(sweep, rendered, warnings, paper, png_path.name), encoding="utf-8")
+    markdown = _markdown_report(sweep, rendered, warnings, paper, png_path.name, seeds_section(rows, labels))
+    markdown_path.write_text(markdown, encoding="utf-8")
     csv_path.write_text(to_csv(rendered), encoding="utf-8")
 
     client, experiment_id = sweep_experiment(tracking_uri, mlflow_experiment, sweep)

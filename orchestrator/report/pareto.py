@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from orchestrator.report.arms import group_arms, has_seeds
 from orchestrator.report.rows import TrialRow, baselines, validation_sets
+from orchestrator.report.statistics import mean_std
 from orchestrator.report.table import display_names
 
 if TYPE_CHECKING:
@@ -32,6 +34,20 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
+
+
+def _arm_points(
+    rows: Sequence[TrialRow], set_name: str | None, labels: Mapping[str, str] | None
+) -> list[tuple[float, float, float, float, str]]:
+    """Per arm with numbers: (mean GFLOPs, mean PSNR, std GFLOPs, std PSNR, name); std 0 for one seed."""
+    out = []
+    for arm in group_arms(rows, labels):
+        gflops = list(arm.values(lambda r: r.gflops).values())
+        psnr = list(arm.values(lambda r: r.psnr.get(set_name) if set_name else None).values())
+        if gflops and psnr:
+            (x, sx), (y, sy) = mean_std(gflops), mean_std(psnr)
+            out.append((x, y, sx or 0.0, sy or 0.0, f"{arm.name} (n={arm.n})"))
+    return out
 
 
 def pareto_png(
@@ -52,9 +68,10 @@ def pareto_png(
 def pareto_figure(
     rows: Sequence[TrialRow], set_name: str | None = None, *, labels: Mapping[str, str] | None = None
 ) -> Figure:
-    """test PSNR on one test set (the first, or `set_name`) against GFLOPs, Pareto front highlighted.
+    """Test PSNR on one test set (the first, or `set_name`) against GFLOPs, Pareto front highlighted.
 
-    One labelled point per trial that has both numbers; the others are counted in the title. Bicubic
+    One labelled point per trial that has both numbers; the others are counted in the title. A sweep run
+    at several seeds gets one point per arm instead, at its seeds' mean with ± one std as error bars. Bicubic
     (and the teacher, when there is one) are horizontal lines at their PSNR: a network below the
     bicubic line is worse than plain upscaling.
     """
@@ -65,10 +82,17 @@ def pareto_figure(
     rows = list(rows)
     sets = validation_sets(rows)
     set_name = set_name or (sets[0] if sets else None)
-    names = display_names(rows, labels)
     base = baselines(rows)
     plotted = [r for r in rows if r.gflops is not None and set_name is not None and set_name in r.psnr]
-    points = [(r.gflops, r.psnr[set_name]) for r in plotted]
+    if has_seeds(rows):  # one point per arm at its seeds' mean, ± one sample std as error bars
+        spread = _arm_points(rows, set_name, labels)
+        points = [(x, y) for x, y, _, _, _ in spread]
+        point_names = [name for _, _, _, _, name in spread]
+    else:
+        spread = []
+        names = display_names(rows, labels)
+        points = [(r.gflops, r.psnr[set_name]) for r in plotted]
+        point_names = [names.get(r.trial, r.trial) for r in plotted]
 
     fig = Figure(figsize=(6.4, 4.8), dpi=100)
     FigureCanvasAgg(fig)
@@ -91,8 +115,10 @@ def pareto_figure(
             zorder=3,
             label="Pareto front",
         )
-        for (x, y), row in zip(points, plotted, strict=True):
-            ax.annotate(names.get(row.trial, row.trial), (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        for x, y, xerr, yerr, _ in spread:
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor="tab:gray", capsize=3, zorder=2)
+        for (x, y), name in zip(points, point_names, strict=True):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         references = [
             (value, style, f"{what} {value:.2f} dB")
             for what, value, style in (
@@ -113,7 +139,7 @@ def pareto_figure(
         ax.legend(loc="best", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no trial has PSNR and GFLOPs yet", ha="center", va="center", transform=ax.transAxes)
-    missing = len(rows) - len(plotted)
+    missing = len(rows) - len(plotted)  # trials (not arms) without numbers
     title = "PSNR vs GFLOPs"
     if missing:
         title += f" ({missing} trial{'s' if missing != 1 else ''} without PSNR not shown)"

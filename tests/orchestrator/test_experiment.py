@@ -166,3 +166,18 @@ def test_a_copy_of_the_val_shards_as_test_set_is_refused(demo_data, tmp_path):
     experiment = load_experiment("table8", "tiny", [f"data.train={demo_data}/train"])
     resolved = resolve_data(experiment, str(tmp_path / "runs"))  # the built-in split: val and test differ
     assert resolved.val["demo-val"].endswith("_data/demo/val") and resolved.test["demo"].endswith("_data/demo/test")
+
+
+def test_seeds_repeat_every_arm_as_the_last_axis():
+    from orchestrator.experiment import with_seeds
+
+    seeded = with_seeds(load_experiment("table7", "tiny"), 3)
+    grid = trials(seeded)
+    assert [t.trial_id for t in grid][:4] == [
+        "combiner=softmax,seed=0", "combiner=softmax,seed=1", "combiner=softmax,seed=2", "combiner=sparsestmax,seed=0",
+    ]  # fmt: skip
+    assert len(grid) == 6 and [t.experiment.seed for t in grid] == [0, 1, 2] * 2
+    with pytest.raises(ExperimentError, match="already sweeps seed"):
+        with_seeds(seeded, 2)
+    with pytest.raises(ExperimentError, match="--seeds must be at least 1"):
+        with_seeds(load_experiment("table7", "tiny"), 0)
