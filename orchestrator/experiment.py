@@ -118,7 +118,11 @@ class SearchSpaceSpec(_Strict):
     backbone: Literal["A", "B"] = "B"
     combiner: Literal["softmax", "sparsemax", "sparsestmax"] = "sparsestmax"
     levels: Literal["trilevel", "bilevel"] = "trilevel"
-    fixed_path: list[int] = Field(default_factory=lambda: [0, 0, 0, 0, 0, 1, 1])
+    fixed_path: list[int] | None = Field(
+        None,
+        description="the path of a bilevel search; default AGD's: every cell, then the '1'-layers "
+        "([0,0,0,0,0,1,1] for 5 cells and 2 ups; it follows num_cells)",
+    )
     nf: int = Field(64, ge=4)
     widths: list[int] = Field(default_factory=lambda: [24, 32, 40, 56, 64])
     num_cells: int = Field(5, ge=1, le=8)
@@ -342,7 +346,7 @@ class Experiment(_Strict):
             widths=tuple(s.widths),
             combiner=s.combiner,
             levels=s.levels,
-            fixed_path=tuple(s.fixed_path),
+            fixed_path=None if s.fixed_path is None else tuple(s.fixed_path),
             omega_ops=s.omega_ops,
             omega_widths=s.omega_widths,
             recompute_cells=s.recompute_cells,

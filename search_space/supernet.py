@@ -39,7 +39,6 @@ __all__ = ["WIDTH_MODES", "MixedCell", "Supernet", "SupernetConfig", "WidthSampl
 
 WIDTH_MODES: tuple[str, ...] = ("max", "min", "random", "gumbel", "argmax")
 LEVELS: tuple[str, ...] = ("trilevel", "bilevel")
-AGD_FIXED_PATH: tuple[int, ...] = (0, 0, 0, 0, 0, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,8 @@ class SupernetConfig:
     ops: tuple[str, ...] = PRIMITIVES
     combiner: str = "sparsestmax"
     levels: str = "trilevel"
-    fixed_path: tuple[int, ...] = AGD_FIXED_PATH  # used when levels == "bilevel"
+    # the path of a bilevel search; None: AGD's, every cell then the "1"-layers (`bilevel_path`)
+    fixed_path: tuple[int, ...] | None = None
     sparse_execution: bool = True
     cost_lr_size: tuple[int, int] = (256, 256)
     alpha_init: float = 1e-3
@@ -87,14 +87,25 @@ class SupernetConfig:
         ups = required_ups(self.backbone, self.scale)
         if ups is not None and self.num_ups != ups:
             raise bad("num_ups", f"backbone A at scale {self.scale} needs exactly {ups} up-convs")
-        if self.levels == "bilevel":
-            tree = PathTree(self.num_cells, self.num_ups)
+        if self.fixed_path is not None:  # checked whatever the levels: a path that cannot be used is a mistake
+            supernet = f"the supernet has num_cells={self.num_cells}, num_ups={self.num_ups}, backbone {self.backbone}"
             try:
-                tree.index_of(self.fixed_path)
+                PathTree(self.num_cells, self.num_ups).index_of(self.fixed_path)
             except ValueError as err:
-                raise bad("fixed_path", str(err)) from None
+                raise bad("fixed_path", f"{err}; {supernet}") from None
             if ups is not None and list(self.fixed_path).count(1) != ups:
-                raise bad("fixed_path", f"backbone A needs {ups} ones")
+                raise bad("fixed_path", f"backbone A needs exactly {ups} ones (its up-convs); {supernet}")
+
+    @property
+    def bilevel_path(self) -> tuple[int, ...]:
+        """The path a bilevel search keeps: `fixed_path`, else AGD's for this supernet (every cell, then the ups).
+
+        AGD fixes [0,0,0,0,0,1,1] for its 5 cells and 2 up-convs; on a smaller supernet that is every
+        cell it has followed by every "1"-layer, so `num_cells` changes it too.
+        """
+        if self.fixed_path is not None:
+            return tuple(self.fixed_path)
+        return (0,) * self.num_cells + (1,) * self.num_ups
 
 
 @dataclass(frozen=True)
@@ -215,7 +226,7 @@ class Supernet(nn.Module):
         """One distribution over the tree's nodes (zero where a node cannot be the output)."""
         if self.config.levels == "bilevel":
             weights = torch.zeros_like(self.path_logits)
-            weights[self.tree.index_of(self.config.fixed_path)] = 1.0
+            weights[self.tree.index_of(self.config.bilevel_path)] = 1.0
             return weights
         r = self._radius_value if radius is None else radius
         mask = self.output_mask
@@ -232,15 +243,18 @@ class Supernet(nn.Module):
         Why: once sparsestmax (or sparsemax) is one-hot the loss gives that row exactly zero
         gradient, but the ordering and FLOPs penalties still push its raw logits, and Adam turns a
         constant push into full steps, so a decided path would drift back out of its argmax over a
-        long search. SSN fixes decided distributions instead. Rows: the ops of each slot, the widths
-        of each slot (judged by the same combiner on the width logits; widths are sampled by Gumbel,
-        so this is only the decision test) and the network path (one row). Softmax never freezes.
-        Frozen stays frozen. Returns the number of frozen rows per level.
+        long search. SSN fixes decided distributions instead. Rows: the ops of each slot and the
+        network path (one row), the rows the combiner mixes. Softmax never freezes. Frozen stays frozen.
+
+        Width rows are never frozen: widths are not mixed by the combiner but sampled (hard Gumbel,
+        the sandwich passes; method.md, kernel level) and derived by argmax of their logits, so a
+        sparsestmax of them being one-hot says nothing (with 3 widths it is one-hot by r ≈ 0.82 while
+        the logits differ by ~1e-2) and would treat sparsestmax arms differently from softmax arms
+        beyond their combiner. `frozen_widths` stays (all false) so older checkpoints still load.
+        Returns the number of frozen rows per level.
         """
         if self.config.combiner != "softmax":
             self.frozen_ops |= _one_hot_rows(self.op_weights())
-            widths = combine(self.config.combiner, self.width_logits, self._radius_value, dim=-1)
-            self.frozen_widths |= _one_hot_rows(widths)
             if self.config.levels == "trilevel":
                 self.frozen_path |= bool(_one_hot_rows(self.path_weights()[self.output_mask]))
         return self.frozen_counts()
@@ -451,7 +465,7 @@ class Supernet(nn.Module):
         """
         config = self.config
         if config.levels == "bilevel":
-            node_index = self.tree.index_of(config.fixed_path)
+            node_index = self.tree.index_of(config.bilevel_path)
         else:
             path_w = self.path_weights(radius=1.0)
             scores = torch.where(self.output_mask, path_w, torch.full_like(path_w, -1.0))

@@ -64,9 +64,14 @@ def test_ablation_grids():
         "lambda_order=0.1",
     ]
     table9 = {t.trial_id: t.experiment for t in trials(load_experiment("table9", "paper"))}
-    assert table9["levels=bilevel"].search_space.fixed_path == [0, 0, 0, 0, 0, 1, 1]
+    assert table9["levels=bilevel"].supernet_config().bilevel_path == (0, 0, 0, 0, 0, 1, 1)
     tiny9 = {t.trial_id: t.experiment for t in trials(load_experiment("table9"))}
-    assert tiny9["levels=bilevel"].search_space.fixed_path == [0, 0, 0, 1, 1]  # AGD's path on a 3-cell supernet
+    assert tiny9["levels=bilevel"].supernet_config().bilevel_path == (0, 0, 0, 1, 1)  # AGD's path on 3 cells
+    small9 = load_experiment("table9", "small", ["search_space.num_cells=3"])  # the path follows num_cells
+    assert trials(small9)[0].experiment.supernet_config().bilevel_path == (0, 0, 0, 1, 1)
+    with pytest.raises(ExperimentError, match=r"search_space.fixed_path: path \[0, 0, 0, 0, 1, 1\] is not in the "
+                       r"search space .*; the supernet has num_cells=3, num_ups=2, backbone A"):  # fmt: skip
+        load_experiment("table9", "small", ["search_space.num_cells=3", "search_space.fixed_path=[0,0,0,0,1,1]"])
     assert table9["levels=trilevel"].search_space.levels == "trilevel"
     fig1 = [t.experiment.stages.train.from_search for t in trials(load_experiment("fig1"))]
     assert fig1 == [True, False]

@@ -116,6 +116,9 @@ def test_bilevel_fixes_the_path():
     assert all(p is not net.path_logits for p in net.arch_parameters())
     _random_arch(net, seed=9)
     assert net.derive().path == (0, 0, 0, 0, 0, 1, 1)
+    # without a fixed path, AGD's for the supernet at hand: every cell, then the "1"-layers
+    assert SupernetConfig(levels="bilevel", num_cells=3).bilevel_path == (0, 0, 0, 1, 1)
+    assert SupernetConfig(levels="bilevel").bilevel_path == (0, 0, 0, 0, 0, 1, 1)
 
 
 def test_softmax_supernet_is_dense_and_derives():
@@ -132,7 +135,7 @@ def test_softmax_supernet_is_dense_and_derives():
         ({"combiner": "max"}, r"supernet.combiner: must be one of softmax, sparsemax, sparsestmax"),
         ({"widths": (24, 48)}, r"supernet.widths: .* ending at nf=64"),
         ({"levels": "quadlevel"}, r"supernet.levels: must be one of trilevel, bilevel"),
-        ({"levels": "bilevel", "fixed_path": (0, 1, 1, 1)}, r"supernet.fixed_path: path \[0, 1, 1, 1\]"),
+        ({"levels": "bilevel", "fixed_path": (0, 1, 1, 1)}, r"supernet.fixed_path: path \[0, 1, 1, 1\].*num_cells=5"),
         ({"backbone": "A", "num_ups": 1}, r"supernet.num_ups: backbone A at scale 4 needs exactly 2"),
         ({"ops": ("conv1x1", "zero")}, r"supernet.ops: must be distinct names"),
     ],

@@ -149,6 +149,20 @@ def test_frozen_rows_are_part_of_the_checkpoint():
     assert restored.frozen_counts() == net.frozen_counts() and restored.frozen_counts()["frozen_path"] == 1
 
 
+def test_width_rows_are_never_frozen_whatever_the_combiner():
+    """Widths are Gumbel-sampled and derived by argmax: a one-hot sparsestmax of their logits decides nothing."""
+    net, _ = _decided_net()  # r = 1: every sparsestmax row, widths' included, would be one-hot
+    net.freeze_decided()
+    assert net.frozen_counts()["frozen_widths"] == 0 and net.frozen_counts()["frozen_ops"] > 0
+    before = net.width_logits.detach().clone()
+    arch_opt = torch.optim.Adam(net.arch_parameters(), lr=1e-2, betas=(0.5, 0.999))
+    lr, hr = _batch(1, 4)
+    gen = torch.Generator().manual_seed(0)
+    arch_step(net, arch_opt, lr, hr, content_loss, gen, FlopsController(1e-20, None, (0.5, 2.0), 20), 0.1,
+              net.tree.full_paths)  # fmt: skip
+    assert not torch.equal(net.width_logits.detach(), before)  # they keep learning, as in a softmax arm
+
+
 def test_softmax_never_freezes():
     net = Supernet(SupernetConfig(backbone="B", nf=8, widths=(4, 8), num_cells=2, num_ups=1, combiner="softmax"))
     with torch.no_grad():
