@@ -29,6 +29,7 @@ from workers.stage_list import STAGES
 __all__ = [
     "DEMO",
     "PRESET_SCALES",
+    "RANDOM_AXIS",
     "RESULT_NEUTRAL_FIELDS",
     "SCALE_HELP",
     "SEED_AXIS",
@@ -39,10 +40,12 @@ __all__ = [
     "load_experiment",
     "preset_names",
     "trials",
+    "with_random",
     "with_seeds",
 ]
 
 SEED_AXIS = "seed"  # the sweep axis `--seeds N` adds: every arm at seeds 0..N-1
+RANDOM_AXIS = "stages.train.random"  # the axis `--random K` adds: searched (None) and K random draws
 
 DEMO = "demo"  # data.train / data.val / data.test value meaning "the built-in data set" (its part of it)
 PRESET_SCALES: tuple[str, ...] = ("tiny", "small", "paper")
@@ -199,6 +202,13 @@ class SearchPhaseSpec(StageSpec):
 class TrainPhaseSpec(StageSpec):
     from_search: bool = True
     genotype: str | None = Field(None, description="zoo name or JSON file: train it instead of the searched one")
+    random: int | None = Field(
+        None,
+        ge=0,
+        description="the random baseline: train the k-th random architecture of this seed whose GFLOPs are within "
+        "±random_tolerance of the searched one's (same space, same supernet's weights, same budget); `--random K`",
+    )
+    random_tolerance: float = Field(0.1, gt=0, lt=1)
     finetune: PhaseSpec | None = None
 
 
@@ -546,6 +556,25 @@ def with_seeds(experiment: Experiment, seeds: int) -> Experiment:
         )
     data = experiment.model_dump(mode="json")
     data["sweep"] = {**experiment.sweep, SEED_AXIS: list(range(seeds))}
+    return validate(data, f"experiment {experiment.name}")
+
+
+def with_random(experiment: Experiment, draws: int = 3) -> Experiment:
+    """`experiment` with a random, FLOPs-matched baseline beside every arm: a `stages.train.random` axis of
+    None (the searched network) and draws 0..K-1 (before the seed axis, if any). Each random trial
+    searches as its searched twin does (same seed: the same supernet and derived path) and then trains
+    the k-th random architecture of the space within ±10 % of the searched GFLOPs, from the same supernet.
+    """
+    if draws < 1:
+        raise ExperimentError(f"--random must be at least 1, got {draws}")
+    if RANDOM_AXIS in experiment.sweep:
+        raise ExperimentError(f"--random {draws}: the experiment already sweeps {RANDOM_AXIS}; use one")
+    axes = {k: v for k, v in experiment.sweep.items() if k != SEED_AXIS}
+    axes[RANDOM_AXIS] = [None, *range(draws)]
+    if SEED_AXIS in experiment.sweep:
+        axes[SEED_AXIS] = experiment.sweep[SEED_AXIS]
+    data = experiment.model_dump(mode="json")
+    data["sweep"] = axes
     return validate(data, f"experiment {experiment.name}")
 
 

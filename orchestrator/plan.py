@@ -318,7 +318,13 @@ def _stage_settings(
         finetune = None
         if spec.finetune is not None:
             finetune = _optim(spec.finetune, steps_per_epoch(spec.finetune, facts, roles, workers))
-        train = TrainSettings(from_search=spec.from_search, genotype=_genotype(experiment), finetune=finetune)
+        train = TrainSettings(
+            from_search=spec.from_search,
+            genotype=_genotype(experiment),
+            finetune=finetune,
+            random_draw=spec.random,
+            random_tolerance=spec.random_tolerance,
+        )
     return StageSettings(
         stage=stage,
         seed=experiment.seed,

@@ -74,6 +74,8 @@ class TrainSettings:
     from_search: bool
     genotype: Genotype | None  # a given architecture; None: the one the search derived
     finetune: OptimSettings | None  # second, perceptual phase (visualization-oriented models)
+    random_draw: int | None = None  # train the k-th random, FLOPs-matched architecture instead (the baseline)
+    random_tolerance: float = 0.1  # its GFLOPs within ± this share of the searched network's
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from search_space.cost import count
 from search_space.derived import build_network
 from search_space.genotype import Genotype
+from search_space.random_arch import flops_matched
 from search_space.supernet import Supernet, inherit
 from search_space.teacher import load_teacher
 from workers.batches import epoch_generator, patch_batches
@@ -410,13 +411,22 @@ def _report_train(
 
 
 def _train_genotype(s: StageSettings, previous: StageResult | None) -> Genotype:
-    """The genotype to train: given explicitly, else the one the search derived."""
+    """The genotype to train: given explicitly, else the one the search derived, or a random one of its cost.
+
+    With `train.random_draw` = k: the k-th random architecture of this seed from the same search space
+    whose GFLOPs are within ±`random_tolerance` of the searched one's (`search_space.random_arch`); it
+    inherits the same supernet's weights and trains with the same settings as the searched one would.
+    """
     assert s.train is not None
     if s.train.genotype is not None:
-        return s.train.genotype
-    if previous is None or previous.genotype is None:
+        searched = s.train.genotype
+    elif previous is None or previous.genotype is None:
         raise ValueError("train stage: give stages.train.genotype or run the search stage before it")
-    return Genotype.from_dict(previous.genotype)
+    else:
+        searched = Genotype.from_dict(previous.genotype)
+    if s.train.random_draw is None:
+        return searched
+    return flops_matched(s.supernet, searched, s.seed, s.train.random_draw, s.train.random_tolerance)
 
 
 Loop = Callable[[StageContext, StageSettings, StageResult | None, ModelState | None, Resume], tuple[StageResult, Any]]

@@ -27,6 +27,7 @@ from orchestrator.experiment import (
     Experiment,
     apply_overrides,
     load_experiment,
+    with_random,
     with_seeds,
 )
 
@@ -52,6 +53,14 @@ def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
             default=None,
             help="Repeat every arm at seeds 0..N-1 (a sweep axis): the report gives n, mean ± std and, per "
             "direction the paper claims, paired differences with a 95% t-interval.",
+        ),
+        click.option(
+            "--random",
+            "random_draws",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Beside every arm, K random architectures of the same space within ±10% of its searched "
+            "GFLOPs, from the same supernet, with the same training (the report's 'random, FLOPs-matched' rows).",
         ),
         VERBOSE,
     ]
@@ -162,12 +171,15 @@ def sweep(
     dry_run: bool,
     preflight: bool,
     seeds: int | None,
+    random_draws: int | None,
     verbose: bool,
 ) -> None:
     """Run the sweep of EXPERIMENT (a preset or a YAML file): one trial per grid point of its axes."""
     loaded = _load(experiment, scale, overrides, name, storage, tracking_uri)
     if seeds is not None:
         loaded = with_seeds(loaded, seeds)
+    if random_draws is not None:
+        loaded = with_random(loaded, random_draws)
     _launch(loaded, address, dry_run=dry_run, preflight=preflight, verbose=verbose)
 
 
@@ -185,12 +197,15 @@ def run(
     dry_run: bool,
     preflight: bool,
     seeds: int | None,
+    random_draws: int | None,
     verbose: bool,
 ) -> None:
     """Run EXPERIMENT as a single pipeline (its sweep axes, if any, are ignored; `--seeds N`: one per seed)."""
     loaded = _load(experiment, scale, overrides, name, storage, tracking_uri).model_copy(update={"sweep": {}})
     if seeds is not None:
         loaded = with_seeds(loaded, seeds)
+    if random_draws is not None:
+        loaded = with_random(loaded, random_draws)
     _launch(loaded, address, dry_run=dry_run, preflight=preflight, verbose=verbose)
 
 

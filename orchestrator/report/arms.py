@@ -8,7 +8,9 @@ tables claim for what the sweep varies (:mod:`orchestrator.report.statistics`):
 * λ_order ↑ → fewer params (Table 8), each larger λ against the next smaller one;
 * sparsestmax ≤ softmax in params (Table 7);
 * trilevel ≤ bilevel in params (Table 9);
-* from search ≥ from scratch in PSNR (Fig. 1), on the first test set.
+* from search ≥ from scratch in PSNR (Fig. 1), on the first test set;
+* and for a sweep with the random baseline (`--random K`): each searched arm ≥ its "random,
+  FLOPs-matched" twin in PSNR, the K draws of a seed averaged into that seed's value.
 """
 
 from __future__ import annotations
@@ -19,35 +21,54 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from orchestrator.experiment import SEED_AXIS
+from orchestrator.experiment import RANDOM_AXIS, SEED_AXIS
 from orchestrator.report.rows import TrialRow, axis_order, baselines, number_or_none, validation_sets
 from orchestrator.report.statistics import Comparison, mean_std, paired_comparison
 from orchestrator.report.table import MISSING, format_path
 
-__all__ = ["Arm", "arm_table", "comparison_table", "directions", "group_arms", "has_seeds", "mean_pm"]
+__all__ = ["RANDOM_NAME", "Arm", "arm_table", "comparison_table", "directions", "group_arms", "has_seeds", "mean_pm"]
+
+RANDOM_NAME = "random, FLOPs-matched"
+_SEARCHED = ("None", "none", "")  # the random axis' value of the searched network
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One grid point over its seeds: the trials that finished with test numbers, by seed."""
+    """One grid point over its seeds: the trials that finished with test numbers, by seed.
+
+    A random arm holds the K random draws of each seed (their mean is the seed's value).
+    """
 
     name: str  # how the report names it (a label, ``λ=0.1``, or the axis values)
-    axes: dict[str, str]  # axis → value, the seed left out
-    by_seed: dict[int, TrialRow]
+    axes: dict[str, str]  # axis → value, the seed and the random draw left out
+    by_seed: dict[int, list[TrialRow]]
+    random: bool = False
 
     @property
     def n(self) -> int:
         return len(self.by_seed)
 
+    @property
+    def trials(self) -> list[TrialRow]:
+        return [row for rows in self.by_seed.values() for row in rows]
+
     def values(self, pick: Callable[[TrialRow], float | None]) -> dict[int, float]:
-        """Seed → the picked number, for the seeds that have it."""
-        picked = {seed: pick(row) for seed, row in self.by_seed.items()}
-        return {seed: value for seed, value in picked.items() if value is not None}
+        """Seed → the picked number (the mean over a random arm's draws), for the seeds that have it."""
+        out = {}
+        for seed, rows in self.by_seed.items():
+            picked = [value for row in rows if (value := pick(row)) is not None]
+            if picked:
+                out[seed] = math.fsum(picked) / len(picked)
+        return out
 
 
 def has_seeds(rows: Sequence[TrialRow]) -> bool:
-    """Whether the sweep was run at several seeds (a `seed` axis)."""
-    return any(SEED_AXIS in row.axes for row in rows)
+    """Whether the trials are replicates of arms: a `seed` axis (`--seeds`) or random draws (`--random`)."""
+    return any(SEED_AXIS in row.axes or RANDOM_AXIS in row.axes for row in rows)
+
+
+def _is_random(row: TrialRow) -> bool:
+    return row.axes.get(RANDOM_AXIS, "None") not in _SEARCHED
 
 
 def _arm_name(axes: Mapping[str, str], labels: Mapping[str, str]) -> str:
@@ -64,17 +85,21 @@ def _arm_name(axes: Mapping[str, str], labels: Mapping[str, str]) -> str:
 def group_arms(rows: Sequence[TrialRow], labels: Mapping[str, str] | None = None) -> list[Arm]:
     """The finished, evaluated trials grouped by their axis values without the seed, in grid order."""
     labels = labels or {}
-    order = [axis for axis in axis_order(rows) if axis != SEED_AXIS]
-    arms: dict[tuple[str, ...], dict[int, TrialRow]] = {}
+    order = [axis for axis in axis_order(rows) if axis not in (SEED_AXIS, RANDOM_AXIS)]
+    arms: dict[tuple[tuple[str, ...], bool], dict[int, list[TrialRow]]] = {}
     for row in rows:  # rows come in grid order: arms keep it
-        key = tuple(row.axes.get(axis, "") for axis in order)
+        key = (tuple(row.axes.get(axis, "") for axis in order), _is_random(row))
         by_seed = arms.setdefault(key, {})
         if row.evaluated and row.status == "FINISHED":
-            by_seed[int(float(row.axes.get(SEED_AXIS, "0")))] = row
-    return [
-        Arm(_arm_name(dict(zip(order, key, strict=True)), labels), dict(zip(order, key, strict=True)), by_seed)
-        for key, by_seed in arms.items()
-    ]
+            by_seed.setdefault(int(float(row.axes.get(SEED_AXIS, "0"))), []).append(row)
+    out = []
+    for (values, random), by_seed in arms.items():
+        axes = dict(zip(order, values, strict=True))
+        name = _arm_name(axes, labels)
+        if random:
+            name = RANDOM_NAME if not axes else f"{name}, {RANDOM_NAME}"
+        out.append(Arm(name, axes, by_seed, random))
+    return out
 
 
 def mean_pm(values: Sequence[float], digits: int = 2) -> str:
@@ -86,32 +111,40 @@ def mean_pm(values: Sequence[float], digits: int = 2) -> str:
 
 
 def _paths(arm: Arm) -> str:
-    counts = Counter(format_path(row) for row in arm.by_seed.values())
+    counts = Counter(format_path(row) for row in arm.trials)
     return ", ".join(f"{path} ×{count}" for path, count in sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def arm_table(arms: Sequence[Arm], rows: Sequence[TrialRow]) -> list[dict[str, str]]:
-    """Per arm: n, the paths its seeds derived (×how many), mean ± std of params, GFLOPs, test PSNR/SSIM, Δ."""
+    """Per arm: n, the paths its seeds derived (×how many), mean ± std over seeds of params, GFLOPs, test PSNR/SSIM, Δ.
+
+    A random arm's seed value is the mean of its draws; the std is over seeds.
+    """
     sets = validation_sets(rows)
     base = baselines(rows)
     out = []
     for arm in arms:
-        trials = list(arm.by_seed.values())
-        cells = {"Arm": arm.name, "n": str(arm.n), "Paths (seeds)": _paths(arm) or MISSING}
-        cells["Params (M)"] = mean_pm([r.params_m for r in trials if r.params_m is not None])
-        cells["GFLOPs"] = mean_pm([r.gflops for r in trials if r.gflops is not None])
+        trials = arm.trials
+        n = f"{arm.n} × {len(trials) // max(arm.n, 1)} draws" if arm.random else str(arm.n)
+        cells = {"Arm": arm.name, "n": n, "Paths (seeds)": _paths(arm) or MISSING}
+
+        def over_seeds(pick: Callable[[TrialRow], float | None], digits: int = 2, arm: Arm = arm) -> str:
+            return mean_pm(list(arm.values(pick).values()), digits)  # a random arm: its draws' mean per seed
+
+        cells["Params (M)"] = over_seeds(lambda r: r.params_m)
+        cells["GFLOPs"] = over_seeds(lambda r: r.gflops)
         for s in sets:
-            cells[f"PSNR {s}"] = mean_pm([r.psnr[s] for r in trials if s in r.psnr])
-            cells[f"SSIM {s}"] = mean_pm([r.ssim[s] for r in trials if s in r.ssim], digits=4)
+            cells[f"PSNR {s}"] = over_seeds(lambda r, s=s: r.psnr.get(s))
+            cells[f"SSIM {s}"] = over_seeds(lambda r, s=s: r.ssim.get(s), digits=4)
             if s in base.bicubic:
-                deltas = [d for r in trials if (d := r.delta(s)) is not None]
-                cells[f"Δ vs bicubic {s}"] = mean_pm(deltas) if deltas else MISSING
+                cells[f"Δ vs bicubic {s}"] = over_seeds(lambda r, s=s: r.delta(s))
         out.append(cells)
     return out
 
 
 def _by_value(arms: Sequence[Arm], suffix: str) -> dict[str, Arm] | None:
-    """Arms of a sweep over one axis ending in `suffix`, by that axis value; None for any other sweep."""
+    """Searched arms of a sweep over one axis ending in `suffix`, by that axis value; None for any other sweep."""
+    arms = [arm for arm in arms if not arm.random]
     if not arms or any(len(arm.axes) != 1 for arm in arms):
         return None
     (axis,) = arms[0].axes
@@ -147,6 +180,18 @@ def directions(arms: Sequence[Arm], rows: Sequence[TrialRow]) -> list[Comparison
             return row.psnr.get(first)
 
         out.append(paired_comparison(f"{a.name} ≥ {b.name} in PSNR {first}", a.values(psnr), b.values(psnr), "greater"))
+    searched = {tuple(arm.axes.items()): arm for arm in arms if not arm.random}
+    for random in (arm for arm in arms if arm.random):
+        twin = searched.get(tuple(random.axes.items()))
+        if twin is None or not sets:
+            continue
+        first = sets[0]
+
+        def test_psnr(row: TrialRow, first: str = first) -> float | None:
+            return row.psnr.get(first)
+
+        claim = f"{twin.name} > {random.name} in PSNR {first}"
+        out.append(paired_comparison(claim, twin.values(test_psnr), random.values(test_psnr), "greater"))
     return out
 
 

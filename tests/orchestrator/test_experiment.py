@@ -186,3 +186,16 @@ def test_seeds_repeat_every_arm_as_the_last_axis():
         with_seeds(seeded, 2)
     with pytest.raises(ExperimentError, match="--seeds must be at least 1"):
         with_seeds(load_experiment("table7", "tiny"), 0)
+
+
+def test_random_baseline_sits_beside_every_arm_before_the_seeds():
+    from orchestrator.experiment import with_random, with_seeds
+
+    grid = trials(with_random(with_seeds(load_experiment("table9", "tiny"), 2), 2))
+    assert [t.trial_id for t in grid][:6] == [
+        "levels=bilevel,random=None,seed=0", "levels=bilevel,random=None,seed=1", "levels=bilevel,random=0,seed=0",
+        "levels=bilevel,random=0,seed=1", "levels=bilevel,random=1,seed=0", "levels=bilevel,random=1,seed=1",
+    ]  # fmt: skip
+    assert [t.experiment.stages.train.random for t in grid[:6]] == [None, None, 0, 0, 1, 1]
+    with pytest.raises(ExperimentError, match="--random must be at least 1"):
+        with_random(load_experiment("table9", "tiny"), 0)

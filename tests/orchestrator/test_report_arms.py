@@ -73,3 +73,22 @@ def test_without_seeds_there_is_no_seed_section_and_the_plot_has_error_bars_with
     ax = pareto_figure(rows).axes[0]
     assert len(ax.containers) == 2  # one error bar per arm, not one point per trial
     assert sorted(t.get_text() for t in ax.texts) == ["λ=0 (n=3)", "λ=0.1 (n=3)"]
+
+
+def test_the_random_baseline_is_a_row_per_arm_and_a_paired_claim():
+    from orchestrator.experiment import RANDOM_AXIS
+
+    rows = [r for r in _rows() if r.axes[LAMBDA] == "0.0"]
+    searched = [TrialRow(**{**r.__dict__, "axes": {**r.axes, RANDOM_AXIS: "None"}}) for r in rows]
+    randoms = []
+    for r in rows:  # two draws per seed, 0.3 and 0.5 dB below the searched network: the seed's mean is 0.4 below
+        for draw, drop in ((0, 0.3), (1, 0.5)):
+            axes = {**r.axes, RANDOM_AXIS: str(draw)}
+            randoms.append(TrialRow(**{**r.__dict__, "axes": axes, "psnr": {"demo": r.psnr["demo"] - drop}}))
+    arms = group_arms(searched + randoms)
+    assert [(a.name, a.n, a.random) for a in arms] == [("λ=0", 3, False), ("λ=0, random, FLOPs-matched", 3, True)]
+    table = arm_table(arms, searched + randoms)
+    assert table[1]["n"] == "3 × 2 draws" and table[1]["PSNR demo"] == "28.50 ± 0.10"
+    (claim,) = directions(arms, searched + randoms)
+    assert claim.claim == "λ=0 > λ=0, random, FLOPs-matched in PSNR demo"
+    assert claim.differences == pytest.approx((0.4, 0.4, 0.4)) and claim.verdict == "holds"

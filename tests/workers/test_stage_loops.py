@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from orchestrator.train_run import local_io
+from search_space.cost import count
 from search_space.genotype import Genotype
 from search_space.teacher import RRDBNet
 from tests.helpers import tiny_plan
@@ -171,6 +172,21 @@ def test_finished_stages_are_skipped_and_train_extends_into_finetuning(tmp_path)
         ("train", 1, "perceptual")
     ]
     assert load_state(extended.checkpoint)["phase"] == 1 and extended.genotype == first[2].genotype
+
+    # the random baseline of the same trial: the same supernet (pretrain and search are skipped), a random
+    # architecture of the space within ±10% of the searched GFLOPs, inherited and trained with the same settings
+    randomised = tiny_plan(storage, (*SHORT, "stages.train.random=0"))
+    (random_run,) = randomised.runs
+    os.remove(os.path.join(random_run.settings.outputs, "train", DONE_MARKER))
+    io = local_io(random_run, 4)
+    *_, drawn = run_stages(random_run.settings, io)
+    assert [r.metrics["stage"] for r in io.reports] == ["train"]
+    searched = Genotype.from_dict(first[1].genotype)
+    target = count(searched).gmacs
+    assert (
+        drawn.genotype != first[1].genotype
+        and abs(count(Genotype.from_dict(drawn.genotype)).gmacs - target) <= 0.1 * target
+    )
 
 
 def test_paper_scale_search_steps_come_from_the_data_and_the_radius_moves_every_step(tmp_path):
