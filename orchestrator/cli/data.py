@@ -133,11 +133,11 @@ def prepare(
 
 
 @data.command()
-@click.option("--out", required=True, help="Output folder or URI; gets train/ and val/.")
+@click.option("--out", required=True, help="Output folder or URI; gets train/, val/ and test/.")
 @JSON
 @friendly_errors
 def demo(out: str, as_json: bool) -> None:
-    """Write the built-in demo data set (scikit-image's bundled photographs, no download)."""
+    """Write the built-in demo data set (the photographs scikit-image and matplotlib ship, no download)."""
     from workers.shards.demo import write_demo_dataset
 
     with _echo_progress():

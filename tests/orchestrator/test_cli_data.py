@@ -79,9 +79,10 @@ def test_demo_and_info(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(data, ["demo", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "images: 8" in result.stdout
+    assert "images: 18" in result.stdout
     assert "train: 6 images, 6 rows, 1 shards" in result.stdout
     assert "val: 2 images, 2 rows, 1 shards" in result.stdout
+    assert "test: 10 images, 10 rows, 1 shards" in result.stdout
 
     info = CliRunner().invoke(data, ["info", str(out / "train")])
     assert info.exit_code == 0, info.output
