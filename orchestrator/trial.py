@@ -32,7 +32,7 @@ from orchestrator.tracking.models import IMAGE_MODEL
 from orchestrator.tracking.system_metrics import SystemMetrics
 from orchestrator.train_run import build_datasets, fit_run, run_finished, run_in_process
 from search_space.genotype import Genotype
-from workers.checkpointing import open_checkpoint
+from workers.checkpointing import load_state, open_checkpoint
 from workers.comparison import comparison_for_sets
 from workers.evaluate import evaluate_sets, load_derived, load_supervision_teacher
 from workers.markers import read_marker, remove_marker, write_marker
@@ -338,7 +338,7 @@ def _evaluate(
             experiment.data.scale,
             teacher=load_supervision_teacher(experiment.supervision.model_dump()),  # the teacher's row of the report
         )
-        metrics = evaluation.metrics
+        metrics = evaluation.metrics | _selection(checkpoint)
         write_marker(
             context.storage,
             {"columns": list(evaluation.table()), "rows": evaluation.per_image},
@@ -368,6 +368,16 @@ def _evaluate(
             score=Score.of_metrics(metrics, plan.trial_id, context.sweep),
         )
     return _numeric(metrics)
+
+
+def _selection(checkpoint: str) -> dict[str, float]:
+    """The validation PSNR that chose this checkpoint (``val_psnr_selected``): what picks a sweep's best trial.
+
+    Test numbers never choose anything; a checkpoint without a validated best (no val set) gives nothing.
+    """
+    with open_checkpoint(checkpoint) as directory:
+        best = load_state(directory).get("best") or {}
+    return {"val_psnr_selected": float(best["val_psnr"])} if "val_psnr" in best else {}
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:

@@ -103,8 +103,9 @@ MODEL = SharedOption(
     "source",
     required=True,
     metavar="RUN_ID|best:SWEEP|CHECKPOINT_DIR|models:/NAME/VERSION",
-    help="A trial's MLflow run id (or runs:/ID/NAME), best:SWEEP (the sweep's best finished trial: highest PSNR "
-    "on its first test set, ties to fewer GFLOPs), a registered model (models:/NAME/VERSION, "
+    help="A trial's MLflow run id (or runs:/ID/NAME), best:SWEEP (the sweep's best finished trial: highest "
+    "validation PSNR of its chosen checkpoint, ties to fewer GFLOPs; never chosen on the test set), "
+    "a registered model (models:/NAME/VERSION, "
     "models:/NAME@ALIAS) or a train-stage checkpoint directory.",
 )
 JSON = SharedOption("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

@@ -455,6 +455,14 @@ def test_best_trial_is_the_highest_psnr_ties_to_fewer_gflops(store):
     assert best_row(running).trial == "lambda_order=0.0" and best_row(running[1:]) is None  # unfinished: never
 
 
+def test_the_best_trial_is_chosen_on_validation_never_on_the_test_set():
+    higher_test = _row("a", {}, [0], 0.1, 1.0, {"demo": 29.0}, val_selected=27.0)
+    higher_val = _row("b", {}, [0], 0.1, 1.0, {"demo": 28.0}, val_selected=27.5)
+    assert best_row([higher_test, higher_val]).trial == "b"
+    older = _row("c", {}, [0], 0.1, 1.0, {"demo": 29.5})  # tracked before val_psnr_selected: test decides
+    assert best_row([higher_test, higher_val, older]).trial == "c"
+
+
 def test_status_shows_psnr_beside_bicubic_and_the_best_trials_command(store):
     result = CliRunner().invoke(cli_report.status, ["demo", "--tracking-uri", store["uri"]])
     assert result.exit_code == 0, result.output

@@ -299,6 +299,7 @@ def test_the_report_of_the_sweep_has_a_bicubic_row_and_the_model_to_use(faulted)
     assert "PSNR demo" in shown.output and "demo-val" not in shown.output, shown.output
     for trial in _runs(faulted["client"], "trial"):
         assert "psnr/demo" in trial.data.metrics and not any("demo-val" in key for key in trial.data.metrics)
+        assert "val_psnr_selected" in trial.data.metrics  # what picks best:SWEEP, never the test numbers
     curves = [run for run in _runs(faulted["client"], "stage") if run.data.tags.get("trilevel.stage") == "train"]
     assert curves and all("val_psnr" in run.data.metrics for run in curves)  # val only as per-epoch curves
     for trial_id in TRIALS:
