@@ -34,7 +34,8 @@ SWEEP_TAG = "trilevel.sweep"
 
 @dataclass(frozen=True)
 class Score:
-    """What a trial's model is ranked by: PSNR on the first evaluation set (dB), then GFLOPs (fewer wins)."""
+    """What a trial's model is ranked by: the validation PSNR that chose its checkpoint (dB; before that was
+    logged, PSNR on the first test set), then GFLOPs (fewer wins). Test numbers are reported, never chosen on."""
 
     key: str  # the metric, e.g. "psnr/Set5"
     psnr: float
@@ -74,21 +75,21 @@ class Score:
 
     @classmethod
     def of_metrics(cls, metrics: dict[str, Any], trial: str = "", sweep: str = "") -> Score | None:
-        """The score of a trial's evaluation metrics (``psnr/<set>`` per set, ``gflops``); None without a PSNR."""
+        """The score of a trial's evaluation metrics (``val_psnr_selected``, else ``psnr/<set>``; ``gflops``).
+
+        None without a PSNR.
+        """
+        gflops = metrics.get("gflops")
+        cost = float(gflops) if _finite(gflops) else None
+        if _finite(metrics.get("val_psnr_selected")):  # chosen on validation, as best:SWEEP is
+            return cls("val_psnr_selected", float(metrics["val_psnr_selected"]), cost, trial, sweep)
         sets = sorted(
             (key.split("/", 1)[1] for key, value in metrics.items() if key.startswith("psnr/") and _finite(value)),
             key=_natural_key,
         )
         if not sets:
             return None
-        gflops = metrics.get("gflops")
-        return cls(
-            f"psnr/{sets[0]}",
-            float(metrics[f"psnr/{sets[0]}"]),
-            float(gflops) if _finite(gflops) else None,
-            trial,
-            sweep,
-        )
+        return cls(f"psnr/{sets[0]}", float(metrics[f"psnr/{sets[0]}"]), cost, trial, sweep)
 
     @classmethod
     def of_version(cls, version: ModelVersion) -> Score | None:

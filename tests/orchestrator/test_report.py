@@ -28,6 +28,7 @@ from orchestrator.report.pareto import pareto_figure, pareto_front, pareto_png
 from orchestrator.report.rows import Baselines, TrialRow, baselines, best_row, collect, validation_sets
 from orchestrator.report.runs import ui_hint, ui_url
 from orchestrator.report.table import MISSING, below_bicubic, table, to_csv, to_markdown
+from orchestrator.tracking.champion import Score
 
 EXPERIMENT = "trilevel"
 LAMBDA = "stages.search.lambda_order"
@@ -461,6 +462,10 @@ def test_the_best_trial_is_chosen_on_validation_never_on_the_test_set():
     assert best_row([higher_test, higher_val]).trial == "b"
     older = _row("c", {}, [0], 0.1, 1.0, {"demo": 29.5})  # tracked before val_psnr_selected: test decides
     assert best_row([higher_test, higher_val, older]).trial == "c"
+    # the registry's champion is ranked the same way
+    score = Score.of_metrics({"psnr/demo": 29.0, "val_psnr_selected": 27.5, "gflops": 1.0}, "b", "sw")
+    assert (score.key, score.psnr, score.gflops) == ("val_psnr_selected", 27.5, 1.0)
+    assert Score.of_metrics({"psnr/demo": 29.0}).key == "psnr/demo"
 
 
 def test_status_shows_psnr_beside_bicubic_and_the_best_trials_command(store):
