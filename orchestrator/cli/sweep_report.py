@@ -54,6 +54,8 @@ def echo_report(
 ) -> ReportFiles:
     """Build the sweep's report into `out`, log it to the sweep's MLflow run, and print its table and files."""
     files = build_report(tracking_uri, mlflow_experiment, sweep, labels, out)
+    if files.seeds:  # arms over seeds (n, mean ± std) and the paper's directions, then every trial
+        click.echo(files.seeds)
     click.echo(to_markdown(files.table))
     if files.paper:
         click.echo(f"Paper columns: {files.paper} of the supplementary, the row of the same method.")

@@ -44,6 +44,7 @@ class ReportFiles:
     warnings: list[str] = field(default_factory=list)  # networks that do not beat bicubic, one line each
     paper: str | None = None  # the published table shown beside ours ("Table 8"), if any
     ui: str | None = None  # the sweep's runs in the MLflow UI (see ui_url)
+    seeds: str = ""  # Markdown: arms over seeds and the paper's directions (empty without --seeds/--random)
 
 
 def _parent_run(client: MlflowClient, experiment_id: str, sweep: str) -> str | None:
@@ -133,7 +134,8 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     markdown_path, csv_path, png_path = out / "report.md", out / "report.csv", out / "pareto.png"
     pareto_png(rows, png_path, labels=labels)
-    markdown = _markdown_report(sweep, rendered, warnings, paper, png_path.name, seeds_section(rows, labels))
+    seeds = seeds_section(rows, labels)
+    markdown = _markdown_report(sweep, rendered, warnings, paper, png_path.name, seeds)
     markdown_path.write_text(markdown, encoding="utf-8")
     csv_path.write_text(to_csv(rendered), encoding="utf-8")
 
@@ -146,4 +148,4 @@ def build_report(
             client.log_artifact(parent, str(path), artifact_path=REPORT_ARTIFACT_DIR)
     paper_name = paper.name if paper else None
     ui = ui_hint(tracking_uri, experiment_id)
-    return ReportFiles(markdown_path, csv_path, png_path, rendered, parent, warnings, paper_name, ui)
+    return ReportFiles(markdown_path, csv_path, png_path, rendered, parent, warnings, paper_name, ui, seeds)

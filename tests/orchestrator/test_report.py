@@ -494,3 +494,30 @@ def test_ui_links_open_the_model_training_view():
     assert ui_hint("https://mlflow.example.org", "7") == (
         "MLflow UI: https://mlflow.example.org/#/experiments/7/runs?workflowType=machine_learning"
     )
+
+
+def test_a_sweep_over_seeds_is_reported_by_arm_with_its_directions(store, tmp_path):
+    """Two λ arms at seeds 0-2 (tracked as a `--seeds 3` sweep tags them): n, ± and the paired verdict are shown.
+
+    Last in this module: it adds a sweep to the shared store.
+    """
+    client = store["client"]
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    parent = _parent(client, experiment_id, "seeded", LAMBDA, [0.0, 0.1])
+    params = {"0.0": (0.40, 0.40, 0.41), "0.1": (0.30, 0.31, 0.29)}  # λ=0.1 smaller on every seed
+    for value, per_seed in params.items():
+        for seed, params_m in enumerate(per_seed):
+            trial = f"lambda_order={value},seed={seed}"
+            tags = {"trilevel.kind": "trial", "trilevel.sweep": "seeded", "trilevel.trial": trial}
+            tags |= {f"trilevel.axis.{LAMBDA}": value, "trilevel.axis.seed": str(seed), "mlflow.parentRunId": parent}
+            run_id = _run(client, experiment_id, trial, tags)
+            client.set_tag(run_id, "trilevel.path", "[0, 1]")
+            values = {"params_m": params_m, "gflops": 1.0, "psnr/demo": 28.5, "psnr_bicubic/demo": 28.0}
+            client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in values.items()])
+            client.set_terminated(run_id, "FINISHED")
+    result = CliRunner().invoke(cli_report.report, ["seeded", "--tracking-uri", store["uri"], "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    text = re.sub(r" +", " ", result.stdout)
+    assert "## Arms over seeds" in text and "| λ=0.1 | 3 | [0,1] ×3 | 0.30 ± 0.01 |" in text, text
+    assert "λ=0.1 < λ=0 in params (M) | 3 |" in text and "| 3/3 |" in text and "| holds |" in text
+    assert "## Directions the paper claims" in (tmp_path / "report.md").read_text()
