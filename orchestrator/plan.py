@@ -52,6 +52,7 @@ __all__ = [
     "demo_part",
     "plan_trial",
     "resolve_data",
+    "shard_digests",
     "stage_outputs",
     "steps_per_epoch",
 ]
@@ -185,23 +186,32 @@ def demo_part(field: str) -> str:
     return "train"
 
 
-def check_test_apart(val: dict[str, str], test: dict[str, str], ids: Callable[[str], list[str]]) -> None:
-    """A test set must not be a validation set: not the same folder, not the same images under another name.
+def shard_digests(path: str) -> frozenset[str] | None:
+    """The SHA-256 of every shard of a prepared set (its manifest), None when a shard has none (older sets)."""
+    digests = [entry.get("sha256") for entry in read_manifest(path).data.get("shards", [])]
+    return frozenset(digests) if digests and all(digests) else None
 
-    `val` and `test` map set names to resolved paths; `ids(path)` gives a set's image ids (its manifest).
+
+def check_test_apart(
+    val: dict[str, str], test: dict[str, str], digests: Callable[[str], frozenset[str] | None] = shard_digests
+) -> None:
+    """A test set must not be a validation set: not the same folder, not the same shards under another name.
+
+    `val` and `test` map set names to resolved paths; `digests(path)` gives a set's shard digests
+    (:func:`shard_digests`; a copy of a set has the same ones, two sets of different images never do).
     The experiment schema already refuses a test set named like a val set (`DataSpec`).
     """
     for test_name, test_path in test.items():
-        test_ids = set(ids(test_path))
+        test_digests = digests(test_path)
         for val_name, val_path in val.items():
             if posixpath.normpath(test_path) == posixpath.normpath(val_path):
                 raise ExperimentError(
                     f"data.test.{test_name}: {test_path} is also data.val.{val_name}; a test set must never select "
                     "a checkpoint: use separate prepared sets"
                 )
-            if test_ids and test_ids == set(ids(val_path)):
+            if test_digests is not None and test_digests == digests(val_path):
                 raise ExperimentError(
-                    f"data.test.{test_name}: {test_path} holds the same images as data.val.{val_name} ({val_path}); "
+                    f"data.test.{test_name}: {test_path} holds the same shards as data.val.{val_name} ({val_path}); "
                     "selecting and reporting on the same images overstates the result: use separate prepared sets"
                 )
 
@@ -234,7 +244,7 @@ def resolve_data(experiment: Experiment, storage: str) -> ResolvedData:
     for part, sets in (("val", val), ("test", test)):
         for name, path in sets.items():
             read(path, f"data.{part}.{name}")
-    check_test_apart(val, test, image_ids)
+    check_test_apart(val, test)
     return ResolvedData(train=train, val=val, test=test)
 
 

@@ -195,15 +195,14 @@ def _data_set(plan: Plan, cache: dict[str, DataFacts | None], name: str, path: s
 
 
 def _test_apart(experiment: Experiment, cache: Mapping[str, DataFacts | None]) -> None:
-    """Test sets that are a validation set under another name (same folder or same images) are problems."""
-    from workers.pipeline import image_ids
+    """Test sets that are a validation set under another name (same folder or same shards) are problems."""
 
     def readable(part: str) -> dict[str, str]:
         sets = getattr(experiment.data, part)
         paths = {name: _actual_path(path, f"data.{part}.{name}", experiment) for name, path in sets.items()}
         return {name: path for name, path in paths.items() if cache.get(path) is not None}
 
-    check_test_apart(readable("val"), readable("test"), image_ids)
+    check_test_apart(readable("val"), readable("test"))
 
 
 def _stage_plan(plan: Plan, experiment: Experiment, stage: str, cache: Mapping[str, DataFacts | None]) -> StagePlan:

@@ -157,7 +157,7 @@ def test_a_test_set_that_is_a_val_set_is_refused(tmp_path):
 
 
 def test_a_copy_of_the_val_shards_as_test_set_is_refused(demo_data, tmp_path):
-    """Another folder holding the same images is the same set: refused when the data are resolved."""
+    """Another folder holding the same shards is the same set: refused when the data are resolved."""
     import shutil
 
     from orchestrator.plan import resolve_data
@@ -166,7 +166,7 @@ def test_a_copy_of_the_val_shards_as_test_set_is_refused(demo_data, tmp_path):
     shutil.copytree(f"{demo_data}/val", copy)
     sets = [f"data.train={demo_data}/train", f"data.val.demo-val={demo_data}/val", f"data.test.demo={copy}"]
     experiment = load_experiment("table8", "tiny", sets)
-    with pytest.raises(ExperimentError, match=rf"data.test.demo: {copy} holds the same images as data.val.demo-val"):
+    with pytest.raises(ExperimentError, match=rf"data.test.demo: {copy} holds the same shards as data.val.demo-val"):
         resolve_data(experiment, str(tmp_path / "runs"))
     experiment = load_experiment("table8", "tiny", [f"data.train={demo_data}/train"])
     resolved = resolve_data(experiment, str(tmp_path / "runs"))  # the built-in split: val and test differ
