@@ -241,7 +241,7 @@ def run_sweep(
         if experiment.tracking.register_model
         else None,
         system_metrics=experiment.tracking.system_metrics,
-        datasets=experiment_datasets(data.train, data.val),
+        datasets=experiment_datasets(data.train, data.val, data.test),
         environment=environment,
         hub=ReportHub.remote(),
     )

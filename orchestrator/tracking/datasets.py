@@ -47,8 +47,13 @@ class _Facts(Protocol):  # orchestrator.plan.DataFacts, as far as this module re
     bytes: int
 
 
-def experiment_datasets(train: Mapping[str, _Facts], val: Mapping[str, str]) -> tuple[DatasetRef, ...]:
-    """The training sets (stage → its data, as the plan resolved them) and validation sets (name → path)."""
+def experiment_datasets(
+    train: Mapping[str, _Facts], val: Mapping[str, str], test: Mapping[str, str] | None = None
+) -> tuple[DatasetRef, ...]:
+    """The training sets (stage → its data, as the plan resolved them), validation and test sets (name → path).
+
+    Validation sets select checkpoints ("validation"); test sets are what the trial reports ("testing").
+    """
     from workers.shards.format import read_manifest
 
     by_path: dict[str, list[str]] = {}
@@ -62,14 +67,16 @@ def experiment_datasets(train: Mapping[str, _Facts], val: Mapping[str, str]) -> 
         )
         for path, data in facts.items()
     ]
-    for name, path in val.items():
+    sets = [(name, path, "validation") for name, path in val.items()]
+    sets += [(name, path, "testing") for name, path in (test or {}).items()]
+    for name, path, context in sets:
         manifest = read_manifest(path)
         refs.append(
             DatasetRef(
                 name,
                 path,
                 str(manifest.data.get("fingerprint", "")),
-                "validation",
+                context,
                 manifest.rows,
                 manifest.images,
                 int(manifest.data.get("bytes", 0)),

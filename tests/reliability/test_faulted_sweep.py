@@ -325,7 +325,7 @@ def test_the_champion_is_the_best_trials_image_model_and_trial_runs_list_their_d
     for trial in _runs(client, "trial"):
         inputs = client.get_run(trial.info.run_id).inputs.dataset_inputs
         contexts = {{t.key: t.value for t in d.tags}["mlflow.data.context"]: d.dataset.digest for d in inputs}
-        assert contexts.keys() == {"training", "validation"} and contexts["training"] == train_digest
+        assert contexts.keys() == {"training", "validation", "testing"} and contexts["training"] == train_digest
         models = {
             m.name
             for m in client.search_logged_models([trial.info.experiment_id])

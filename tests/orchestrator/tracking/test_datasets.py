@@ -13,14 +13,15 @@ from workers.shards.format import read_manifest
 
 def test_training_and_validation_sets_are_the_runs_datasets(tracker, client, demo_data):
     train = data_facts(f"{demo_data}/train", "data.train")
-    refs = experiment_datasets({"pretrain": train, "search": train, "train": train}, {"demo": f"{demo_data}/val"})
+    sets = {"demo-val": f"{demo_data}/val"}, {"demo": f"{demo_data}/test"}
+    refs = experiment_datasets({"pretrain": train, "search": train, "train": train}, *sets)
     run = tracker.sweep_run("sw")
     tracker.log_datasets(run, refs)
     tracker.log_datasets(run, refs)  # a resumed trial logs them again: MLflow keeps one input each
     assert tracker.pending == 0
 
     inputs = {d.dataset.name: d for d in client.get_run(run).inputs.dataset_inputs}
-    assert len(inputs) == 2 and "demo" in inputs  # the validation set keeps its name
+    assert len(inputs) == 3 and "demo-val" in inputs and "demo" in inputs  # val and test sets keep their names
     for ref in refs:
         logged = inputs[ref.name]
         fingerprint = read_manifest(ref.path).data["fingerprint"]
@@ -31,7 +32,7 @@ def test_training_and_validation_sets_are_the_runs_datasets(tracker, client, dem
         assert tags["mlflow.data.context"] == ref.context
     (training,) = (ref for ref in refs if ref.context == "training")
     assert {tag.key: tag.value for tag in inputs[training.name].tags}["trilevel.stages"] == "pretrain,search,train"
-    assert {ref.context for ref in refs} == {"training", "validation"}
+    assert [ref.context for ref in refs] == ["training", "validation", "testing"]
     schema = json.loads(inputs[training.name].dataset.schema)["mlflow_colspec"]
     assert {"name": "hr", "type": "binary", "required": True} in schema
 
