@@ -87,7 +87,7 @@ class SupernetConfig:
         ups = required_ups(self.backbone, self.scale)
         if ups is not None and self.num_ups != ups:
             raise bad("num_ups", f"backbone A at scale {self.scale} needs exactly {ups} up-convs")
-        if self.fixed_path is not None:  # checked whatever the levels: a path that cannot be used is a mistake
+        if self.levels == "bilevel" and self.fixed_path is not None:  # the path a bilevel search keeps
             supernet = f"the supernet has num_cells={self.num_cells}, num_ups={self.num_ups}, backbone {self.backbone}"
             try:
                 PathTree(self.num_cells, self.num_ups).index_of(self.fixed_path)

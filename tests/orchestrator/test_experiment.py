@@ -71,7 +71,9 @@ def test_ablation_grids():
     assert trials(small9)[0].experiment.supernet_config().bilevel_path == (0, 0, 0, 1, 1)
     with pytest.raises(ExperimentError, match=r"search_space.fixed_path: path \[0, 0, 0, 0, 1, 1\] is not in the "
                        r"search space .*; the supernet has num_cells=3, num_ups=2, backbone A"):  # fmt: skip
-        load_experiment("table9", "small", ["search_space.num_cells=3", "search_space.fixed_path=[0,0,0,0,1,1]"])
+        trials(
+            load_experiment("table9", "small", ["search_space.num_cells=3", "search_space.fixed_path=[0,0,0,0,1,1]"])
+        )
     assert table9["levels=trilevel"].search_space.levels == "trilevel"
     fig1 = [t.experiment.stages.train.from_search for t in trials(load_experiment("fig1"))]
     assert fig1 == [True, False]
