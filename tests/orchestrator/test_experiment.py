@@ -162,7 +162,7 @@ def test_a_copy_of_the_val_shards_as_test_set_is_refused(demo_data, tmp_path):
     """Another folder holding the same shards is the same set: refused when the data are resolved."""
     import shutil
 
-    from orchestrator.plan import resolve_data
+    from orchestrator.plan import demo_part, resolve_data
 
     copy = tmp_path / "copy-of-val"
     shutil.copytree(f"{demo_data}/val", copy)
@@ -170,9 +170,13 @@ def test_a_copy_of_the_val_shards_as_test_set_is_refused(demo_data, tmp_path):
     experiment = load_experiment("table8", "tiny", sets)
     with pytest.raises(ExperimentError, match=rf"data.test.demo: {copy} holds the same shards as data.val.demo-val"):
         resolve_data(experiment, str(tmp_path / "runs"))
-    experiment = load_experiment("table8", "tiny", [f"data.train={demo_data}/train"])
-    resolved = resolve_data(experiment, str(tmp_path / "runs"))  # the built-in split: val and test differ
-    assert resolved.val["demo-val"].endswith("_data/demo/val") and resolved.test["demo"].endswith("_data/demo/test")
+    sets = [f"data.train={demo_data}/train", f"data.val.demo-val={demo_data}/val", f"data.test.demo={demo_data}/test"]
+    resolved = resolve_data(load_experiment("table8", "tiny", sets), str(tmp_path / "runs"))  # different shards
+    assert (resolved.val, resolved.test) == ({"demo-val": f"{demo_data}/val"}, {"demo": f"{demo_data}/test"})
+    # "demo" means the built-in set's own part in each field
+    assert [demo_part(f) for f in ("data.val.x", "data.test.x", "data.train", "stages.search.data")] == [
+        "val", "test", "train", "train",
+    ]  # fmt: skip
 
 
 def test_seeds_repeat_every_arm_as_the_last_axis():
