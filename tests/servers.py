@@ -257,13 +257,35 @@ def _wait_log(log: Path, text: str, process: subprocess.Popen, timeout_s: float)
     raise RuntimeError(f"no {text!r} in {log} within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+WITHOUT_PROJECT = """
+# Written by tests/servers.py: this project's packages cannot be imported in this process (and its children).
+import sys
+
+def _ours(hook):
+    return getattr(hook, "__module__", "").startswith("__editable__")  # the editable install's finder
+
+sys.meta_path[:] = [finder for finder in sys.meta_path if not _ours(finder)]
+sys.path_hooks[:] = [hook for hook in sys.path_hooks if not _ours(hook)]
+sys.path_importer_cache.clear()
+"""
+
+
+def without_project_site(root: Path) -> Path:
+    """A folder holding a ``sitecustomize.py`` that hides orchestrator, workers and search_space (for PYTHONPATH)."""
+    folder = root / "without-project"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(WITHOUT_PROJECT)
+    return folder
+
+
 @contextlib.contextmanager
 def model_server(model_uri: str, tracking_uri: str, cwd: Path, timeout_s: float = 180) -> Iterator[str]:
     """`mlflow models serve -m MODEL_URI --env-manager local` on a free port; yields its base URL.
 
     The server resolves `model_uri` (e.g. ``models:/NAME@champion``) through `tracking_uri` as a user's
-    shell would (``MLFLOW_TRACKING_URI``), and runs in this venv (``--env-manager local``). PYTHONPATH is
-    cleared, so the model's code comes from what the model ships (``code/``) or what the venv installed.
+    shell would (``MLFLOW_TRACKING_URI``), and runs in this venv (``--env-manager local``) with this
+    project's packages made unimportable (:data:`WITHOUT_PROJECT`, a ``sitecustomize`` on PYTHONPATH):
+    the model must bring the code it needs, as in an environment where trilevel-nas is not installed.
     A start whose port was taken in the meantime is tried again on another port.
     """
     log = cwd / "model-server.log"
@@ -274,7 +296,7 @@ def model_server(model_uri: str, tracking_uri: str, cwd: Path, timeout_s: float 
             "--workers", "1", "--env-manager", "local",
         ]  # fmt: skip
         env = _env(marker) | {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri}
-        env.pop("PYTHONPATH", None)
+        env["PYTHONPATH"] = str(without_project_site(cwd))
         with open(log, "w") as out:
             process = subprocess.Popen(
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
