@@ -160,6 +160,11 @@ class MlflowServer:
             self._process = None
 
 
+def _node_start_timed_out(log: Path) -> bool:
+    """Whether `ray start` gave up on its raylet registering within Ray's fixed 30 s (a machine too busy)."""
+    return log.exists() and "The current node timed out during startup" in log.read_text(errors="replace")
+
+
 def _port_taken(log: Path) -> bool:
     """Whether a server's log says it could not bind its port."""
     text = log.read_text(errors="replace") if log.exists() else ""
@@ -170,7 +175,11 @@ def _port_taken(log: Path) -> bool:
 
 @contextlib.contextmanager
 def ray_head(
-    *, dashboard: bool = True, num_cpus: int = 2, num_gpus: int | None = None, env: dict[str, str] | None = None
+    *,
+    dashboard: bool = True,
+    num_cpus: int = 2,
+    num_gpus: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[dict[str, str]]:
     """`ray start --head --block` on free ports with its own temp dir; yields its dashboard URL and GCS address.
 
@@ -187,9 +196,9 @@ def ray_head(
                 marker, temp_dir, dashboard=dashboard, num_cpus=num_cpus, num_gpus=num_gpus, env=env
             )
         except RuntimeError:
-            taken = _port_taken(temp_dir / "head.log")
+            again = _port_taken(temp_dir / "head.log") or _node_start_timed_out(temp_dir / "head.log")
             shutil.rmtree(temp_dir, ignore_errors=True)
-            if attempt + 1 == START_ATTEMPTS or not taken:
+            if attempt + 1 == START_ATTEMPTS or not again:
                 raise
             continue
         try:
@@ -202,7 +211,13 @@ def ray_head(
 
 
 def _start_head(
-    marker: str, temp_dir: Path, *, dashboard: bool, num_cpus: int, num_gpus: int | None, env: dict[str, str] | None
+    marker: str,
+    temp_dir: Path,
+    *,
+    dashboard: bool,
+    num_cpus: int,
+    num_gpus: int | None,
+    env: dict[str, str] | None,
 ) -> tuple[subprocess.Popen, dict[str, str]]:
     """`ray start --head --block` on ports free a moment ago; RuntimeError (log kept) if it never comes up."""
     temp_dir.mkdir()
@@ -236,10 +251,11 @@ def _start_head(
         )
     url = f"http://127.0.0.1:{dash}"
     try:
+        # `ray start` prints its --block notice once its raylet has registered; the dashboard can answer before
+        # that and the start still fail (a raylet that does not register within 30 s takes the head down)
+        _wait_log(log, "--block", process, timeout_s=120)
         if dashboard:
             _wait_http(f"{url}/api/version", process, log, timeout_s=120)
-        else:
-            _wait_log(log, "--block", process, timeout_s=120)
     except RuntimeError:
         _stop(process, marker, grace_s=0)
         raise
