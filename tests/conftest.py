@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,6 +11,9 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The fault tests' barriers (workers.gates, tests/gates.py): set before any Ray starts, so every process of the
+# tests' Rays (trials, Train workers, job drivers) inherits it. Only a gate a test arms ever blocks.
+os.environ.setdefault("TRILEVEL_TEST_GATES", tempfile.mkdtemp(prefix="trilevel-gates-"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

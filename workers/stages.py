@@ -36,6 +36,7 @@ from search_space.teacher import load_teacher
 from workers.batches import epoch_generator, patch_batches
 from workers.checkpointing import load_state, open_checkpoint
 from workers.distributed import all_ranks_agree, rank_spread
+from workers.gates import checkpoint_point, gate
 from workers.losses import build_loss
 from workers.pipeline import val_pairs
 from workers.search_step import FlopsController, optimizer_step, pretrain_step, radius_at, search_step
@@ -140,6 +141,7 @@ class StageContext:
         full["history"] = list(self.history)  # kept with the checkpoint: a resumed stage keeps its past epochs
         if genotype is not None:
             full["genotype"] = genotype.to_dict()
+        gate(checkpoint_point(self.run.checkpoints, name))  # test-only: a fault test's barrier (workers.gates)
         self.io.report(metrics, full, None if genotype is None else genotype.to_json(), name)
         return Saved(self.io.checkpoint_path(name), full)
 

@@ -1,17 +1,16 @@
 """The storage fills up mid-stage: a clear error, the saved checkpoints intact, and a clean resume.
 
-The storage path is a real 48 MiB tmpfs mounted by the test (tests/faults.py). Once the run has
-registered the first checkpoint of the pretrain stage, a ballast file fills the filesystem, so
-saving the next checkpoint fails with ENOSPC, in the trial's process (a one-worker run) and inside a
-Train worker (a TorchTrainer run) alike. The run must stop with a message naming the problem and the
-path, leave the registered checkpoint loadable, and, once space is freed, resume from it rather than
-start over.
+The storage path is a real 48 MiB tmpfs mounted by the test (tests/faults.py). The run stops at a barrier
+just before it writes the second checkpoint of the pretrain stage (workers.gates); once the first one is
+registered, a ballast file fills the filesystem and the run goes on, so saving that second checkpoint fails
+with ENOSPC, by construction, in the trial's process (a one-worker run) and inside a Train worker (a
+TorchTrainer run) alike. The run must stop with a message naming the problem, that checkpoint and the path,
+leave the registered checkpoint loadable, and, once space is freed, resume from it rather than start over.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,8 @@ import pytest
 from orchestrator.plan import TrainRunPlan
 from orchestrator.train_run import StageError, build_datasets, fit_run, run_in_process, start_train_coordinator
 from tests.faults import fill_up, small_filesystem
-from tests.helpers import tiny_plan
+from tests.gates import Gate
+from tests.helpers import tiny_plan, wait_for
 from workers.checkpointing import load_state
 from workers.stage_io import checkpoint_names
 from workers.stage_outputs import read_stage_result
@@ -52,25 +52,33 @@ def _train(run: TrainRunPlan, storage: str) -> None:
     fit_run(run, storage, build_datasets(run, 4, 0.25))
 
 
-class FillWhenCheckpointed(threading.Thread):
-    def __init__(self, run_dir: Path, mount: Path) -> None:
-        super().__init__(daemon=True)
-        self.run_dir, self.mount = run_dir, mount
-        self.ballast: Path | None = None
+class FillAtTheSecondCheckpoint(threading.Thread):
+    """Waits at the gate before pretrain-e0002, then for pretrain-e0001's registration (Ray Train registers a
+    checkpoint asynchronously), fills the filesystem, notes what was registered, and lets the run go on."""
 
-    def _checkpointed(self) -> bool:
+    def __init__(self, run_dir: Path, mount: Path, gate: Gate) -> None:
+        super().__init__(daemon=True)
+        self.run_dir, self.mount, self.gate = run_dir, mount, gate
+        self.ballast: Path | None = None
+        self.registered_at_fill: list[str] = []
+        self.error: BaseException | None = None
+
+    def _first_registered(self) -> bool:
         try:
-            return bool(_registered(self.run_dir))
+            return _registered(self.run_dir) == [str(self.run_dir / "pretrain-e0001")]
         except (OSError, ValueError, KeyError):
-            return False  # the snapshot is being written
+            return False  # the list is being written
 
     def run(self) -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self._checkpointed():
-                self.ballast = fill_up(self.mount)
-                return
-            time.sleep(0.02)
+        try:
+            self.gate.wait()
+            wait_for(self._first_registered, 120, "pretrain-e0001 registered")
+            self.ballast = fill_up(self.mount)
+            self.registered_at_fill = _registered(self.run_dir)
+        except BaseException as err:  # surfaced by the test
+            self.error = err
+        finally:
+            self.gate.open()
 
 
 @pytest.mark.parametrize("runner", [_in_trial, _train], ids=["in-trial", "ray-train"])
@@ -82,22 +90,22 @@ def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(tmp_path, runner, 
         (run,) = plan.runs
         assert run.in_process == (runner is _in_trial)
         run_dir = Path(run.settings.checkpoints)
-        filler = FillWhenCheckpointed(run_dir, storage)
-        filler.start()
-        with pytest.raises(StageError) as failed:
-            runner(run, str(storage))
-        filler.join(timeout=5)
-        assert filler.ballast is not None, "the filesystem was never filled"
+        with Gate(run_dir, "pretrain-e0002") as gate:
+            filler = FillAtTheSecondCheckpoint(run_dir, storage, gate)
+            filler.start()
+            with pytest.raises(StageError) as failed:
+                runner(run, str(storage))
+            filler.join(timeout=5)
+        assert filler.error is None and filler.ballast is not None, repr(filler.error)
         message = str(failed.value)
         assert "No space left on device" in message and "the storage is full" in message, message
         assert str(run_dir) in message and "MiB free" in message and "Traceback" not in message
+        assert "checkpoint pretrain-e0002 could not be written" in message, message
 
-        # what was registered before the disk filled is intact and loadable (Ray registers a checkpoint
-        # asynchronously, so the disk may fill a checkpoint later than the first: the message says which)
+        # what was registered before the disk filled is intact and loadable, and nothing after it
         saved = _registered(run_dir)
-        assert 1 <= len(saved) < EPOCHS
-        assert [load_state(path)["epoch"] for path in saved] == list(range(1, len(saved) + 1))
-        assert f"checkpoint pretrain-e{len(saved) + 1:04d} could not be written" in message
+        assert saved == filler.registered_at_fill == [str(run_dir / "pretrain-e0001")]
+        assert load_state(saved[0])["epoch"] == 1
 
         # space is freed: running again continues from the last checkpoint, not from scratch
         filler.ballast.unlink()

@@ -1,15 +1,18 @@
 """One tiny sweep on a real cluster, submitted as a Ray Job, through every fault a sweep must survive.
 
 No mocks: the session's `ray start --head` and `mlflow server` (tests/conftest.py), `trilevel submit`
-with this checkout as the job's code. Two trials run one after the other; while they run:
+with this checkout as the job's code. Two trials run one after the other. Each fault happens while the run
+stands at a barrier just before a named checkpoint (workers.gates, tests/gates.py), so it lands at the
+moment it names by construction, not when a poll happens to see it:
 
-1. the MLflow server is SIGKILLed once trial A's search has logged an epoch (A pretrained with two Train
-   workers, in a Train run of its own), and restarted on the same port and store only once A's training
-   has checkpointed (the outage spans a stage boundary);
-2. trial B's worker, which is B's trial process (a one-worker run runs there), is SIGKILLed once its
-   first search checkpoint is registered (Tune retries the trial, which skips pretrain by its done marker
-   and resumes the search from that checkpoint);
-3. the sweep's driver (the job's entrypoint) is SIGKILLed once B's search has finished;
+1. the MLflow server is SIGKILLed while trial A stands before its last search checkpoint (A pretrained with
+   two Train workers, in a Train run of its own), and restarted on the same port and store while A stands
+   before its last train checkpoint: the outage spans A's search → train boundary and A's first train epoch;
+2. trial B's worker, which is B's trial process (a one-worker run runs there), is SIGKILLed while it stands
+   before its second search checkpoint, the first one registered (Tune retries the trial, which skips
+   pretrain by its done marker and resumes the search from that checkpoint);
+3. the sweep's driver (the job's entrypoint) is SIGKILLed while B stands before its first train checkpoint,
+   its search finished;
 4. the same sweep is submitted again: the same experiment under the same name resumes.
 
 The tests below check what each fault must leave: the sweep finishes, one MLflow run per
@@ -27,16 +30,15 @@ import threading
 import time
 from pathlib import Path
 
-import click
 import pytest
 import torch
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from orchestrator.jobs import job_logs, job_status, job_status_or_none, list_jobs, stop_job
-from orchestrator.submit import submit_sweep
+from orchestrator.jobs import job_logs, job_status, list_jobs
 from orchestrator.tracking import code_provenance
 from orchestrator.train_run import local_io
+from tests.gates import Gate
 from tests.helpers import TINY, tiny_plan, wait_for
 from tests.servers import marked_processes
 from workers.checkpointing import load_state
@@ -83,7 +85,7 @@ def _pids(marker: str, *needles: str) -> list[int]:
 
 
 class Faults(threading.Thread):
-    """Injects the outage, the worker kill and the driver kill in order, noting what it saw at each."""
+    """Injects the outage, the worker kill and the driver kill, each while the run waits at its gate."""
 
     def __init__(self, cluster: dict, storage: Path) -> None:
         super().__init__(daemon=True)
@@ -91,19 +93,19 @@ class Faults(threading.Thread):
         self.client = MlflowClient(tracking_uri=cluster["mlflow"])
         self.events: dict[str, object] = {}
         self.error: BaseException | None = None
+        a, b = TRIALS
+        self.gates = {
+            "outage": self._gate(a, f"search-e{SEARCH_EPOCHS:04d}"),  # A's search ends in the outage
+            "restart": self._gate(a, f"train-e{TRAIN_EPOCHS:04d}"),  # ... and its first train epoch too
+            "worker": self._gate(b, "search-e0002"),  # B's first search checkpoint written
+            "driver": self._gate(b, "train-e0001"),  # B's search finished
+        }
 
-    def _registered(self, trial: str, checkpoint: str) -> bool:
-        stage = checkpoint.split("-", 1)[0]
-        run_dir = self.storage / SWEEP / "stages" / trial / RUNS[trial][("pretrain", "search", "train").index(stage)]
-        return checkpoint in checkpoint_names(str(run_dir))
+    def _run_dir(self, trial: str, stage: str) -> Path:
+        return self.storage / SWEEP / "stages" / trial / RUNS[trial][("pretrain", "search", "train").index(stage)]
 
-    def _search_epoch_logged(self, trial: str) -> bool:
-        experiment = self.client.get_experiment_by_name("trilevel")
-        if experiment is None:
-            return False
-        query = f"tags.`trilevel.stage` = 'search' and tags.`trilevel.trial` = '{trial}'"
-        runs = self.client.search_runs([experiment.experiment_id], query)
-        return bool(runs) and "epoch" in runs[0].data.metrics
+    def _gate(self, trial: str, checkpoint: str) -> Gate:
+        return Gate(self._run_dir(trial, checkpoint.split("-", 1)[0]), checkpoint)
 
     def _kill(self, *needles: str) -> int:
         pids = _pids(self.cluster["marker"], *needles)
@@ -115,25 +117,38 @@ class Faults(threading.Thread):
 
     def run(self) -> None:
         a, b = TRIALS
-        server = self.cluster["mlflow_server"]
+        server, gates = self.cluster["mlflow_server"], self.gates
         try:
-            wait_for(lambda: self._search_epoch_logged(a), 600, "trial A's first search epoch in MLflow")
+            search_done = self.storage / SWEEP / "stages" / a / "search" / "_STAGE_DONE.json"
+            gates["outage"].wait()
+            self.events["search_done_at_outage"] = search_done.is_file()
             server.kill()
             self.events["mlflow_killed"] = time.time()
-            wait_for(lambda: self._registered(a, "train-e0001"), 600, "A's first train checkpoint")
-            self.events["search_done_in_outage"] = (self.storage / SWEEP / "stages" / a / "search").is_dir()
+            gates["outage"].open()
+
+            gates["restart"].wait()
+            self.events["search_done_in_outage"] = search_done.is_file()
             server.start()
             self.events["mlflow_restarted"] = time.time()
+            gates["restart"].open()
 
-            wait_for(lambda: self._registered(b, "search-e0001"), 600, "B's first search checkpoint")
-            self.events["worker_killed"] = self._kill("ray::ImplicitFunc")  # B's trial: one trial runs at a time
+            worker = gates["worker"].wait()
+            self.events["registered_at_worker_kill"] = checkpoint_names(str(self._run_dir(b, "search")))
+            os.kill(worker, signal.SIGKILL)  # the very process standing at the gate: B's trial
+            self.events["worker_killed"] = worker
+            gates["worker"].open()  # the retried trial passes
 
-            search_done = self.storage / SWEEP / "stages" / b / "search" / "_STAGE_DONE.json"
-            wait_for(search_done.is_file, 600, "B's search to finish")
+            trial_b = gates["driver"].wait()
             self.events["trial_a_end_ms"] = self._trial_end(a)
             self.events["driver_killed"] = self._kill("-m orchestrator sweep", f"--name {SWEEP}")
+            # Ray ends a dead driver's trials: B's, still at its gate, must not write past it
+            wait_for(lambda: not Path(f"/proc/{trial_b}").exists(), 120, "B's trial to end with its driver")
+            gates["driver"].open()
         except BaseException as err:  # surfaced by the test
             self.error = err
+        finally:
+            for gate in gates.values():
+                gate.open()
 
     def _trial_end(self, trial: str) -> int | None:
         experiment = self.client.get_experiment_by_name("trilevel")
@@ -151,17 +166,13 @@ def _wait_job(address: str, submission_id: str, timeout_s: float = 900) -> str:
     return status
 
 
-def _submit(cluster: dict, storage: Path) -> str:
-    return submit_sweep(
-        "table8",
-        address=cluster["dashboard"],
-        scale="tiny",
-        overrides=OVERRIDES,
-        name=SWEEP,
-        storage=str(storage),
-        tracking_uri=cluster["mlflow"],
-        wait=False,
-    )
+def _submit(cluster: dict, storage: Path, *extra: str):
+    """`trilevel submit` as a user types it (click's runner: the command's own code, in this process)."""
+    from orchestrator.cli.submit import submit
+
+    args = ["table8", "--address", cluster["dashboard"], "--scale", "tiny", "--name", SWEEP, "--storage", str(storage)]
+    args += ["--tracking-uri", cluster["mlflow"], *(item for o in OVERRIDES for item in ("--set", o)), *extra]
+    return CliRunner().invoke(submit, args)
 
 
 @pytest.fixture(scope="module")
@@ -169,21 +180,28 @@ def faulted(cluster, tmp_path_factory) -> dict:
     """Run the scenario once; every test of this module checks part of what it left."""
     storage = tmp_path_factory.mktemp("faulted") / "runs"
     faults = Faults(cluster, storage)
+    for gate in faults.gates.values():
+        gate.arm()
     faults.start()
-    first = _submit(cluster, storage)
+    submitted = _submit(cluster, storage, "--no-wait")
+    assert submitted.exit_code == 0, submitted.output
+    first = submitted.stdout.split()[0]  # the submission id, alone on stdout
+    assert f"Follow:  trilevel logs {first} --address {cluster['dashboard']} --follow" in submitted.stderr
     first_status = _wait_job(cluster["dashboard"], first)
     faults.join(timeout=30)
     assert faults.error is None, repr(faults.error) + "".join(job_logs(cluster["dashboard"], first))[-4000:]
-    second = _submit(cluster, storage)  # the same experiment under the same name: resumes
-    second_status = _wait_job(cluster["dashboard"], second)
+    followed = _submit(cluster, storage)  # the same experiment under the same name resumes; followed to its end
+    second = followed.stdout.split()[0]
     logs = "".join(job_logs(cluster["dashboard"], second))
-    assert second_status == "SUCCEEDED", f"the re-submitted job is {second_status}:\n{logs[-6000:]}"
+    assert followed.exit_code == 0, f"the re-submitted job: {followed.output[-6000:]}"
+    assert f"Job {second} SUCCEEDED." in followed.stderr
     return {
         "storage": storage,
         "first": first,
         "first_status": first_status,
         "second": second,
         "second_logs": logs,
+        "second_followed": followed.stdout,
         "events": faults.events,
         "client": MlflowClient(tracking_uri=cluster["mlflow"]),
         "cluster": cluster,
@@ -200,7 +218,9 @@ def test_the_sweep_survives_every_fault_and_resumes_when_submitted_again(faulted
     assert faulted["first_status"] == "FAILED"  # its driver was killed
     events = faulted["events"]
     assert {"mlflow_killed", "mlflow_restarted", "worker_killed", "driver_killed"} <= set(events), events
-    assert events["search_done_in_outage"]  # the outage spanned the search→train boundary
+    # the outage spanned the search→train boundary: down before A's search finished, up again after
+    assert not events["search_done_at_outage"] and events["search_done_in_outage"]
+    assert events["registered_at_worker_kill"][-1] == "search-e0001"  # B's worker died with a search checkpoint
     assert f"Sweep {SWEEP}: {TRIALS[0]} TERMINATED, {TRIALS[1]} TERMINATED" in faulted["second_logs"]
     assert "sweep 'faulted' exists" not in faulted["second_logs"]
 
@@ -224,7 +244,7 @@ def test_one_run_per_sweep_trial_and_stage_all_finished_with_every_epoch(faulted
             assert sorted({m.step for m in history}) == list(range(epochs)), (trial.data.tags["trilevel.trial"], stage)
         assert {a.path for a in client.list_artifacts(mine["search"].info.run_id)} >= {"genotype.json", "genotype.md"}
         saved = {a.path for a in client.list_artifacts(mine["train"].info.run_id, "checkpoint")}
-        assert saved == {"checkpoint/state.pt", "checkpoint/genotype.json"}
+        assert saved == {"checkpoint/state.pt", "checkpoint/genotype.json", "checkpoint/_CHECKSUMS.json"}
     by_trial = {t.data.tags["trilevel.trial"]: t for t in trials}
     # trial A finished before the driver was killed, and was not run again after the re-submit
     assert by_trial[TRIALS[0]].info.end_time == faulted["events"]["trial_a_end_ms"]
@@ -232,10 +252,10 @@ def test_one_run_per_sweep_trial_and_stage_all_finished_with_every_epoch(faulted
     a_stages = [s for s in stages if s.data.tags["mlflow.parentRunId"] == by_trial[TRIALS[0]].info.run_id]
     a_train = next(s for s in a_stages if s.data.tags["trilevel.stage"] == "train")
     assert a_train.info.start_time >= faulted["events"]["mlflow_restarted"] * 1000 - 1000
-    # logged during the outage, delivered after: A's training ran wholly after the kill (the kill lands in its
-    # search; the search's last epoch can be logged just before it when both epochs reach the relay together)
+    # logged during the outage, delivered after: A's training ran wholly after the kill (made before A's last search
+    # checkpoint was reported) and its first epoch before the restart (made before A's last train checkpoint)
     late = min(client.get_metric_history(a_train.info.run_id, "epoch"), key=lambda m: m.step)
-    assert late.timestamp > faulted["events"]["mlflow_killed"] * 1000
+    assert faulted["events"]["mlflow_killed"] * 1000 < late.timestamp < faulted["events"]["mlflow_restarted"] * 1000
     assert not (faulted["storage"] / SWEEP / "tracking-backlog").exists()
 
 
@@ -268,21 +288,20 @@ def test_two_workers_agree_and_each_worker_count_gets_its_own_train_run(faulted)
 
 
 def test_the_job_commands_see_both_jobs(faulted):
-    from orchestrator.cli.report import echo_job_status
-    from orchestrator.cli.submit import jobs, stop
+    from orchestrator.cli.report import status
+    from orchestrator.cli.submit import jobs, logs, stop
 
     address, second = faulted["cluster"]["dashboard"], faulted["second"]
-    assert "".join(job_logs(address, second, follow=True)) == faulted["second_logs"]  # a finished job's stream ends
-    assert stop_job(address, second) is False  # nothing to stop
+    assert faulted["second_followed"] == f"{second}\n" + faulted["second_logs"]  # `submit` followed the whole log
+    shown_logs = CliRunner().invoke(logs, [second, "--address", address, "--follow"])  # a finished job's stream ends
+    assert shown_logs.exit_code == 0 and shown_logs.stdout == faulted["second_logs"], shown_logs.output[-3000:]
     listed = {job.submission_id: job for job in list_jobs(address)}
     assert listed[second].sweep == SWEEP and listed[second].status == "SUCCEEDED"
     assert listed[faulted["first"]].status == "FAILED"
-    summary = job_status_or_none(second, address)
-    assert summary is not None and summary.status == "SUCCEEDED"
-    shown = CliRunner().invoke(click.command()(lambda: echo_job_status(second, address)))
-    assert shown.exit_code == 0 and "SUCCEEDED" in shown.output, shown.output
+    shown = CliRunner().invoke(status, [second, "--address", address])
+    assert shown.exit_code == 0 and "SUCCEEDED" in shown.output and SWEEP in shown.output, shown.output
     listing = CliRunner().invoke(jobs, ["--address", address])
-    assert listing.exit_code == 0 and second in listing.output, listing.output
+    assert listing.exit_code == 0 and second in listing.output and faulted["first"] in listing.output, listing.output
     stopped = CliRunner().invoke(stop, [second, "--address", address])
     assert stopped.exit_code == 0 and "not running (SUCCEEDED)" in stopped.output, stopped.output
 
