@@ -33,6 +33,7 @@ from orchestrator.tracking import (
     run_environment_tags,
     tracked,
 )
+from orchestrator.tracking.champion import settle_champion_quietly
 from orchestrator.tracking.datasets import experiment_datasets
 from orchestrator.train_run import start_train_coordinator
 from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
@@ -282,6 +283,8 @@ def run_sweep(
                 not_logged[trial_id] = count
         statuses = {trial: statuses[trial] for trial in [*plans, *statuses] if trial in statuses}  # grid order
         tracker.log_metrics(sweep_run, {"trials_finished": sum(s == "TERMINATED" for s in statuses.values())})
+        if context.registered_model:  # trials that finished at once may have raced for the alias
+            settle_champion_quietly(tracker.client, context.registered_model)
     if count := catch_up(tracker, storage, experiment.name, "driver", experiment.tracking.flush_timeout_s)[
         "tracking_not_logged"
     ]:

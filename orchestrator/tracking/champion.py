@@ -13,6 +13,7 @@ that finish at once cannot leave a worse one as champion for long (the next one 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-__all__ = ["CHAMPION_ALIAS", "Score", "register_if_better", "settle_champion"]
+__all__ = ["CHAMPION_ALIAS", "Score", "register_if_better", "settle_champion", "settle_champion_quietly"]
+
+_log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
 SCORE_TAG = "trilevel.score"  # the PSNR the version was ranked by
@@ -161,6 +164,17 @@ def settle_champion(client: MlflowClient, name: str) -> ModelVersion | None:
         return None
     best = min(scored, key=lambda item: item[:2])[2]
     current = _champion(client, name)
-    if current is None or current.version != best.version:
+    if current is None or str(current.version) != str(best.version):
         client.set_registered_model_alias(name, CHAMPION_ALIAS, best.version)
     return best
+
+
+def settle_champion_quietly(client: MlflowClient, name: str) -> None:
+    """:func:`settle_champion` at a sweep's end, when trials that finished at once may have raced; never raises.
+
+    The alias is then only as late as the next trial's end (or the next sweep's): worth a warning, not a failure.
+    """
+    try:
+        settle_champion(client, name)
+    except Exception as err:  # an outage, a registry that refuses: the sweep's results stand
+        _log.warning("registered model %s: could not check its alias %s (%s)", name, CHAMPION_ALIAS, err)

@@ -131,3 +131,23 @@ def test_champion_alias_follows_the_best_trial_and_only_better_ones_register(tra
     assert sorted(v.tags["trilevel.trial"] for v in versions) == ["a", "c", "d"]  # b was worse: not registered
     # d ties c at 0.01 dB with fewer GFLOPs
     assert champion.source == client.get_logged_model(logged["d"]).artifact_location
+
+
+def test_a_sweeps_end_puts_a_raced_alias_back_on_the_best_version(tracker, client, unreachable, caplog):
+    """Two trials that finish at once can leave the worse one as champion; the driver settles it at the end."""
+    from mlflow import MlflowClient
+
+    from orchestrator.tracking.champion import settle_champion_quietly
+
+    sweep = tracker.sweep_run("sw")
+    net = _net()
+    for trial, psnr in (("low", 27.0), ("high", 28.0)):
+        run = tracker.trial_run(sweep, "sw", trial, params={}, tags={})
+        tracker.log_model(
+            run, net, input_example=EXAMPLE, io="png", registered_model_name="raced-sr", score=Score("psnr/x", psnr)
+        )
+    client.set_registered_model_alias("raced-sr", CHAMPION_ALIAS, "1")  # what a lost race leaves: the worse one
+    settle_champion_quietly(client, "raced-sr")
+    assert str(client.get_model_version_by_alias("raced-sr", CHAMPION_ALIAS).version) == "2"
+    settle_champion_quietly(MlflowClient(tracking_uri=unreachable, registry_uri=unreachable), "raced-sr")
+    assert "could not check its alias champion" in caplog.text  # an outage at the end: a warning, no error
