@@ -47,6 +47,7 @@ __all__ = [
     "run_finished",
     "run_in_process",
     "start_train_coordinator",
+    "train_scaling",
 ]
 
 # Ray Train's controller polls its workers every 2 s by default: a run's start and end each wait for a
@@ -122,12 +123,25 @@ def _restore_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def train_scaling(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> Any:
+    """Ray Train's ScalingConfig for a run: each worker asks exactly `gpus_per_worker` GPUs (0.5, 1, 2, ...).
+
+    Why not `use_gpu` alone: it reserves one GPU per worker, so 0.5 (two trials sharing an 80 GB GPU
+    that one late-search step keeps ~15 % busy) became 1 and 2 became 1, while the pre-flight planned
+    with the configured value. `use_gpu` still says the workers train on CUDA (device, NCCL).
+    """
+    import ray.train
+
+    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus_per_worker} if gpus_per_worker > 0 else {})
+    return ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources)
+
+
 def fit_run(
     plan: TrainRunPlan,
     storage: str,
     datasets: dict[str, Any],
     *,
-    use_gpu: bool = False,
+    gpus_per_worker: float = 0.0,
     cpus_per_worker: float = 0.5,
     max_failures: int = 0,
     callbacks: list[Any] | None = None,
@@ -141,9 +155,7 @@ def fit_run(
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"run": plan.settings},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=plan.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}
-        ),
+        scaling_config=train_scaling(plan.workers, cpus_per_worker, gpus_per_worker),
         run_config=ray.train.RunConfig(
             name=plan.name,
             storage_path=storage,

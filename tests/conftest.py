@@ -50,7 +50,8 @@ def _isolated_test() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """Start (once) a local Ray with 2 logical CPUs; tests that need Ray take this fixture."""
+    """Start (once) a local Ray with 2 logical CPUs and 1 logical GPU (no CUDA: only placement is tested on it,
+    tests/orchestrator/test_gpu_share.py); tests that need Ray take this fixture."""
     import ray
 
     from orchestrator.cluster import LOCAL_RAY_ENV
@@ -59,7 +60,14 @@ def ray_session():
         os.environ.setdefault(key, value)
     if not ray.is_initialized():
         # address="local": a Ray of the tests' own, whatever RAY_ADDRESS or another head on the machine says
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            num_gpus=1,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     yield ray
     ray.shutdown()
 

@@ -1,0 +1,72 @@
+"""`resources.gpus_per_worker` is what each Train worker reserves: 0.5 lets two trials' runs share one GPU.
+
+No GPU here: the session's local Ray reports one logical GPU (tests/conftest.py). Two Train runs are
+fitted at once with the ScalingConfig production builds (`orchestrator.train_run.train_scaling`),
+each worker writing what Ray assigned it and then waiting until the other run's worker is placed too.
+Both placed at once on the one GPU is the proof; with `use_gpu` alone (a whole GPU per worker) the
+second could only start after the first ended, and the first would give up waiting. Nothing touches
+CUDA: the workers run `DataParallelTrainer`'s plain loop, without a torch process group.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray.train
+
+from orchestrator.train_run import train_scaling
+
+
+def test_the_scaling_config_asks_the_configured_gpus_per_worker():
+    half, two, cpu = train_scaling(2, 4.0, 0.5), train_scaling(1, 4.0, 2.0), train_scaling(1, 0.5, 0.0)
+    assert half.use_gpu and half.num_workers == 2 and half.resources_per_worker == {"CPU": 4.0, "GPU": 0.5}
+    assert two.resources_per_worker == {"CPU": 4.0, "GPU": 2.0}
+    assert not cpu.use_gpu and cpu.resources_per_worker == {"CPU": 0.5}
+
+
+def _hold_a_share(config: dict) -> None:
+    log = Path(config["log"])
+    placed = {"run": config["name"], "gpu_ids": [str(i) for i in ray.get_gpu_ids()]}
+    placed["resources"] = ray.get_runtime_context().get_assigned_resources()
+    with log.open("a") as out:
+        out.write(json.dumps(placed) + "\n")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(log.read_text().splitlines()) < 2:
+        time.sleep(0.1)  # keep holding the GPU share until the other run's worker holds its own
+    if len(log.read_text().splitlines()) < 2:
+        raise RuntimeError("the other run was never placed while this one held its GPU share")
+
+
+@pytest.mark.xdist_group("local_ray")
+def test_two_runs_of_half_a_gpu_share_one_gpu_at_once(ray_session, tmp_path):
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    log = tmp_path / "placed.jsonl"
+    errors: list[BaseException] = []
+
+    def fit(name: str) -> None:
+        try:
+            DataParallelTrainer(
+                _hold_a_share,
+                train_loop_config={"name": name, "log": str(log)},
+                scaling_config=train_scaling(1, 0.5, 0.5),
+                run_config=ray.train.RunConfig(name=name, storage_path=str(tmp_path / "storage")),
+            ).fit()
+        except BaseException as err:  # reported below, with the placements seen
+            errors.append(err)
+
+    threads = [threading.Thread(target=fit, args=(name,)) for name in ("trial-a", "trial-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=400)
+    placed = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    assert not errors, (errors, placed)
+    assert sorted(p["run"] for p in placed) == ["trial-a", "trial-b"]
+    for p in placed:
+        assert p["resources"].get("GPU") == 0.5, p
+        assert p["gpu_ids"] == ["0"], p  # the one GPU, shared
