@@ -59,6 +59,7 @@ RESULT_NEUTRAL_FIELDS: tuple[str, ...] = (
     "data.cache_mb",
     "tracking.flush_timeout_s",
     "search_space.recompute_cells",  # the same gradients bit for bit (tests/workers/test_search_step.py)
+    "stages.keep_checkpoints",  # which old checkpoints stay on disk, never what is computed
 )
 SCALE_HELP = "Preset scale: tiny (the demo, minutes), small (about 30 min per sweep on a laptop) or paper."
 
@@ -215,6 +216,12 @@ class TrainPhaseSpec(StageSpec):
 class StagesSpec(_Strict):
     patch: int = Field(32, ge=4)
     checkpoint_every: int = Field(1, ge=1)
+    keep_checkpoints: int | None = Field(
+        None,
+        ge=1,
+        description="keep each run's last K checkpoints (plus every stage's final one and the train stage's best); "
+        "unset keeps all (a paper-size supernet checkpoint is ~341 MB)",
+    )
     val_max_images: int | None = Field(None, ge=1)
     pretrain: StageSpec = Field(default_factory=StageSpec)
     search: SearchPhaseSpec = Field(default_factory=SearchPhaseSpec)

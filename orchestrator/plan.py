@@ -346,6 +346,7 @@ def _stage_settings(
         supervision=Supervision(kind=sup.kind, weights=sup.weights, nb=sup.nb, nf=sup.nf, gc=sup.gc),
         vgg_weights=experiment.perceptual.vgg_weights,
         checkpoint_every=experiment.stages.checkpoint_every,
+        keep_checkpoints=experiment.stages.keep_checkpoints,
         search=search,
         train=train,
     )

@@ -23,6 +23,7 @@ data is read and checked, and the steps per epoch counted, by the trial plan's o
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any
 from orchestrator.capacity import Capacity
 from orchestrator.capacity import format_amount as _num
 from orchestrator.experiment import DEMO, Experiment, ExperimentError, PhaseSpec, trials
+from orchestrator.footprint import CheckpointFootprint, checkpoint_footprint
 from orchestrator.plan import (
     DataFacts,
     check_scale,
@@ -90,6 +92,7 @@ class Plan:
     needs: dict[str, float] = field(default_factory=dict)  # resource → needed at once
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    checkpoints: dict[str, CheckpointFootprint] = field(default_factory=dict)  # trial id → its checkpoints' bytes
 
     @property
     def ok(self) -> bool:
@@ -136,6 +139,8 @@ def preflight(experiment: Experiment, capacity: Capacity | None = None) -> Plan:
         _check(plan, lambda e=resolved: _test_apart(e, data))
         _check_weights(plan, resolved, loaded)
         plan.stages[trial.trial_id] = [_stage_plan(plan, resolved, stage, data) for stage in STAGES]
+        with contextlib.suppress(Exception):  # a size only: what would make it fail is a problem reported above
+            plan.checkpoints[trial.trial_id] = checkpoint_footprint(resolved)
     _check_resources(plan, grid_experiments={t.trial_id: t.experiment for t in grid})
     return plan
 
@@ -353,6 +358,26 @@ def _stage_lines(stages: Iterable[StagePlan]) -> list[str]:
     return lines
 
 
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n < 1e10 else f"{n / 1e9:.0f} GB"
+
+
+def _checkpoint_lines(f: CheckpointFootprint) -> list[str]:
+    """What a trial's checkpoints weigh on the storage path, with and without retention."""
+    bound = {stage: "≤" if stage == "train" and not f.exact_train else "" for stage in f.saved}
+    each = ", ".join(
+        f"{stage} {f.saved[stage]} × {bound[stage]}{f.bytes_each[stage] / 1e6:.0f} MB" for stage in f.saved
+    )
+    if f.keep_last is None:
+        kept = f"all kept (stages.keep_checkpoints unset): {_gb(f.all_bytes)} per trial"
+    else:
+        kept = (
+            f"stages.keep_checkpoints={f.keep_last} keeps {sum(f.kept.values())} (the last {f.keep_last}, each stage's "
+            f"final, the best): {_gb(f.kept_bytes)} per trial at the end, of {_gb(f.all_bytes)} written"
+        )
+    return [f"  checkpoints: {each}; {kept}"]
+
+
 def format_plan(plan: Plan) -> str:
     """The plan as a terminal prints it: trials, concurrency, stages (grouped when trials agree), problems."""
     lines = [
@@ -371,7 +396,9 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  cluster:  at most {_num(most.get('GPU', 0))} GPU, {_num(most.get('CPU', 0))} CPU ({where})")
     groups: dict[tuple[str, ...], list[str]] = {}
     for trial_id, stages in plan.stages.items():
-        groups.setdefault(tuple(_stage_lines(stages)), []).append(trial_id)
+        footprint = plan.checkpoints.get(trial_id)
+        checkpoint_lines = [] if footprint is None else _checkpoint_lines(footprint)
+        groups.setdefault(tuple(_stage_lines(stages) + checkpoint_lines), []).append(trial_id)
     for stage_lines, members in groups.items():
         who = "every trial" if len(groups) == 1 else ", ".join(members)
         lines.append(f"Stages of {who}:")

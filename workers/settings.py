@@ -92,6 +92,7 @@ class StageSettings:
     supervision: Supervision
     vgg_weights: str | None
     checkpoint_every: int  # epochs
+    keep_checkpoints: int | None  # the run's last K checkpoints kept (plus those stage results name); None: all
     search: SearchSettings | None  # search stage only
     train: TrainSettings | None  # train stage only
 

@@ -39,9 +39,10 @@ from workers.distributed import all_ranks_agree, rank_spread
 from workers.gates import checkpoint_point, gate
 from workers.losses import build_loss
 from workers.pipeline import val_pairs
+from workers.retention import delete_checkpoints, to_delete
 from workers.search_step import FlopsController, optimizer_step, pretrain_step, radius_at, search_step
 from workers.settings import OptimSettings, RunSettings, StageSettings
-from workers.stage_io import RayStageIO, StageIO
+from workers.stage_io import RayStageIO, StageIO, checkpoint_names
 from workers.stage_outputs import StageResult, read_stage_result, write_stage_result
 from workers.validation import evaluate_pairs
 
@@ -76,6 +77,8 @@ class StageContext:
         self._losses: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
         self._last_report = time.monotonic()
         self.history: list[dict[str, float]] = []  # numeric metrics of every epoch of the running stage
+        # The run's checkpoints on disk, oldest first (those of an earlier process of this run included).
+        self._saved = [io.checkpoint_path(name) for name in _registered(run.checkpoints)] if io.rank == 0 else []
 
     def targets(self, lr: Tensor, hr: Tensor) -> Tensor:
         """Teacher(LR) (frozen, clamped to [0, 1]) or the ground-truth HR patch."""
@@ -143,7 +146,27 @@ class StageContext:
             full["genotype"] = genotype.to_dict()
         gate(checkpoint_point(self.run.checkpoints, name))  # test-only: a fault test's barrier (workers.gates)
         self.io.report(metrics, full, None if genotype is None else genotype.to_json(), name)
-        return Saved(self.io.checkpoint_path(name), full)
+        saved = Saved(self.io.checkpoint_path(name), full)
+        self._retain(settings, saved)
+        return saved
+
+    def _retain(self, settings: StageSettings, saved: Saved) -> None:
+        """Keep the run's last K checkpoints and those a stage result or the best names (`workers.retention`)."""
+        if self.io.rank != 0:
+            return
+        if saved.path in self._saved:
+            self._saved.remove(saved.path)  # an epoch redone after a resume: it is the newest again
+        self._saved.append(saved.path)
+        if settings.keep_checkpoints is None:
+            return
+        protected = {saved.path, saved.state.get("best", {}).get("checkpoint")}
+        for stage in LOOPS:
+            done = read_stage_result(self.run.outputs, stage)
+            if done is not None:
+                protected |= {done.checkpoint, done.best_checkpoint}
+        old = to_delete(self._saved, settings.keep_checkpoints, {p for p in protected if p})
+        delete_checkpoints(old)
+        self._saved = [path for path in self._saved if path not in old]
 
 
 @dataclass(frozen=True)
@@ -155,6 +178,14 @@ class Saved:
 
     def result(self, stage: str) -> StageResult:
         return _result_from_state(stage, self.state, self.path)
+
+
+def _registered(checkpoints: str) -> list[str]:
+    """Checkpoint names the run registered before this process (none for a plain local folder)."""
+    try:
+        return checkpoint_names(checkpoints)
+    except (OSError, ValueError):
+        return []
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -256,3 +256,5 @@ def test_the_plan_counts_the_cpus_a_trial_holds_for_the_stages_it_runs(
     assert plan.ok, plan.problems
     assert plan.needs == {"CPU": cpus_at_once}
     assert format_plan(plan).count("(in the trial's process)") == in_trial_stages
+    text = format_plan(plan)
+    assert "checkpoints: pretrain 1 × " in text and "all kept (stages.keep_checkpoints unset)" in text
