@@ -223,6 +223,10 @@ class StagesSpec(_Strict):
         "unset keeps all (a paper-size supernet checkpoint is ~341 MB)",
     )
     val_max_images: int | None = Field(None, ge=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast convolutions (channels-last); combiners, costs, losses stay fp32"
+    )
+    deterministic: bool = Field(False, description="deterministic kernels (torch.use_deterministic_algorithms): slower")
     pretrain: StageSpec = Field(default_factory=StageSpec)
     search: SearchPhaseSpec = Field(default_factory=SearchPhaseSpec)
     train: TrainPhaseSpec = Field(default_factory=TrainPhaseSpec)

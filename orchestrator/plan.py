@@ -347,6 +347,8 @@ def _stage_settings(
         vgg_weights=experiment.perceptual.vgg_weights,
         checkpoint_every=experiment.stages.checkpoint_every,
         keep_checkpoints=experiment.stages.keep_checkpoints,
+        precision=experiment.stages.precision,
+        deterministic=experiment.stages.deterministic,
         search=search,
         train=train,
     )

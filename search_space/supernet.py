@@ -356,7 +356,8 @@ class Supernet(nn.Module):
         """Op and path weights and (sparse execution) their non-zero pattern, read to the host once."""
         if self._fixed_combined is not None:
             return self._fixed_combined
-        op_w, path_w = self.op_weights(), self.path_weights()
+        with _full_precision(self.alpha.device):  # under bf16 autocast too: they decide what runs and freezes
+            op_w, path_w = self.op_weights(), self.path_weights()
         if self.config.sparse_execution:
             active_ops, carries_weight = _nonzero_pattern(op_w, path_w)
         else:
@@ -429,6 +430,10 @@ class Supernet(nn.Module):
         F = fixed layers + Σ_n p_n · (cumulative MACs of the root→n path), each cell costing
         Σ_slots Σ_k w_k · MACs_k(Cin, Cout) · gate_in · gate_out.
         """
+        with _full_precision(op_weights.device):
+            return self._expected_cost(op_weights, path_weights, widths)
+
+    def _expected_cost(self, op_weights: Tensor, path_weights: Tensor, widths: WidthSample) -> Tensor:
         device = op_weights.device
         index = widths.index_tensor
         if index is None or index.device != device:
@@ -523,6 +528,13 @@ def _nonzero_pattern(op_weights: Tensor, path_weights: Tensor) -> tuple[list[lis
     cells, slots, ops = op_weights.shape
     active = [[[k for k in range(ops) if mask[(c * slots + i) * ops + k]] for i in range(slots)] for c in range(cells)]
     return active, mask[n_ops:]
+
+
+def _full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off: combiners and costs stay fp32 inside a bf16 forward (their matmuls would not)."""
+    if device.type not in ("cpu", "cuda"):  # e.g. the meta device: no autocast there to turn off
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _sync_radius_value(module: nn.Module, incompatible_keys: object) -> None:

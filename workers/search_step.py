@@ -24,6 +24,7 @@ from search_space.combiners import ordering_penalty
 from search_space.supernet import Supernet, WidthSample
 from workers.distributed import average_gradients
 from workers.losses import bind_target
+from workers.precision import run_forward
 
 __all__ = [
     "PRETRAIN_WIDTHS",
@@ -54,6 +55,7 @@ def sandwich_backward(
     loss_fn: Loss,
     generator: torch.Generator | None,
     extra: Tensor | None = None,
+    precision: str = "fp32",
 ) -> float:
     """Σ over width settings of the loss, backpropagated pass by pass; returns the summed loss.
 
@@ -66,7 +68,7 @@ def sandwich_backward(
     against = bind_target(loss_fn, target)
     total: Tensor | None = None
     for i, width in enumerate(widths):
-        loss = against(net(lr, width, generator=generator))
+        loss = against(run_forward(net, precision, lr, width, generator=generator))
         (loss + extra if i == 0 and extra is not None else loss).backward()
         value = loss.detach().double()
         total = value if total is None else total + value
@@ -102,6 +104,7 @@ def pretrain_step(
     loss_fn: Loss,
     widths_gen: torch.Generator,
     grad_clip: float | None,
+    precision: str = "fp32",
 ) -> float:
     """One pretrain step (Alg. 1 lines 5-11): the {max, min, random, random} sandwich on the weights.
 
@@ -109,7 +112,7 @@ def pretrain_step(
     """
     optimizer.zero_grad(set_to_none=True)
     with net.fixed_architecture():
-        loss = sandwich_backward(net, lr, target, PRETRAIN_WIDTHS, loss_fn, widths_gen)
+        loss = sandwich_backward(net, lr, target, PRETRAIN_WIDTHS, loss_fn, widths_gen, precision=precision)
     optimizer_step(optimizer, net.weight_parameters(), grad_clip)
     return loss
 
@@ -190,6 +193,7 @@ def arch_step(
     lambda_order: float,
     full_paths: Tensor,
     freeze: bool = True,
+    precision: str = "fp32",
 ) -> tuple[float, float, float]:
     """One architecture step on χ2; returns (sandwich loss, FLOPs penalty, ordering penalty).
 
@@ -202,7 +206,14 @@ def arch_step(
         extra = [t for t in (penalty, order) if t is not None]
         optimizer.zero_grad(set_to_none=True)
         loss = sandwich_backward(
-            net, lr, target, (gumbel, *SEARCH_FIXED_WIDTHS), loss_fn, None, sum(extra) if extra else None
+            net,
+            lr,
+            target,
+            (gumbel, *SEARCH_FIXED_WIDTHS),
+            loss_fn,
+            None,
+            sum(extra) if extra else None,
+            precision=precision,
         )
         params = net.arch_parameters()
         average_gradients(params)
@@ -222,12 +233,13 @@ def weight_step(
     loss_fn: Loss,
     widths_gen: torch.Generator,
     grad_clip: float | None,
+    precision: str = "fp32",
 ) -> float:
     """One weight step on χ1 with the architecture fixed; returns the sandwich loss."""
     with frozen(net.arch_parameters()), net.fixed_architecture():
         gumbel = net.sample_widths("gumbel", widths_gen)
         optimizer.zero_grad(set_to_none=True)
-        loss = sandwich_backward(net, lr, target, (gumbel, *SEARCH_FIXED_WIDTHS), loss_fn, None)
+        loss = sandwich_backward(net, lr, target, (gumbel, *SEARCH_FIXED_WIDTHS), loss_fn, None, precision=precision)
         optimizer_step(optimizer, net.weight_parameters(), grad_clip)
     return loss
 
@@ -246,12 +258,13 @@ def search_step(
     full_paths: Tensor,
     grad_clip: float | None,
     freeze: bool = True,
+    precision: str = "fp32",
 ) -> SearchStepLosses:
     """Arch step on χ2 (`batch_a` = LR, target), then weight step on χ1 (`batch_w`)."""
     loss_a, flops_value, order_value = arch_step(
-        net, arch_opt, *batch_a, loss_fn, widths_gen, flops, lambda_order, full_paths, freeze
+        net, arch_opt, *batch_a, loss_fn, widths_gen, flops, lambda_order, full_paths, freeze, precision
     )
-    loss_w = weight_step(net, weight_opt, *batch_w, loss_fn, widths_gen, grad_clip)
+    loss_w = weight_step(net, weight_opt, *batch_w, loss_fn, widths_gen, grad_clip, precision)
     return SearchStepLosses(loss_a, loss_w, flops_value, order_value)
 
 

@@ -93,6 +93,8 @@ class StageSettings:
     vgg_weights: str | None
     checkpoint_every: int  # epochs
     keep_checkpoints: int | None  # the run's last K checkpoints kept (plus those stage results name); None: all
+    precision: str  # fp32 | bf16 (workers.precision)
+    deterministic: bool  # torch.use_deterministic_algorithms for the run
     search: SearchSettings | None  # search stage only
     train: TrainSettings | None  # train stage only
 

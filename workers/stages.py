@@ -39,6 +39,7 @@ from workers.distributed import all_ranks_agree, rank_spread
 from workers.gates import checkpoint_point, gate
 from workers.losses import build_loss
 from workers.pipeline import val_pairs
+from workers.precision import prepare, run_forward, set_deterministic
 from workers.retention import delete_checkpoints, to_delete
 from workers.search_step import FlopsController, optimizer_step, pretrain_step, radius_at, search_step
 from workers.settings import OptimSettings, RunSettings, StageSettings
@@ -232,7 +233,7 @@ def pretrain(
     """Supernet weights only, on χ1, sandwich {max, min, random, random}, radius 0 (Alg. 1 lines 5-11)."""
     state, _ = resume
     saved: Saved | None = None
-    net = _supernet(s, model).to(ctx.device)
+    net = prepare(_supernet(s, model).to(ctx.device), s.precision)
     net.set_radius(0.0)
     for p in net.arch_parameters():
         p.requires_grad_(False)
@@ -246,7 +247,9 @@ def pretrain(
         batches = ctx.batches(s, "w", epoch, 0, s.optim)
         while all_ranks_agree((batch := next(batches, None)) is not None, ctx.device):
             lr, target, _ = batch
-            losses.append(pretrain_step(net, optimizer, lr, target, loss_fn, widths_gen, s.optim.grad_clip))
+            losses.append(
+                pretrain_step(net, optimizer, lr, target, loss_fn, widths_gen, s.optim.grad_clip, s.precision)
+            )
         scheduler.step()
         metrics = {"loss": _mean(losses), "lr": optimizer.param_groups[0]["lr"], "steps": len(losses)}
         metrics["weight_rank_spread"] = rank_spread(net.weight_parameters())
@@ -281,7 +284,7 @@ def search(
     cfg = s.search
     state, _ = resume
     saved: Saved | None = None
-    net = _supernet(s, model).to(ctx.device)
+    net = prepare(_supernet(s, model).to(ctx.device), s.precision)
     weight_opt = torch.optim.Adam(net.weight_parameters(), lr=s.optim.lr)
     arch_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=0.0)
     scheduler = _schedule(weight_opt, s.optim)
@@ -317,6 +320,7 @@ def search(
                 full_paths=full_paths,
                 grad_clip=s.optim.grad_clip,
                 freeze=cfg.ssn_freeze,
+                precision=s.precision,
             )
             for key in log:
                 log[key].append(getattr(losses, key))
@@ -376,7 +380,7 @@ def train(
         net = inherit(_supernet(s, model), genotype)
     else:
         net = build_network(genotype)
-    net = net.to(ctx.device)
+    net = prepare(net.to(ctx.device), s.precision)
     phases = [s.optim] + ([s.train.finetune] if s.train.finetune else [])
     cost = count(genotype)
     resumed_epoch = int(state["epoch"]) if state else 0
@@ -398,7 +402,7 @@ def train(
             batches = ctx.batches(s, "all", epoch, 0, phase)
             while all_ranks_agree((batch := next(batches, None)) is not None, ctx.device):
                 lr, target, _ = batch
-                loss = loss_fn(net(lr), target)
+                loss = loss_fn(run_forward(net, s.precision, lr), target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer_step(optimizer, list(net.parameters()), phase.grad_clip)
@@ -475,6 +479,8 @@ def _load_model(checkpoint: str) -> ModelState:
 def run_stages(run: RunSettings, io: StageIO) -> list[StageResult]:
     """Run the stages of `run` in order: skip finished ones, resume the interrupted one."""
     torch.set_num_threads(max(1, run.threads))
+    if run.stages[0].deterministic:
+        set_deterministic(True)
     ctx = StageContext(run, io)
     resumed_state, resumed_path = io.resumed()
     first = run.stages[0].stage
