@@ -40,3 +40,14 @@ def test_search_step_runs_sparse_and_dense_and_updates_parameters(one_thread):
     assert losses[True] == losses[False] or all(
         math.isclose(s, d, rel_tol=1e-5) for s, d in zip(losses[True], losses[False], strict=True)
     )
+
+
+def test_gpu_check_runs_at_tiny_shapes_and_prints_every_row(one_thread, capsys):
+    from bench.gpu_check import main
+
+    report = main(["--quick", "--steps", "1", "--data-seconds", "0"])
+    table = capsys.readouterr().out
+    for row in ("torch / CUDA", "peak", "pretrain step", "search step", "train step", "data headroom"):
+        assert row in table, row
+    assert report["pretrain_s"] > 0 and report["search_late_s"] > 0 and report["train_s"] > 0
+    assert report["data_pairs_per_s"] > 0 and report["data_headroom"] > 0

@@ -1,0 +1,223 @@
+"""One command for the first GPU node: can it run the image's torch, and at what rate, before a sweep spends it.
+
+    python -m bench.gpu_check                 # paper shapes, on the node's GPU (CPU when there is none)
+    python -m bench.gpu_check --quick         # tiny shapes, seconds on a CPU (what the test suite runs)
+
+Prints one Markdown table (and writes `bench/results/gpu_check.json`):
+
+- **driver**: torch and its CUDA version, the GPU, its compute capability, the driver (nvidia-smi).
+  The image's CUDA 13 torch needs driver R580 or newer and compute capability ≥ 7.5 (no V100): a
+  mismatch is flagged here, not three hours into a sweep.
+- **peak memory of a dense pretrain step** at paper shapes (backbone B supernet, 55 nodes, radius 0:
+  every op and node computed; LR 32×32, batch 3): the worst step of a trial. Compare it with the
+  GPU's memory: above ~90 % means set `search_space.recompute_cells=0.5` (about a third of the peak,
+  same gradients) or a smaller batch or patch.
+- **seconds per step**: pretrain (dense), late search (radius 0.95: sparse, nearly one-hot) and train
+  (the zoo's trilevel-b-psnr at batch 16, LR 32×32), each the median of `--steps` after a warm-up,
+  synchronised. Steps per epoch × epochs × these = a stage's GPU time.
+- **data rate vs consumption**: LR/HR patch pairs per second that one worker's CPU decodes and crops
+  from the built-in photographs (the in-process path, MATLAB bicubic per decoded image) against the
+  pairs a train step consumes per second at the measured step time. Below 1× the GPU waits for data:
+  store LR at `data prepare` time, use sub-image shards, give workers more CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import median, peak_rss_mib  # noqa: E402
+from search_space.derived import build_network  # noqa: E402
+from search_space.genotype import load_genotype  # noqa: E402
+from search_space.supernet import Supernet, SupernetConfig  # noqa: E402
+from workers.losses import content_loss  # noqa: E402
+from workers.search_step import FlopsController, pretrain_step, search_step  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+MIN_DRIVER = 580  # CUDA 13's minimum driver branch
+MIN_CAPABILITY = (7, 5)  # CUDA 13 dropped Volta (7.0)
+PAPER = {"config": SupernetConfig(), "lr": 32, "batch": 3, "train_batch": 16}
+QUICK = {
+    "config": SupernetConfig(nf=16, num_cells=2, widths=(8, 12, 16)),
+    "lr": 8,
+    "batch": 1,
+    "train_batch": 2,
+}
+
+
+def driver_info() -> dict[str, Any]:
+    """torch/CUDA/GPU/driver facts and whether they fit the image's CUDA 13 torch."""
+    info: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": None, "ok": True}
+    if not torch.cuda.is_available():
+        info["note"] = "no CUDA device visible to torch: everything below ran on the CPU"
+        return info
+    props = torch.cuda.get_device_properties(0)
+    info |= {"gpu": props.name, "memory_gib": props.total_memory / 2**30, "capability": f"{props.major}.{props.minor}"}
+    if (props.major, props.minor) < MIN_CAPABILITY:
+        info["ok"], info["note"] = False, f"compute capability {props.major}.{props.minor} < 7.5: CUDA 13 cannot run it"
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
+        )
+        driver = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "?"
+        info["driver"] = driver
+        major = driver.split(".")[0]
+        if major.isdigit() and int(major) < MIN_DRIVER and str(torch.version.cuda or "").startswith("13"):
+            info["ok"], info["note"] = False, f"driver {driver} < R{MIN_DRIVER}: CUDA 13 torch needs R{MIN_DRIVER}+"
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(step: Any, steps: int, device: torch.device) -> float:
+    step()  # warm-up (cuDNN autotuning, allocator)
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def _supernet(shapes: dict[str, Any], device: torch.device, radius: float) -> Supernet:
+    torch.manual_seed(0)
+    net = Supernet(shapes["config"]).to(device)
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_()
+    net.set_radius(radius)
+    return net
+
+
+def _batch(shapes: dict[str, Any], device: torch.device, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lr, scale = shapes["lr"], shapes["config"].scale
+    return torch.rand(batch, 3, lr, lr, device=device), torch.rand(batch, 3, lr * scale, lr * scale, device=device)
+
+
+def step_seconds(shapes: dict[str, Any], device: torch.device, steps: int) -> dict[str, float]:
+    """Peak memory of a dense pretrain step, and seconds per pretrain, late-search and train step."""
+    out: dict[str, float] = {}
+    net = _supernet(shapes, device, 0.0)
+    for p in net.arch_parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam(net.weight_parameters(), lr=1e-4)
+    lr, hr = _batch(shapes, device, shapes["batch"])
+    gen = torch.Generator().manual_seed(1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    out["pretrain_s"] = _timed(lambda: pretrain_step(net, opt, lr, hr, content_loss, gen, 5.0), steps, device)
+    if device.type == "cuda":
+        out["pretrain_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        out["pretrain_peak_rss_gib"] = peak_rss_mib() / 1024
+
+    late = _supernet(shapes, device, 0.95)
+    weight_opt = torch.optim.Adam(late.weight_parameters(), lr=1e-4)
+    arch_opt = torch.optim.Adam(late.arch_parameters(), lr=3e-4, betas=(0.5, 0.999))
+    flops = FlopsController(1e-20, None, (0.25, 1.0), 20)
+    paths = late.tree.full_paths.to(device)
+    batch_a = _batch(shapes, device, shapes["batch"])
+
+    def search() -> None:
+        search_step(
+            late, weight_opt, arch_opt, (lr, hr), batch_a, content_loss, gen,
+            flops=flops, lambda_order=0.01, full_paths=paths, grad_clip=5.0,
+        )  # fmt: skip
+
+    out["search_late_s"] = _timed(search, steps, device)
+
+    derived = build_network(load_genotype("trilevel-b-psnr")).to(device)
+    opt = torch.optim.Adam(derived.parameters(), lr=2e-4)
+    lr_t, hr_t = _batch(shapes, device, shapes["train_batch"])
+
+    def train() -> None:
+        loss = content_loss(derived(lr_t), hr_t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    out["train_s"] = _timed(train, steps, device)
+    return out
+
+
+def data_rate(shapes: dict[str, Any], seconds: float) -> float:
+    """Train-batch LR/HR pairs per second one process decodes and crops from the built-in photographs."""
+    from workers.batches import epoch_generator, patch_batches
+    from workers.pipeline import worker_rows
+    from workers.shards.demo import write_demo_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_demo_dataset(tmp)
+        start, pairs = time.perf_counter(), 0
+        while not pairs or time.perf_counter() - start < seconds:  # at least one pass
+            rows = worker_rows(f"{tmp}/train", shapes["config"].scale, "all")  # decoded (bicubic too) every pass
+            batches = patch_batches(
+                rows, batch_size=shapes["train_batch"], patch=shapes["lr"], scale=shapes["config"].scale,
+                generator=epoch_generator(0, pairs, 0, 0), steps=len(rows), name="demo",
+            )  # fmt: skip
+            pairs += sum(lr.shape[0] for lr, _ in batches)
+        return pairs / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (a CPU smoke run)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (after one warm-up)")
+    parser.add_argument("--data-seconds", type=float, default=20.0, help="how long to measure the data rate")
+    args = parser.parse_args(argv)
+    shapes = QUICK if args.quick else PAPER
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    info = driver_info()
+    steps = step_seconds(shapes, device, args.steps)
+    produced = data_rate(shapes, args.data_seconds)
+    consumed = shapes["train_batch"] / steps["train_s"]
+    report = {"driver": info, "device": str(device), "shapes": "quick" if args.quick else "paper", **steps}
+    report |= {"data_pairs_per_s": produced, "train_pairs_per_s": consumed, "data_headroom": produced / consumed}
+    rows = [
+        ("torch / CUDA", f"{info['torch']} / {info['cuda'] or 'none'}"),
+        ("GPU (capability, memory)", f"{info.get('gpu') or 'none'} ({info.get('capability', '-')}, "
+         f"{info.get('memory_gib', 0):.0f} GiB)"),
+        ("driver", info.get("driver", "-") + ("" if info["ok"] else f" — PROBLEM: {info['note']}")),
+    ]  # fmt: skip
+    if "pretrain_peak_gib" in steps:
+        rows.append(("dense pretrain step, peak GPU memory", f"{steps['pretrain_peak_gib']:.1f} GiB"))
+    else:
+        rows.append(("dense pretrain step, peak process RSS (CPU run)", f"{steps['pretrain_peak_rss_gib']:.1f} GiB"))
+    rows += [
+        ("pretrain step (dense, radius 0)", f"{steps['pretrain_s']:.3f} s"),
+        ("search step (late, radius 0.95)", f"{steps['search_late_s']:.3f} s"),
+        (f"train step (trilevel-b-psnr, batch {shapes['train_batch']})", f"{steps['train_s']:.3f} s"),
+        ("data: pairs/s one process decodes and crops", f"{produced:.1f}"),
+        ("train step consumes pairs/s", f"{consumed:.1f}"),
+        ("data headroom (≥ 1: the GPU never waits)", f"{produced / consumed:.2f}×"),
+    ]
+    print(f"gpu_check on {device} ({report['shapes']} shapes)\n\n| check | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    if info.get("note"):
+        print(f"\nNote: {info['note']}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / ("gpu_check_quick.json" if args.quick else "gpu_check.json")).write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
