@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.plan import TrialPlan
+from orchestrator.plan import TrialPlan, stage_steps
 from workers.stage_list import EVALUATE
 
 __all__ = ["SweepConsole", "quiet_output", "terminal_warnings"]
@@ -74,19 +74,6 @@ def terminal_warnings(console: Console, logger: str = "orchestrator") -> Iterato
         yield
     finally:
         target.removeHandler(handler)
-
-
-def _stage_steps(plan: TrialPlan) -> dict[str, tuple[int, int]]:
-    """(epochs, steps per epoch) of every stage of a trial, from its plan."""
-    out = {}
-    for run in plan.runs:
-        for stage in run.settings.stages:
-            finetune = stage.train.finetune if stage.train else None
-            steps = stage.optim.epochs * stage.optim.steps_per_epoch + (
-                finetune.epochs * finetune.steps_per_epoch if finetune else 0
-            )
-            out[stage.stage] = (stage.total_epochs, steps)
-    return out
 
 
 def _duration(seconds: float | None) -> str:
@@ -160,20 +147,26 @@ class SweepConsole:
         for column in ("trial", "stage", "epoch", "loss", "val PSNR", "ETA", "test PSNR vs bicubic"):
             table.add_column(column, justify="left" if column in ("trial", "stage") else "right", no_wrap=True)
         warnings: list[Text] = []
-        for trial_id, plan in self.plans.items():
-            table.add_row(*self._row(trial_id, plan))
+        steps = {trial_id: stage_steps(plan) for trial_id, plan in self.plans.items()}
+        for trial_id, p in self.progress.items():  # trials a search algorithm suggested: planned in the trial
+            if trial_id not in steps and "stage_steps" in p:
+                steps[trial_id] = {stage: tuple(v) for stage, v in p["stage_steps"].items()}
+        for trial_id, stages in steps.items():
+            table.add_row(*self._row(trial_id, stages))
             for warning in self.progress.get(trial_id, {}).get("warnings", [])[-2:]:
                 warnings.append(Text(f"{trial_id}: {warning}", style="yellow"))
         for trial_id, error in self.failed.items():
             warnings.append(Text(f"{trial_id} FAILED: {error}", style="bold red"))
         return Group(table, *warnings)
 
-    def _row(self, trial_id: str, plan: TrialPlan) -> list[str | Text]:
+    def _row(self, trial_id: str, stages: dict[str, tuple[int, int]]) -> list[str | Text]:
         p = self.progress.get(trial_id, {})
         if trial_id in self.failed:
             return [trial_id, p.get("stage", ""), "", "", "", "", Text("failed", style="bold red")]
-        if not p:
+        if not p or p.get("state") == "planned":
             return [trial_id, "queued", "", "", "", "", ""]
+        if p.get("state") == "stopped":
+            return [trial_id, "stopped", "", "", _number(p.get("val_psnr")), "", "stopped by the scheduler"]
         stage = p.get("stage", "")
         if p.get("state") == "done":
             return [trial_id, "done", "", "", "", "", _result(p.get("final", {}))]
@@ -182,11 +175,10 @@ class SweepConsole:
         epochs = p.get("epochs")
         epoch = f"{p['epoch'] + 1}/{epochs}" if "epoch" in p and epochs else ""
         loss = p.get("loss", p.get("loss_w"))
-        return [trial_id, stage, epoch, _number(loss, 3), _number(p.get("val_psnr")), self._eta(plan, p), ""]
+        return [trial_id, stage, epoch, _number(loss, 3), _number(p.get("val_psnr")), self._eta(stages, p), ""]
 
-    def _eta(self, plan: TrialPlan, p: dict[str, Any]) -> str:
+    def _eta(self, stages: dict[str, tuple[int, int]], p: dict[str, Any]) -> str:
         """Remaining epochs of this stage at its pace, then later stages at this stage's time per step."""
-        stages = _stage_steps(plan)
         stage, epoch_s, epochs = p.get("stage"), p.get("epoch_s"), p.get("epochs")
         if stage not in stages or not epoch_s or not epochs or "epoch" not in p:
             return ""

@@ -36,9 +36,12 @@ __all__ = [
     "Experiment",
     "ExperimentError",
     "Trial",
+    "TuneSpec",
     "apply_overrides",
     "load_experiment",
     "preset_names",
+    "trial_for",
+    "trial_id",
     "trials",
     "with_random",
     "with_seeds",
@@ -308,6 +311,79 @@ class TrackingSpec(_Strict):
     )
 
 
+class SchedulerSpec(_Strict):
+    """A Tune trial scheduler acting on every epoch's report (`epochs_done` counts epochs over all stages)."""
+
+    kind: Literal["fifo", "asha", "median"] = Field(
+        "fifo", description="fifo: run every trial to the end; asha: ASHA; median: median stopping rule"
+    )
+    metric: str = Field("val_psnr", description="a metric every epoch reports (val_psnr, loss, objective)")
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = Field(1, ge=1, description="epochs (over all stages) before a trial may be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep the best 1/reduction_factor at each rung")
+    max_t: int | None = Field(None, ge=1, description="ASHA: epochs of a whole trial (default: the experiment's)")
+
+
+class SpaceAxis(_Strict):
+    """A searched axis: a distribution a search algorithm draws (or suggests) the field's value from."""
+
+    kind: Literal["uniform", "loguniform", "randint", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SpaceAxis:
+        if self.kind == "choice":
+            if not self.values:
+                raise ValueError("a choice needs values: [..]")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.kind} needs low < high, got low={self.low} high={self.high}")
+        if self.kind == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.low}")
+        return self
+
+
+class SearchSpec(_Strict):
+    """How trials are chosen: Tune's variant generator (grid axes × random draws) or Optuna (pip extra `tune`)."""
+
+    kind: Literal["random", "optuna"] = Field(
+        "random",
+        description="random: every grid combination of sweep:, each searched axis drawn at random; "
+        "optuna: Optuna's TPE suggests the searched axes from the trials so far",
+    )
+    metric: str = Field("objective", description="what the search maximises/minimises: a trial's final report")
+    mode: Literal["max", "min"] = "max"
+    space: dict[str, SpaceAxis] = Field(default_factory=dict, description="searched axes: dotted field → distribution")
+    points: list[dict[str, Any]] = Field(
+        default_factory=list, description="trials to run first, as {field: value} (warm start)"
+    )
+    seed: int | None = None
+
+
+class TuneSpec(_Strict):
+    """What Ray Tune does with the trials: scheduler, search algorithm, samples, callbacks."""
+
+    num_samples: int = Field(1, ge=1, description="random: draws of the searched axes per grid point; optuna: trials")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    gflops_budget: float | None = Field(
+        None, gt=0, description="the objective is the validation PSNR minus 10 dB per 100% over this many GFLOPs"
+    )
+    callbacks: list[str] = Field(
+        default_factory=list, description="Tune callbacks to add, as importable dotted paths of classes (no arguments)"
+    )
+
+    @field_validator("callbacks")
+    @classmethod
+    def _dotted(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", path):
+                raise ValueError(f"a callback is a dotted path such as package.module.Class, got {path!r}")
+        return value
+
+
 class Experiment(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -322,6 +398,7 @@ class Experiment(_Strict):
     storage: str = "./trilevel-runs"
     sweep: dict[str, list[Any]] = Field(default_factory=dict, description="grid axes: dotted field → values")
     labels: dict[str, str] = Field(default_factory=dict, description="display names of axis values (reports)")
+    tune: TuneSpec = Field(default_factory=TuneSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
@@ -336,9 +413,34 @@ class Experiment(_Strict):
             if repeated := sorted({v for v in shown if shown.count(v) > 1}):
                 raise ValueError(f"sweep.{axis}: the value {', '.join(repeated)} appears more than once")
             _get(self.model_dump(), axis, where=f"sweep.{axis}")
+        self._consistent_tune()
         if self.stages.search.radius_end < self.stages.search.radius_start:
             raise ValueError("stages.search.radius_end must be >= radius_start")
         return self
+
+    def _consistent_tune(self) -> None:
+        tune = self.tune
+        dumped = self.model_dump()
+        for axis in tune.search.space:
+            _get(dumped, axis, where=f"tune.search.space.{axis}")
+            if axis in self.sweep:
+                raise ValueError(f"tune.search.space.{axis}: also a grid axis in sweep:; give it in one place")
+        axes = set(self.sweep) | set(tune.search.space)
+        for i, point in enumerate(tune.search.points):
+            if unknown := sorted(set(point) - axes):
+                raise ValueError(f"tune.search.points.{i}: {', '.join(unknown)} is not an axis of sweep: or the space")
+        if tune.search.kind == "optuna" and self.sweep:
+            raise ValueError(
+                f"tune.search.kind: optuna suggests values and cannot take grid axes (sweep.{next(iter(self.sweep))}): "
+                "give them as choice axes in tune.search.space"
+            )
+        if tune.search.kind == "optuna" and not tune.search.space:
+            raise ValueError("tune.search.kind: optuna needs at least one axis in tune.search.space")
+        if tune.num_samples > 1 and not tune.search.space:
+            raise ValueError(
+                f"tune.num_samples: {tune.num_samples} samples of a sweep with no searched axis would repeat the "
+                "same trials; add tune.search.space"
+            )
 
     def stage_data(self, stage: str) -> str:
         """The training data of a stage: its own `stages.<stage>.data`, else `data.train`."""
@@ -538,7 +640,7 @@ class Trial:
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.,=+-]+")
 
 
-def _trial_id(axes: Mapping[str, Any]) -> str:
+def trial_id(axes: Mapping[str, Any]) -> str:
     """`lambda_order=0.01,...`: readable, and always one safe folder name under the sweep.
 
     The id names the trial's folder: an axis value such as `../../x.json` must not lead out of the
@@ -589,21 +691,32 @@ def with_random(experiment: Experiment, draws: int = 3) -> Experiment:
     return validate(data, f"experiment {experiment.name}")
 
 
+def trial_for(experiment: Experiment, assignment: Mapping[str, Any]) -> Trial:
+    """The trial of one assignment of axis values (a grid point, or values a search algorithm suggested).
+
+    Inside a Tune trial this is how its config becomes its experiment, so a suggested value is planned,
+    resumed and tracked exactly like a grid value.
+    """
+    data = experiment.model_dump() | {"sweep": {}}
+    for key, value in assignment.items():
+        data = _set(data, key, value)
+    name = trial_id(assignment)
+    return Trial(name, dict(assignment), validate(data, f"{experiment.name} trial {name}"))
+
+
 def trials(experiment: Experiment) -> list[Trial]:
-    """Every combination of the sweep axes, in a deterministic order, each validated."""
+    """Every combination of the sweep axes, in a deterministic order, each validated.
+
+    Searched axes (`tune.search.space`) are not known before Tune runs: these are the grid points only.
+    """
     axes = list(experiment.sweep)
-    base = experiment.model_dump() | {"sweep": {}}
     out = []
     for values in itertools.product(*(experiment.sweep[a] for a in axes)):
-        assignment = dict(zip(axes, values, strict=True))
-        data = base
-        for key, value in assignment.items():
-            data = _set(data, key, value)
-        trial_id = _trial_id(assignment)
-        if any(t.trial_id == trial_id for t in out):
+        trial = trial_for(experiment, dict(zip(axes, values, strict=True)))
+        if any(t.trial_id == trial.trial_id for t in out):
             raise ExperimentError(
-                f"{experiment.name}: two grid points get the same trial id {trial_id!r} "
-                f"(sweep values {assignment}): make the values of each axis distinct"
+                f"{experiment.name}: two grid points get the same trial id {trial.trial_id!r} "
+                f"(sweep values {trial.axes}): make the values of each axis distinct"
             )
-        out.append(Trial(trial_id, assignment, validate(data, f"{experiment.name} trial {trial_id}")))
+        out.append(trial)
     return out

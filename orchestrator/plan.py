@@ -54,6 +54,7 @@ __all__ = [
     "resolve_data",
     "shard_digests",
     "stage_outputs",
+    "stage_steps",
     "steps_per_epoch",
 ]
 
@@ -421,3 +422,16 @@ def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> Tr
 
 def _decoded_mb(facts: DataFacts) -> float:
     return facts.bytes * _DECODED_PER_PNG_BYTE / 2**20
+
+
+def stage_steps(plan: TrialPlan) -> dict[str, tuple[int, int]]:
+    """(epochs, steps) of every stage of a trial, finetune phase included: what the console's ETA follows."""
+    out = {}
+    for run in plan.runs:
+        for stage in run.settings.stages:
+            finetune = stage.train.finetune if stage.train else None
+            steps = stage.optim.epochs * stage.optim.steps_per_epoch + (
+                finetune.epochs * finetune.steps_per_epoch if finetune else 0
+            )
+            out[stage.stage] = (stage.total_epochs, steps)
+    return out

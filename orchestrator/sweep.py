@@ -1,9 +1,12 @@
-"""A sweep: a Ray Tune grid over an experiment's axes, one trial per grid point, one MLflow parent run.
+"""A sweep: Ray Tune trials over an experiment's axes (a grid, searched axes, a scheduler), one MLflow parent run.
 
 The driver checks the tracking server before any compute, writes the resolved experiment beside
 Tune's state (`<storage>/<sweep>/experiment.yaml`) so `trilevel resume NAME` needs nothing else,
-then lets Tune run the trials (`max_concurrent_trials`, retries from `FailureConfig`). Resuming
-uses `Tuner.restore`: finished trials are not rerun, unfinished ones resume their stages.
+then lets Tune run the trials (`max_concurrent_trials`, retries from `FailureConfig`; the `tune:`
+block's scheduler, search algorithm, samples and callbacks, `orchestrator.tuning`). Each trial plans
+itself from the axis values Tune gives it; the driver plans the grid points first, so a bad value
+fails before any compute. Resuming uses `Tuner.restore`: finished trials are not rerun, unfinished
+ones resume their stages, a search algorithm continues from its saved state.
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ import yaml
 if TYPE_CHECKING:
     from orchestrator.console import SweepConsole
 
-from orchestrator.experiment import DEMO, RESULT_NEUTRAL_FIELDS, Experiment, ExperimentError, trials, validate
+from orchestrator.experiment import (
+    DEMO,
+    RESULT_NEUTRAL_FIELDS,
+    Experiment,
+    ExperimentError,
+    trial_for,
+    trial_id,
+    trials,
+    validate,
+)
 from orchestrator.memory import trials_survive_memory_kills
 from orchestrator.plan import plan_trial, resolve_data
 from orchestrator.relay import ReportHub
@@ -36,7 +48,9 @@ from orchestrator.tracking import (
 from orchestrator.tracking.champion import settle_champion_quietly
 from orchestrator.tracking.datasets import experiment_datasets
 from orchestrator.train_run import start_train_coordinator
-from orchestrator.trial import BACKLOG_DIR, TrialContext, catch_up, run_trial
+from orchestrator.trial import AXES, BACKLOG_DIR, TrialContext, catch_up, run_trial
+from orchestrator.tuning import param_space, scheduler, search_algorithm, tune_callbacks
+from workers.stage_list import PIPELINE
 from workers.storage import join_storage, resolve_uri
 
 __all__ = [
@@ -56,9 +70,10 @@ class SweepOutcome:
     name: str
     storage: str
     sweep_run_id: str
-    trials: dict[str, str]  # trial id → Tune status
+    trials: dict[str, str]  # trial id → TERMINATED (finished), STOPPED (by the scheduler) or ERROR
     errors: dict[str, str]
     not_logged: dict[str, int] = dataclass_field(default_factory=dict)  # trial id or "driver" → tracking calls lost
+    results: Any = None  # Tune's ResultGrid
 
     @property
     def backlog(self) -> str:
@@ -228,6 +243,14 @@ def run_sweep(
     start_train_coordinator()  # up before the first trial's Train run asks for it
     data = resolve_data(experiment, storage)
     plans = {t.trial_id: plan_trial(t, data, storage, experiment.name) for t in trials(experiment)}
+    _check_space(experiment, data)
+    tune_config = tune.TuneConfig(
+        max_concurrent_trials=experiment.resources.max_concurrent_trials,
+        num_samples=experiment.tune.num_samples,
+        scheduler=scheduler(experiment),
+        search_alg=search_algorithm(experiment, experiment.resources.max_concurrent_trials),
+    )
+    callbacks = tune_callbacks(experiment)
     if not resume:
         _write_experiment(experiment, storage)
     sweep_run = tracker.sweep_run(experiment.name, params=flatten(experiment.model_dump(mode="json")), tags=environment)
@@ -237,7 +260,8 @@ def run_sweep(
         storage=storage,
         tracking_uri=experiment.tracking.uri,
         mlflow_experiment=experiment.tracking.experiment,
-        plans=plans,
+        experiment=experiment,
+        data=data,
         registered_model=(experiment.tracking.registered_model or experiment.name)
         if experiment.tracking.register_model
         else None,
@@ -258,12 +282,13 @@ def run_sweep(
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space={"trial_id": tune.grid_search(list(plans))},
-                tune_config=tune.TuneConfig(max_concurrent_trials=experiment.resources.max_concurrent_trials),
+                param_space=param_space(experiment),
+                tune_config=tune_config,
                 run_config=tune.RunConfig(
                     name=experiment.name,
                     storage_path=storage,
                     failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures),
+                    callbacks=callbacks,
                 ),
             )
         if console is not None:
@@ -275,8 +300,8 @@ def run_sweep(
                 console.close()
         statuses, errors, not_logged = {}, {}, {}
         for result in results:
-            trial_id = result.config.get("trial_id", "?") if result.config else "?"
-            statuses[trial_id] = "ERROR" if result.error else "TERMINATED"
+            trial_id = trial_id_of(result.config or {})
+            statuses[trial_id] = "ERROR" if result.error else _status(result.metrics or {})
             if result.error:
                 errors[trial_id] = str(result.error).strip().splitlines()[-1][:500]
             if count := int((result.metrics or {}).get("tracking_not_logged", 0)):
@@ -294,4 +319,27 @@ def run_sweep(
             tracker.end_unfinished(experiment.name, "KILLED")
         except TrackingUnavailable as err:
             _log.warning("could not close runs left RUNNING by crashed trials: %s", err)
-    return SweepOutcome(experiment.name, storage, sweep_run, statuses, errors, not_logged)
+    return SweepOutcome(experiment.name, storage, sweep_run, statuses, errors, not_logged, results)
+
+
+def trial_id_of(config: dict[str, Any]) -> str:
+    """The trial id of a Tune config (`{"axes": ...}`; a sweep started before axes were configs: its trial_id)."""
+    if AXES in config:
+        return trial_id(config[AXES])
+    return str(config.get("trial_id", "?"))
+
+
+def _status(last: dict[str, Any]) -> str:
+    """TERMINATED when the trial's last result is its evaluation, else STOPPED (a scheduler ended it early)."""
+    return "TERMINATED" if last.get("stages_finished") == len(PIPELINE) else "STOPPED"
+
+
+def _check_space(experiment: Experiment, data: Any) -> None:
+    """Each searched axis at its bounds (and each warm-start point) makes a valid trial: fail before compute."""
+    grid = {axis: values[0] for axis, values in experiment.sweep.items()}
+    samples = [dict(point) for point in experiment.tune.search.points]
+    for axis, spec in experiment.tune.search.space.items():
+        for value in spec.values or [spec.low, spec.high]:
+            samples.append({axis: int(value) if spec.kind == "randint" else value})
+    for sample in samples:
+        trial_for(experiment, grid | sample)

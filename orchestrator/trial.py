@@ -1,6 +1,10 @@
 """One trial: pretrain → search → derive → train → evaluate, in as few Train runs as its plan allows.
 
-`run_trial` is a Ray Tune function trainable (Train V2 forbids `Tuner(trainer)`). It runs each Train
+`run_trial` is a Ray Tune function trainable (Train V2 forbids `Tuner(trainer)`). Its config holds the
+values of the sweep's axes (a grid point or what a search algorithm suggested); the trial turns them
+into its experiment and plan itself, so both kinds of value run, resume and track alike. Every epoch
+of every stage is a Tune result (`orchestrator.tune_reports`): schedulers stop hopeless trials on
+them and `ResultGrid` holds the curves; the last result adds the evaluation. It runs each Train
 run of its plan (`orchestrator.plan`: usually one for all three training stages): a run with one CPU
 worker in this process, any other as a TorchTrainer, so a worker group, the torch import and the
 dataset split coordinators are paid at most once per run. Stage boundaries stay visible: every stage
@@ -23,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.plan import TrainRunPlan, TrialPlan
+from orchestrator.experiment import Experiment, trial_for, trials
+from orchestrator.plan import ResolvedData, TrainRunPlan, TrialPlan, plan_trial, stage_steps
 from orchestrator.relay import HubWarnings, ReportHub, relay_reports
 from orchestrator.tracking import ERROR_TAG, Tracker, TrackingUnavailable, flatten, tracked
 from orchestrator.tracking.champion import Score
@@ -31,6 +36,7 @@ from orchestrator.tracking.datasets import DatasetRef
 from orchestrator.tracking.models import IMAGE_MODEL
 from orchestrator.tracking.system_metrics import SystemMetrics
 from orchestrator.train_run import build_datasets, fit_run, run_finished, run_in_process
+from orchestrator.tune_reports import EpochResults, TrainEpochReports, stage_offsets
 from search_space.genotype import Genotype
 from workers.checkpointing import load_state, open_checkpoint
 from workers.comparison import comparison_for_sets
@@ -40,11 +46,12 @@ from workers.stage_list import EVALUATE, PIPELINE, STAGES
 from workers.stage_outputs import StageResult, read_stage_result
 from workers.storage import join_storage
 
-__all__ = ["BACKLOG_DIR", "PER_IMAGE_FILE", "StageRuns", "TrialContext", "catch_up", "run_trial"]
+__all__ = ["AXES", "BACKLOG_DIR", "PER_IMAGE_FILE", "StageRuns", "TrialContext", "catch_up", "plan_of", "run_trial"]
 
 TRIAL_DONE = "_TRIAL_DONE.json"
 PER_IMAGE_FILE = "per_image.json"  # every test image's PSNR/SSIM (ours, bicubic, teacher), beside TRIAL_DONE
 BACKLOG_DIR = "tracking-backlog"
+AXES = "axes"  # the key of a trial's config that holds its axis values (dotted field → value)
 STAGE_BOUNDARY_FLUSH_S = 5.0  # between Train runs a down tracking server may delay training only this long
 _log = logging.getLogger(__name__)
 
@@ -58,7 +65,8 @@ class TrialContext:
     storage: str
     tracking_uri: str
     mlflow_experiment: str
-    plans: dict[str, TrialPlan]  # trial id → its plan
+    experiment: Experiment  # the sweep's, paths absolute; a trial fills in its axis values
+    data: ResolvedData  # every data set, resolved and checked once by the driver
     registered_model: str | None = None  # the registry name of the sweep's champion; None: register nothing
     system_metrics: bool = True  # MLflow system metrics of every stage run (tracking.system_metrics)
     datasets: tuple[DatasetRef, ...] = ()  # the trial's training and validation sets, logged as MLflow datasets
@@ -66,26 +74,45 @@ class TrialContext:
     hub: Any = None  # the sweep's ReportHub actor (live progress for the console); None: the trial makes its own
 
 
+def plan_of(config: dict[str, Any], context: TrialContext) -> TrialPlan:
+    """The plan of the trial whose Tune config is `config` (`{"axes": {field: value}}`).
+
+    A sweep started before configs held axes named its grid point (`{"trial_id": ...}`): found in the grid.
+    """
+    if AXES in config:
+        trial = trial_for(context.experiment, config[AXES])
+    else:
+        trial = next(t for t in trials(context.experiment) if t.trial_id == config["trial_id"])
+    return plan_trial(trial, context.data, context.storage, context.sweep)
+
+
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
-    """Tune entry point: `config["trial_id"]` picks the grid point."""
+    """Tune entry point: the trial of the axis values in `config`."""
     import torch
 
     torch.set_num_threads(1)  # until a run in this process takes the threads of the CPUs it reserved
-    trial_id = config["trial_id"]
+    plan = plan_of(config, context)
+    trial_id = plan.trial_id
     hub = context.hub if context.hub is not None else ReportHub.remote()
+    hub.update.remote(trial_id, state="planned", stage_steps=stage_steps(plan))
     logging.getLogger("orchestrator").addHandler(HubWarnings(hub, trial_id))  # warnings reach the console
     try:
-        _run_trial(trial_id, context, hub)
+        _run_trial(plan, context, hub)
     except Exception as err:
         hub.update.remote(trial_id, state="failed", error=" ".join(str(err).split())[:300])
         raise
+    except SystemExit:  # Tune's scheduler stopped the trial at a report
+        hub.update.remote(trial_id, state="stopped")
+        raise
 
 
-def _run_trial(trial_id: str, context: TrialContext, hub: Any) -> None:
+def _run_trial(plan: TrialPlan, context: TrialContext, hub: Any) -> None:
     import ray.tune
 
-    plan = context.plans[trial_id]
+    trial_id = plan.trial_id
     experiment = plan.experiment
+    offsets = stage_offsets(plan)
+    results = EpochResults(offsets, experiment.tune.gflops_budget, trial_id)
     done = read_marker(context.storage, context.sweep, "stages", trial_id, TRIAL_DONE)
     tracker = Tracker(context.tracking_uri, context.mlflow_experiment)
     params = flatten(experiment.model_dump(mode="json")) | {f"axis.{k}": v for k, v in plan.axes.items()}
@@ -103,23 +130,21 @@ def _run_trial(trial_id: str, context: TrialContext, hub: Any) -> None:
         creating.submit(_warm_up_evaluation)
     creating.shutdown(wait=False)
     flush_timeout_s = experiment.tracking.flush_timeout_s
-    finished = {"stage": EVALUATE, "stages_finished": len(PIPELINE)}
+    finished = {"stage": EVALUATE, "stages_finished": len(PIPELINE), "epochs_done": offsets["total"]}
     if done is not None:  # finished before a driver crash hid that from Tune: report, never redo
         hub.update.remote(trial_id, state="done", stage="done", final=done)
         if not _is_finished(tracker, trial_run.result()):
             tracker.finish(trial_run.result(), "FINISHED")
         not_logged = catch_up(tracker, context.storage, context.sweep, trial_id, flush_timeout_s)
-        ray.tune.report(finished | done | not_logged)
+        ray.tune.report(results.final(finished | done | not_logged))
         return
     with tracked(tracker, trial_run.result):
         metrics_monitor = SystemMetrics(context.tracking_uri, enabled=context.system_metrics)
         stage_runs = StageRuns(tracker, trial_run.result, context.sweep, trial_id, metrics_monitor)
         for run in plan.runs:
-            _run_tracked(stage_runs, context, plan, run, hub)
+            _run_tracked(stage_runs, context, plan, run, hub, results)
             last = read_stage_result(plan.outputs, run.stages[-1])
             assert last is not None, f"Train run {run.name} ended without its stages' done markers"
-            stages_done = STAGES.index(run.stages[-1]) + 1
-            ray.tune.report({"stage": run.stages[-1], "stages_finished": stages_done, **_numeric(last.metrics)})
             tracker.flush(timeout_s=STAGE_BOUNDARY_FLUSH_S)
         trained = read_stage_result(plan.outputs, "train")
         assert trained is not None
@@ -129,7 +154,7 @@ def _run_trial(trial_id: str, context: TrialContext, hub: Any) -> None:
         write_marker(context.storage, final, context.sweep, "stages", trial_id, TRIAL_DONE)
     not_logged = catch_up(tracker, context.storage, context.sweep, trial_id, flush_timeout_s)
     # never the key "done": Tune treats done=True as "stop this trial now", before the run is closed
-    ray.tune.report(finished | final | not_logged)
+    ray.tune.report(results.final(finished | final | not_logged))
 
 
 def _warm_up_evaluation() -> None:
@@ -149,15 +174,24 @@ def _warm_up_evaluation() -> None:
         _init_modules_to_packages_map()
 
 
-def _run_tracked(stage_runs: StageRuns, context: TrialContext, plan: TrialPlan, run: TrainRunPlan, hub: Any) -> None:
-    """Fit one Train run (unless all its stages are done), relaying live metrics to the stage runs."""
+def _run_tracked(
+    stage_runs: StageRuns, context: TrialContext, plan: TrialPlan, run: TrainRunPlan, hub: Any, results: EpochResults
+) -> None:
+    """Fit one Train run (unless all its stages are done): every epoch to Tune, and relayed to the stage runs."""
+    import ray.tune
+
     experiment = plan.experiment
     resources = experiment.resources
     if not run_finished(run):
         datasets = build_datasets(run, experiment.data.scale, experiment.data.data_cpus)
         with stage_runs.failing_on_error(), relay_reports(stage_runs.on_report, hub, plan.trial_id) as relay:
             if run.in_process:
-                run_in_process(run, context.storage, datasets, relay.callback.put)
+
+                def report(metrics: dict[str, Any], checkpoint: str | None) -> None:
+                    relay.callback.put(metrics, checkpoint)  # first: a scheduler's stop ends the trial in tune.report
+                    ray.tune.report(results(metrics, checkpoint))
+
+                run_in_process(run, context.storage, datasets, report)
             else:
                 fit_run(
                     run,
@@ -166,7 +200,7 @@ def _run_tracked(stage_runs: StageRuns, context: TrialContext, plan: TrialPlan, 
                     gpus_per_worker=resources.gpus_per_worker,
                     cpus_per_worker=resources.cpus_per_worker,
                     max_failures=resources.max_failures,
-                    callbacks=[relay.callback],
+                    callbacks=[relay.callback, TrainEpochReports(results)],
                 )
     for stage in run.stages:
         result = read_stage_result(plan.outputs, stage)
