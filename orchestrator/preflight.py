@@ -119,6 +119,11 @@ def preflight(experiment: Experiment, capacity: Capacity | None = None) -> Plan:
         stages={},
         capacity=capacity,
     )
+    if search := experiment.tune.search.space:
+        plan.notes.append(
+            f"searched axes ({', '.join(search)}): {experiment.tune.num_samples} sample(s) drawn by "
+            f"{experiment.tune.search.kind} per grid point; the plan below is the grid point(s) before any draw"
+        )
     storage_ok = _check(plan, _storage_check(experiment))
     _check(plan, _tracking_check(experiment))
     if storage_ok:

@@ -242,8 +242,10 @@ def run_sweep(
         raise ExperimentError(f"no sweep {experiment.name!r} to resume under {storage}")
     start_train_coordinator()  # up before the first trial's Train run asks for it
     data = resolve_data(experiment, storage)
-    plans = {t.trial_id: plan_trial(t, data, storage, experiment.name) for t in trials(experiment)}
-    _check_space(experiment, data)
+    plans = {t.trial_id: plan_trial(t, data, storage, experiment.name) for t in trials(experiment)}  # checked now
+    _check_space(experiment)
+    if experiment.tune.search.space:  # the trials are what Tune draws: the console learns them as they start
+        plans = {}
     tune_config = tune.TuneConfig(
         max_concurrent_trials=experiment.resources.max_concurrent_trials,
         num_samples=experiment.tune.num_samples,
@@ -334,7 +336,7 @@ def _status(last: dict[str, Any]) -> str:
     return "TERMINATED" if last.get("stages_finished") == len(PIPELINE) else "STOPPED"
 
 
-def _check_space(experiment: Experiment, data: Any) -> None:
+def _check_space(experiment: Experiment) -> None:
     """Each searched axis at its bounds (and each warm-start point) makes a valid trial: fail before compute."""
     grid = {axis: values[0] for axis, values in experiment.sweep.items()}
     samples = [dict(point) for point in experiment.tune.search.points]

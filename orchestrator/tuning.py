@@ -75,8 +75,11 @@ def scheduler(experiment: Experiment) -> Any:
     return FIFOScheduler()
 
 
-def _points(experiment: Experiment) -> list[dict[str, Any]] | None:
+def _points(experiment: Experiment, flat: bool) -> list[dict[str, Any]] | None:
+    """Warm-start points as configs (`{"axes": {...}}`); Optuna names parameters by flattened path instead."""
     points = experiment.tune.search.points
+    if flat:
+        return [{f"axes/{axis}": value for axis, value in point.items()} for point in points] or None
     return [{"axes": dict(point)} for point in points] or None
 
 
@@ -94,12 +97,12 @@ def search_algorithm(experiment: Experiment, max_concurrent: int) -> Any:
         from ray.tune.search.optuna import OptunaSearch
 
         searcher = OptunaSearch(
-            metric=spec.metric, mode=spec.mode, points_to_evaluate=_points(experiment), seed=spec.seed
+            metric=spec.metric, mode=spec.mode, points_to_evaluate=_points(experiment, flat=True), seed=spec.seed
         )
         return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(points_to_evaluate=_points(experiment), random_state=spec.seed)
+    return BasicVariantGenerator(points_to_evaluate=_points(experiment, flat=False), random_state=spec.seed)
 
 
 def tune_callbacks(experiment: Experiment) -> list[Any]:

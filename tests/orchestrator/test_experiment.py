@@ -17,7 +17,7 @@ FACTS = DataFacts(
     path="x", scale=4, rows=3450, rows_w=1725, rows_a=1725, images=3450, images_w=1725, images_a=1725, bytes=10**10
 )
 
-PRESETS = ["aim", "backbones", "fig1", "psnr-b", "table7", "table8", "table9", "vis-a", "vis-b"]
+PRESETS = ["aim", "backbones", "fig1", "lambda-search", "psnr-b", "table7", "table8", "table9", "vis-a", "vis-b"]
 
 
 def test_presets_ship_every_paper_setup():

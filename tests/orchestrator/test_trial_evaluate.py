@@ -18,7 +18,7 @@ from mlflow.models import Model
 from PIL import Image
 
 from orchestrator.experiment import load_experiment
-from orchestrator.plan import TrialPlan
+from orchestrator.plan import ResolvedData, TrialPlan
 from orchestrator.tracking import Tracker
 from orchestrator.trial import PER_IMAGE_FILE, TrialContext, _evaluate
 from search_space.derived import build_network
@@ -55,16 +55,17 @@ def test_evaluate_logs_baselines_picture_and_a_servable_model(demo_data, tmp_pat
     tracker = Tracker(uri, "trilevel", retries=1, artifact_location=str(tmp_path / "artifacts"))
     sweep_run = tracker.sweep_run("sw")
     trial_run = tracker.trial_run(sweep_run, "sw", "default", params={}, tags={})
+    experiment = load_experiment("table8", "tiny", ["stages.val_max_images=2", "sweep={}"])
     context = TrialContext(
         sweep="sw",
         sweep_run_id=sweep_run,
         storage=str(tmp_path / "runs"),
         tracking_uri=uri,
         mlflow_experiment="trilevel",
-        plans={},
+        experiment=experiment,
+        data=ResolvedData(train={}, val={"demo": f"{demo_data}/val"}),
         registered_model="sw-sr",
     )
-    experiment = load_experiment("table8", "tiny", ["stages.val_max_images=2", "sweep={}"])
     assert experiment.supervision.kind == "hr"
     plan = TrialPlan(
         trial_id="default",

@@ -51,7 +51,7 @@ def test_a_bad_tune_block_names_the_field_and_value(override, message):
 def test_optuna_takes_no_grid_axes_and_needs_a_space():
     with pytest.raises(ExperimentError, match=r"optuna suggests values and cannot take grid axes \(sweep.stages"):
         _load("tune.search.kind=optuna")
-    with pytest.raises(ExperimentError, match="optuna needs at least one axis in tune.search.space"):
+    with pytest.raises(ExperimentError, match=r"optuna needs at least one axis in tune\.search\.space"):
         _load("tune.search.kind=optuna", "sweep={}")
 
 
@@ -96,7 +96,8 @@ def test_user_callbacks_are_imported_or_named_in_the_error():
     assert type(callback).__name__ == "CSVLoggerCallback"
     with pytest.raises(ExperimentError, match=r"tune.callbacks.0: cannot import nowhere.Callback"):
         tune_callbacks(_load("tune.callbacks=[nowhere.Callback]"))
-    with pytest.raises(ExperimentError, match="tune.callbacks.0: collections.OrderedDict is not a ray.tune.Callback"):
+    not_a_callback = r"tune\.callbacks\.0: collections\.OrderedDict is not a ray\.tune\.Callback"
+    with pytest.raises(ExperimentError, match=not_a_callback):
         tune_callbacks(_load("tune.callbacks=[collections.OrderedDict]"))
 
 

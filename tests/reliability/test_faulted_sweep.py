@@ -259,6 +259,23 @@ def test_one_run_per_sweep_trial_and_stage_all_finished_with_every_epoch(faulted
     assert not (faulted["storage"] / SWEEP / "tracking-backlog").exists()
 
 
+def test_tune_saw_every_epoch_of_the_train_run_and_of_the_run_in_the_trial(faulted):
+    from orchestrator.api import open_results
+
+    result = open_results(SWEEP, str(faulted["storage"]))  # read back from the storage, as after any sweep
+    # trial A pretrained in a TorchTrainer run (its reports reach Tune through the Train callback), then
+    # searched and trained in its own process (which reports itself)
+    curves = result.curves(TRIALS[0])
+    epochs = (
+        [("pretrain", 0)] + [("search", e) for e in range(SEARCH_EPOCHS)] + [("train", e) for e in range(TRAIN_EPOCHS)]
+    )
+    assert list(zip(curves.stage, curves.epoch, strict=True))[:-1] == epochs and curves.stage.iloc[-1] == "evaluate"
+    assert list(curves.epochs_done) == [*range(1, len(epochs) + 1), len(epochs)]
+    assert curves.val_psnr.notna().all() and curves.checkpoint_path.iloc[0].endswith("pretrain-e0001")
+    trials = result.trials.set_index("trial_id")
+    assert set(trials.status) == {"TERMINATED"} and trials.run_id.str.len().eq(32).all()
+
+
 def test_the_killed_worker_resumed_to_the_uninterrupted_search(faulted, tmp_path):
     # an uninterrupted reference of trial B: the same plan in this process (same code and seeds, one thread)
     reference = tiny_plan(str(tmp_path / "reference"), OVERRIDES[len(TINY) :], trial=1)
