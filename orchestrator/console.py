@@ -163,7 +163,7 @@ class SweepConsole:
         p = self.progress.get(trial_id, {})
         if trial_id in self.failed:
             return [trial_id, p.get("stage", ""), "", "", "", "", Text("failed", style="bold red")]
-        if not p or p.get("state") == "planned":
+        if not p.get("state"):  # not started (a drawn trial that planned itself has only its stage_steps)
             return [trial_id, "queued", "", "", "", "", ""]
         if p.get("state") == "stopped":
             return [trial_id, "stopped", "", "", _number(p.get("val_psnr")), "", "stopped by the scheduler"]

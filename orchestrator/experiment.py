@@ -317,7 +317,11 @@ class SchedulerSpec(_Strict):
     kind: Literal["fifo", "asha", "median"] = Field(
         "fifo", description="fifo: run every trial to the end; asha: ASHA; median: median stopping rule"
     )
-    metric: str = Field("val_psnr", description="a metric every epoch reports (val_psnr, loss, objective)")
+    metric: str = Field(
+        "objective",
+        description="a metric every epoch reports: objective (the validation PSNR, 0 dB when the network diverged, "
+        "less the GFLOPs budget's penalty), val_psnr, loss",
+    )
     mode: Literal["max", "min"] = "max"
     grace_period: int = Field(1, ge=1, description="epochs (over all stages) before a trial may be stopped")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA: keep the best 1/reduction_factor at each rung")

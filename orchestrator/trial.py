@@ -94,7 +94,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     plan = plan_of(config, context)
     trial_id = plan.trial_id
     hub = context.hub if context.hub is not None else ReportHub.remote()
-    hub.update.remote(trial_id, state="planned", stage_steps=stage_steps(plan))
+    hub.update.remote(trial_id, stage_steps=stage_steps(plan))  # for the console: a drawn trial has no plan there
     logging.getLogger("orchestrator").addHandler(HubWarnings(hub, trial_id))  # warnings reach the console
     try:
         _run_trial(plan, context, hub)

@@ -8,6 +8,8 @@ in every result of every trial (Tune checks that each result carries their metri
   time axis of ASHA and median stopping (`tune.scheduler.grace_period` is in these epochs);
 - `val_psnr` (the latest validation PSNR, carried over between stages) and `objective`: that PSNR,
   less 10 dB per 100% of derived GFLOPs over `tune.gflops_budget` once the architecture is known.
+  A network that diverged (NaN output, NaN PSNR) scores 0 dB: outputs are clamped to [0, 1], so
+  0 dB is the worst PSNR any output can have, and a NaN would make schedulers skip the trial.
 
 A run in the trial's process calls `tune.report` itself; a TorchTrainer run passes `TrainEpochReports`,
 Ray Train V2's way of handing its workers' reports to the Tune trial that fit it
@@ -44,9 +46,11 @@ def stage_offsets(plan: TrialPlan) -> dict[str, int]:
 
 
 def objective(psnr: float | None, gflops: float | None, budget: float | None) -> float | None:
-    """The search algorithm's score: the PSNR, less `OVER_BUDGET_DB` per 100% over the GFLOPs budget."""
-    if psnr is None or not math.isfinite(psnr):
+    """The search's (and by default the scheduler's) score: the PSNR, less `OVER_BUDGET_DB` per 100% over budget."""
+    if psnr is None:
         return None
+    if not math.isfinite(psnr):
+        psnr = 0.0  # diverged: the worst PSNR of any clamped output
     if budget is None or gflops is None:
         return psnr
     return psnr - OVER_BUDGET_DB * max(0.0, gflops / budget - 1.0)
@@ -72,7 +76,7 @@ class EpochResults:
         if "loss" not in result and "loss_w" in result:
             result["loss"] = result["loss_w"]  # the search's weight loss: one loss column for every stage
         for key in ("val_psnr", "derived_gflops"):
-            if isinstance(result.get(key), int | float):
+            if isinstance(result.get(key), int | float) and not isinstance(result.get(key), bool):
                 self.carried[key] = float(result[key])
             elif key in self.carried:
                 result[key] = self.carried[key]
@@ -81,11 +85,11 @@ class EpochResults:
             result["objective"] = score
         if checkpoint:
             result["checkpoint_path"] = checkpoint
-        return result | {"trial_id": self.trial_id}
+        return result | {"trial": self.trial_id}
 
     def final(self, evaluated: Mapping[str, Any]) -> dict[str, Any]:
         """The trial's last result: its evaluation (`psnr/<set>`, `gflops`, ...), scored on the first val set."""
-        result = dict(evaluated) | {"trial_id": self.trial_id}
+        result = dict(evaluated) | {"trial": self.trial_id}
         first = next((k for k in evaluated if k.startswith("psnr/")), None)
         if first is not None:
             result["val_psnr"] = float(evaluated[first])

@@ -60,7 +60,7 @@ def test_asha_stops_the_hopeless_arm_after_its_grace_period(quickstart):
     trials = quickstart["result"].trials.set_index("trial_id")
     assert list(trials.index) == [SANE, ABSURD]  # Optuna ran its warm-start points in order
     assert trials.status[SANE] == "TERMINATED" and trials.status[ABSURD] == "STOPPED"
-    assert trials.epochs_done[ABSURD] == 1 and trials.val_psnr[ABSURD] < trials.val_psnr[SANE]
+    assert trials.epochs_done[ABSURD] == 1 and trials.objective[ABSURD] < trials.objective[SANE]
 
 
 def test_the_dataframe_has_what_a_trial_left(quickstart):

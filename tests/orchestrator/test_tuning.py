@@ -6,6 +6,7 @@ from the experiment; the per-epoch Tune results are made from a stage's report d
 
 from __future__ import annotations
 
+import math
 import sys
 
 import pytest
@@ -68,7 +69,7 @@ def test_asha_acts_on_epochs_over_the_whole_pipeline_and_never_cuts_the_evaluati
     experiment = _load("tune.scheduler.kind=asha", "tune.scheduler.grace_period=2")
     asha = scheduler(experiment)
     assert isinstance(asha, ASHAScheduler)
-    assert asha._time_attr == "epochs_done" and asha.metric == "val_psnr" and asha._stop_last_trials is False
+    assert asha._time_attr == "epochs_done" and asha.metric == "objective" and asha._stop_last_trials is False
     assert asha._max_t == total_epochs(experiment) == 1 + 2 + 4  # tiny table8: pretrain, search, train epochs
     assert isinstance(scheduler(_load("tune.scheduler.kind=median")), MedianStoppingRule)
     assert isinstance(scheduler(_load()), FIFOScheduler)
@@ -105,7 +106,7 @@ def test_every_epoch_becomes_a_tune_result_with_the_scheduler_and_search_metrics
     results = EpochResults({"pretrain": 0, "search": 1, "train": 3, "total": 7}, gflops_budget=1.0, trial_id="t")
     pretrain = results({"stage": "pretrain", "epoch": 0, "loss": 0.5, "val_psnr": 20.0}, "/ck/pretrain-1")
     assert pretrain["epochs_done"] == 1 and pretrain["objective"] == 20.0
-    assert pretrain["checkpoint_path"] == "/ck/pretrain-1" and pretrain["trial_id"] == "t"
+    assert pretrain["checkpoint_path"] == "/ck/pretrain-1" and pretrain["trial"] == "t"
     search = results(
         {"stage": "search", "epoch": 1, "loss_w": 0.4, "derived_gflops": 1.5, "genotype": "{...}", "radius": 1.0},
         None,
@@ -116,3 +117,6 @@ def test_every_epoch_becomes_a_tune_result_with_the_scheduler_and_search_metrics
     final = results.final({"psnr/demo": 25.0, "ssim/demo": 0.8, "gflops": 0.5, "epochs_done": 7})
     assert final["val_psnr"] == 25.0 and final["objective"] == 25.0  # within the budget: no penalty
     assert objective(None, 1.0, 1.0) is None and objective(30.0, 4.0, None) == 30.0
+    fresh = EpochResults({"pretrain": 0, "search": 1, "train": 3, "total": 7}, gflops_budget=None, trial_id="t")
+    diverged = fresh({"stage": "train", "epoch": 0, "loss": float("nan"), "val_psnr": float("nan")}, None)
+    assert math.isnan(diverged["val_psnr"]) and diverged["objective"] == 0.0  # schedulers can stop it
