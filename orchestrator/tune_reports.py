@@ -88,11 +88,15 @@ class EpochResults:
         return result | {"trial": self.trial_id}
 
     def final(self, evaluated: Mapping[str, Any]) -> dict[str, Any]:
-        """The trial's last result: its evaluation (`psnr/<set>`, `gflops`, ...), scored on the first val set."""
+        """The trial's last result: its evaluation (test `psnr/<set>`, `gflops`, ...), scored on validation.
+
+        Test numbers never choose anything: `val_psnr` and the objective are the validation PSNR that
+        chose the trained checkpoint (`val_psnr_selected`), else the last one reported.
+        """
         result = dict(evaluated) | {"trial": self.trial_id}
-        first = next((k for k in evaluated if k.startswith("psnr/")), None)
-        if first is not None:
-            result["val_psnr"] = float(evaluated[first])
+        selected = evaluated.get("val_psnr_selected", self.carried.get("val_psnr"))
+        if selected is not None:
+            result["val_psnr"] = float(selected)
         if isinstance(evaluated.get("gflops"), int | float):
             result["derived_gflops"] = float(evaluated["gflops"])
         score = objective(result.get("val_psnr"), result.get("derived_gflops"), self.budget)
