@@ -63,7 +63,7 @@ def test_evaluate_logs_baselines_picture_and_a_servable_model(demo_data, tmp_pat
         tracking_uri=uri,
         mlflow_experiment="trilevel",
         experiment=experiment,
-        data=ResolvedData(train={}, val={"demo": f"{demo_data}/val"}),
+        data=ResolvedData(train={}, val={"demo-val": f"{demo_data}/val"}, test={"demo": f"{demo_data}/test"}),
         registered_model="sw-sr",
     )
     assert experiment.supervision.kind == "hr"
