@@ -227,15 +227,16 @@ def resume(name: str, storage: str, address: str | None, overrides: tuple[str, .
 @click.command()
 @STORAGE.but(help=f"Where the demo writes [default: {DEFAULT_STORAGE}]")
 @TRACKING_URI
+@SET.but(help="Override a field, e.g. --set 'sweep={stages.search.lambda_order: [0.1]}' for a one-trial demo.")
 @VERBOSE
 @friendly_errors
-def demo(storage: str | None, tracking_uri: str | None, verbose: bool) -> None:
+def demo(storage: str | None, tracking_uri: str | None, overrides: tuple[str, ...], verbose: bool) -> None:
     """The table8 ablation at tiny scale on the built-in photographs, then its report."""
     import ray.tune
 
     from orchestrator.sweep import absolute_storage
 
-    experiment = _load("table8", "tiny", (), "demo-table8", storage, tracking_uri)
+    experiment = _load("table8", "tiny", overrides, "demo-table8", storage, tracking_uri)
     root = absolute_storage(experiment.storage)
     again = ray.tune.Tuner.can_restore(f"{root}/{experiment.name}")
     _launch(experiment, None, resume=again, verbose=verbose)
