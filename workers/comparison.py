@@ -13,6 +13,7 @@ orchestrator logs as a PNG.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -39,10 +40,19 @@ def hardest_window(reference: np.ndarray, approximation: np.ndarray, size: int, 
     return int(tops[i]), int(lefts[j])
 
 
+def _device_of(forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.device:
+    """Where `forward` computes: its parameters' device when it is a module (a GPU net takes GPU input)."""
+    if isinstance(forward, torch.nn.Module):
+        for tensor in itertools.chain(forward.parameters(), forward.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def _network_output(forward: Callable[[torch.Tensor], torch.Tensor], lr: np.ndarray) -> np.ndarray:
     """The network's output for one uint8 LR image, as the 8-bit image it would be saved as."""
     x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].float().div(255.0)
+    x = x.to(_device_of(forward))
     out = forward(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     return np.floor(out.astype(np.float64) * 255.0 + 0.5).astype(np.uint8)
 

@@ -17,6 +17,8 @@ are exact comparisons, not numbers from elsewhere.
 
 from __future__ import annotations
 
+import copy
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,9 +157,9 @@ def evaluate_sets(
     Per-image rows: ``network`` is ``ours``, ``bicubic`` or ``teacher``; ``image_id`` the row's image id
     (sub-images of one photograph share it, the rows keep their order).
     """
-    net = net.to(device).eval()
+    net = on_device(net, device).eval()
     if teacher is not None:
-        teacher = teacher.to(device).eval()
+        teacher = on_device(teacher, device).eval()
     cost = count(net.genotype)
     metrics: dict[str, Any] = {"params_m": cost.params_m, "gflops": cost.gmacs}
     per_image: list[dict[str, Any]] = []
@@ -178,6 +180,31 @@ def evaluate_sets(
                 for row, (p, s) in zip(rows, scores, strict=True)
             ]
     if latency_repeats > 0:
-        with torch.inference_mode():
-            metrics["latency_s"] = measure_latency(net, latency_size, latency_repeats, device)
+        metrics |= latencies(net, latency_size, latency_repeats, device)
     return Evaluation(metrics, per_image)
+
+
+def on_device(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """`module` on `device`: itself when it is there already, else a copy (the caller's stays where it was).
+
+    Why: `Module.to` moves in place, so evaluating the caller's network on a GPU would leave it there and
+    the next CPU consumer (the comparison figure, an export) would feed it CPU tensors.
+    """
+    target = torch.device(device)
+    current = next(itertools.chain(module.parameters(), module.buffers()), None)
+    if current is None or current.device == target or (target.index is None and current.device.type == target.type):
+        return module
+    return copy.deepcopy(module).to(target)
+
+
+def latencies(net: nn.Module, size: tuple[int, int], repeats: int, device: str | torch.device) -> dict[str, float]:
+    """Latency of one `size` LR input per device: ``latency_s`` (the evaluating device, as before),
+    ``latency_s/<device type>``, and on a GPU also ``latency_s/cpu`` (with ``latency_cpu_threads``, the
+    torch threads it ran with): a GPU number alone says nothing about CPU deployment, and vice versa."""
+    target = torch.device(device)
+    with torch.inference_mode():
+        here = measure_latency(on_device(net, target), size, repeats, target)
+        out = {"latency_s": here, f"latency_s/{target.type}": here}
+        if target.type != "cpu":
+            out["latency_s/cpu"] = measure_latency(on_device(net, "cpu"), size, repeats, "cpu")
+    return out | {"latency_cpu_threads": float(torch.get_num_threads())}
