@@ -100,6 +100,11 @@ def data() -> None:
     metavar="SRC=LR_DIR",
     help="Official LR folder for a source (default: DIV2K layout X_HR -> X_LR_bicubic/X<scale>).",
 )
+@click.option(
+    "--compute-lr",
+    is_flag=True,
+    help="Store each row's MATLAB-bicubic LR where no official LR exists (readers skip the bicubic every pass).",
+)
 @click.option("--rows-per-shard", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--min-size", default=None, type=click.IntRange(min=1), help="Minimum HR side [32*scale].")
 @JSON
@@ -111,6 +116,7 @@ def prepare(
     subimages: tuple[int, int] | None,
     strict: bool,
     lr_dirs: dict[str, str],
+    compute_lr: bool,
     rows_per_shard: int,
     min_size: int | None,
     as_json: bool,
@@ -126,6 +132,7 @@ def prepare(
             subimages=subimages,
             rows_per_shard=rows_per_shard,
             lr_dirs=lr_dirs or None,
+            compute_lr=compute_lr,
             strict=strict,
             min_size=min_size,
         )

@@ -138,6 +138,7 @@ def prepare_dataset(
     max_shard_bytes: int = 256 * 2**20,
     png_compress_level: int = 1,
     workers: int | None = None,
+    compute_lr: bool = False,
 ) -> PrepareSummary:
     """Prepare HR folders (PNG/JPEG; local paths or URIs) into Parquet shards at ``out``.
 
@@ -165,11 +166,12 @@ def prepare_dataset(
         "rows_per_shard": rows_per_shard,
         "max_shard_bytes": max_shard_bytes,
         "png_compress_level": png_compress_level,
+        **({"compute_lr": True} if compute_lr else {}),  # absent when off: data sets prepared before still match
     }
     return write_items(
         items,
         out,
-        RowOptions(scale, tuple(subimages) if subimages else None, min_side, png_compress_level),
+        RowOptions(scale, tuple(subimages) if subimages else None, min_side, png_compress_level, compute_lr),
         options=options,
         inputs=inputs,
         pre_skipped=pre_skipped,

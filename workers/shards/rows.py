@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from workers.imresize import downscale
 from workers.shards.format import DataError
 
 __all__ = ["ImageRows", "RowOptions", "SourceImage", "image_rows"]
@@ -125,6 +126,9 @@ class RowOptions:
     subimages: tuple[int, int] | None
     min_size: int
     png_level: int
+    # Store each row's LR (MATLAB bicubic of its HR) where no official LR exists: the readers then decode
+    # a small PNG instead of running the bicubic on every pass (the same pixels: `workers.pipeline.decode_pair`).
+    compute_lr: bool = False
 
 
 @dataclass
@@ -178,7 +182,9 @@ def image_rows(item: SourceImage, opt: RowOptions) -> ImageRows:
         res.skip = skip
         return res
 
-    def row(rid: str, hr_png: bytes, lr_png: bytes | None, hh: int, ww: int) -> dict[str, Any]:
+    def row(rid: str, hr_png: bytes, lr_png: bytes | None, hh: int, ww: int, hr_pixels: np.ndarray) -> dict[str, Any]:
+        if lr_png is None and opt.compute_lr:
+            lr_png = _encode_png(downscale(hr_pixels, s), opt.png_level)
         return {
             "image_id": item.image_id,
             "id": rid,
@@ -195,7 +201,7 @@ def image_rows(item: SourceImage, opt: RowOptions) -> ImageRows:
         lr_png = None
         if lr is not None:
             lr_png = lr_bytes if lr_reusable else _encode_png(lr, opt.png_level)
-        res.rows.append(row(item.image_id, hr_png, lr_png, hc, wc))
+        res.rows.append(row(item.image_id, hr_png, lr_png, hc, wc, hr))
         return res
     size, step = opt.subimages
     ys, xs = _positions(hc, size, step), _positions(wc, size, step)
@@ -214,6 +220,7 @@ def image_rows(item: SourceImage, opt: RowOptions) -> ImageRows:
                     _encode_png(crop, opt.png_level),
                     lr_png,
                     *crop.shape[:2],
+                    crop,
                 )
             )
     return res
