@@ -40,6 +40,7 @@ from workers.gates import checkpoint_point, gate
 from workers.losses import build_loss
 from workers.pipeline import val_pairs
 from workers.precision import prepare, run_forward, set_deterministic
+from workers.prefetch import prefetched
 from workers.retention import delete_checkpoints, to_delete
 from workers.search_step import FlopsController, optimizer_step, pretrain_step, radius_at, search_step
 from workers.settings import OptimSettings, RunSettings, StageSettings
@@ -97,9 +98,13 @@ class StageContext:
     def batches(
         self, settings: StageSettings, role: str, epoch: int, stream: int, optim: OptimSettings
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """(LR, target, HR) batches of one epoch from the stage's `role` dataset (w, a or all)."""
+        """(LR, target, HR) batches of one epoch from the stage's `role` dataset (w, a or all).
+
+        Rows are decoded and cut on a background thread, a batch ahead of the step (`workers.prefetch`);
+        the device copy and the teacher stay on this thread.
+        """
         name = settings.datasets[role]
-        for lr, hr in patch_batches(
+        cpu_batches = patch_batches(
             self.io.rows(name),
             batch_size=optim.batch_size,
             patch=settings.patch,
@@ -107,7 +112,8 @@ class StageContext:
             generator=epoch_generator(settings.seed, epoch, self.io.rank, stream),
             steps=optim.steps_per_epoch,
             name=name,
-        ):
+        )
+        for lr, hr in prefetched(cpu_batches):
             lr, hr = lr.to(self.device), hr.to(self.device)
             yield lr, self.targets(lr, hr), hr
 
