@@ -190,6 +190,8 @@ class Supernet(nn.Module):
         # Host copies of what the forward branches on: reading a device tensor there is a host-device
         # sync (one per node per pass), reading these is not.
         self._eligible = eligible
+        eligible_index = torch.tensor([i for i, ok in enumerate(eligible) if ok], dtype=torch.long)
+        self.register_buffer("_eligible_index", eligible_index, persistent=False)
         self._radius_value = 0.0
         self._fixing = False
         self._fixed_combined: tuple[Tensor, Tensor, list[list[list[int]]] | None, list[bool]] | None = None
@@ -237,7 +239,7 @@ class Supernet(nn.Module):
 
     # --- SSN freezing ----------------------------------------------------------------------
     @torch.no_grad()
-    def freeze_decided(self) -> dict[str, int]:
+    def freeze_decided(self, counts: bool = True) -> dict[str, int]:
         """Freeze every row whose combiner output is exactly one-hot at the current radius (SSN).
 
         Why: once sparsestmax (or sparsemax) is one-hot the loss gives that row exactly zero
@@ -251,13 +253,17 @@ class Supernet(nn.Module):
         sparsestmax of them being one-hot says nothing (with 3 widths it is one-hot by r ≈ 0.82 while
         the logits differ by ~1e-2) and would treat sparsestmax arms differently from softmax arms
         beyond their combiner. `frozen_widths` stays (all false) so older checkpoints still load.
-        Returns the number of frozen rows per level.
+        Returns the number of frozen rows per level (`counts=False`: {}, and no host read at all: the
+        search step freezes after every arch step and needs no numbers).
         """
         if self.config.combiner != "softmax":
             self.frozen_ops |= _one_hot_rows(self.op_weights())
             if self.config.levels == "trilevel":
-                self.frozen_path |= bool(_one_hot_rows(self.path_weights()[self.output_mask]))
-        return self.frozen_counts()
+                path_w = self.path_weights()
+                if not all(self._eligible):  # an index, not a boolean mask: no host-device sync
+                    path_w = path_w.index_select(0, self._eligible_index)
+                self.frozen_path |= _one_hot_rows(path_w)
+        return self.frozen_counts() if counts else {}
 
     def frozen_counts(self) -> dict[str, int]:
         """How many rows are frozen per level: ops (slots), widths (slots), path (0 or 1)."""

@@ -221,7 +221,7 @@ def arch_step(
         _zero_frozen_moments(net, optimizer)
         optimizer.step()
     if freeze:
-        net.freeze_decided()
+        net.freeze_decided(counts=False)
     return loss, _value(penalty), _value(order)
 
 
