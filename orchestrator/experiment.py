@@ -63,6 +63,7 @@ RESULT_NEUTRAL_FIELDS: tuple[str, ...] = (
     "tracking.flush_timeout_s",
     "search_space.recompute_cells",  # the same gradients bit for bit (tests/workers/test_search_step.py)
     "stages.keep_checkpoints",  # which old checkpoints stay on disk, never what is computed
+    "stages.reuse",  # a reused stage is the stored output of the same key: what computing it again gives
 )
 SCALE_HELP = "Preset scale: tiny (the demo, minutes), small (about 30 min per sweep on a laptop) or paper."
 
@@ -230,6 +231,11 @@ class StagesSpec(_Strict):
         "fp32", description="bf16: autocast convolutions (channels-last); combiners, costs, losses stay fp32"
     )
     deterministic: bool = Field(False, description="deterministic kernels (torch.use_deterministic_algorithms): slower")
+    reuse: bool = Field(
+        True,
+        description="reuse a finished stage stored under the same key on this storage (by any trial of any sweep; "
+        "workers/stage_store); false (--no-reuse) computes every stage again and stores the new result",
+    )
     pretrain: StageSpec = Field(default_factory=StageSpec)
     search: SearchPhaseSpec = Field(default_factory=SearchPhaseSpec)
     train: TrainPhaseSpec = Field(default_factory=TrainPhaseSpec)

@@ -19,7 +19,7 @@ import math
 import posixpath
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.experiment import DEMO, Experiment, ExperimentError, PhaseSpec, Trial
@@ -31,12 +31,15 @@ from workers.settings import (
     RunSettings,
     SearchSettings,
     StageSettings,
+    StoreSettings,
     Supervision,
     TrainSettings,
 )
 from workers.shards.demo import write_demo_dataset
 from workers.shards.format import DataError, read_manifest, verify_shards
 from workers.stage_list import ROLES, SEARCH_SPLIT_ROLES, STAGE_ROLES, STAGES
+from workers.stage_store import StageKey, code_version, stage_key, stage_key_inputs
+from workers.stage_store.keys import reads_upstream
 from workers.storage import join_storage
 
 __all__ = [
@@ -80,7 +83,7 @@ class DataFacts:
     images_w: int  # images of χ1
     images_a: int  # images of χ2
     bytes: int  # stored (PNG) bytes
-    fingerprint: str = ""  # the manifest's fingerprint of inputs and options (MLflow's dataset digest)
+    fingerprint: str = ""  # the manifest's fingerprint of inputs and options (MLflow's dataset digest, stage keys)
 
     def rows_of(self, role: str) -> int:
         return {"w": self.rows_w, "a": self.rows_a, "all": self.rows}[role]
@@ -100,6 +103,7 @@ class ResolvedData:
     train: dict[str, DataFacts]  # stage → its training data
     val: dict[str, str]  # validation set name → path: per-epoch curves and the best-checkpoint choice
     test: dict[str, str]  # test set name → path: evaluated at the end, reported; never selects
+    val_fingerprints: dict[str, str] = field(default_factory=dict)  # path → manifest fingerprint (stage keys)
 
     @property
     def default_train(self) -> str:
@@ -242,11 +246,12 @@ def resolve_data(experiment: Experiment, storage: str) -> ResolvedData:
         train[stage] = facts[path]
     val = {name: where(path, f"data.val.{name}") for name, path in experiment.data.val.items()}
     test = {name: where(path, f"data.test.{name}") for name, path in experiment.data.test.items()}
+    fingerprints = {}
     for part, sets in (("val", val), ("test", test)):
         for name, path in sets.items():
-            read(path, f"data.{part}.{name}")
+            fingerprints[path] = read(path, f"data.{part}.{name}").fingerprint
     check_test_apart(val, test)
-    return ResolvedData(train=train, val=val, test=test)
+    return ResolvedData(train=train, val=val, test=test, val_fingerprints=fingerprints)
 
 
 @dataclass(frozen=True)
@@ -378,12 +383,16 @@ def _groups(experiment: Experiment) -> list[list[str]]:
 
 
 def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> TrialPlan:
-    """The Train runs of `trial`, with every setting resolved and checked."""
+    """The Train runs of `trial`, with every setting resolved and checked.
+
+    Every stage gets its key in the stage store (`workers.stage_store`); `stages.reuse` false
+    (`--no-reuse`) computes every stage again (what it computes still replaces the stored entries).
+    """
     experiment = trial.experiment
     outputs = stage_outputs(storage, sweep, trial.trial_id)
     resources = experiment.resources
     first_val = next(iter(data.val.values()), None)
-    runs = []
+    groups = []
     for group in _groups(experiment):
         workers = resources.workers[group[0]]
         sources: dict[str, DatasetSource] = {}
@@ -397,6 +406,12 @@ def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> Tr
                 sources[name] = DatasetSource(facts.path, role, in_memory)
                 names[role] = name
             stages.append(_stage_settings(experiment, stage, data, workers, names))
+        groups.append((group, workers, sources, stages))
+    threads = max(1, int(resources.cpus_per_worker))
+    keys = _stage_keys(experiment, data, [s for _, _, _, stages in groups for s in stages], first_val, threads)
+    store = StoreSettings(storage, keys, experiment.stages.reuse, {"sweep": sweep, "trial": trial.trial_id})
+    runs = []
+    for group, workers, sources, stages in groups:
         name = posixpath.join(sweep, "stages", trial.trial_id, "run-" + "-".join(group))
         settings = RunSettings(
             stages=tuple(stages),
@@ -405,7 +420,8 @@ def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> Tr
             val_path=first_val,
             val_max_images=experiment.stages.val_max_images,
             datasets=sources,
-            threads=max(1, int(resources.cpus_per_worker)),
+            threads=threads,
+            store=store,
         )
         in_process = resources.in_trial(group[0])
         runs.append(TrainRunPlan(name=name, workers=workers, settings=settings, in_process=in_process))
@@ -418,6 +434,35 @@ def plan_trial(trial: Trial, data: ResolvedData, storage: str, sweep: str) -> Tr
         val=dict(data.val),
         test=dict(data.test),
     )
+
+
+def _stage_keys(
+    experiment: Experiment, data: ResolvedData, stages: list[StageSettings], val: str | None, threads: int
+) -> dict[str, StageKey]:
+    """Each stage's key in the stage store, in pipeline order (a stage's key holds the one it reads from)."""
+    resources = experiment.resources
+    device = "cuda" if resources.gpus_per_worker > 0 else "cpu"
+    val_fingerprint = data.val_fingerprints.get(val) if val else None
+    code = code_version()
+    keys: dict[str, StageKey] = {}
+    previous: str | None = None
+    for settings in stages:
+        facts = data.train[settings.stage]
+        upstream = previous if reads_upstream(settings) else None
+        inputs = stage_key_inputs(
+            settings,
+            val_max_images=experiment.stages.val_max_images,
+            threads=threads,
+            upstream=upstream,
+            data=dict.fromkeys(settings.datasets, facts.fingerprint),
+            val=val_fingerprint,
+            workers=resources.workers[settings.stage],
+            device=device,
+            code=code,
+        )
+        keys[settings.stage] = StageKey(settings.stage, stage_key(inputs), inputs)
+        previous = keys[settings.stage].key
+    return keys
 
 
 def _decoded_mb(facts: DataFacts) -> float:

@@ -30,12 +30,14 @@ import numpy as np
 from orchestrator.experiment import Experiment, trial_for, trials
 from orchestrator.plan import ResolvedData, TrainRunPlan, TrialPlan, plan_trial, stage_steps
 from orchestrator.relay import HubWarnings, ReportHub, relay_reports
+from orchestrator.shared_stages import SharedStages
 from orchestrator.tracking import ERROR_TAG, Tracker, TrackingUnavailable, flatten, tracked
 from orchestrator.tracking.champion import Score
 from orchestrator.tracking.datasets import DatasetRef
 from orchestrator.tracking.models import IMAGE_MODEL
 from orchestrator.tracking.system_metrics import SystemMetrics
-from orchestrator.train_run import build_datasets, fit_run, run_finished, run_in_process
+from orchestrator.tracking.tags import COMPUTED_BY_TAG, COMPUTED_RUN_TAG, STAGE_KEY_TAG, STAGE_ORIGIN_TAG
+from orchestrator.train_run import build_datasets, fit_run, run_in_process
 from orchestrator.tune_reports import EpochResults, TrainEpochReports, stage_offsets
 from search_space.genotype import Genotype
 from workers.checkpointing import load_state, open_checkpoint
@@ -44,6 +46,7 @@ from workers.evaluate import evaluate_sets, load_derived, load_supervision_teach
 from workers.markers import read_marker, remove_marker, write_marker
 from workers.stage_list import EVALUATE, PIPELINE, STAGES
 from workers.stage_outputs import StageResult, read_stage_result
+from workers.stage_store import ClaimHeld, StageKey
 from workers.storage import join_storage
 
 __all__ = ["AXES", "BACKLOG_DIR", "PER_IMAGE_FILE", "StageRuns", "TrialContext", "catch_up", "plan_of", "run_trial"]
@@ -177,35 +180,52 @@ def _warm_up_evaluation() -> None:
 def _run_tracked(
     stage_runs: StageRuns, context: TrialContext, plan: TrialPlan, run: TrainRunPlan, hub: Any, results: EpochResults
 ) -> None:
-    """Fit one Train run (unless all its stages are done): every epoch to Tune, and relayed to the stage runs."""
+    """Fit one Train run's stages that neither this trial nor the stage store has; epochs to Tune and stage runs.
+
+    Stored stages are reused and stages another trial is computing are waited for
+    (`orchestrator.shared_stages`); what is left runs as one segment of the run at a time.
+    """
     import ray.tune
 
     experiment = plan.experiment
     resources = experiment.resources
-    if not run_finished(run):
-        datasets = build_datasets(run, experiment.data.scale, experiment.data.data_cpus)
-        with stage_runs.failing_on_error(), relay_reports(stage_runs.on_report, hub, plan.trial_id) as relay:
-            if run.in_process:
 
-                def report(metrics: dict[str, Any], checkpoint: str | None) -> None:
-                    relay.callback.put(metrics, checkpoint)  # first: a scheduler's stop ends the trial in tune.report
-                    ray.tune.report(results(metrics, checkpoint))
+    def waiting(stage: str, holder: ClaimHeld) -> None:
+        hub.update.remote(plan.trial_id, state="running", stage=f"{stage}: waiting for {holder.owner}")
 
-                run_in_process(run, context.storage, datasets, report)
-            else:
-                fit_run(
-                    run,
-                    context.storage,
-                    datasets,
-                    gpus_per_worker=resources.gpus_per_worker,
-                    cpus_per_worker=resources.cpus_per_worker,
-                    max_failures=resources.max_failures,
-                    callbacks=[relay.callback, TrainEpochReports(results)],
-                )
+    shared = SharedStages(f"{context.sweep}/{plan.trial_id}", on_wait=waiting)
+    try:
+        while (segment := shared.next_segment(run)) is not None:
+            datasets = build_datasets(segment, experiment.data.scale, experiment.data.data_cpus)
+            try:
+                with stage_runs.failing_on_error(), relay_reports(stage_runs.on_report, hub, plan.trial_id) as relay:
+                    if segment.in_process:
+
+                        def report(metrics: dict[str, Any], checkpoint: str | None) -> None:
+                            relay.callback.put(metrics, checkpoint)  # first: a scheduler's stop ends the trial
+                            ray.tune.report(results(metrics, checkpoint))
+
+                        run_in_process(segment, context.storage, datasets, report)
+                    else:
+                        fit_run(
+                            segment,
+                            context.storage,
+                            datasets,
+                            gpus_per_worker=resources.gpus_per_worker,
+                            cpus_per_worker=resources.cpus_per_worker,
+                            max_failures=resources.max_failures,
+                            callbacks=[relay.callback, TrainEpochReports(results)],
+                        )
+            finally:
+                shared.release()
+        shared.publish_missing(run)
+    finally:
+        shared.close()
+    store = run.settings.store
     for stage in run.stages:
         result = read_stage_result(plan.outputs, stage)
         if result is not None:
-            stage_runs.record(result)
+            stage_runs.record(result, None if store is None else store.keys.get(stage))
 
 
 class StageRuns:
@@ -254,15 +274,24 @@ class StageRuns:
                 self.tracker.set_tags(run_id, {"trilevel.checkpoint": checkpoint})
             self._finish(stage, "FINISHED")
 
-    def record(self, result: StageResult) -> None:
+    def record(self, result: StageResult, key: StageKey | None = None) -> None:
         """Log a finished stage's outputs to its run and make sure the run is FINISHED.
 
         Epochs whose live report never reached MLflow (a driver killed between a report and its
         relay) are filled in from the stage's history, so every epoch is there after a resume.
+        A stage reused from the stage store gets its epochs' metrics and tags saying so, with the
+        computing trial's stage run id (`trilevel.stage.computed_run`), instead of the same artifacts again.
         """
         run_id = self.run_id(result.stage)
         self._backfill(run_id, result.history)
         self.tracker.set_tags(run_id, {"trilevel.checkpoint": result.checkpoint})
+        if key is not None:
+            self.tracker.set_tags(run_id, {STAGE_KEY_TAG: key.key})
+        if result.origin is not None:
+            self._record_reused(run_id, result)
+            self._finish(result.stage, "FINISHED", force=True)
+            return
+        self.tracker.set_tags(run_id, {STAGE_ORIGIN_TAG: "computed"})
         if result.stage == "train":  # the derived network's final checkpoint is small: keep a copy with the run
             with open_checkpoint(result.checkpoint) as directory:
                 # a remote checkpoint's local copy is temporary: snapshot it in case the upload is queued
@@ -274,6 +303,24 @@ class StageRuns:
             self.tracker.log_text(run_id, genotype.table(), "genotype.md")
             self.tracker.set_tags(run_id, {"trilevel.path": str(list(genotype.path))})
         self._finish(result.stage, "FINISHED", force=True)
+
+    def _record_reused(self, run_id: str, result: StageResult) -> None:
+        origin = result.origin or {}
+        by = origin.get("computed_by") or {}
+        tags = {
+            STAGE_ORIGIN_TAG: "reused",
+            COMPUTED_BY_TAG: f"{by.get('sweep')}/{by.get('trial')}",
+            "trilevel.stage.entry": str(origin.get("entry")),
+        }
+        try:
+            computed = self.tracker.find_stage_run(str(by.get("sweep")), str(by.get("trial")), result.stage)
+        except TrackingUnavailable:
+            computed = None
+        if computed is not None:
+            tags[COMPUTED_RUN_TAG] = computed
+        if result.genotype is not None:
+            tags["trilevel.path"] = str(list(Genotype.from_dict(result.genotype).path))
+        self.tracker.set_tags(run_id, tags)
 
     def _backfill(self, run_id: str, history: list[dict[str, float]]) -> None:
         try:

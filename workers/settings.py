@@ -9,10 +9,14 @@ picklable: Ray ships them to the Train workers inside `train_loop_config`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from search_space.genotype import Genotype
 from search_space.supernet import SupernetConfig
 from workers.stage_list import STAGES
+
+if TYPE_CHECKING:
+    from workers.stage_store.keys import StageKey
 
 __all__ = [
     "STAGES",
@@ -21,6 +25,7 @@ __all__ = [
     "RunSettings",
     "SearchSettings",
     "StageSettings",
+    "StoreSettings",
     "Supervision",
     "TrainSettings",
 ]
@@ -126,6 +131,20 @@ class DatasetSource:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """The stage store of a run (`workers.stage_store`): where finished stages are published, under which keys.
+
+    `reuse` False (`--no-reuse`): the trial computes every stage itself; what it computes still
+    replaces the stored entries. `computed_by` names the computing trial (sweep, trial) in the entry.
+    """
+
+    storage: str
+    keys: dict[str, StageKey]  # stage → its key
+    reuse: bool
+    computed_by: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """One Train run: consecutive stages sharing a worker group, and where their outputs go.
 
@@ -142,6 +161,7 @@ class RunSettings:
     val_max_images: int | None
     datasets: dict[str, DatasetSource]  # every training dataset a stage of the run reads, by name
     threads: int  # torch threads per worker (the CPUs it asked for)
+    store: StoreSettings | None  # publish finished stages by key; None: no stage store
 
     @property
     def streamed(self) -> list[str]:

@@ -23,7 +23,8 @@ class StageResult:
     """What a finished stage hands on: checkpoint paths, last metrics, derived genotype (JSON dict).
 
     `history` holds every epoch's numeric metrics, so what a crash kept from live tracking can be
-    filled in afterwards.
+    filled in afterwards. `origin` is None for a stage this trial computed; for a stage reused from
+    the stage store (`workers.stage_store`) it says whence: the key, the store entry and who computed it.
     """
 
     stage: str
@@ -32,6 +33,7 @@ class StageResult:
     metrics: dict[str, Any]
     genotype: dict[str, Any] | None
     history: list[dict[str, float]] = field(default_factory=list)
+    origin: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,7 +45,7 @@ def read_stage_result(outputs: str, stage: str) -> StageResult | None:
     if data is None:
         return None
     known = {k: data.get(k) for k in ("stage", "checkpoint", "best_checkpoint", "metrics", "genotype")}
-    return StageResult(**known, history=data.get("history") or [])
+    return StageResult(**known, history=data.get("history") or [], origin=data.get("origin"))
 
 
 def write_stage_result(outputs: str, result: StageResult) -> None:

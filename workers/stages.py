@@ -46,6 +46,7 @@ from workers.search_step import FlopsController, optimizer_step, pretrain_step, 
 from workers.settings import OptimSettings, RunSettings, StageSettings
 from workers.stage_io import RayStageIO, StageIO, checkpoint_names
 from workers.stage_outputs import StageResult, read_stage_result, write_stage_result
+from workers.stage_store import publish
 from workers.validation import evaluate_pairs
 
 __all__ = ["LOOPS", "StageContext", "checkpoint_name", "run_stages", "train_fn_per_worker"]
@@ -515,9 +516,18 @@ def run_stages(run: RunSettings, io: StageIO) -> list[StageResult]:
             result, model = LOOPS[settings.stage](ctx, settings, previous, model, resume)
         if io.rank == 0:
             write_stage_result(run.outputs, result)
+            _publish(run, result)
         previous = result
         results.append(result)
     return results
+
+
+def _publish(run: RunSettings, result: StageResult) -> None:
+    """Store a stage this run computed under its key, so any trial on the storage reuses it (`workers.stage_store`)."""
+    if run.store is None or result.stage not in run.store.keys:
+        return
+    computed_by = run.store.computed_by | {"checkpoints": run.checkpoints}
+    publish(run.store.storage, run.store.keys[result.stage], result, computed_by)
 
 
 def _stage_before(stage: str) -> str:

@@ -20,13 +20,14 @@ def cli() -> None:
 
 def _register_commands() -> None:
     """Attach the commands; kept out of import time so importing the package has no side effects."""
-    from orchestrator.cli import arch, data, export, report, run, submit, upscale
+    from orchestrator.cli import arch, data, export, report, reproduce, run, submit, upscale
 
     for command in (
         run.run,
         run.sweep,
         run.resume,
         run.demo,
+        reproduce.reproduce,
         report.status,
         report.report,
         arch.arch,

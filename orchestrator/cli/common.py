@@ -76,6 +76,11 @@ DRY_RUN = SharedOption(
     is_flag=True,
     help="Check data, weights, storage, MLflow and cluster resources, print the plan, start nothing.",
 )
+NO_REUSE = SharedOption(
+    "--no-reuse",
+    is_flag=True,
+    help="Compute every stage again instead of reusing one stored under the same key (stages.reuse=false).",
+)
 VERBOSE = SharedOption(
     "-v", "--verbose", is_flag=True, help="Show Ray's, Ray Data's and Tune's output here instead of the live table."
 )

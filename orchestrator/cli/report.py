@@ -31,6 +31,7 @@ from orchestrator.report.rows import TrialRow, baselines, collect, validation_se
 from orchestrator.report.runs import open_experiment, search_all, sweep_filter, ui_hint
 from orchestrator.report.table import MISSING, format_delta, format_path, format_value, to_markdown
 from orchestrator.tracking import STAGE_TAG, SWEEP_TAG, TRIAL_TAG
+from orchestrator.tracking.tags import STAGE_ORIGIN_TAG
 
 __all__ = ["echo_job_status", "report", "status"]
 
@@ -105,8 +106,11 @@ def _progress(
 ) -> list[dict[str, str]]:
     client, experiment_id = open_experiment(tracking_uri, mlflow_experiment)
     latest: dict[str, Any] = {}
+    origins: dict[str, dict[str, str]] = {}  # trial → stage → computed | reused (the stage store)
     for run in search_all(client, experiment_id, sweep_filter(sweep, "stage")):  # oldest first
         latest[run.data.tags.get(TRIAL_TAG, "")] = run
+        if origin := run.data.tags.get(STAGE_ORIGIN_TAG):
+            origins.setdefault(run.data.tags.get(TRIAL_TAG, ""), {})[run.data.tags.get(STAGE_TAG, "?")] = origin
     sets = validation_sets(trial_rows)
     base = baselines(trial_rows)
     out = []
@@ -114,6 +118,7 @@ def _progress(
         stage_run = latest.get(row.trial)
         stage = f"{stage_run.data.tags.get(STAGE_TAG, '?')} ({stage_run.info.status})" if stage_run else MISSING
         entry = {"Trial": row.trial, "Status": row.status, "Stage": stage, "Path": format_path(row)}
+        entry["Stages"] = " ".join(f"{k}={v}" for k, v in origins.get(row.trial, {}).items()) or MISSING
         entry |= {"Params (M)": format_value(row.params_m), "GFLOPs": format_value(row.gflops)}
         for s in sets:
             entry[f"PSNR {s}"] = format_value(row.psnr.get(s))

@@ -14,6 +14,7 @@ from orchestrator.cli.common import (
     DRY_RUN,
     EXPERIMENT,
     NAME,
+    NO_REUSE,
     SCALE,
     SET,
     STORAGE,
@@ -62,6 +63,7 @@ def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="Beside every arm, K random architectures of the same space within ±10% of its searched "
             "GFLOPs, from the same supernet, with the same training (the report's 'random, FLOPs-matched' rows).",
         ),
+        NO_REUSE,
         VERBOSE,
     ]
     for option in reversed(options):
@@ -76,8 +78,10 @@ def _load(
     name: str | None,
     storage: str | None,
     tracking_uri: str | None,
+    no_reuse: bool = False,
 ) -> Experiment:
     fields = {"name": name, "storage": storage, "tracking.uri": tracking_uri}
+    overrides = (*overrides, "stages.reuse=false") if no_reuse else overrides
     return load_experiment(experiment, scale, overrides, **{k: v for k, v in fields.items() if v is not None})
 
 
@@ -172,10 +176,11 @@ def sweep(
     preflight: bool,
     seeds: int | None,
     random_draws: int | None,
+    no_reuse: bool,
     verbose: bool,
 ) -> None:
     """Run the sweep of EXPERIMENT (a preset or a YAML file): one trial per grid point of its axes."""
-    loaded = _load(experiment, scale, overrides, name, storage, tracking_uri)
+    loaded = _load(experiment, scale, overrides, name, storage, tracking_uri, no_reuse)
     if seeds is not None:
         loaded = with_seeds(loaded, seeds)
     if random_draws is not None:
@@ -198,10 +203,11 @@ def run(
     preflight: bool,
     seeds: int | None,
     random_draws: int | None,
+    no_reuse: bool,
     verbose: bool,
 ) -> None:
     """Run EXPERIMENT as a single pipeline (its sweep axes, if any, are ignored; `--seeds N`: one per seed)."""
-    loaded = _load(experiment, scale, overrides, name, storage, tracking_uri).model_copy(update={"sweep": {}})
+    loaded = _load(experiment, scale, overrides, name, storage, tracking_uri, no_reuse).model_copy(update={"sweep": {}})
     if seeds is not None:
         loaded = with_seeds(loaded, seeds)
     if random_draws is not None:

@@ -14,6 +14,8 @@ __all__ = [
     "AXIS_TAG_PREFIX",
     "CHECKPOINT_TAG",
     "COMMAND_TAG",
+    "COMPUTED_BY_TAG",
+    "COMPUTED_RUN_TAG",
     "CONFLICT_TAG_PREFIX",
     "ERROR_TAG",
     "EXPERIMENT_KIND",
@@ -28,6 +30,8 @@ __all__ = [
     "SOURCE_NAME_TAG",
     "SOURCE_TYPE_TAG",
     "STAGES",
+    "STAGE_KEY_TAG",
+    "STAGE_ORIGIN_TAG",
     "STAGE_TAG",
     "SWEEP_TAG",
     "TRIAL_TAG",
@@ -49,6 +53,11 @@ PATH_TAG = "trilevel.path"  # the searched network-level path, e.g. "[0, 0, 0, 1
 CHECKPOINT_TAG = "trilevel.checkpoint"
 AXIS_TAG_PREFIX = "trilevel.axis."  # + a sweep axis, e.g. trilevel.axis.stages.search.lambda_order
 ERROR_TAG = "trilevel.error"  # "<type>: <message>" of what ended a run FAILED or KILLED
+# The stage store (workers.stage_store): a stage run's key, and whether this trial computed it or reused it.
+STAGE_KEY_TAG = "trilevel.stage.key"
+STAGE_ORIGIN_TAG = "trilevel.stage.origin"  # computed | reused
+COMPUTED_BY_TAG = "trilevel.stage.computed_by"  # <sweep>/<trial> that computed a reused stage
+COMPUTED_RUN_TAG = "trilevel.stage.computed_run"  # that trial's stage run id
 CONFLICT_TAG_PREFIX = "trilevel.param_conflict."  # + a param key: a new value MLflow would not let us log
 
 # MLflow 3 opens an experiment without a kind on its GenAI view (traces, token usage); ours trains models.

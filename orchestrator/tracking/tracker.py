@@ -344,6 +344,12 @@ class Tracker(LogCalls):
         tags = self._trial_sources.get(trial_run_id, {})
         return self._find_or_create(identity, f"{trial}/{stage}", tags, defer=True)[0]
 
+    def find_stage_run(self, sweep: str, trial: str, stage: str) -> str | None:
+        """The id of the (sweep, trial, stage) run, or None (raises TrackingUnavailable)."""
+        identity = {KIND_TAG: "stage", SWEEP_TAG: sweep, TRIAL_TAG: trial, STAGE_TAG: stage}
+        found = self._search(tag_filter(identity), f"find stage run {trial}/{stage} of {sweep!r}")
+        return found[0].info.run_id if found else None
+
     def reopen(self, run_id: str) -> None:
         """Set a run (typically FINISHED) back to RUNNING, because work continues in it."""
         self._query(

@@ -14,7 +14,16 @@ from orchestrator.plan import DataFacts, ResolvedData, plan_trial
 from workers.settings import STAGES
 
 FACTS = DataFacts(
-    path="x", scale=4, rows=3450, rows_w=1725, rows_a=1725, images=3450, images_w=1725, images_a=1725, bytes=10**10
+    path="x",
+    scale=4,
+    rows=3450,
+    rows_w=1725,
+    rows_a=1725,
+    images=3450,
+    images_w=1725,
+    images_a=1725,
+    bytes=10**10,
+    fingerprint="f",
 )
 
 PRESETS = ["aim", "backbones", "fig1", "lambda-search", "psnr-b", "table7", "table8", "table9", "vis-a", "vis-b"]

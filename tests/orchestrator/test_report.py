@@ -89,6 +89,8 @@ def _trial(client, experiment_id, parent, sweep, axis, value, numbers=None, *, f
             "trilevel.stage": stage,
             "mlflow.parentRunId": run_id,
         }
+        if stage != "evaluate":  # the stage store's tag: the unfinished trial reused its pretrain
+            stage_tags["trilevel.stage.origin"] = "reused" if not finished and stage == "pretrain" else "computed"
         stage_run = _run(client, experiment_id, f"{trial}/{stage}", stage_tags)
         if finished or stage == "pretrain":
             client.set_terminated(stage_run, "FINISHED")
@@ -361,13 +363,16 @@ def test_cli_status_lists_sweeps_then_trials(store):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Sweep running: 1/2 trials finished")
     table_rows = _cells(result.stdout.split("\n\n", 1)[1])
-    header = ["Trial", "Status", "Stage", "Path", "Params (M)", "GFLOPs", "PSNR Set5", "PSNR Set14", "Run"]
+    header = ["Trial", "Status", "Stage", "Path", "Stages", "Params (M)", "GFLOPs", "PSNR Set5", "PSNR Set14", "Run"]
     assert table_rows[0] == header
     assert table_rows[2][:4] == ["lambda_order=0.0", "FINISHED", "evaluate (FINISHED)", "[0,0,1,0,0,0,1]"]
-    assert table_rows[2][4:8] == ["0.58", "184.08", "30.32", "27.21"]
-    assert table_rows[3][:8] == ["lambda_order=0.1", "RUNNING", "search (RUNNING)", *[MISSING] * 5]
+    assert table_rows[2][4] == "pretrain=computed search=computed train=computed"
+    assert table_rows[2][5:9] == ["0.58", "184.08", "30.32", "27.21"]
+    assert table_rows[3][:4] == ["lambda_order=0.1", "RUNNING", "search (RUNNING)", MISSING]
+    assert table_rows[3][4] == "pretrain=reused search=computed"  # per stage: from the stage store or not
+    assert table_rows[3][5:9] == [MISSING] * 4
     finished, running = (collect(store["uri"], EXPERIMENT, "running")[i].run_id for i in (0, 1))
-    assert (table_rows[2][8], table_rows[3][8]) == (finished, running)
+    assert (table_rows[2][9], table_rows[3][9]) == (finished, running)
     assert "Best trial: lambda_order=0.0 (test PSNR Set5 30.32 dB, 184.08 GFLOPs)" in result.stdout
     assert f"  trilevel upscale --model {finished} --tracking-uri {store['uri']} photos/ --out sr/" in result.stdout
 
@@ -472,9 +477,9 @@ def test_status_shows_psnr_beside_bicubic_and_the_best_trials_command(store):
     result = CliRunner().invoke(cli_report.status, ["demo", "--tracking-uri", store["uri"]])
     assert result.exit_code == 0, result.output
     rows = _cells(result.stdout.split("\n\n")[1])
-    assert rows[0][6:] == ["PSNR demo", "Δ vs bicubic demo", "Run"]
+    assert rows[0][7:] == ["PSNR demo", "Δ vs bicubic demo", "Run"]
     best = collect(store["uri"], EXPERIMENT, "demo")[1]
-    assert rows[3][6:] == ["28.90", "+0.73", best.run_id]
+    assert rows[3][7:] == ["28.90", "+0.73", best.run_id]
     assert "Bicubic: PSNR demo 28.17 dB" in result.stdout
     best_line = "Best trial: lambda_order=0.1 (test PSNR demo 28.90 dB, bicubic 28.17 dB (+0.73), 1.20 GFLOPs)"
     assert best_line in result.stdout

@@ -1,0 +1,136 @@
+"""`trilevel reproduce`: Tables 7-9 and Fig. 1 in one command, each distinct stage computed once (stage store)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from orchestrator.cli.common import (
+    ADDRESS,
+    DEFAULT_MLFLOW_EXPERIMENT,
+    NO_REUSE,
+    SCALE,
+    SET,
+    STORAGE,
+    TRACKING_URI,
+    VERBOSE,
+    friendly_errors,
+)
+from orchestrator.cli.sweep_report import echo_report, report_dir
+
+if TYPE_CHECKING:
+    from orchestrator.reproduce import ReproducePlan
+
+
+@click.command()
+@SCALE
+@click.option("--seeds", type=int, default=1, show_default=True, help="Seeds 0..N-1 of every arm (replicates).")
+@click.option(
+    "--random",
+    "random_draws",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Beside every arm, K random FLOPs-matched architectures (as `sweep --random`).",
+)
+@click.option("--tables", default="7,8,9,fig1", show_default=True, help="Which of 7, 8, 9, fig1, comma-separated.")
+@SET
+@STORAGE
+@TRACKING_URI
+@ADDRESS
+@click.option(
+    "--dry-run", is_flag=True, help="Count arms and stages (requested, distinct, stored), estimate, run nothing."
+)
+@NO_REUSE
+@VERBOSE
+@friendly_errors
+def reproduce(
+    scale: str,
+    seeds: int,
+    random_draws: int | None,
+    tables: str,
+    overrides: tuple[str, ...],
+    storage: str | None,
+    tracking_uri: str | None,
+    address: str | None,
+    dry_run: bool,
+    no_reuse: bool,
+    verbose: bool,
+) -> None:
+    """Run the ablation tables' sweeps at SCALE, sharing every stage two arms have in common; then a summary.
+
+    One sweep per table (`reproduce-<scale>-<table>`) on one storage path; a stage another arm already
+    computed there is reused, not computed again. Running the command again resumes where it stopped.
+    """
+    from orchestrator.cluster import ray_connection
+    from orchestrator.reproduce import plan_reproduce, reproduce_experiments
+    from orchestrator.sweep import run_sweep
+
+    fields = {"storage": storage, "tracking.uri": tracking_uri}
+    overrides = (*overrides, "stages.reuse=false") if no_reuse else overrides
+    experiments = reproduce_experiments(
+        scale,
+        seeds,
+        [t.strip() for t in tables.split(",") if t.strip()],
+        overrides,
+        random_draws,
+        **{k: v for k, v in fields.items() if v is not None},
+    )
+    plan = plan_reproduce(experiments)
+    for line in plan.lines():
+        click.echo(line)
+    if dry_run:
+        return
+    durations: dict[str, float] = {}
+    with ray_connection(address):
+        for experiment in plan.sweeps:
+            click.echo(f"--- {experiment.name}")
+            start = time.monotonic()
+            outcome = run_sweep(experiment)
+            durations[experiment.name] = time.monotonic() - start
+            for trial, error in outcome.errors.items():
+                click.echo(f"  {trial} failed: {error}", err=True)
+    summary = _summary(plan, durations)
+    click.echo(summary)
+
+
+def _summary(plan: ReproducePlan, durations: dict[str, float]) -> str:
+    """Each table's report and its stages computed vs reused, in RESULTS.md's layout; written beside the runs."""
+    from orchestrator.report.table import to_markdown
+    from workers.stage_outputs import read_stage_result
+
+    parts = [f"# Results at the `{plan.sweeps[0].name.split('-')[1]}` scale", ""]
+    for experiment in plan.sweeps:
+        name = experiment.name
+        minutes, seconds = divmod(int(durations.get(name, 0)), 60)
+        tracking = experiment.tracking
+        files = echo_report(
+            name,
+            tracking.uri,
+            tracking.experiment or DEFAULT_MLFLOW_EXPERIMENT,
+            experiment.labels,
+            report_dir(name, experiment.storage),
+        )
+        counts = {"computed": 0, "reused": 0}
+        for trial in plan.plans[name]:
+            for stage in ("pretrain", "search", "train"):
+                result = read_stage_result(trial.outputs, stage)
+                if result is not None:
+                    counts["reused" if result.origin else "computed"] += 1
+        parts += [
+            f"## {experiment.description} — {minutes} min {seconds} s",
+            "",
+            to_markdown(files.table),
+            "",
+            f"Stages: {counts['computed']} computed, {counts['reused']} reused from the stage store.",
+            "",
+        ]
+    text = "\n".join(parts)
+    storage = plan.sweeps[0].storage
+    if "://" not in storage:
+        path = os.path.join(storage, f"{plan.sweeps[0].name.rsplit('-', 1)[0]}.md")
+        with open(path, "w") as stream:
+            stream.write(text)
+    return text
