@@ -10,7 +10,11 @@ from orchestrator.reproduce import plan_reproduce, reproduce_experiments
 
 
 def _experiments(tmp_path, demo_data, seeds: int, tables=("7", "8", "9", "fig1")):
-    data = (f"data.train={demo_data}/train", f"data.val={{demo: {demo_data}/val}}")
+    data = (
+        f"data.train={demo_data}/train",
+        f"data.val={{demo-val: {demo_data}/val}}",
+        f"data.test={{demo: {demo_data}/test}}",
+    )
     fields = {"storage": str(tmp_path / "runs"), "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db"}
     return reproduce_experiments("tiny", seeds, tables, data, **fields)
 
@@ -42,7 +46,8 @@ def test_the_dry_run_prints_the_counts_and_runs_nothing(tmp_path, demo_data):
     from orchestrator.cli.reproduce import reproduce
 
     args = ["--tables", "8", "--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
-    args += ["--set", f"data.train={demo_data}/train", "--set", f"data.val={{demo: {demo_data}/val}}", "--dry-run"]
+    args += ["--set", f"data.train={demo_data}/train", "--set", f"data.val={{demo-val: {demo_data}/val}}"]
+    args += ["--set", f"data.test={{demo: {demo_data}/test}}", "--dry-run"]
     result = CliRunner().invoke(reproduce, args)
     assert result.exit_code == 0, result.output
     assert "arms (trials): 3 requested, 3 distinct configurations" in result.output

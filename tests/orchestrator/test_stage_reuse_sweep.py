@@ -73,8 +73,8 @@ def test_two_trials_compute_their_shared_pretrain_once_through_a_kill(ray_sessio
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     fields = {"storage": str(tmp_path / "runs"), "tracking.uri": uri, "data.train": f"{demo_data}/train"}
-    data_val = f"data.val={{demo: {demo_data}/val}}"
-    experiment = load_experiment("table8", "tiny", (*TINY, *SHORT, data_val), name="shared", **fields)
+    data_val = (f"data.val={{demo-val: {demo_data}/val}}", f"data.test={{demo: {demo_data}/test}}")
+    experiment = load_experiment("table8", "tiny", (*TINY, *SHORT, *data_val), name="shared", **fields)
     store = tmp_path / "runs" / STORE_DIR
     killer = KillTheComputingTrial(store, tmp_path / "runs" / "shared")
     killer.start()

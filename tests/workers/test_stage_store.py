@@ -39,7 +39,11 @@ ONE_STEP = ("stages.pretrain.epochs=1", "stages.pretrain.steps_per_epoch=1", "se
 @pytest.fixture
 def data(demo_data: str) -> tuple[str, ...]:
     """The session's demo data set, so a plan does not write its own."""
-    return (f"data.train={demo_data}/train", f"data.val={{demo: {demo_data}/val}}")
+    return (
+        f"data.train={demo_data}/train",
+        f"data.val={{demo-val: {demo_data}/val}}",
+        f"data.test={{demo: {demo_data}/test}}",
+    )
 
 
 def _keys(storage: str, data: tuple[str, ...], *overrides: str, trial: int = 0) -> dict[str, StageKey]:
@@ -65,7 +69,7 @@ def test_pretrain_key_ignores_what_pretraining_does_not_read(tmp_path, data):
 
 
 def _pretrained(storage: Path, data: tuple[str, ...], *overrides: str) -> dict[str, torch.Tensor]:
-    no_val = (data[0], "data.val={}")  # weights only: no validation pass
+    no_val = (data[0], "data.val={}", data[2])  # weights only: no validation pass
     (run,) = tiny_plan(str(storage), (*no_val, *ONE_STEP, *overrides), sweep="-".join(overrides) or "base").runs
     settings = dataclasses.replace(run.settings, stages=run.settings.stages[:1], store=None)
     (result,) = run_stages(settings, local_io(dataclasses.replace(run, settings=settings), 4))
