@@ -35,13 +35,12 @@ from workers.stage_store import StageKey, lookup
 __all__ = ["SECONDS_PER_STEP", "TABLES", "ReproducePlan", "plan_reproduce", "reproduce_experiments"]
 
 TABLES: dict[str, str] = {"7": "table7", "8": "table8", "9": "table9", "fig1": "fig1"}
-# Seconds per optimisation step of one trial on one CPU thread, by stage and backbone, at `small`
-# (2 cells, nf 16, patch 24), measured on this project's 2-core machine while it was shared
-# (bench/stage_steps.py; upper bounds). Pretrain: a 4-pass sandwich; search: an architecture step
-# and a weight step; train: the derived network alone.
+# CPU seconds per optimisation step of one trial (one thread), by backbone and stage, at `small` (2 cells,
+# nf 16, patch 24): `python -m bench.stage_steps --steps 3`, 2026-12-07 (validation passes not included).
+# Pretrain: a 4-pass sandwich; search: an architecture step and a weight step; train: the derived network.
 SECONDS_PER_STEP: dict[str, dict[str, float]] = {
-    "A": {"pretrain": 1.0, "search": 2.4, "train": 0.25},
-    "B": {"pretrain": 0.3, "search": 0.7, "train": 0.1},
+    "A": {"pretrain": 1.67, "search": 0.72, "train": 0.08},
+    "B": {"pretrain": 0.37, "search": 0.27, "train": 0.05},
 }
 
 
@@ -58,6 +57,7 @@ class ReproducePlan:
     stages_stored: dict[str, int]  # stage → distinct keys already in the store
     estimate_s: float  # for the distinct stages not stored yet, spread over the concurrent trials
     steps_to_compute: dict[str, int] = field(default_factory=dict)
+    estimate_without_reuse_s: float = 0.0  # every requested stage computed (separate sweeps, no store)
 
     def lines(self) -> list[str]:
         """The dry run's text."""
@@ -77,8 +77,11 @@ class ReproducePlan:
         compute = sum(self.stages_distinct[s] - self.stages_stored[s] for s in STAGES)
         out.append(f"  {'all':<9} {total:>4} computed without reuse, {compute} with it")
         out.append(
-            f"estimated time: ~{self.estimate_s / 60:.0f} min of stages (stage-steps x measured seconds per step, "
-            "over the concurrent trials; evaluations and process starts not counted)"
+            f"estimated time: at least ~{self.estimate_s / 60:.0f} min (stage-steps x measured CPU seconds per step, "
+            "over the cores; validation, evaluation, process starts not counted: table8's sweep took 2.6x its estimate)"
+        )
+        out.append(
+            f"  without reuse (every requested stage computed): at least ~{self.estimate_without_reuse_s / 60:.0f} min"
         )
         return out
 
@@ -117,6 +120,7 @@ def plan_reproduce(experiments: Sequence[Experiment]) -> ReproducePlan:
     plans: dict[str, list[TrialPlan]] = {}
     keys: dict[str, dict[str, StageInfo]] = {stage: {} for stage in STAGES}
     requested = dict.fromkeys(STAGES, 0)
+    requested_s = 0.0
     arms: set[str] = set()
     concurrency = 1
     storage = ""
@@ -137,6 +141,7 @@ def plan_reproduce(experiments: Sequence[Experiment]) -> ReproducePlan:
                     if settings.train is not None and settings.train.finetune is not None:
                         steps += settings.train.finetune.epochs * settings.train.finetune.steps_per_epoch
                     keys[settings.stage][key.key] = StageInfo(key, steps, backbone)
+                    requested_s += steps * SECONDS_PER_STEP[backbone][settings.stage]
             arms.add(plan.runs[-1].settings.store.keys[STAGES[-1]].key)  # type: ignore[union-attr]
     stored = {stage: {k for k, info in keys[stage].items() if lookup(storage, info.key)} for stage in STAGES}
     steps_left = {
@@ -157,6 +162,7 @@ def plan_reproduce(experiments: Sequence[Experiment]) -> ReproducePlan:
         stages_distinct={s: len(keys[s]) for s in STAGES},
         stages_stored={s: len(stored[s]) for s in STAGES},
         estimate_s=seconds / max(1, min(concurrency, os.cpu_count() or 1)),
+        estimate_without_reuse_s=requested_s / max(1, min(concurrency, os.cpu_count() or 1)),
         steps_to_compute=steps_left,
     )
 
