@@ -37,6 +37,7 @@ from orchestrator.experiment import (
 from orchestrator.memory import trials_survive_memory_kills
 from orchestrator.plan import plan_trial, resolve_data
 from orchestrator.relay import ReportHub
+from orchestrator.sweep_lease import hold_sweep
 from orchestrator.tracking import (
     Tracker,
     TrackingUnavailable,
@@ -222,17 +223,29 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run (or resume) the sweep of `experiment` on the connected Ray cluster.
 
-    `console` (optional) draws the trials' live progress while Tune runs them.
+    `console` (optional) draws the trials' live progress while Tune runs them. The sweep's lease
+    (:mod:`orchestrator.sweep_lease`) is held throughout: a second driver of it is refused.
     """
+    experiment = absolutize(experiment)
+    _check_files(experiment)
+    check_storage(experiment.storage)
+    with hold_sweep(experiment.storage, experiment.name) as identity:
+        return _run_sweep(experiment, identity, resume, restart_errored, console)
+
+
+def _run_sweep(
+    experiment: Experiment,
+    identity: str,
+    resume: bool,
+    restart_errored: bool,
+    console: SweepConsole | None,
+) -> SweepOutcome:
     import ray.tune as tune
 
     trials_survive_memory_kills()
-    experiment = absolutize(experiment)
     storage = experiment.storage
-    _check_files(experiment)
-    check_storage(storage)
     Tracker.check_reachable(experiment.tracking.uri)
-    tracker = Tracker(experiment.tracking.uri, experiment.tracking.experiment)
+    tracker = Tracker(experiment.tracking.uri, experiment.tracking.experiment, sweep_id=identity)
     environment = run_environment_tags()
     sweep_dir = _join(storage, experiment.name)
     exists = tune.Tuner.can_restore(sweep_dir)
@@ -258,6 +271,7 @@ def run_sweep(
     sweep_run = tracker.sweep_run(experiment.name, params=flatten(experiment.model_dump(mode="json")), tags=environment)
     context = TrialContext(
         sweep=experiment.name,
+        sweep_id=identity,
         sweep_run_id=sweep_run,
         storage=storage,
         tracking_uri=experiment.tracking.uri,

@@ -73,6 +73,7 @@ class TrialContext:
     registered_model: str | None = None  # the registry name of the sweep's champion; None: register nothing
     system_metrics: bool = True  # MLflow system metrics of every stage run (tracking.system_metrics)
     datasets: tuple[DatasetRef, ...] = ()  # the trial's training and validation sets, logged as MLflow datasets
+    sweep_id: str | None = None  # kept in <storage>/<sweep>/sweep.json; the MLflow runs carry it
     environment: dict[str, str] = field(default_factory=dict)
     hub: Any = None  # the sweep's ReportHub actor (live progress for the console); None: the trial makes its own
 
@@ -117,7 +118,7 @@ def _run_trial(plan: TrialPlan, context: TrialContext, hub: Any) -> None:
     offsets = stage_offsets(plan)
     results = EpochResults(offsets, experiment.tune.gflops_budget, trial_id)
     done = read_marker(context.storage, context.sweep, "stages", trial_id, TRIAL_DONE)
-    tracker = Tracker(context.tracking_uri, context.mlflow_experiment)
+    tracker = Tracker(context.tracking_uri, context.mlflow_experiment, sweep_id=context.sweep_id)
     params = flatten(experiment.model_dump(mode="json")) | {f"axis.{k}": v for k, v in plan.axes.items()}
     tags = context.environment | {"trilevel.seed": str(experiment.seed)}
     tags |= {f"trilevel.axis.{k}": str(v) for k, v in plan.axes.items()}

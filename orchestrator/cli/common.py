@@ -126,6 +126,7 @@ _USER_ERRORS = (
     ("orchestrator.jobs", "SubmitError"),
     ("orchestrator.export", "ExportError"),
     ("orchestrator.upscale.errors", "UpscaleError"),
+    ("orchestrator.sweep_lease", "SweepBusy"),
 )
 
 

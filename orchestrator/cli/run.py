@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,7 +95,25 @@ def _launch(
     preflight: bool = False,
     verbose: bool = False,
 ) -> None:
-    """Run the sweep on a local Ray or `address`; by default a live table, Ray's own output to a log file."""
+    """Run the sweep on a local Ray or `address`; by default a live table, Ray's own output to a log file.
+
+    The sweep's lease is taken first (a dry run takes none): a second driver of a live sweep is refused
+    before any Ray starts.
+    """
+    from orchestrator.sweep import absolute_storage
+    from orchestrator.sweep_lease import hold_sweep
+
+    with contextlib.ExitStack() as held:
+        if not dry_run:
+            held.enter_context(hold_sweep(absolute_storage(experiment.storage), experiment.name))
+        outcome = _run(experiment, address, resume=resume, dry_run=dry_run, preflight=preflight, verbose=verbose)
+    if outcome is not None:
+        _summarise(experiment, outcome)
+
+
+def _run(
+    experiment: Experiment, address: str | None, *, resume: bool, dry_run: bool, preflight: bool, verbose: bool
+) -> SweepOutcome | None:
     from orchestrator.cluster import ray_connection
     from orchestrator.sweep import run_sweep
 
@@ -103,22 +122,20 @@ def _launch(
             if dry_run or preflight:
                 _preflight(experiment, click.echo)
                 if dry_run:
-                    return
-            outcome = run_sweep(experiment, resume=resume)
-    else:
-        from rich.console import Console
+                    return None
+            return run_sweep(experiment, resume=resume)
+    from rich.console import Console
 
-        from orchestrator.console import SweepConsole, quiet_output, terminal_warnings
+    from orchestrator.console import SweepConsole, quiet_output, terminal_warnings
 
-        log = _log_path(experiment)
-        click.echo(f"Ray, Ray Data and Tune log to {log} (-v shows them here instead)")
-        with quiet_output(log) as terminal:
-            console = Console(file=terminal)
-            with terminal_warnings(console), ray_connection(address):
-                if preflight:
-                    _preflight(experiment, lambda text: console.print(text, markup=False, highlight=False))
-                outcome = run_sweep(experiment, resume=resume, console=SweepConsole(console, experiment.name))
-    _summarise(experiment, outcome)
+    log = _log_path(experiment)
+    click.echo(f"Ray, Ray Data and Tune log to {log} (-v shows them here instead)")
+    with quiet_output(log) as terminal:
+        console = Console(file=terminal)
+        with terminal_warnings(console), ray_connection(address):
+            if preflight:
+                _preflight(experiment, lambda text: console.print(text, markup=False, highlight=False))
+            return run_sweep(experiment, resume=resume, console=SweepConsole(console, experiment.name))
 
 
 def _summarise(experiment: Experiment, outcome: SweepOutcome) -> None:

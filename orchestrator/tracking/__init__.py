@@ -38,6 +38,7 @@ from orchestrator.tracking.tags import (
     SOURCE_TYPE_TAG,
     STAGE_TAG,
     STAGES,
+    SWEEP_ID_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "SOURCE_TYPE_TAG",
     "STAGES",
     "STAGE_TAG",
+    "SWEEP_ID_TAG",
     "SWEEP_TAG",
     "TRIAL_TAG",
     "Tracker",

@@ -33,6 +33,7 @@ __all__ = [
     "STAGE_KEY_TAG",
     "STAGE_ORIGIN_TAG",
     "STAGE_TAG",
+    "SWEEP_ID_TAG",
     "SWEEP_TAG",
     "TRIAL_TAG",
 ]
@@ -40,6 +41,7 @@ __all__ = [
 # What a run is and whose it is: find-or-create and every report query on these.
 KIND_TAG = "trilevel.kind"  # one of KINDS
 SWEEP_TAG = "trilevel.sweep"
+SWEEP_ID_TAG = "trilevel.sweep_id"  # the id kept in <storage>/<sweep>/sweep.json: equal names never meet
 TRIAL_TAG = "trilevel.trial"
 STAGE_TAG = "trilevel.stage"  # one of STAGES
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID)

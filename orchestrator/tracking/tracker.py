@@ -55,6 +55,7 @@ from orchestrator.tracking.tags import (
     SOURCE_KEYS,
     STAGE_TAG,
     STAGES,
+    SWEEP_ID_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
 )
@@ -81,6 +82,9 @@ class Tracker(LogCalls):
         artifact_location: artifact root for a newly created experiment (default: the server's; for a
             SQLite store, ``mlartifacts/`` beside the database file).
         max_pending: the queue bound; when full, the oldest queued call is dropped (with a warning).
+        sweep_id: the sweep's id (``orchestrator.sweep_lease``): every run this tracker finds or creates
+            carries it (tag ``trilevel.sweep_id``) and is found by it, so sweeps of one name on different
+            storage never share runs. None: runs are found by sweep name alone.
 
     For ``http(s)`` URIs the tracker owns retrying: unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` /
     ``MLFLOW_HTTP_REQUEST_TIMEOUT`` are set, it sets them (0 retries, 30 s) for this process, since
@@ -97,6 +101,7 @@ class Tracker(LogCalls):
         max_backoff_s: float = 30.0,
         artifact_location: str | None = None,
         max_pending: int = 10_000,
+        sweep_id: str | None = None,
     ) -> None:
         if retries < 1:
             raise ValueError(f"retries must be >= 1 (attempts per call), got {retries}")
@@ -109,6 +114,7 @@ class Tracker(LogCalls):
         self.max_backoff_s = max(self.backoff_s, max_backoff_s)
         self.artifact_location = artifact_location
         self.max_pending = max_pending
+        self.sweep_id = sweep_id
         if urlparse(tracking_uri).scheme in ("http", "https"):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -139,6 +145,7 @@ class Tracker(LogCalls):
             "max_backoff_s",
             "artifact_location",
             "max_pending",
+            "sweep_id",
         )
         return {name: getattr(self, name) for name in keep}
 
@@ -260,7 +267,7 @@ class Tracker(LogCalls):
         With `defer`, an outage yields a placeholder id instead of an error (see the module docstring);
         "created" is then True, since nothing could be logged into the run yet.
         """
-        raw_identity = dict(identity)
+        raw_identity = dict(identity) | ({SWEEP_ID_TAG: self.sweep_id} if self.sweep_id else {})
 
         def find_or_create() -> tuple[str, bool]:
             identity = {k: self.resolve(v) if k == PARENT_TAG else v for k, v in raw_identity.items()}
@@ -375,8 +382,11 @@ class Tracker(LogCalls):
         """Every live run tagged with this sweep (all pages), optionally only one kind: sweep, trial or stage."""
         if kind is not None and kind not in KINDS:
             raise ValueError(f"kind must be sweep, trial or stage, got {kind!r}")
-        identity = {SWEEP_TAG: sweep, **({KIND_TAG: kind} if kind else {})}
+        identity = {SWEEP_TAG: sweep, **({KIND_TAG: kind} if kind else {}), **self._id_filter()}
         return self._search(tag_filter(identity), f"search runs of sweep {sweep!r}")
+
+    def _id_filter(self) -> dict[str, str]:
+        return {SWEEP_ID_TAG: self.sweep_id} if self.sweep_id else {}
 
     def _search(self, filter_string: str, description: str) -> list[mlflow.entities.Run]:
         def search() -> list[mlflow.entities.Run]:
@@ -421,7 +431,8 @@ class Tracker(LogCalls):
         if self.pending:  # queued finish() calls come first, so runs that did finish are not marked `status`
             self.flush()
         running = self._search(
-            f"{tag_filter({SWEEP_TAG: sweep})} and attributes.status = 'RUNNING'", f"search running runs of {sweep!r}"
+            f"{tag_filter({SWEEP_TAG: sweep, **self._id_filter()})} and attributes.status = 'RUNNING'",
+            f"search running runs of {sweep!r}",
         )
         order = {"stage": 0, "trial": 1, "sweep": 2}
         running.sort(key=lambda run: order.get(run.data.tags.get(KIND_TAG, ""), 0))

@@ -215,6 +215,21 @@ def test_end_unfinished_marks_every_running_run_of_the_sweep(tracker, client):
     assert tracker.end_unfinished("sw", "KILLED") == 0
 
 
+def test_sweeps_of_one_name_with_different_ids_never_share_runs(tracker, client, store):
+    """Two storages, one sweep name: each sweep id finds and ends only its own runs (issue 19, item 1)."""
+    mine = Tracker(store["uri"], tracker.experiment, sweep_id="id-a", artifact_location=tracker.artifact_location)
+    theirs = Tracker(store["uri"], tracker.experiment, sweep_id="id-b", artifact_location=tracker.artifact_location)
+    a, b = mine.sweep_run("sw"), theirs.sweep_run("sw")
+    assert a != b and mine.sweep_run("sw") == a
+    trial = mine.trial_run(a, "sw", "t0", params={}, tags={})
+    stage = mine.stage_run(trial, "sw", "t0", "search")
+    assert client.get_run(stage).data.tags["trilevel.sweep_id"] == "id-a"
+    assert {r.info.run_id for r in mine.runs_of_sweep("sw")} == {a, trial, stage}
+    assert mine.end_unfinished("sw", "KILLED") == 3
+    assert client.get_run(b).info.status == "RUNNING"
+    assert [r.info.run_id for r in theirs.runs_of_sweep("sw")] == [b]
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Outages
 
