@@ -20,7 +20,10 @@ How a submission is built:
 * The code travels in the job's ``runtime_env`` (``working_dir``: :mod:`orchestrator.job_upload`);
   ``env_vars`` turn on Ray Train V2, point MLflow at the tracking URI, turn off usage stats and carry
   the uploaded code's provenance (git commit, dirty flag, package version: the upload has no
-  ``.git``), so every run of the job is tagged with the submitting checkout's commit.
+  ``.git``), so every run of the job is tagged with the submitting checkout's commit. They also
+  make `trilevel stop` a Ctrl-C (:data:`STOP_AS_CTRL_C`): the job supervisor then sends the driver
+  SIGINT, not SIGTERM, and waits a minute before SIGKILL, so the driver ends its trials and MLflow
+  runs KILLED and exits non-zero, as it does on Ctrl-C in a terminal.
 * Paths are resolved **on the cluster**, not here: `--storage` must be absolute or a URI (a
   relative path would land in the job's temporary working directory), and on a multi-node cluster
   it must be a volume every node mounts or ``s3://…``/``gs://…``. A local folder only works when the
@@ -48,7 +51,17 @@ from orchestrator.job_upload import upload_dir, upload_excludes
 from orchestrator.jobs import TRACKING_URI_KEY, SubmitError, job_call, job_client, wait_for_job
 from orchestrator.tracking import SWEEP_TAG, Tracker, code_provenance, sqlite_path
 
-__all__ = ["EXPERIMENT_ENV_VAR", "build_entrypoint", "build_runtime_env", "submission_id_for", "submit_sweep"]
+# Read by Ray's job supervisor (it runs with the job's env_vars): stop a job as Ctrl-C stops a sweep.
+STOP_AS_CTRL_C = {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "60"}
+
+__all__ = [
+    "EXPERIMENT_ENV_VAR",
+    "STOP_AS_CTRL_C",
+    "build_entrypoint",
+    "build_runtime_env",
+    "submission_id_for",
+    "submit_sweep",
+]
 
 EXPERIMENT_ENV_VAR = "TRILEVEL_EXPERIMENT_YAML"
 _PYTHON = "python"  # the cluster image's interpreter, with trilevel-nas's dependencies installed
@@ -116,6 +129,7 @@ def build_runtime_env(
         "MLFLOW_TRACKING_URI": resolved.tracking.uri,
         "RAY_USAGE_STATS_ENABLED": "0",
         **code_provenance(Path(upload)),
+        **STOP_AS_CTRL_C,
     }
     if _is_file(experiment):
         env_vars[EXPERIMENT_ENV_VAR] = yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False)

@@ -11,10 +11,14 @@ ones resume their stages, a search algorithm continues from its saved state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import posixpath
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any
@@ -46,6 +50,7 @@ from orchestrator.tracking import (
     run_environment_tags,
     tracked,
 )
+from orchestrator.tracking.backlog import deliver_backlogs
 from orchestrator.tracking.champion import settle_champion_quietly
 from orchestrator.tracking.datasets import experiment_datasets
 from orchestrator.train_run import start_train_coordinator
@@ -56,6 +61,7 @@ from workers.storage import join_storage, resolve_uri
 
 __all__ = [
     "EXPERIMENT_FILE",
+    "STOPPED",
     "SweepOutcome",
     "continues_saved_sweep",
     "load_sweep_experiment",
@@ -63,6 +69,13 @@ __all__ = [
 ]
 
 EXPERIMENT_FILE = "experiment.yaml"
+STOPPED = "STOPPED"  # a trial that ended unfinished: stopped early by a scheduler, or by an interrupt
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Tune ended its loop on Ctrl-C (SIGINT) or `trilevel stop`: the sweep's run ends KILLED, not FINISHED."""
+
+
 _log = logging.getLogger(__name__)
 
 
@@ -75,6 +88,7 @@ class SweepOutcome:
     errors: dict[str, str]
     not_logged: dict[str, int] = dataclass_field(default_factory=dict)  # trial id or "driver" → tracking calls lost
     results: Any = None  # Tune's ResultGrid
+    interrupted: bool = False  # Ctrl-C or `trilevel stop`: unfinished trials are STOPPED, the sweep's run KILLED
 
     @property
     def backlog(self) -> str:
@@ -244,8 +258,8 @@ def _run_sweep(
 
     trials_survive_memory_kills()
     storage = experiment.storage
-    Tracker.check_reachable(experiment.tracking.uri)
     tracker = Tracker(experiment.tracking.uri, experiment.tracking.experiment, sweep_id=identity)
+    _deliver_backlogs(tracker, storage, experiment.name)  # what an outage kept from a trial's end: before any trial
     environment = run_environment_tags()
     sweep_dir = _join(storage, experiment.name)
     exists = tune.Tuner.can_restore(sweep_dir)
@@ -289,53 +303,116 @@ def _run_sweep(
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, context=context), {"cpu": experiment.resources.trial_reservation()}
     )
-    with tracked(tracker, sweep_run):
-        if resume:
-            tuner = tune.Tuner.restore(
-                sweep_dir, trainable, resume_errored=not restart_errored, restart_errored=restart_errored
-            )
-            _apply_run_settings(tuner, experiment)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=param_space(experiment),
-                tune_config=tune_config,
-                run_config=tune.RunConfig(
-                    name=experiment.name,
-                    storage_path=storage,
-                    failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures),
-                    callbacks=callbacks,
-                ),
-            )
-        if console is not None:
-            console.watch(plans, context.hub)
-        try:
-            results = tuner.fit()
-        finally:
+    interrupted = False
+    try:
+        with tracked(tracker, sweep_run):
+            if resume:
+                tuner = tune.Tuner.restore(
+                    sweep_dir, trainable, resume_errored=not restart_errored, restart_errored=restart_errored
+                )
+                _apply_run_settings(tuner, experiment)
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=param_space(experiment),
+                    tune_config=tune_config,
+                    run_config=tune.RunConfig(
+                        name=experiment.name,
+                        storage_path=storage,
+                        failure_config=tune.FailureConfig(max_failures=experiment.resources.max_failures),
+                        callbacks=callbacks,
+                    ),
+                )
             if console is not None:
-                console.close()
-        statuses, errors, not_logged = {}, {}, {}
-        for result in results:
-            trial_id = trial_id_of(result.config or {})
-            statuses[trial_id] = "ERROR" if result.error else _status(result.metrics or {})
-            if result.error:
-                errors[trial_id] = str(result.error).strip().splitlines()[-1][:500]
-            if count := int((result.metrics or {}).get("tracking_not_logged", 0)):
-                not_logged[trial_id] = count
-        statuses = {trial: statuses[trial] for trial in [*plans, *statuses] if trial in statuses}  # grid order
-        tracker.log_metrics(sweep_run, {"trials_finished": sum(s == "TERMINATED" for s in statuses.values())})
-        if context.registered_model:  # trials that finished at once may have raced for the alias
-            settle_champion_quietly(tracker.client, context.registered_model)
+                console.watch(plans, context.hub)
+            try:
+                with tune_interrupts() as caught:
+                    results = tuner.fit()
+            finally:
+                if console is not None:
+                    console.close()
+            statuses, errors, not_logged = {}, {}, {}
+            for result in results:
+                trial_id = trial_id_of(result.config or {})
+                statuses[trial_id] = "ERROR" if result.error else _status(result.metrics or {})
+                if result.error:
+                    errors[trial_id] = str(result.error).strip().splitlines()[-1][:500]
+                if count := int((result.metrics or {}).get("tracking_not_logged", 0)):
+                    not_logged[trial_id] = count
+            statuses = {trial: statuses[trial] for trial in [*plans, *statuses] if trial in statuses}  # grid order
+            tracker.log_metrics(sweep_run, {"trials_finished": sum(s == "TERMINATED" for s in statuses.values())})
+            if context.registered_model:  # trials that finished at once may have raced for the alias
+                settle_champion_quietly(tracker.client, context.registered_model)
+            if caught.interrupted:
+                interrupted = True
+                stopped = sum(status == STOPPED for status in statuses.values())
+                raise SweepInterrupted(f"interrupted: {stopped} trial(s) stopped before finishing")
+    except SweepInterrupted:
+        pass  # the sweep's run ended KILLED (tracked); its trials' and stages' runs are ended KILLED below
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's loop: nothing may stay RUNNING
+        _end_unfinished(tracker, experiment.name)
+        raise
     if count := catch_up(tracker, storage, experiment.name, "driver", experiment.tracking.flush_timeout_s)[
         "tracking_not_logged"
     ]:
         not_logged["driver"] = count
     else:
-        try:
-            tracker.end_unfinished(experiment.name, "KILLED")
-        except TrackingUnavailable as err:
-            _log.warning("could not close runs left RUNNING by crashed trials: %s", err)
-    return SweepOutcome(experiment.name, storage, sweep_run, statuses, errors, not_logged, results)
+        _deliver_backlogs(tracker, storage, experiment.name)  # kept by trials that ended during an outage
+        _end_unfinished(tracker, experiment.name)
+    return SweepOutcome(experiment.name, storage, sweep_run, statuses, errors, not_logged, results, interrupted)
+
+
+def _deliver_backlogs(tracker: Tracker, storage: str, sweep: str) -> None:
+    """Replay the tracking backlogs trials kept on storage (an outage across their end); warn about what is left."""
+    try:
+        if left := deliver_backlogs(tracker, storage, sweep):
+            _log.warning("%d tracking call(s) kept under %s are still not delivered", left, _join(storage, sweep))
+    except (TrackingUnavailable, OSError, ValueError, KeyError) as err:  # never a reason not to run the sweep
+        _log.warning("tracking backlogs of %s not delivered yet: %s: %s", sweep, type(err).__name__, err)
+
+
+def _end_unfinished(tracker: Tracker, sweep: str) -> None:
+    """End KILLED every run of the sweep still RUNNING: trials stopped by an interrupt, or that crashed."""
+    try:
+        tracker.end_unfinished(sweep, "KILLED")
+    except TrackingUnavailable as err:
+        _log.warning("could not close runs left RUNNING by stopped or crashed trials: %s", err)
+
+
+@dataclass
+class _Caught:
+    interrupted: bool = False
+
+
+@contextlib.contextmanager
+def tune_interrupts() -> Iterator[_Caught]:
+    """Whether Tune's loop inside the block was ended by Ctrl-C (SIGINT) or `trilevel stop` (SIGINT too).
+
+    Tune swallows the signal: `fit()` returns normally, and it then calls the trials it stopped
+    TERMINATED (their last report tells them apart from finished ones: :func:`_status`). What it
+    does leave behind: its handler, on the first SIGINT, puts back the handler it found. So a marker
+    handler is installed here; finding it back in place after `fit()` means Tune caught a SIGINT.
+    Outside the main thread (no signal handlers) or with ``TUNE_DISABLE_SIGINT_HANDLER`` nothing is
+    detected, and SIGINT raises KeyboardInterrupt as usual.
+    """
+    caught = _Caught()
+    watchable = threading.current_thread() is threading.main_thread() and not int(
+        os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")
+    )
+    if not watchable:
+        yield caught
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def marker(signum: int, frame: Any) -> None:  # a second Ctrl-C after Tune's: stop now, as Python would
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, marker)
+    try:
+        yield caught
+        caught.interrupted = signal.getsignal(signal.SIGINT) is marker
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def trial_id_of(config: dict[str, Any]) -> str:
@@ -347,7 +424,7 @@ def trial_id_of(config: dict[str, Any]) -> str:
 
 def _status(last: dict[str, Any]) -> str:
     """TERMINATED when the trial's last result is its evaluation, else STOPPED (a scheduler ended it early)."""
-    return "TERMINATED" if last.get("stages_finished") == len(PIPELINE) else "STOPPED"
+    return "TERMINATED" if last.get("stages_finished") == len(PIPELINE) else STOPPED
 
 
 def _check_space(experiment: Experiment) -> None:

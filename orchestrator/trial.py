@@ -32,6 +32,7 @@ from orchestrator.plan import ResolvedData, TrainRunPlan, TrialPlan, plan_trial,
 from orchestrator.relay import HubWarnings, ReportHub, relay_reports
 from orchestrator.shared_stages import SharedStages
 from orchestrator.tracking import ERROR_TAG, Tracker, TrackingUnavailable, flatten, tracked
+from orchestrator.tracking.backlog import BACKLOG_DIR, keep_backlog
 from orchestrator.tracking.champion import Score
 from orchestrator.tracking.datasets import DatasetRef
 from orchestrator.tracking.models import IMAGE_MODEL
@@ -43,17 +44,15 @@ from search_space.genotype import Genotype
 from workers.checkpointing import load_state, open_checkpoint
 from workers.comparison import comparison_for_sets
 from workers.evaluate import evaluate_sets, load_derived, load_supervision_teacher
-from workers.markers import read_marker, remove_marker, write_marker
+from workers.markers import read_marker, write_marker
 from workers.stage_list import EVALUATE, PIPELINE, STAGES
 from workers.stage_outputs import StageResult, read_stage_result
 from workers.stage_store import ClaimHeld, StageKey
-from workers.storage import join_storage
 
 __all__ = ["AXES", "BACKLOG_DIR", "PER_IMAGE_FILE", "StageRuns", "TrialContext", "catch_up", "plan_of", "run_trial"]
 
 TRIAL_DONE = "_TRIAL_DONE.json"
 PER_IMAGE_FILE = "per_image.json"  # every test image's PSNR/SSIM (ours, bicubic, teacher), beside TRIAL_DONE
-BACKLOG_DIR = "tracking-backlog"
 AXES = "axes"  # the key of a trial's config that holds its axis values (dotted field → value)
 STAGE_BOUNDARY_FLUSH_S = 5.0  # between Train runs a down tracking server may delay training only this long
 _log = logging.getLogger(__name__)
@@ -155,8 +154,10 @@ def _run_trial(plan: TrialPlan, context: TrialContext, hub: Any) -> None:
         hub.update.remote(trial_id, state="evaluating", stage=EVALUATE)
         final = _evaluate(tracker, context, plan, trial_run.result(), trained)
         hub.update.remote(trial_id, state="done", stage="done", final=final)
-        write_marker(context.storage, final, context.sweep, "stages", trial_id, TRIAL_DONE)
+    # done only once its results are in MLflow or kept on storage as a replayable backlog: a marker written
+    # first would let an outage across the trial's end lose its test metrics and model for good
     not_logged = catch_up(tracker, context.storage, context.sweep, trial_id, flush_timeout_s)
+    write_marker(context.storage, final, context.sweep, "stages", trial_id, TRIAL_DONE)
     # never the key "done": Tune treats done=True as "stop this trial now", before the run is closed
     ray.tune.report(results.final(finished | final | not_logged))
 
@@ -371,32 +372,28 @@ def _is_finished(tracker: Tracker, run_id: str) -> bool:
 
 
 def catch_up(tracker: Tracker, storage: str, sweep: str, who: str, timeout_s: float) -> dict[str, int]:
-    """Deliver what an outage queued, waiting up to `timeout_s`; list what could not be, never lose it silently.
+    """Deliver what an outage queued, waiting up to `timeout_s`; keep what could not be on storage, replayable.
 
-    Returns ``{"tracking_not_logged": N}``. When N > 0, the calls still queued are written to
-    ``<storage>/<sweep>/tracking-backlog/<who>.json`` (what, for which run, when) and warned about;
-    a later successful catch-up removes that file.
+    Returns ``{"tracking_not_logged": N}``. When N > 0, the calls still queued are moved to a backlog
+    under ``<storage>/<sweep>/tracking-backlog/`` as data, with copies of the files they upload
+    (:mod:`orchestrator.tracking.backlog`), and warned about: the sweep's next driver (`trilevel
+    resume`) delivers them.
     """
     left = tracker.flush(timeout_s=timeout_s)
-    where = (sweep, BACKLOG_DIR, f"{who}.json")
-    if left or tracker.dropped:
-        report = {
-            "tracking_uri": tracker.tracking_uri,
-            "not_logged": left,
-            "dropped_when_queue_was_full": tracker.dropped,
-        }
-        write_marker(storage, report, *where)
+    count = len(left) + tracker.dropped
+    if left:
+        where, kept = keep_backlog(tracker, storage, sweep, who)
         _log.warning(
-            "MLflow at %s: %d tracking call(s) of %s not logged (%d dropped earlier), listed in %s",
+            "MLflow at %s: %d tracking call(s) of %s not logged yet (%d dropped earlier), kept in %s: "
+            "`trilevel resume %s` delivers them",
             tracker.tracking_uri,
-            len(left),
+            kept,
             who,
             tracker.dropped,
-            join_storage(storage, *where),
+            where,
+            sweep,
         )
-    else:
-        remove_marker(storage, *where)
-    return {"tracking_not_logged": len(left) + tracker.dropped}
+    return {"tracking_not_logged": count}
 
 
 def _evaluate(

@@ -36,6 +36,8 @@ from orchestrator.experiment import (
 if TYPE_CHECKING:
     from orchestrator.sweep import SweepOutcome
 
+INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by SIGINT (128 + 2)
+
 
 def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by `run` and `sweep`: scale, overrides, name, storage, tracking, cluster."""
@@ -144,8 +146,20 @@ def _summarise(experiment: Experiment, outcome: SweepOutcome) -> None:
         click.echo(f"  {trial} failed: {error}", err=True)
     if outcome.not_logged:
         lost = ", ".join(f"{who}: {count}" for who, count in outcome.not_logged.items())
-        click.echo(f"MLflow was unreachable: tracking calls not logged ({lost}), listed in {outcome.backlog}", err=True)
+        click.echo(
+            f"MLflow was unreachable: tracking calls not logged yet ({lost}), kept in {outcome.backlog}; "
+            f"`trilevel resume {outcome.name}` delivers them",
+            err=True,
+        )
     click.echo(f"Storage: {outcome.storage}/{outcome.name}")
+    if outcome.interrupted:  # Ctrl-C or `trilevel stop`: never reported as success
+        stopped = [trial for trial, status in outcome.trials.items() if status == "STOPPED"]
+        click.echo(
+            f"Interrupted: {len(stopped)} trial(s) stopped before finishing ({', '.join(stopped)}); their MLflow "
+            f"runs and the sweep's are KILLED. `trilevel resume {outcome.name}` finishes them.",
+            err=True,
+        )
+        raise click.exceptions.Exit(INTERRUPTED_EXIT)
     if len(outcome.errors) < len(outcome.trials):  # the report of what finished, logged to the sweep's run
         try:
             print_report(outcome.name, outcome.storage, experiment.tracking.uri, experiment.tracking.experiment)

@@ -101,7 +101,8 @@ class LogCalls:
             for chunk in chunks(tags, MAX_PARAMS_TAGS_PER_BATCH):
                 client.log_batch(run, tags=chunk, synchronous=True)
 
-        self._submit(Call(f"log_params run {short(run_id)} ({len(flat)} params)", log))
+        record = {"op": "log_params", "run": run_id, "params": flat}
+        self._submit(Call(f"log_params run {short(run_id)} ({len(flat)} params)", log, record=record))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log numeric values (NaN/inf allowed; nested keys join with dots); strings become tags."""
@@ -120,7 +121,12 @@ class LogCalls:
                 self.client.log_batch(self.resolve(run_id), metrics=chunk, synchronous=True)
 
         keys = ",".join(list(numeric)[:8]) + (",…" if len(numeric) > 8 else "")
-        self._submit(Call(f"log_metrics run {short(run_id)} step {step} [{keys}]", log))
+        record = {
+            "op": "log_metrics",
+            "run": run_id,
+            "metrics": [[m.key, m.value, m.timestamp, m.step] for m in entries],
+        }
+        self._submit(Call(f"log_metrics run {short(run_id)} step {step} [{keys}]", log, record=record))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set (or overwrite) tags; values are stringified and truncated to MLflow's limit."""
@@ -134,7 +140,8 @@ class LogCalls:
             for chunk in chunks(entries, MAX_PARAMS_TAGS_PER_BATCH):
                 self.client.log_batch(self.resolve(run_id), tags=chunk, synchronous=True)
 
-        self._submit(Call(f"set_tags run {short(run_id)} ({len(entries)} tags)", log))
+        record = {"op": "set_tags", "run": run_id, "tags": {tag.key: tag.value for tag in entries}}
+        self._submit(Call(f"set_tags run {short(run_id)} ({len(entries)} tags)", log, record=record))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         """Write `text` as the run artifact `artifact_file` (e.g. ``genotype.json``)."""
@@ -142,6 +149,7 @@ class LogCalls:
             Call(
                 f"log_text run {short(run_id)} {artifact_file}",
                 lambda: self.client.log_text(self.resolve(run_id), text, artifact_file),
+                record={"op": "log_text", "run": run_id, "text": text, "artifact_file": artifact_file},
             )
         )
 
@@ -152,6 +160,7 @@ class LogCalls:
             Call(
                 f"log_dict run {short(run_id)} {artifact_file}",
                 lambda: self.client.log_dict(self.resolve(run_id), data, artifact_file),
+                record={"op": "log_dict", "run": run_id, "data": data, "artifact_file": artifact_file},
             )
         )
 
@@ -162,6 +171,7 @@ class LogCalls:
             Call(
                 f"log_table run {short(run_id)} {artifact_file}",
                 lambda: self.client.log_table(self.resolve(run_id), columns, artifact_file),
+                record={"op": "log_table", "run": run_id, "data": columns, "artifact_file": artifact_file},
             )
         )
 
@@ -171,6 +181,7 @@ class LogCalls:
             Call(
                 f"log_image run {short(run_id)} {artifact_file}",
                 lambda: self.client.log_image(self.resolve(run_id), image, artifact_file=artifact_file),
+                record={"op": "log_image", "run": run_id, "image": image, "artifact_file": artifact_file},
             )
         )
 
@@ -202,7 +213,8 @@ class LogCalls:
                 self.resolve(run_id), path, artifact_path
             )
 
-        self._submit(Call(f"log_artifact run {short(run_id)} {description}", upload, cleanup=cleanup))
+        record = {"op": "log_artifact", "run": run_id, "path": path, "artifact_path": artifact_path}
+        self._submit(Call(f"log_artifact run {short(run_id)} {description}", upload, cleanup=cleanup, record=record))
 
     def log_datasets(self, run_id: str, datasets: Sequence[DatasetRef]) -> None:
         """Log prepared data sets as the run's MLflow dataset inputs (digest: their manifest's fingerprint)."""
@@ -253,6 +265,7 @@ class LogCalls:
                 f"log_model run {short(run_id)} {name}",
                 lambda: saved.upload(self.client, self.resolve(run_id)),
                 cleanup=saved.remove,
+                record={"op": "log_model", "run": run_id, "saved": saved},
             )
         )
         return saved.model_id if delivered else None

@@ -39,13 +39,16 @@ class Call:
     """One tracking call: what it does (for warnings and flush reports) and how.
 
     `cleanup` runs once the call is done with (delivered, rejected or dropped from a full queue),
-    e.g. to remove a temporary copy of the files it uploads.
+    e.g. to remove a temporary copy of the files it uploads. `record` is the call as data (an
+    operation name and its arguments), so a call still queued when its process ends can be kept on
+    storage and replayed by another (:mod:`orchestrator.tracking.backlog`); None: not replayable.
     """
 
     description: str
     fn: Callable[[], Any]
     created: float = field(default_factory=time.time)
     cleanup: Callable[[], None] | None = None
+    record: dict[str, Any] | None = None
 
 
 def _never_permanent(err: BaseException) -> bool:
@@ -116,6 +119,17 @@ class Outbox:
     def dropped(self) -> int:
         """Queued calls lost because the queue was full (oldest first)."""
         return self._dropped
+
+    def take_queued(self) -> list[Call]:
+        """Remove and return every queued call, oldest first (their cleanup not run: the caller owns them now).
+
+        For handing what an outage left to a durable queue on storage when this process is about to end.
+        """
+        with self.lock:
+            taken = list(self._queue)
+            self._queue.clear()
+            self._warned_outage = False
+            return taken
 
     def descriptions(self) -> list[str]:
         """What is queued, oldest first."""

@@ -299,7 +299,17 @@ class Tracker(LogCalls):
         try:
             delivered, found = self._outbox.now_or_later(
                 Call(description, find_or_create),
-                Call(f"create run {run_name!r} ({short(placeholder)})", create_later),
+                Call(
+                    f"create run {run_name!r} ({short(placeholder)})",
+                    create_later,
+                    record={
+                        "op": "create_run",
+                        "placeholder": placeholder,
+                        "identity": raw_identity,
+                        "run_name": run_name,
+                        "tags": {k: text(v)[:MAX_TAG_VALUE] for k, v in tags.items()},
+                    },
+                ),
             )
         except Permanent as err:
             raise TrackingUnavailable(f"MLflow at {self.tracking_uri}: {err}") from err.__cause__
@@ -416,6 +426,7 @@ class Tracker(LogCalls):
             Call(
                 f"finish run {short(run_id)} as {status}",
                 lambda: self.client.set_terminated(self.resolve(run_id), status=status, end_time=end_time),
+                record={"op": "finish", "run": run_id, "status": status, "end_time": end_time},
             )
         )
 

@@ -341,7 +341,7 @@ def test_queued_artifact_snapshot_survives_its_source_being_removed(store, track
     assert client.list_artifacts(run, "gone") == []
 
 
-def test_what_an_outage_outlasts_is_listed_in_the_backlog_file(unreachable, tmp_path, caplog):
+def test_what_an_outage_outlasts_is_kept_in_a_replayable_backlog(unreachable, tmp_path, caplog):
     from orchestrator.trial import BACKLOG_DIR, catch_up
 
     tracker = Tracker(unreachable, retries=1, backoff_s=0.01, max_backoff_s=0.05)
@@ -350,14 +350,16 @@ def test_what_an_outage_outlasts_is_listed_in_the_backlog_file(unreachable, tmp_
     storage = str(tmp_path / "runs")
     with caplog.at_level(logging.WARNING, logger="orchestrator.trial"):
         assert catch_up(tracker, storage, "sw", "t0", timeout_s=0.3) == {"tracking_not_logged": 2}
-    backlog = tmp_path / "runs" / "sw" / BACKLOG_DIR / "t0.json"
-    listed = json.loads(backlog.read_text())
-    assert listed["tracking_uri"] == unreachable
-    assert listed["not_logged"] == ["log_metrics run 00000000 step 4 [loss]", "finish run 00000000 as FINISHED"]
-    assert str(backlog) in caplog.text and "2 tracking call(s) of t0 not logged" in caplog.text
-    tracker._outbox._queue.clear()  # as if a later catch-up delivered them
+    (backlog,) = (tmp_path / "runs" / "sw" / BACKLOG_DIR).iterdir()
+    kept = json.loads((backlog / "calls.json").read_text())
+    assert kept["tracking_uri"] == unreachable and kept["who"] == "t0"
+    (metrics, finish) = kept["calls"]
+    assert metrics["op"] == "log_metrics" and metrics["run"] == "0" * 32 and metrics["metrics"][0][::3] == ["loss", 4]
+    assert finish["op"] == "finish" and finish["status"] == "FINISHED" and finish["end_time"] > 0
+    assert str(backlog) in caplog.text and "trilevel resume sw" in caplog.text
+    assert tracker.pending == 0  # kept on storage, no longer in memory
     assert catch_up(tracker, storage, "sw", "t0", timeout_s=0.3) == {"tracking_not_logged": 0}
-    assert not backlog.exists()
+    assert len(list((tmp_path / "runs" / "sw" / BACKLOG_DIR).iterdir())) == 1
 
 
 def test_sqlite_artifacts_default_beside_the_database(tmp_path, monkeypatch):

@@ -1,0 +1,90 @@
+"""Ctrl-C on a real `trilevel run`, and a second driver of the same sweep while it runs (issue 19, items 1 and 4).
+
+No mock: the driver is a `python -m orchestrator run` process with its own local Ray, in a session of its
+own so the test can send SIGINT to its whole process group as a terminal does on Ctrl-C. While it trains,
+a second driver of the same sweep is refused before starting Ray, naming the first. The interrupted
+driver must exit non-zero saying the trial stopped, with every MLflow run of the sweep KILLED or FINISHED
+(the sweep's and the trial's KILLED, none RUNNING); `trilevel resume` then finishes the trial.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from tests.helpers import TINY, wait_for
+from workers.stage_io import checkpoint_names
+
+SWEEP = "interrupted"
+EPOCHS = (
+    "stages.pretrain.epochs=1",
+    "stages.pretrain.steps_per_epoch=2",
+    "stages.search.epochs=2",
+    "stages.search.steps_per_epoch=2",
+    "stages.train.epochs=1",
+    "stages.train.steps_per_epoch=2",
+)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator", *args]
+
+
+def _checkpointed(storage: Path) -> bool:
+    return any(checkpoint_names(str(run)) for run in storage.glob(f"{SWEEP}/stages/*/run-*"))
+
+
+def _statuses(uri: str) -> dict[str, str]:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("trilevel")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`trilevel.sweep` = '{SWEEP}'", max_results=100)
+    return {f"{run.data.tags['trilevel.kind']}:{run.info.run_name}": run.info.status for run in runs}
+
+
+def test_ctrl_c_ends_killed_and_non_zero_a_second_driver_is_refused_and_resume_finishes(demo_data, tmp_path):
+    storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    where = ["--name", SWEEP, "--storage", str(storage), "--tracking-uri", uri]
+    settings = [*TINY, *EPOCHS, f"data.train={demo_data}/train", f"data.val={{demo: {demo_data}/val}}"]
+    command = _cli("run", "table8", *where, *(arg for item in settings for arg in ("--set", item)))
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for((storage / SWEEP / "lease.json").is_file, 300, "the first driver's lease")
+        second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        refused = " ".join((second.stdout + second.stderr).split())
+        assert second.returncode == 1, refused[-3000:]
+        assert f"being run by another driver: pid {first.pid} on host {socket.gethostname()}" in refused
+        assert "Traceback" not in refused and "log to" not in refused  # refused before its Ray would start
+
+        wait_for(lambda: first.poll() is not None or _checkpointed(storage), 600, "the trial's first checkpoint")
+        assert first.poll() is None, log.read_text()[-4000:]
+        os.killpg(first.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C: the whole foreground group
+        code = first.wait(timeout=300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    said = log.read_text()
+    assert code == 130, said[-4000:]
+    assert "STOPPED" in said and f"trilevel resume {SWEEP}" in said, said[-4000:]
+    assert "TERMINATED" not in said, said[-4000:]
+    statuses = _statuses(uri)
+    assert statuses[f"sweep:{SWEEP}"] == "KILLED" and "RUNNING" not in statuses.values(), statuses
+    (trial,) = [key for key in statuses if key.startswith("trial:")]
+    assert statuses[trial] == "KILLED", statuses
+    assert not (storage / SWEEP / "lease.json").exists()  # released on the way out
+
+    again = subprocess.run(
+        _cli("resume", SWEEP, "--storage", str(storage)), capture_output=True, text=True, timeout=900
+    )
+    said = again.stdout + again.stderr
+    assert again.returncode == 0, said[-4000:]
+    assert f"Sweep {SWEEP}: " in said and "TERMINATED" in said, said[-4000:]
+    statuses = _statuses(uri)
+    assert set(statuses.values()) == {"FINISHED"} and len(statuses) == 1 + 1 + 4, statuses  # sweep, trial, stages
