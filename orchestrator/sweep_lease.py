@@ -46,6 +46,7 @@ __all__ = [
     "SweepBusy",
     "SweepLease",
     "hold_sweep",
+    "read_sweep_id",
     "sweep_id",
 ]
 
@@ -130,6 +131,17 @@ def sweep_id(storage: str, name: str) -> str:
     if not found or not isinstance(found.get("id"), str) or not found["id"]:
         raise ValueError(f"{path}: field 'id' missing or not a string ({found!r}); repair or remove the file")
     return found["id"]
+
+
+def read_sweep_id(storage: str, name: str) -> str | None:
+    """The id of an existing sweep, None when it has none (made before ids, or not there); creates nothing."""
+    fs, where = resolve_uri(join_storage(storage, name, SWEEP_FILE))
+    try:
+        found = json.loads(read_bytes(fs, where))
+    except (OSError, ValueError):
+        return None
+    identity = found.get("id") if isinstance(found, dict) else None
+    return identity if isinstance(identity, str) and identity else None
 
 
 def _process_start(pid: int) -> str | None:

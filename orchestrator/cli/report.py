@@ -26,7 +26,7 @@ from orchestrator.cli.common import (
     TRACKING_URI,
     friendly_errors,
 )
-from orchestrator.cli.sweep_report import best_trial_lines, echo_report, report_dir, saved_experiment
+from orchestrator.cli.sweep_report import best_trial_lines, echo_report, report_dir, saved_experiment, sweep_id_of
 from orchestrator.report.rows import TrialRow, baselines, collect, validation_sets
 from orchestrator.report.runs import open_experiment, search_all, sweep_filter, ui_hint
 from orchestrator.report.table import MISSING, format_delta, format_path, format_value, to_markdown
@@ -68,6 +68,7 @@ def report(sweep: str, storage: str, tracking_uri: str | None, mlflow_experiment
         mlflow_experiment or DEFAULT_MLFLOW_EXPERIMENT,
         experiment.labels if experiment is not None else None,
         out or report_dir(sweep, storage),
+        sweep_id_of(storage, sweep),
     )
 
 

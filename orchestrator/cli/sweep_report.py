@@ -21,7 +21,7 @@ from orchestrator.report.build import REPORT_ARTIFACT_DIR, ReportFiles, build_re
 from orchestrator.report.rows import TrialRow, best_row, collect, validation_sets
 from orchestrator.report.table import to_markdown
 
-__all__ = ["best_trial_lines", "echo_report", "print_report", "report_dir", "saved_experiment"]
+__all__ = ["best_trial_lines", "echo_report", "print_report", "report_dir", "saved_experiment", "sweep_id_of"]
 
 
 def saved_experiment(sweep: str, storage: str) -> Any | None:
@@ -50,10 +50,15 @@ def report_dir(sweep: str, storage: str) -> str:
 
 
 def echo_report(
-    sweep: str, tracking_uri: str, mlflow_experiment: str, labels: Mapping[str, str] | None, out: str
+    sweep: str,
+    tracking_uri: str,
+    mlflow_experiment: str,
+    labels: Mapping[str, str] | None,
+    out: str,
+    sweep_id: str | None = None,
 ) -> ReportFiles:
     """Build the sweep's report into `out`, log it to the sweep's MLflow run, and print its table and files."""
-    files = build_report(tracking_uri, mlflow_experiment, sweep, labels, out)
+    files = build_report(tracking_uri, mlflow_experiment, sweep, labels, out, sweep_id)
     if files.seeds:  # arms over seeds (n, mean ± std) and the paper's directions, then every trial
         click.echo(files.seeds)
     click.echo(to_markdown(files.table))
@@ -83,9 +88,17 @@ def print_report(
     """
     experiment = saved_experiment(sweep, storage)
     labels = experiment.labels if experiment is not None else None
-    echo_report(sweep, tracking_uri, mlflow_experiment, labels, report_dir(sweep, storage))
-    for line in best_trial_lines(collect(tracking_uri, mlflow_experiment, sweep), tracking_uri, sweep):
+    identity = sweep_id_of(storage, sweep)
+    echo_report(sweep, tracking_uri, mlflow_experiment, labels, report_dir(sweep, storage), identity)
+    for line in best_trial_lines(collect(tracking_uri, mlflow_experiment, sweep, identity), tracking_uri, sweep):
         click.secho(line, fg="red" if line.startswith("WARNING") else None, bold=line.startswith("WARNING"))
+
+
+def sweep_id_of(storage: str, sweep: str) -> str | None:
+    """The id kept with the sweep on `storage` (its MLflow runs carry it), None for a sweep without one."""
+    from orchestrator.sweep_lease import read_sweep_id  # pyarrow only: no Ray, no torch
+
+    return read_sweep_id(storage, sweep)
 
 
 def best_trial_lines(trial_rows: list[TrialRow], tracking_uri: str, sweep: str) -> list[str]:

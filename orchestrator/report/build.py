@@ -47,8 +47,8 @@ class ReportFiles:
     seeds: str = ""  # Markdown: arms over seeds and the paper's directions (empty without --seeds/--random)
 
 
-def _parent_run(client: MlflowClient, experiment_id: str, sweep: str) -> str | None:
-    runs = search_all(client, experiment_id, sweep_filter(sweep, "sweep"))
+def _parent_run(client: MlflowClient, experiment_id: str, sweep: str, sweep_id: str | None) -> str | None:
+    runs = search_all(client, experiment_id, sweep_filter(sweep, "sweep", sweep_id))
     return runs[0].info.run_id if runs else None
 
 
@@ -120,13 +120,14 @@ def build_report(
     sweep: str,
     labels: Mapping[str, str] | None,
     out_dir: str | os.PathLike[str],
+    sweep_id: str | None = None,
 ) -> ReportFiles:
     """Write ``report.md``, ``report.csv`` and ``pareto.png`` to `out_dir` and log them to the sweep's parent run.
 
     The artifacts go under ``report/`` of the parent run; without a parent run they are only written
     locally (with a warning). Raises ValueError when the sweep has no tracked trial runs.
     """
-    rows = collect(tracking_uri, mlflow_experiment, sweep)
+    rows = collect(tracking_uri, mlflow_experiment, sweep, sweep_id)
     paper = paper_table(sweep, (row.axes for row in rows), validation_sets(rows))
     rendered = table(rows, labels, paper=paper)
     warnings = below_bicubic(rows, labels)
@@ -140,7 +141,7 @@ def build_report(
     csv_path.write_text(to_csv(rendered), encoding="utf-8")
 
     client, experiment_id = sweep_experiment(tracking_uri, mlflow_experiment, sweep)
-    parent = _parent_run(client, experiment_id, sweep)
+    parent = _parent_run(client, experiment_id, sweep, sweep_id)
     if parent is None:
         _log.warning("sweep %s has no parent run in MLflow; the report is not logged as artifacts", sweep)
     else:

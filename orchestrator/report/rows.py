@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from orchestrator.report.runs import no_runs_error, search_all, sweep_experiment, sweep_filter
-from orchestrator.tracking import AXIS_TAG_PREFIX, PATH_TAG, TRIAL_TAG
+from orchestrator.tracking import AXIS_TAG_PREFIX, PATH_TAG, SWEEP_ID_TAG, TRIAL_TAG
 
 if TYPE_CHECKING:
     import mlflow.entities
@@ -176,15 +176,24 @@ def sort_rows(rows: Iterable[TrialRow]) -> list[TrialRow]:
     return sorted(rows, key=key)
 
 
-def collect(tracking_uri: str, mlflow_experiment: str, sweep: str) -> list[TrialRow]:
+def collect(tracking_uri: str, mlflow_experiment: str, sweep: str, sweep_id: str | None = None) -> list[TrialRow]:
     """The sweep's trials (one row per trial id, the oldest run if a trial was tracked twice), in grid order.
 
+    `sweep_id` (from the sweep's storage) keeps out sweeps of the same name on other storage; without
+    it, trial runs of several such sweeps are refused, naming their ids, rather than mixed.
     Raises ValueError when the database, the experiment or the sweep's trial runs do not exist.
     """
     client, experiment_id = sweep_experiment(tracking_uri, mlflow_experiment, sweep)
-    runs = search_all(client, experiment_id, sweep_filter(sweep, "trial"))
+    runs = search_all(client, experiment_id, sweep_filter(sweep, "trial", sweep_id))
     if not runs:
         raise no_runs_error(sweep, mlflow_experiment, tracking_uri)
+    ids = sorted({run.data.tags.get(SWEEP_ID_TAG, "") for run in runs} - {""})
+    if len(ids) > 1:
+        raise ValueError(
+            f"{len(ids)} different sweeps named {sweep!r} are tracked in experiment {mlflow_experiment!r} (sweep ids "
+            f"{', '.join(ids)}, each in <storage>/{sweep}/sweep.json): name the storage of the one you mean "
+            "(`trilevel report/status --storage`), or pick it by run id"
+        )
     rows: dict[str, TrialRow] = {}
     for run in runs:
         row = _row(run)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from orchestrator.tracking import KIND_TAG, SWEEP_TAG, sqlite_path, tag_filter
+from orchestrator.tracking import KIND_TAG, SWEEP_ID_TAG, SWEEP_TAG, sqlite_path, tag_filter
 
 if TYPE_CHECKING:
     import mlflow.entities
@@ -29,9 +29,14 @@ __all__ = [
 ]
 
 
-def sweep_filter(sweep: str | None = None, kind: str | None = None) -> str:
-    """A ``search_runs`` filter on our tags, e.g. ``tags.`trilevel.kind` = 'trial' and tags.`trilevel.sweep` = 'x'``."""
-    return tag_filter({**({KIND_TAG: kind} if kind else {}), **({SWEEP_TAG: sweep} if sweep is not None else {})})
+def sweep_filter(sweep: str | None = None, kind: str | None = None, sweep_id: str | None = None) -> str:
+    """A ``search_runs`` filter on our tags, e.g. ``tags.`trilevel.kind` = 'trial' and tags.`trilevel.sweep` = 'x'``.
+
+    With `sweep_id` (kept in ``<storage>/<sweep>/sweep.json``) only that sweep's runs match, not those of
+    a sweep of the same name on other storage.
+    """
+    tags = {**({KIND_TAG: kind} if kind else {}), **({SWEEP_TAG: sweep} if sweep is not None else {})}
+    return tag_filter(tags | ({SWEEP_ID_TAG: sweep_id} if sweep_id else {}))
 
 
 def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[mlflow.entities.Run]:

@@ -501,6 +501,26 @@ def test_ui_links_open_the_model_training_view():
     )
 
 
+def test_sweeps_of_one_name_on_different_storage_are_never_mixed(store, tmp_path):
+    """Issue 19, item 1: the id kept with each sweep on its storage picks its runs; without one, refused."""
+    from orchestrator.cli.sweep_report import sweep_id_of
+    from orchestrator.sweep_lease import sweep_id
+
+    client = store["client"]
+    experiment_id = client.create_experiment("twins", artifact_location=str(store["root"] / "twins"))
+    ids = {}
+    for storage, value in (("alice", "0.0"), ("bob", "0.1")):
+        ids[storage] = sweep_id(str(tmp_path / storage), "twin")
+        trial = _trial(client, experiment_id, None, "twin", LAMBDA, value, TABLE8[value])
+        client.set_tag(trial, "trilevel.sweep_id", ids[storage])
+    with pytest.raises(ValueError, match=f"2 different sweeps named 'twin'.*{ids['alice']}") as err:
+        collect(store["uri"], "twins", "twin")
+    assert ids["bob"] in str(err.value) and "--storage" in str(err.value)
+    alice = sweep_id_of(str(tmp_path / "alice"), "twin")
+    assert alice == ids["alice"] and sweep_id_of(str(tmp_path / "carol"), "twin") is None
+    assert [row.trial for row in collect(store["uri"], "twins", "twin", alice)] == ["lambda_order=0.0"]
+
+
 def test_a_sweep_over_seeds_is_reported_by_arm_with_its_directions(store, tmp_path):
     """Two λ arms at seeds 0-2 (tracked as a `--seeds 3` sweep tags them): n, ± and the paired verdict are shown.
 
