@@ -1,7 +1,8 @@
 """Ctrl-C on a real `trilevel run`, and a second driver of the same sweep while it runs (issue 19, items 1 and 4).
 
-No mock: the driver is a `python -m orchestrator run` process with its own local Ray, in a session of its
-own so the test can send SIGINT to its whole process group as a terminal does on Ctrl-C. While it trains,
+No mock: the driver is a `python -m orchestrator run` process on the session's real cluster (tests/conftest.py:
+no Ray start of its own to pay), in a session of its own so the test can send SIGINT to its whole process
+group as a terminal does on Ctrl-C. While it trains,
 a second driver of the same sweep is refused before starting Ray, naming the first. The interrupted
 driver must exit non-zero saying the trial stopped, with every MLflow run of the sweep KILLED or FINISHED
 (the sweep's and the trial's KILLED, none RUNNING); `trilevel resume` then finishes the trial.
@@ -16,10 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.helpers import TINY, wait_for
 from workers.stage_io import checkpoint_names
+
+pytestmark = pytest.mark.xdist_group("cluster")  # shares the session cluster (tests/conftest.py)
 
 SWEEP = "interrupted"
 EPOCHS = (
@@ -47,9 +51,9 @@ def _statuses(uri: str) -> dict[str, str]:
     return {f"{run.data.tags['trilevel.kind']}:{run.info.run_name}": run.info.status for run in runs}
 
 
-def test_ctrl_c_ends_killed_and_non_zero_a_second_driver_is_refused_and_resume_finishes(demo_data, tmp_path):
+def test_ctrl_c_ends_killed_and_non_zero_a_second_driver_is_refused_and_resume_finishes(cluster, demo_data, tmp_path):
     storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    where = ["--name", SWEEP, "--storage", str(storage), "--tracking-uri", uri]
+    where = ["--name", SWEEP, "--storage", str(storage), "--tracking-uri", uri, "--address", cluster["gcs"]]
     settings = [*TINY, *EPOCHS, f"data.train={demo_data}/train", f"data.val={{demo: {demo_data}/val}}"]
     command = _cli("run", "table8", *where, *(arg for item in settings for arg in ("--set", item)))
     log = tmp_path / "first.log"
@@ -61,7 +65,7 @@ def test_ctrl_c_ends_killed_and_non_zero_a_second_driver_is_refused_and_resume_f
         refused = " ".join((second.stdout + second.stderr).split())
         assert second.returncode == 1, refused[-3000:]
         assert f"being run by another driver: pid {first.pid} on host {socket.gethostname()}" in refused
-        assert "Traceback" not in refused and "log to" not in refused  # refused before its Ray would start
+        assert "Traceback" not in refused and "log to" not in refused  # refused before connecting to Ray
 
         wait_for(lambda: first.poll() is not None or _checkpointed(storage), 600, "the trial's first checkpoint")
         assert first.poll() is None, log.read_text()[-4000:]
@@ -81,7 +85,10 @@ def test_ctrl_c_ends_killed_and_non_zero_a_second_driver_is_refused_and_resume_f
     assert not (storage / SWEEP / "lease.json").exists()  # released on the way out
 
     again = subprocess.run(
-        _cli("resume", SWEEP, "--storage", str(storage)), capture_output=True, text=True, timeout=900
+        _cli("resume", SWEEP, "--storage", str(storage), "--address", cluster["gcs"]),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     said = again.stdout + again.stderr
     assert again.returncode == 0, said[-4000:]
