@@ -97,6 +97,7 @@ def _as_data(record: dict[str, Any], files: str, index: int, resolve: dict[str, 
             step=saved.step,
             registered_model_name=saved.registered_model_name,
             state=dict(saved.state),
+            score=saved.score.to_dict() if getattr(saved, "score", None) is not None else None,
         )
     return json.loads(json.dumps(data, default=_plain))  # proves it is data now, whatever it held
 
@@ -147,6 +148,8 @@ def _replay(tracker: Tracker, call: dict[str, Any], folder: str) -> None:
     """Deliver one call of a backlog (synchronously; raises what MLflow raises)."""
     from mlflow.entities import Metric, Param, RunTag
 
+    from orchestrator.tracking.champion import Score
+    from orchestrator.tracking.datasets import DatasetRef, dataset_inputs
     from orchestrator.tracking.models import SavedModel
 
     client, op = tracker.client, call["op"]
@@ -178,13 +181,23 @@ def _replay(tracker: Tracker, call: dict[str, Any], folder: str) -> None:
         path = os.path.join(folder, call["file"])
         (client.log_artifacts if os.path.isdir(path) else client.log_artifact)(run, path, call["artifact_path"])
     elif op == "log_model":
+        score = Score.from_dict(call["score"]) if call.get("score") else None
         saved = SavedModel(
-            os.path.join(folder, call["dir"]), call["name"], call["step"], call["registered_model_name"], call["state"]
+            os.path.join(folder, call["dir"]),
+            call["name"],
+            call["step"],
+            call["registered_model_name"],
+            call["state"],
+            score=score,
         )
         try:
             saved.upload(client, run)
         finally:
             call["state"] = saved.state  # a retried replay continues the upload where this one stopped
+    elif op == "log_datasets":
+        refs = tuple(DatasetRef(**{**d, "stages": tuple(d.get("stages", ()))}) for d in call["datasets"])
+        if inputs := dataset_inputs(refs):
+            client.log_inputs(run, datasets=inputs)
     elif op == "finish":
         client.set_terminated(run, status=call["status"], end_time=call["end_time"])
     else:

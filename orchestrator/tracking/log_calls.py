@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.tracking.champion import Score
@@ -224,6 +225,7 @@ class LogCalls:
                 Call(
                     f"log_inputs run {short(run_id)} ({len(inputs)} datasets)",
                     lambda: self.client.log_inputs(self.resolve(run_id), datasets=inputs),
+                    record={"op": "log_datasets", "run": run_id, "datasets": [asdict(d) for d in datasets]},
                 )
             )
 

@@ -18,8 +18,13 @@ from mlflow import MlflowClient
 
 from orchestrator.tracking import Tracker
 from orchestrator.tracking.backlog import BACKLOG_DIR, CALLS_FILE, deliver_backlogs
+from orchestrator.tracking.datasets import DIGEST_LENGTH, DatasetRef
 from orchestrator.trial import catch_up
+from search_space.derived import build_network
+from search_space.genotype import Genotype, OpChoice
 from tests.servers import MlflowServer
+
+GENOTYPE = Genotype(backbone="B", path=(0,), cells=((OpChoice("conv3x3", 8),) * 5,), nf=8, scale=4, name="tiny")
 
 
 def test_an_outage_across_the_trials_end_is_kept_on_storage_and_replayed_by_the_next_driver(tmp_path):
@@ -32,6 +37,8 @@ def test_an_outage_across_the_trials_end_is_kept_on_storage_and_replayed_by_the_
         server.kill()  # a real outage: the trial ends while the server is gone
 
         trial = trial_side.trial_run(sweep, "sw", "t0", params={"lr": 0.1}, tags={"trilevel.seed": 0})
+        train_set = DatasetRef("demo/train", str(tmp_path / "shards"), "ab" * 32, "training", rows=6, images=6)
+        trial_side.log_datasets(trial, [train_set])
         stage = trial_side.stage_run(trial, "sw", "t0", "evaluate")
         assert trial_side.is_pending(trial) and trial_side.is_pending(stage)
         metrics = {"psnr/demo": 27.5, "psnr_bicubic/demo": 26.9, "ssim/demo": 0.81, "gflops": 0.2, "params_m": 0.01}
@@ -45,21 +52,23 @@ def test_an_outage_across_the_trials_end_is_kept_on_storage_and_replayed_by_the_
         checkpoint.mkdir()
         (checkpoint / "state.pt").write_bytes(b"weights")
         trial_side.log_artifact(stage, str(checkpoint), "checkpoint", snapshot=True)
-        net = torch.nn.Conv2d(3, 3, 3, padding=1)
+        torch.manual_seed(0)
+        net = build_network(GENOTYPE).eval()
         trial_side.log_model(trial, net, input_example=np.zeros((1, 3, 8, 8), dtype=np.float32))
         trial_side.finish(stage)
         trial_side.finish(trial)
 
-        assert catch_up(trial_side, storage, "sw", "t0", timeout_s=0.5) == {"tracking_not_logged": 13}
+        assert catch_up(trial_side, storage, "sw", "t0", timeout_s=0.5) == {"tracking_not_logged": 14}
         assert trial_side.pending == 0  # handed to storage: the trial's process may end now
         (backlog,) = (tmp_path / "runs" / "sw" / BACKLOG_DIR).iterdir()
         kept = json.loads((backlog / CALLS_FILE).read_text())
         assert [call["op"] for call in kept["calls"]] == [
-            "create_run", "log_params", "create_run", "log_metrics", "log_metrics", "set_tags", "log_text",
-            "log_table", "log_artifact", "log_artifact", "log_model", "finish", "finish",
+            "create_run", "log_params", "log_datasets", "create_run", "log_metrics", "log_metrics", "set_tags",
+            "log_text", "log_table", "log_artifact", "log_artifact", "log_model", "finish", "finish",
         ]  # fmt: skip
         assert kept["not_replayable"] == []
-        assert (backlog / "files").is_dir() and not list(backlog.rglob("*.pkl"))  # the model: MLflow's files
+        files = [path for path in backlog.rglob("*") if path.is_file()]
+        assert not [path for path in files if path.read_bytes()[:1] == b"\x80"]  # no pickle (protocol 2+) kept
         checkpoint.joinpath("state.pt").unlink()  # the originals may be gone by the time it is replayed
 
         server.start()
@@ -75,6 +84,7 @@ def test_an_outage_across_the_trials_end_is_kept_on_storage_and_replayed_by_the_
         assert stage_run.data.tags["mlflow.parentRunId"] == trial_run.info.run_id
         assert trial_run.data.tags["trilevel.sweep_id"] == "sid" and trial_run.data.params["lr"] == "0.1"
         assert trial_run.data.metrics["psnr/demo"] == 27.5 and trial_run.data.tags["trilevel.path"] == "[0, 1]"
+        assert [d.dataset.digest for d in trial_run.inputs.dataset_inputs] == [train_set.fingerprint[:DIGEST_LENGTH]]
         artifacts = {a.path for a in client.list_artifacts(trial_run.info.run_id)}
         assert {"genotype.json", "per_image.json", "comparison.png"} <= artifacts
         assert [a.path for a in client.list_artifacts(stage_run.info.run_id, "checkpoint")] == ["checkpoint/state.pt"]
