@@ -46,6 +46,7 @@ def _statuses(results) -> dict[str, str]:
 
 
 def test_tune_swallows_ctrl_c_but_the_driver_sees_it_and_calls_the_unfinished_trial_stopped(ray_session, tmp_path):
+    before = signal.getsignal(signal.SIGINT)
     with tune_interrupts() as caught:
         finished = _fit(["fast"], tmp_path / "finished")
     assert not caught.interrupted and _statuses(finished) == {"fast": "TERMINATED"}
@@ -69,4 +70,4 @@ def test_tune_swallows_ctrl_c_but_the_driver_sees_it_and_calls_the_unfinished_tr
     assert marker.exists(), "the slow trial never reported"
     assert caught.interrupted
     assert _statuses(results) == {"fast": "TERMINATED", "slow": STOPPED}
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    assert signal.getsignal(signal.SIGINT) is before  # put back as it was
