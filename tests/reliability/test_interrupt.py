@@ -54,7 +54,8 @@ def _statuses(uri: str) -> dict[str, str]:
 def test_ctrl_c_ends_killed_and_non_zero_a_second_driver_is_refused_and_resume_finishes(cluster, demo_data, tmp_path):
     storage, uri = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}"
     where = ["--name", SWEEP, "--storage", str(storage), "--tracking-uri", uri, "--address", cluster["gcs"]]
-    settings = [*TINY, *EPOCHS, f"data.train={demo_data}/train", f"data.val={{demo: {demo_data}/val}}"]
+    data = [f"data.train={demo_data}/train", f"data.val={{demo-val: {demo_data}/val}}"]
+    settings = [*TINY, *EPOCHS, *data, f"data.test={{demo: {demo_data}/test}}"]
     command = _cli("run", "table8", *where, *(arg for item in settings for arg in ("--set", item)))
     log = tmp_path / "first.log"
     with open(log, "w") as out:
