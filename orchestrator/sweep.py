@@ -243,6 +243,7 @@ def run_sweep(
     experiment = absolutize(experiment)
     _check_files(experiment)
     check_storage(experiment.storage)
+    Tracker.check_reachable(experiment.tracking.uri)  # before the sweep's folder is made
     with hold_sweep(experiment.storage, experiment.name) as identity:
         return _run_sweep(experiment, identity, resume, restart_errored, console)
 
