@@ -96,3 +96,33 @@ def test_ctrl_c_ends_killed_and_non_zero_a_second_driver_is_refused_and_resume_f
     assert f"Sweep {SWEEP}: " in said and "TERMINATED" in said, said[-4000:]
     statuses = _statuses(uri)
     assert set(statuses.values()) == {"FINISHED"} and len(statuses) == 1 + 1 + 4, statuses  # sweep, trial, stages
+
+
+def test_trilevel_stop_interrupts_the_jobs_driver_honestly(cluster, demo_data, tmp_path):
+    """`trilevel stop JOB` reaches the job's driver as SIGINT: it ends non-zero, its runs KILLED, none RUNNING."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli.submit import stop, submit
+    from orchestrator.jobs import job_logs, job_status
+
+    storage, uri, address = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}", cluster["dashboard"]
+    data = [f"data.train={demo_data}/train", f"data.val={{demo-val: {demo_data}/val}}"]
+    settings = [
+        *TINY,
+        *EPOCHS,
+        *data,
+        f"data.test={{demo: {demo_data}/test}}",
+        "sweep={stages.search.lambda_order: [0.1]}",
+    ]
+    args = ["table8", "--address", address, "--name", SWEEP, "--storage", str(storage), "--tracking-uri", uri]
+    submitted = CliRunner().invoke(submit, [*args, *(arg for item in settings for arg in ("--set", item)), "--no-wait"])
+    assert submitted.exit_code == 0, submitted.output
+    job = submitted.stdout.split()[0]
+    wait_for(lambda: job_status(address, job) in {"FAILED", "SUCCEEDED"} or _checkpointed(storage), 600, "a checkpoint")
+    stopped = CliRunner().invoke(stop, [job, "--address", address])
+    assert stopped.exit_code == 0 and "Stop requested" in stopped.output, stopped.output
+    wait_for(lambda: job_status(address, job) == "STOPPED", 120, "the job to stop")
+    logs = "".join(job_logs(address, job))
+    assert "Interrupted: 1 trial(s) stopped" in logs and f"trilevel resume {SWEEP}" in logs, logs[-4000:]
+    statuses = _statuses(uri)
+    assert statuses[f"sweep:{SWEEP}"] == "KILLED" and "RUNNING" not in statuses.values(), statuses
