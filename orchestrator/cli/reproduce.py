@@ -92,6 +92,14 @@ def reproduce(
             durations[experiment.name] = time.monotonic() - start
             for trial, error in outcome.errors.items():
                 click.echo(f"  {trial} failed: {error}", err=True)
+            if outcome.interrupted:  # Ctrl-C: stop here, never go on to the next table as if it succeeded
+                stopped = [trial for trial, status in outcome.trials.items() if status == "STOPPED"]
+                click.echo(
+                    f"Interrupted: {len(stopped)} trial(s) of {experiment.name} stopped before finishing; their "
+                    "MLflow runs and the sweep's are KILLED. Run the same command again to resume.",
+                    err=True,
+                )
+                raise click.exceptions.Exit(130)
     summary = _summary(plan, durations)
     click.echo(summary)
 
