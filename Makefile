@@ -39,10 +39,11 @@ lint: $(STAMP)
 
 # Two test processes (one per core): the end-to-end tests mostly wait on processes they started, the unit
 # tests fill that time. Tests that share a cluster or the in-process Ray stay in one process (xdist_group);
-# the out-of-memory test needs the machine to itself, so it runs after. The slowest tests are listed, to
-# keep an eye on the 10-minute budget.
+# the out-of-memory test needs the machine to itself, so it runs after. The multi-node test (a lost node and a
+# killed Train worker, ~2-3 min) does not fit the budget and is left out: `pytest -m multinode` runs it. The
+# slowest tests are listed, to keep an eye on the 10-minute budget.
 test: lint
-	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not exclusive" --durations=15
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not exclusive and not multinode" --durations=15
 	$(VENV)/bin/pytest -q -m exclusive
 
 bench: $(STAMP)

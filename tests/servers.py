@@ -262,6 +262,45 @@ def _start_head(
     return process, {"dashboard": url, "gcs": f"127.0.0.1:{gcs}", "temp_dir": str(temp_dir), "marker": marker}
 
 
+@contextlib.contextmanager
+def ray_node(gcs: str, num_cpus: int) -> Iterator[dict]:
+    """A worker node joining the head at `gcs` (`ray start --address --block`), a process group of its own.
+
+    Yields its marker and `kill()`: SIGKILL of everything the node runs (its raylet, its workers), at once,
+    as a machine that is lost. Stopped the same way at the end if it is still up.
+    """
+    for attempt in range(START_ATTEMPTS):
+        marker = secrets.token_hex(8)
+        workers = free_range(100)
+        cmd = [
+            str(BIN / "ray"), "start", "--address", gcs, "--block", "--num-cpus", str(num_cpus),
+            "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+            "--min-worker-port", str(workers), "--max-worker-port", str(workers + 99),
+        ]  # fmt: skip
+        log = Path(f"/tmp/trl-node-{marker[:8]}.log")
+        with open(log, "w") as out:
+            process = subprocess.Popen(
+                cmd, env=_env(marker), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            _wait_log(log, "--block", process, timeout_s=120)
+        except RuntimeError:
+            _stop(process, marker, grace_s=0)
+            again = _port_taken(log) or _node_start_timed_out(log)
+            log.unlink(missing_ok=True)
+            if attempt + 1 == START_ATTEMPTS or not again:
+                raise
+            continue
+        try:
+            yield {"marker": marker, "log": str(log), "kill": lambda p=process, m=marker: _stop(p, m, grace_s=0)}
+        finally:
+            _stop(process, marker, grace_s=0)
+            log.unlink(missing_ok=True)
+        return
+
+
 def _wait_log(log: Path, text: str, process: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
