@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +15,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # The fault tests' barriers (workers.gates, tests/gates.py): set before any Ray starts, so every process of the
 # tests' Rays (trials, Train workers, job drivers) inherits it. Only a gate a test arms ever blocks.
-os.environ.setdefault("TRILEVEL_TEST_GATES", tempfile.mkdtemp(prefix="trilevel-gates-"))
+if "TRILEVEL_TEST_GATES" not in os.environ:
+    os.environ["TRILEVEL_TEST_GATES"] = tempfile.mkdtemp(prefix="trilevel-gates-")
+    atexit.register(shutil.rmtree, os.environ["TRILEVEL_TEST_GATES"], True)  # this session's gates, gone after it
 
 
 def pytest_configure(config: pytest.Config) -> None:
