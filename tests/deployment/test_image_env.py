@@ -1,0 +1,307 @@
+"""The cluster image's environment, run as the RayJob runs it: opt-in, outside `make test` (its cost: below).
+
+What the image holds is `deployment/docker/requirements.lock` and this package installed without
+dependencies (`pip install --no-deps`), nothing else. This test builds that environment on this machine
+from the lock alone (no dev extras, no constraints, no resolution), with one change: the lock's CUDA
+build of torch (and its CUDA-only wheels: nvidia-*, cuda-*, triton) is swapped for the CPU build of the
+same torch version from the machine's wheel folder (pip's find-links). The venv is cached outside the
+repository, under a folder named by the lock's SHA-256, so it is built once per lock; the package is
+reinstalled from this checkout on every run.
+
+Then, in that environment only (no PYTHONPATH, run from outside the checkout, `trilevel` from the venv's
+bin/ as on the image's PATH), a Ray cluster shaped like the RayJob's `rayClusterSpec`: a head started
+with its `rayStartParams` (`num-cpus: 0`: nothing runs on it but the job's driver) and one worker node
+offering the GPU group's resources as logical ones (its `nvidia.com/gpu` limit as `--num-gpus`; no device
+is touched: the tiny experiment asks for no GPU). The commit is in the environment as the image bakes it
+(Dockerfile: TRILEVEL_GIT_COMMIT), and every run must carry it. The volume is laid out by the
+volume-layout Job's own script and the data sets are where the data Job puts them. The RayJob's entrypoint is read from
+`deployment/kuberay/rayjob.yaml` and submitted as KubeRay's submitter does (`ray job submit`), changed
+only where a CPU machine must: `--scale tiny` with a one-trial, few-step cut; `/mnt/trilevel` → the
+test's volume; MLflow as a SQLite file on it; without the teacher and VGG weights (tiny trains against
+the HR images). It must end SUCCEEDED with its trial and stage runs FINISHED in MLflow.
+
+Cost, measured on the 2-core development machine: building the venv with a warm uv cache about 1 min
+(from an empty cache: the lock's wheels, ~1 GB, are downloaded), a run about 3-4 minutes (two Ray nodes,
+the job, one tiny trial). That is over what `make test` has left of its 10 minutes, so it runs only with
+TRILEVEL_IMAGE_ENV=1:
+
+    TRILEVEL_IMAGE_ENV=1 .venv/bin/pytest -q tests/deployment/test_image_env.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.servers import MARKER_VAR, _stop, _wait_http, _wait_log, free_port, free_range
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deployment"
+LOCK = DEPLOY / "docker" / "requirements.lock"
+RAYJOB = DEPLOY / "kuberay" / "rayjob.yaml"
+LAYOUT = DEPLOY / "kuberay" / "volume-layout.yaml"
+MOUNT = "/mnt/trilevel"
+CUDA_ONLY = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")  # swapped for the CPU torch
+CACHE = Path(os.environ.get("TRILEVEL_IMAGE_ENV_CACHE", Path.home() / ".cache" / "trilevel-nas" / "image-env"))
+# The cut that makes the paper sweep a CPU test: one trial, a few steps per stage.
+CPU_CUT = (
+    "sweep={stages.search.lambda_order: [0.1]}",
+    "resources.max_concurrent_trials=1",
+    "search_space.num_cells=2",
+    "stages.patch=16",
+    "stages.val_max_images=1",
+    "stages.pretrain.steps_per_epoch=2",
+    "stages.search.epochs=1",
+    "stages.search.steps_per_epoch=2",
+    "stages.train.epochs=1",
+    "stages.train.steps_per_epoch=2",
+    "stages.train.milestones=[]",
+)
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRILEVEL_IMAGE_ENV") != "1",
+    reason="builds the image's environment and runs a 2-node Ray cluster: minutes, outside the suite's budget "
+    "(TRILEVEL_IMAGE_ENV=1 runs it)",
+)
+
+
+# --- the image's environment ------------------------------------------------------------------------------
+def _lock_blocks(text: str) -> dict[str, str]:
+    """name → its requirement block (the `name==version` line and its hash lines) of a hashed lock file."""
+    blocks: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if match := re.match(r"^([A-Za-z0-9_.-]+)==", line):
+            name = match.group(1).lower().replace("_", "-")
+            blocks[name] = line + "\n"
+        elif name and line.lstrip().startswith("--hash="):
+            blocks[name] += line + "\n"
+        elif not line.startswith(" "):
+            name = None
+    return blocks
+
+
+def _find_links() -> list[str]:
+    """The wheel folders pip is configured with (where this machine keeps its CPU build of torch)."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False
+    ).stdout
+    found = re.findall(r"find-links='([^']*)'", listed)
+    return sorted({folder for entry in found for folder in entry.split()})
+
+
+def _uv() -> str:
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    assert Path(uv).exists(), "uv (installed in the dev venv by `make venv`) builds the environment"
+    return uv
+
+
+def _build(venv: Path) -> None:
+    """A venv holding the lock (its CPU-torch variant) and nothing else."""
+    blocks = _lock_blocks(LOCK.read_text())
+    torch_version = re.match(r"torch==(\S+)", blocks["torch"]).group(1)
+    kept = "".join(block for name, block in blocks.items() if not CUDA_ONLY.match(name))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (venv / "requirements.cpu.lock").write_text(kept)
+    python = str(venv / "bin" / "python")
+    # compiled as pip compiles in the image: without .pyc every Ray process compiles Ray and torch at start
+    install = [_uv(), "pip", "install", "--python", python, "--no-deps", "--quiet", "--compile-bytecode"]
+    subprocess.run([*install, "--require-hashes", "-r", str(venv / "requirements.cpu.lock")], check=True)
+    links = [arg for folder in _find_links() for arg in ("--find-links", folder)]
+    assert links, "no wheel folder with a CPU build of torch (pip config find-links)"
+    subprocess.run([*install, "--no-index", *links, f"torch=={torch_version}"], check=True)
+
+
+@pytest.fixture(scope="module")
+def image_env() -> Path:
+    """The image's environment (cached by the lock's hash) with this checkout installed as the image installs it."""
+    venv = CACHE / hashlib.sha256(LOCK.read_bytes()).hexdigest()[:16]
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        _build(venv)
+        (venv / ".complete").touch()
+    python = str(venv / "bin" / "python")
+    # what the Dockerfile runs: the package with no dependencies and no build isolation (setuptools is locked)
+    subprocess.run(
+        [
+            _uv(),
+            "pip",
+            "install",
+            "--python",
+            python,
+            "--no-deps",
+            "--no-build-isolation",
+            "--reinstall",
+            "--quiet",
+            str(ROOT),
+        ],
+        check=True,
+    )
+    checked = subprocess.run([_uv(), "pip", "check", "--python", python], capture_output=True, text=True)
+    assert checked.returncode == 0, (
+        f"the lock misses what an installed package requires:\n{checked.stdout}{checked.stderr}"
+    )
+    return venv
+
+
+def _clean_env(venv: Path, marker: str) -> dict[str, str]:
+    """The image's environment: its venv's bin/ first on PATH, nothing of this checkout or the dev venv."""
+    drop = {"PYTHONPATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "VIRTUAL_ENV", "MLFLOW_TRACKING_URI"}
+    drop |= {"PYTHONDONTWRITEBYTECODE"}  # see the Makefile: each process would compile Ray from source
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("TRILEVEL_GIT")}
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p) != Path(sys.executable).parent]
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), *path])
+    # a loaded machine can take longer than Ray's 60 s to bring the dashboard (the job API) up
+    busy = {"RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300"}
+    return env | busy | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", MARKER_VAR: marker}
+
+
+def test_the_image_environment_imports_and_runs_the_cli(image_env, tmp_path):
+    env = _clean_env(image_env, "image-env-cli")
+    code = "import orchestrator, rich, torch, ray, mlflow; print(orchestrator.__file__, torch.__version__)"
+    ran = subprocess.run(
+        [str(image_env / "bin" / "python"), "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert str(image_env) in ran.stdout.split()[0], "the installed package, not this checkout"
+    shown = subprocess.run(["trilevel", "--help"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert shown.returncode == 0 and "submit" in shown.stdout, shown.stderr
+
+
+# --- the RayJob, on a cluster shaped like its rayClusterSpec ---------------------------------------------
+def _rayjob() -> dict:
+    (job,) = [d for d in yaml.safe_load_all(RAYJOB.read_text()) if d and d.get("kind") == "RayJob"]
+    return job
+
+
+def _entrypoint(volume: Path, tracking: str) -> list[str]:
+    """The RayJob's entrypoint, changed only where a CPU machine must (the module docstring says how)."""
+    words = shlex.split(_rayjob()["spec"]["entrypoint"])
+    assert words[:2] == ["trilevel", "sweep"] and "--address" in words and words[words.index("--address") + 1] == "auto"
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        word, value = words[i], words[i + 1] if i + 1 < len(words) else None
+        if word == "--scale":
+            out += [word, "tiny"]
+            i += 2
+        elif word == "--tracking-uri":
+            out += [word, tracking]
+            i += 2
+        elif word == "--set" and value.split("=")[0] in {"supervision.weights", "perceptual.vgg_weights"}:
+            i += 2  # tiny trains against the HR images: no teacher, no VGG
+        else:
+            out.append(word.replace(MOUNT, str(volume)))
+            i += 1
+    for cut in CPU_CUT:
+        out += ["--set", cut]
+    return out
+
+
+def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=log.parent
+        )
+
+
+def test_the_rayjob_entrypoint_finishes_a_trial_on_a_two_node_cluster(image_env, tmp_path):
+    from mlflow import MlflowClient
+
+    from orchestrator.jobs import job_logs, job_status, job_status_or_none
+    from orchestrator.tracking import code_provenance
+
+    started = time.monotonic()
+    marker = f"image-env-{os.getpid()}"
+    # what the image's ENV holds once built with --build-arg GIT_COMMIT/GIT_DIRTY from this checkout
+    baked = {k: v for k, v in code_provenance(ROOT).items() if k != "TRILEVEL_VERSION"}
+    env = _clean_env(image_env, marker) | baked
+    spec = _rayjob()["spec"]["rayClusterSpec"]
+    head_params = spec["headGroupSpec"]["rayStartParams"]
+    (group,) = spec["workerGroupSpecs"]
+    gpus = group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    assert head_params["num-cpus"] == "0"
+
+    # the volume, as the runbook lays it out: the layout Job's script, then the data Job's data sets
+    volume = tmp_path / "trilevel"
+    volume.mkdir()
+    (layout,) = next(d for d in yaml.safe_load_all(LAYOUT.read_text()) if d)["spec"]["template"]["spec"]["containers"]
+    subprocess.run(["sh", "-c", layout["args"][0].replace(MOUNT, str(volume))], check=True, capture_output=True)
+    train = volume / "data" / "div2k-flickr2k"
+    made = subprocess.run(["trilevel", "data", "demo", "--out", str(train)], env=env, cwd=tmp_path, capture_output=True)
+    assert made.returncode == 0, made.stderr.decode()
+    for name in ("set5", "set14"):  # the same prepared photographs stand in for the validation sets
+        shutil.copytree(train, volume / "data" / name)
+    tracking = f"sqlite:///{volume / 'mlflow' / 'mlflow.db'}"
+
+    temp = Path(f"/tmp/trl-img-{os.getpid()}")  # Ray's socket paths must stay short
+    temp.mkdir(exist_ok=True)
+    gcs, dashboard = free_port(), free_port()
+    ports = free_range(400)
+    head = _start(
+        ["ray", "start", "--head", "--block", f"--num-cpus={head_params['num-cpus']}", f"--temp-dir={temp}",
+         f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+         f"--min-worker-port={ports}", f"--max-worker-port={ports + 199}"],
+        env, temp / "head.log",
+    )  # fmt: skip
+    worker = None
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        _wait_http(f"{address}/api/version", head, temp / "head.log", timeout_s=180)
+        worker = _start(
+            ["ray", "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=2", f"--num-gpus={gpus}",
+             f"--min-worker-port={ports + 200}", f"--max-worker-port={ports + 399}"],
+            env, temp / "worker.log",
+        )  # fmt: skip
+        _wait_log(temp / "worker.log", "--block", worker, timeout_s=180)
+        entrypoint = shlex.join(_entrypoint(volume, tracking))
+        # as KubeRay's submitter (retried by its Job): the head's job agent may come up after its dashboard
+        deadline = time.monotonic() + 300
+        while True:
+            submitted = subprocess.run(
+                ["ray", "job", "submit", f"--address={address}", "--submission-id=image-env", "--no-wait", "--",
+                 entrypoint],
+                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            if job_status_or_none(address, "image-env") is not None:
+                break
+            assert time.monotonic() < deadline, (
+                f"not submitted:\n{submitted.stdout[-3000:]}\n{submitted.stderr[-3000:]}"
+            )
+            time.sleep(5)
+        deadline = time.monotonic() + 1200
+        status = job_status(address, "image-env")
+        while status not in {"SUCCEEDED", "FAILED", "STOPPED"} and time.monotonic() < deadline:
+            time.sleep(5)
+            status = job_status(address, "image-env")
+        logs = "".join(job_logs(address, "image-env"))
+        assert status == "SUCCEEDED", f"{status}\n{logs[-8000:]}"
+    finally:
+        if worker is not None:
+            _stop(worker, marker, grace_s=0)
+        _stop(head, marker, grace_s=0)
+        shutil.rmtree(temp, ignore_errors=True)
+
+    client = MlflowClient(tracking_uri=tracking)
+    experiment = client.get_experiment_by_name("trilevel")
+    runs = client.search_runs([experiment.experiment_id], "tags.`trilevel.sweep` = 'table8'")
+    kinds = sorted(r.data.tags["trilevel.kind"] for r in runs)
+    assert kinds == ["stage"] * 4 + ["sweep", "trial"], kinds
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["trilevel.git_commit"] for r in runs} == {baked["TRILEVEL_GIT_COMMIT"]}
+    version = {r.data.tags["trilevel.version.trilevel-nas"] for r in runs}
+    assert version == {code_provenance(ROOT)["TRILEVEL_VERSION"]}, "the installed package's version"
+    (trial,) = [r for r in runs if r.data.tags["trilevel.kind"] == "trial"]
+    assert trial.data.metrics["psnr/Set5"] > 0 and "psnr_bicubic/Set14" in trial.data.metrics
+    print(f"image environment run: {time.monotonic() - started:.0f} s")
