@@ -209,6 +209,20 @@ def _entrypoint(volume: Path, tracking: str) -> list[str]:
     return out
 
 
+def _sets(words: list[str]) -> dict[str, str]:
+    """key → value of every `--set key=value` of an entrypoint."""
+    return dict(words[i + 1].split("=", 1) for i, word in enumerate(words) if word == "--set" and "=" in words[i + 1])
+
+
+def _node_ports() -> list[str]:
+    """A node's own ports, each free now: Ray's defaults (e.g. the agent's 52365) clash with other clusters here."""
+    names = (
+        "node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "metrics-export-port", "runtime-env-agent-port",
+    )  # fmt: skip
+    return [f"--{name}={free_port()}" for name in names]
+
+
 def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
         return subprocess.Popen(
@@ -238,21 +252,25 @@ def test_the_rayjob_entrypoint_finishes_a_trial_on_a_two_node_cluster(image_env,
     volume.mkdir()
     (layout,) = next(d for d in yaml.safe_load_all(LAYOUT.read_text()) if d)["spec"]["template"]["spec"]["containers"]
     subprocess.run(["sh", "-c", layout["args"][0].replace(MOUNT, str(volume))], check=True, capture_output=True)
-    train = volume / "data" / "div2k-flickr2k"
-    made = subprocess.run(["trilevel", "data", "demo", "--out", str(train)], env=env, cwd=tmp_path, capture_output=True)
+    demo = tmp_path / "demo"  # the built-in photographs, prepared: they stand in for every data set of the job
+    made = subprocess.run(["trilevel", "data", "demo", "--out", str(demo)], env=env, cwd=tmp_path, capture_output=True)
     assert made.returncode == 0, made.stderr.decode()
-    for name in ("set5", "set14"):  # the same prepared photographs stand in for the validation sets
-        shutil.copytree(train, volume / "data" / name)
+    for key, value in _sets(_entrypoint(volume, "")).items():
+        if key.startswith("data.") and value.startswith(str(volume)):
+            part = "train" if key == "data.train" else "val"
+            if not Path(value).exists():
+                shutil.copytree(demo / part, value)
     tracking = f"sqlite:///{volume / 'mlflow' / 'mlflow.db'}"
 
-    temp = Path(f"/tmp/trl-img-{os.getpid()}")  # Ray's socket paths must stay short
+    temp = Path(f"/tmp/tlimg-{os.getpid()}")  # short (Ray's socket paths); not trl-*, which other tests sweep
     temp.mkdir(exist_ok=True)
     gcs, dashboard = free_port(), free_port()
     ports = free_range(400)
     head = _start(
         ["ray", "start", "--head", "--block", f"--num-cpus={head_params['num-cpus']}", f"--temp-dir={temp}",
          f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-         f"--min-worker-port={ports}", f"--max-worker-port={ports + 199}"],
+         f"--min-worker-port={ports}", f"--max-worker-port={ports + 199}", *_node_ports(),
+         f"--ray-client-server-port={free_port()}"],
         env, temp / "head.log",
     )  # fmt: skip
     worker = None
@@ -261,20 +279,20 @@ def test_the_rayjob_entrypoint_finishes_a_trial_on_a_two_node_cluster(image_env,
         _wait_http(f"{address}/api/version", head, temp / "head.log", timeout_s=180)
         worker = _start(
             ["ray", "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=2", f"--num-gpus={gpus}",
-             f"--min-worker-port={ports + 200}", f"--max-worker-port={ports + 399}"],
+             f"--min-worker-port={ports + 200}", f"--max-worker-port={ports + 399}", *_node_ports()],
             env, temp / "worker.log",
         )  # fmt: skip
         _wait_log(temp / "worker.log", "--block", worker, timeout_s=180)
-        entrypoint = shlex.join(_entrypoint(volume, tracking))
+        entrypoint = _entrypoint(volume, tracking)  # words: `ray job submit -- WORDS` quotes each
         # as KubeRay's submitter (retried by its Job): the head's job agent may come up after its dashboard
         deadline = time.monotonic() + 300
         while True:
             submitted = subprocess.run(
                 ["ray", "job", "submit", f"--address={address}", "--submission-id=image-env", "--no-wait", "--",
-                 entrypoint],
+                 *entrypoint],
                 env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
             )  # fmt: skip
-            if job_status_or_none(address, "image-env") is not None:
+            if job_status_or_none("image-env", address) is not None:
                 break
             assert time.monotonic() < deadline, (
                 f"not submitted:\n{submitted.stdout[-3000:]}\n{submitted.stderr[-3000:]}"
