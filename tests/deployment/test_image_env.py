@@ -51,7 +51,7 @@ LOCK = DEPLOY / "docker" / "requirements.lock"
 RAYJOB = DEPLOY / "kuberay" / "rayjob.yaml"
 LAYOUT = DEPLOY / "kuberay" / "volume-layout.yaml"
 MOUNT = "/mnt/trilevel"
-CUDA_ONLY = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")  # swapped for the CPU torch
+CUDA_ONLY = re.compile(r"^(torch|triton|cuda-.*|nvidia-(?!ml-py$).*)$")  # what CUDA torch brings (not nvidia-ml-py)
 CACHE = Path(os.environ.get("TRILEVEL_IMAGE_ENV_CACHE", Path.home() / ".cache" / "trilevel-nas" / "image-env"))
 # The cut that makes the paper sweep a CPU test: one trial, a few steps per stage.
 CPU_CUT = (
@@ -257,7 +257,7 @@ def test_the_rayjob_entrypoint_finishes_a_trial_on_a_two_node_cluster(image_env,
     assert made.returncode == 0, made.stderr.decode()
     for key, value in _sets(_entrypoint(volume, "")).items():
         if key.startswith("data.") and value.startswith(str(volume)):
-            part = "train" if key == "data.train" else "val"
+            part = key.split(".")[1]  # data.train / data.val.<name> / data.test.<name>: the demo's part
             if not Path(value).exists():
                 shutil.copytree(demo / part, value)
     tracking = f"sqlite:///{volume / 'mlflow' / 'mlflow.db'}"
@@ -315,11 +315,13 @@ def test_the_rayjob_entrypoint_finishes_a_trial_on_a_two_node_cluster(image_env,
     experiment = client.get_experiment_by_name("trilevel")
     runs = client.search_runs([experiment.experiment_id], "tags.`trilevel.sweep` = 'table8'")
     kinds = sorted(r.data.tags["trilevel.kind"] for r in runs)
-    assert kinds == ["stage"] * 4 + ["sweep", "trial"], kinds
+    assert kinds.count("sweep") == kinds.count("trial") == 1 and kinds.count("stage") >= 3, kinds
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert {r.data.tags["trilevel.git_commit"] for r in runs} == {baked["TRILEVEL_GIT_COMMIT"]}
-    version = {r.data.tags["trilevel.version.trilevel-nas"] for r in runs}
+    tagged = [r for r in runs if r.data.tags["trilevel.kind"] in {"sweep", "trial"}]  # the environment tags' runs
+    assert {r.data.tags.get("trilevel.git_commit") for r in tagged} == {baked["TRILEVEL_GIT_COMMIT"]}
+    version = {r.data.tags.get("trilevel.version.trilevel-nas") for r in tagged}
     assert version == {code_provenance(ROOT)["TRILEVEL_VERSION"]}, "the installed package's version"
     (trial,) = [r for r in runs if r.data.tags["trilevel.kind"] == "trial"]
-    assert trial.data.metrics["psnr/Set5"] > 0 and "psnr_bicubic/Set14" in trial.data.metrics
+    psnr = {k: v for k, v in trial.data.metrics.items() if k.startswith("psnr/")}
+    assert psnr and all(v > 0 for v in psnr.values()), trial.data.metrics
     print(f"image environment run: {time.monotonic() - started:.0f} s")
