@@ -352,13 +352,14 @@ class Tracker(LogCalls):
     def stage_run(self, trial_run_id: str, sweep: str, trial: str, stage: str) -> str:
         """The stage's run (``<trial>/<stage>``), nested under the trial run; deferred during an outage.
 
-        A new stage run carries its trial run's source tags (the command that started the sweep; this
-        process may be a Ray worker whose own command line says nothing to a user).
+        A new stage run carries the environment tags (commit, versions, host: every run says what code
+        made it) and its trial run's source tags (the command that started the sweep; this process may be
+        a Ray worker whose own command line says nothing to a user).
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
         identity = {KIND_TAG: "stage", SWEEP_TAG: sweep, TRIAL_TAG: trial, STAGE_TAG: stage, PARENT_TAG: trial_run_id}
-        tags = self._trial_sources.get(trial_run_id, {})
+        tags = {**self._environment(), **self._trial_sources.get(trial_run_id, {})}
         return self._find_or_create(identity, f"{trial}/{stage}", tags, defer=True)[0]
 
     def find_stage_run(self, sweep: str, trial: str, stage: str) -> str | None:

@@ -230,10 +230,9 @@ def test_one_run_per_sweep_trial_and_stage_all_finished_with_every_epoch(faulted
     (sweep,), trials, stages = _runs(client, "sweep"), _runs(client, "trial"), _runs(client, "stage")
     assert sorted(r.data.tags["trilevel.trial"] for r in trials) == sorted(TRIALS)
     assert all(r.info.status == "FINISHED" for r in [sweep, *trials, *stages])
-    # the upload has no .git: the submitting checkout's commit reached the sweep's and trials' runs (those that
-    # carry the environment tags) through the job's env
+    # the upload has no .git: the submitting checkout's commit reached every run through the job's env
     submitted = code_provenance(Path(__file__).resolve().parents[2])["TRILEVEL_GIT_COMMIT"]
-    assert {r.data.tags.get("trilevel.git_commit") for r in [sweep, *trials]} == {submitted}
+    assert {r.data.tags.get("trilevel.git_commit") for r in [sweep, *trials, *stages]} == {submitted}
     for trial in trials:
         assert trial.data.tags["mlflow.parentRunId"] == sweep.info.run_id
         assert trial.data.metrics["psnr/demo"] > 0 and "psnr_bicubic/demo" in trial.data.metrics

@@ -57,6 +57,8 @@ def test_find_or_create_is_idempotent_with_the_hierarchy_tags(tracker, client):
     assert p.info.run_name == "t0/search" and p.data.tags[KIND_TAG] == "stage"
     assert p.data.tags[STAGE_TAG] == "search" and p.data.tags[PARENT_TAG] == trial
     assert p.data.tags[SWEEP_TAG] == "sw" and p.data.tags[TRIAL_TAG] == "t0"
+    for run in (s, t, p):  # every run says which code made it
+        assert run.data.tags["trilevel.git_commit"] and "trilevel.version.torch" in run.data.tags
     assert {s.info.status, t.info.status, p.info.status} == {"RUNNING"}
 
 
