@@ -56,12 +56,20 @@ class SweepResult:
     trials: pd.DataFrame
 
     def curves(self, trial_id: str) -> pd.DataFrame:
-        """Every epoch of every stage of one trial, as Tune recorded them (one row per report)."""
+        """Every epoch of every stage of one trial, as Tune recorded them: one row per (stage, epoch).
+
+        A trial restarted after a kill reports again what it redoes (an epoch resumed from the checkpoint
+        before it, or its evaluation when the driver died before Tune saved the trial as finished): the
+        last report of each (stage, epoch) is the one kept, in the order the trial ran them.
+        """
         from orchestrator.sweep import trial_id_of
 
         for result in self.grid:
             if trial_id_of(result.config or {}) == trial_id:
-                return result.metrics_dataframe
+                frame = result.metrics_dataframe
+                if {"stage", "epoch"} <= set(frame.columns):
+                    frame = frame.drop_duplicates(subset=["stage", "epoch"], keep="last").reset_index(drop=True)
+                return frame
         raise KeyError(f"no trial {trial_id!r} in sweep {self.name}; trials: {', '.join(self.trials.trial_id)}")
 
     def best(self, metric: str = "objective", mode: str = "max") -> pd.Series:
