@@ -16,7 +16,7 @@ from search_space.supernet import SupernetConfig
 from workers.stage_list import STAGES
 
 if TYPE_CHECKING:
-    from workers.stage_store.keys import StageKey
+    from workers.stage_store.stage_key import StageKey
 
 __all__ = [
     "STAGES",

@@ -196,7 +196,8 @@ def test_paper_scale_search_steps_come_from_the_data_and_the_radius_moves_every_
     storage = str(tmp_path / "runs")
     overrides = (
         "data.train=demo",
-        "data.val={demo: demo}",
+        "data.val={demo-val: demo}",
+        "data.test={demo: demo}",
         "supervision.kind=hr",
         "supervision.weights=null",
         "perceptual.vgg_weights=null",

@@ -34,11 +34,12 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workers.shards.format import read_manifest
+from workers.stage_store.stage_key import StageKey
 
 if TYPE_CHECKING:
     from workers.settings import StageSettings
@@ -63,15 +64,6 @@ CODE_PACKAGES: tuple[str, ...] = ("workers", "search_space")
 # (one fixed path) pretrains differently: 194 of its tensors differed after the same 3 steps.
 PRETRAIN_SAME_COMBINERS: frozenset[str] = frozenset({"softmax", "sparsemax", "sparsestmax"})
 _NEUTRAL_SUPERNET = ("recompute_cells", "extra")
-
-
-@dataclass(frozen=True)
-class StageKey:
-    """A stage run's key and the inputs it hashes (kept with a stored stage to compare on reuse)."""
-
-    stage: str
-    key: str
-    inputs: dict[str, Any]
 
 
 def stage_key(inputs: dict[str, Any]) -> str:
