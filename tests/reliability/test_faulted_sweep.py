@@ -252,10 +252,11 @@ def test_one_run_per_sweep_trial_and_stage_all_finished_with_every_epoch(faulted
     a_stages = [s for s in stages if s.data.tags["mlflow.parentRunId"] == by_trial[TRIALS[0]].info.run_id]
     a_train = next(s for s in a_stages if s.data.tags["trilevel.stage"] == "train")
     assert a_train.info.start_time >= faulted["events"]["mlflow_restarted"] * 1000 - 1000
-    # logged during the outage, delivered after: A's training ran wholly after the kill (made before A's last search
-    # checkpoint was reported) and its first epoch before the restart (made before A's last train checkpoint)
+    # logged after the kill (A's training ran wholly after it: the kill was made before A's last search checkpoint
+    # was reported) and delivered: the run it went to was only created after the restart. Its stamp is not compared
+    # with the restart: the relay forwards epochs asynchronously, so it may be stamped just after the restart
     late = min(client.get_metric_history(a_train.info.run_id, "epoch"), key=lambda m: m.step)
-    assert faulted["events"]["mlflow_killed"] * 1000 < late.timestamp < faulted["events"]["mlflow_restarted"] * 1000
+    assert faulted["events"]["mlflow_killed"] * 1000 < late.timestamp
     assert not (faulted["storage"] / SWEEP / "tracking-backlog").exists()
 
 

@@ -89,12 +89,17 @@ def _create_exclusive(entry: str, body: dict[str, Any]) -> bool:
     fs.create_dir(root, recursive=True)
     data = json.dumps(body, indent=2).encode()
     if isinstance(fs, pafs.LocalFileSystem):
+        # written whole under a name of our own, then linked into place: the link is the exclusive create, and
+        # a reader never sees the claim empty (an O_EXCL create followed by a write did show it empty)
+        staged = f"{path}.{body['token']}.tmp"
+        with open(staged, "wb") as stream:
+            stream.write(data)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(staged, path)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
+        finally:
+            os.unlink(staged)
         return True
     if fs.get_file_info(path).type == pafs.FileType.File:  # no exclusive create: write, then read back
         return False
