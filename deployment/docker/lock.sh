@@ -12,8 +12,9 @@ body=$(mktemp)
 trap 'rm -f "$body"' EXIT
 # uv keeps the pins of an existing output file where they still fit: seeded with the current lock, a
 # regeneration changes only what pyproject.toml or constraints.txt changed (rm the lock to move everything).
+# The `tune` extra (optuna) is in the image: a sweep with `tune: {search: optuna}` runs on the cluster too.
 if [[ -f "$out" ]]; then grep -v '^#' "$out" > "$body"; fi
-printf 'setuptools>=68\n' | uv pip compile pyproject.toml - \
+printf 'setuptools>=68\n' | uv pip compile pyproject.toml - --extra tune \
     --constraints constraints.txt --generate-hashes \
     --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
     --index-url https://pypi.org/simple --no-header --quiet --output-file "$body"
