@@ -507,9 +507,11 @@ def _per_pixel_op_macs(ops: tuple[str, ...], widths: tuple[int, ...]) -> Tensor:
 
     The ops are built under a forked RNG: their weight init must not move the seeded global RNG, or the
     first supernet of a process would be initialised differently from the next (the count is cached).
+    And on the CPU whatever the default device: a first supernet built under `torch.device("meta")` (a
+    size estimate) would otherwise cache a meta table that every later supernet of the process copies.
     """
-    table = torch.zeros(len(ops), len(widths), len(widths))
-    with torch.random.fork_rng(devices=[]):
+    with torch.device("cpu"), torch.random.fork_rng(devices=[]):
+        table = torch.zeros(len(ops), len(widths), len(widths))
         for k, name in enumerate(ops):
             for a, cin in enumerate(widths):
                 for b, cout in enumerate(widths):

@@ -102,6 +102,17 @@ def test_expected_cost_at_one_hot_equals_the_derived_networks_macs(backbone):
     assert float(expected.detach()) == pytest.approx(count(genotype).macs, rel=1e-5)
 
 
+def test_a_supernet_built_on_meta_first_does_not_leave_meta_cost_tables_behind():
+    from search_space.supernet import _per_pixel_op_macs
+
+    _per_pixel_op_macs.cache_clear()  # as in a fresh process whose first supernet is a size estimate on meta
+    with torch.device("meta"):
+        Supernet(SupernetConfig(**SMALL))
+    net = Supernet(SupernetConfig(**SMALL))
+    assert {b.device.type for b in net.buffers()} == {"cpu"}
+    assert float(net.expected_cost(net.op_weights(), net.path_weights(), net.sample_widths("argmax"))) > 0
+
+
 def test_flops_penalty_reaches_every_level():
     net = Supernet(SupernetConfig(**SMALL))
     _random_arch(net, seed=8)
