@@ -14,7 +14,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 FIND_LINKS = $(shell $(PY) -m pip config list 2>/dev/null | sed -n "s/^[^=]*find-links='\(.*\)'$$/\1/p" | tr ' ' '\n' | sort -u)
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-memory lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,11 @@ lint: $(STAMP)
 # slowest tests are listed, to keep an eye on the 10-minute budget.
 test: lint
 	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not exclusive and not multinode" --durations=15
+
+# The memory-kill test, alone: out of `make test` since 2026-12-07. Its fixed headroom above what the machine
+# uses no longer separates one trial (peaks near 4.6 GiB) from two at once (near 4.8 GiB): it failed 1 run in 3
+# at 4.6 GiB and let two trials through at 4.9. It needs the memory-limited cgroup rework of issue 23.
+test-memory: $(STAMP)
 	$(VENV)/bin/pytest -q -m exclusive
 
 bench: $(STAMP)
