@@ -12,7 +12,6 @@ checkpoint. Reading uses `torch.load(weights_only=True)`: a checkpoint is data, 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import pickle
@@ -22,7 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
+
+from workers.storage import file_sha256
 
 __all__ = [
     "CHECKSUM_FILE",
@@ -84,11 +86,7 @@ def staged_checkpoint(state: dict[str, Any], genotype_json: str | None = None) -
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(pafs.LocalFileSystem(), str(path))
 
 
 def _write_checksums(directory: Path) -> None:

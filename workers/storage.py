@@ -7,12 +7,13 @@ that tells the two apart, so every reader and writer handles both the same way.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 
 import pyarrow.fs as pafs
 
-__all__ = ["join_storage", "path_kind", "read_bytes", "resolve_uri", "write_bytes"]
+__all__ = ["file_sha256", "join_storage", "path_kind", "read_bytes", "resolve_uri", "write_bytes"]
 
 
 def join_storage(storage: str, *parts: str) -> str:
@@ -43,3 +44,12 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 def path_kind(fs: pafs.FileSystem, path: str) -> pafs.FileType:
     """What is at `path` on `fs`: a file, a directory, or NotFound."""
     return fs.get_file_info(path).type
+
+
+def file_sha256(fs: pafs.FileSystem, path: str) -> str:
+    """SHA-256 of one file on any filesystem, read in 8 MiB blocks (shards, checkpoints, stored stages)."""
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        while block := stream.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -27,7 +27,6 @@ written is an error naming the file, not a failure mid-training. Writers (:mod:`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 from collections.abc import Mapping
@@ -37,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from workers.storage import path_kind, read_bytes, resolve_uri
+from workers.storage import file_sha256, path_kind, read_bytes, resolve_uri
 
 __all__ = [
     "FORMAT",
@@ -46,7 +45,6 @@ __all__ = [
     "SHARD_SCHEMA",
     "DataError",
     "Manifest",
-    "file_sha256",
     "read_manifest",
     "verify_shards",
 ]
@@ -117,15 +115,6 @@ def read_manifest(path: str) -> Manifest:
         images=int(data["images"]),
         data=data,
     )
-
-
-def file_sha256(fs: pafs.FileSystem, path: str) -> str:
-    """SHA-256 of one file on any filesystem, read in 8 MiB blocks."""
-    digest = hashlib.sha256()
-    with fs.open_input_stream(path) as stream:
-        while block := stream.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_shards(manifest: Manifest, *, digests: bool = True) -> None:

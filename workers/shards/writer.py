@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from workers.shards.format import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SHARD_SCHEMA, DataError, file_sha256
+from workers.shards.format import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SHARD_SCHEMA, DataError
 from workers.shards.rows import ImageRows, RowOptions, SourceImage, image_rows
-from workers.storage import path_kind, read_bytes, resolve_uri, write_bytes
+from workers.storage import file_sha256, path_kind, read_bytes, resolve_uri, write_bytes
 
 __all__ = ["PrepareSummary", "check_options", "write_items"]
 

@@ -11,7 +11,6 @@ again, and the new result replaces the entry.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import posixpath
 import time
@@ -23,7 +22,7 @@ import pyarrow.fs as pafs
 from workers.markers import read_marker, write_marker
 from workers.stage_outputs import StageResult
 from workers.stage_store.keys import StageKey, canonical
-from workers.storage import join_storage, resolve_uri
+from workers.storage import file_sha256, join_storage, resolve_uri
 
 __all__ = ["ENTRY_FILE", "STORE_DIR", "StoreError", "StoredStage", "checksums", "entry_dir", "lookup", "publish"]
 
@@ -57,14 +56,6 @@ def _files(path: str) -> list[tuple[str, pafs.FileInfo]]:
     return sorted((posixpath.relpath(i.path, root), i) for i in infos if i.type == pafs.FileType.File)
 
 
-def _sha256(fs: pafs.FileSystem, path: str) -> str:
-    digest = hashlib.sha256()
-    with fs.open_input_stream(path) as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checksums(result: StageResult) -> dict[str, dict[str, Any]]:
     """Size and SHA-256 of every file of the checkpoints the result names, by full path."""
     out: dict[str, dict[str, Any]] = {}
@@ -74,7 +65,7 @@ def checksums(result: StageResult) -> dict[str, dict[str, Any]]:
         if not files:
             raise StoreError(f"stage {result.stage}: its checkpoint {checkpoint} holds no files")
         for relative, info in files:
-            out[join_storage(checkpoint, relative)] = {"size": info.size, "sha256": _sha256(fs, info.path)}
+            out[join_storage(checkpoint, relative)] = {"size": info.size, "sha256": file_sha256(fs, info.path)}
     return out
 
 
@@ -107,7 +98,7 @@ def _why_not(body: dict[str, Any], key: StageKey) -> str | None:
         info = fs.get_file_info(where)
         if info.type != pafs.FileType.File:
             return f"{path} is missing"
-        if info.size != expected["size"] or _sha256(fs, where) != expected["sha256"]:
+        if info.size != expected["size"] or file_sha256(fs, where) != expected["sha256"]:
             return f"{path} fails its checksum"
     if not body.get("files"):
         return "it lists no checkpoint files"
