@@ -53,10 +53,12 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=2)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.01, 0.1])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="another FIELD=VALUE")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, args.threads))
     storage = tempfile.mkdtemp(prefix="lambda-gradient-")
-    overrides = ["sweep={}", "stages.search.lambda_order=0.0", f"search_space.num_cells={args.cells}"]
+    overrides = ["sweep={}", "stages.search.lambda_order=0.0", f"search_space.num_cells={args.cells}", *args.overrides]
     experiment = load_experiment("table8", "small", overrides, storage=storage)
     (trial,) = trials(experiment)
     plan = plan_trial(trial, resolve_data(experiment, storage), storage, "lambda-gradient")

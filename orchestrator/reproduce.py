@@ -95,7 +95,12 @@ def reproduce_experiments(
     **fields: object,
 ) -> list[Experiment]:
     """The requested tables' experiments at `scale`: seeds as an axis when `seeds` > 1 (`with_seeds`), and
-    `random_draws` random FLOPs-matched baselines beside every arm (`with_random`), as `sweep` gives them."""
+    `random_draws` random FLOPs-matched baselines beside every arm (`with_random`), as `sweep` gives them.
+
+    With random arms a table's sweep is `reproduce-<scale>-<table>-random<K>`, not the plain name: it is a
+    different experiment (a sweep of one name refuses a changed experiment), and run after the plain
+    command on the same storage it computes only the random arms' train stages, reusing the rest.
+    """
     if seeds < 1:
         raise ExperimentError(f"--seeds must be at least 1, got {seeds}")
     unknown = [t for t in tables if t not in TABLES]
@@ -104,7 +109,8 @@ def reproduce_experiments(
     out = []
     for table in dict.fromkeys(tables):
         preset = TABLES[table]
-        experiment = load_experiment(preset, scale, overrides, name=f"reproduce-{scale}-{preset}", **fields)
+        name = f"reproduce-{scale}-{preset}" + (f"-random{random_draws}" if random_draws is not None else "")
+        experiment = load_experiment(preset, scale, overrides, name=name, **fields)
         if random_draws is not None:
             experiment = with_random(experiment, random_draws)
         if seeds > 1:

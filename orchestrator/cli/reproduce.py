@@ -106,10 +106,12 @@ def reproduce(
 
 def _summary(plan: ReproducePlan, durations: dict[str, float]) -> str:
     """Each table's report and its stages computed vs reused, in RESULTS.md's layout; written beside the runs."""
+    from orchestrator.report.build import warning_text
     from orchestrator.report.table import to_markdown
     from workers.stage_outputs import read_stage_result
 
-    parts = [f"# Results at the `{plan.sweeps[0].name.split('-')[1]}` scale", ""]
+    scale = plan.sweeps[0].name.split("-")[1]
+    parts = [f"# Results at the `{scale}` scale", ""]
     for experiment in plan.sweeps:
         name = experiment.name
         minutes, seconds = divmod(int(durations.get(name, 0)), 60)
@@ -127,9 +129,12 @@ def _summary(plan: ReproducePlan, durations: dict[str, float]) -> str:
                 result = read_stage_result(trial.outputs, stage)
                 if result is not None:
                     counts["reused" if result.origin else "computed"] += 1
+        parts += [f"## {experiment.description} — {minutes} min {seconds} s", ""]
+        if files.warnings:  # a network that does not beat bicubic is said first, loudly
+            parts += [warning_text(files.warnings), ""]
+        if files.seeds:  # arms over seeds (n, mean ± std), the paper's directions with their statistics
+            parts += [files.seeds, "", "### Every trial", ""]
         parts += [
-            f"## {experiment.description} — {minutes} min {seconds} s",
-            "",
             to_markdown(files.table),
             "",
             f"Stages: {counts['computed']} computed, {counts['reused']} reused from the stage store.",
@@ -138,7 +143,7 @@ def _summary(plan: ReproducePlan, durations: dict[str, float]) -> str:
     text = "\n".join(parts)
     storage = plan.sweeps[0].storage
     if "://" not in storage:
-        path = os.path.join(storage, f"{plan.sweeps[0].name.rsplit('-', 1)[0]}.md")
+        path = os.path.join(storage, f"reproduce-{scale}{'-random' if '-random' in plan.sweeps[0].name else ''}.md")
         with open(path, "w") as stream:
             stream.write(text)
     return text

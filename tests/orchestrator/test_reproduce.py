@@ -35,6 +35,19 @@ def test_the_tables_share_their_stages_by_key(tmp_path, demo_data):
     assert "18 /    4 /    0 /    4" in "\n".join(plan.lines())
 
 
+def test_random_arms_make_their_own_sweeps_that_reuse_the_plain_ones(tmp_path, demo_data):
+    data = (f"data.train={demo_data}/train", f"data.val={{demo-val: {demo_data}/val}}")
+    fields = {"storage": str(tmp_path / "runs"), "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    plain = reproduce_experiments("tiny", 1, ("8",), data, **fields)
+    random = reproduce_experiments("tiny", 1, ("8",), data, 2, **fields)
+    # a sweep refuses a changed experiment under its name: the random one is another sweep
+    assert [e.name for e in random] == ["reproduce-tiny-table8-random2"]
+    with_random = plan_reproduce(random)
+    # table8's 3 arms and 2 random draws beside each: its searched arms' stages are the plain sweep's (same keys)
+    assert (with_random.arms_requested, with_random.arms_distinct) == (9, 9)
+    assert with_random.stages_distinct["search"] == plan_reproduce(plain).stages_distinct["search"]
+
+
 def test_bad_tables_and_seeds_are_refused(tmp_path, demo_data):
     with pytest.raises(ExperimentError, match="--tables: unknown 10; choose from 7, 8, 9, fig1"):
         _experiments(tmp_path, demo_data, 1, ("10",))
