@@ -26,17 +26,24 @@ __all__ = [
     "DEFAULT_TRACKING",
     "DRY_RUN",
     "EXPERIMENT",
+    "EXPERIMENT_OPTIONS",
     "JOB_SERVER",
     "JSON",
     "MLFLOW_EXPERIMENT",
     "MODEL",
     "NAME",
+    "NO_REUSE",
+    "PREFLIGHT",
+    "RANDOM",
     "SCALE",
+    "SEEDS",
     "SET",
     "STORAGE",
+    "TABLES",
     "TRACKING_URI",
     "VERBOSE",
     "SharedOption",
+    "bundle",
     "friendly_errors",
     "user_error_message",
 ]
@@ -65,6 +72,18 @@ class SharedOption:
         return SharedOption(*self.param_decls, **(self.attrs | changes))
 
 
+def bundle(*options: Callable[[F], F]) -> Callable[[F], F]:
+    """Options (and arguments) that commands take together, as one decorator: listed top to bottom as `--help`
+    shows them, so a bundle reads like the stack of decorators it replaces."""
+
+    def apply(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 # --- the experiment to run (run, sweep, resume, demo, submit) ---------------------------------------------------
 EXPERIMENT = click.argument("experiment")
 SCALE = SharedOption("--scale", default="tiny", show_default=True, help=SCALE_HELP)
@@ -84,6 +103,28 @@ NO_REUSE = SharedOption(
 VERBOSE = SharedOption(
     "-v", "--verbose", is_flag=True, help="Show Ray's, Ray Data's and Tune's output here instead of the live table."
 )
+PREFLIGHT = SharedOption("--preflight", is_flag=True, help="The --dry-run checks first; start only if they pass.")
+
+# --- replicates and baselines (run, sweep, reproduce, submit) -----------------------------------------------------
+SEEDS = SharedOption(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Repeat every arm at seeds 0..N-1 (a sweep axis): the report gives n, mean ± std and, per "
+    "direction the paper claims, paired differences with a 95% t-interval.",
+)
+RANDOM = SharedOption(
+    "--random",
+    "random_draws",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Beside every arm, K random architectures of the same space within ±10% of its searched "
+    "GFLOPs, from the same supernet, with the same training (the report's 'random, FLOPs-matched' rows).",
+)
+# The tables `trilevel reproduce` runs (orchestrator.reproduce.TABLES), local or submitted.
+TABLES = SharedOption(
+    "--tables", default="7,8,9,fig1", show_default=True, help="Which of 7, 8, 9, fig1, comma-separated."
+)
 
 # --- where: Ray and MLflow -------------------------------------------------------------------------------------
 TRACKING_URI = SharedOption("--tracking-uri", default=None, help=f"MLflow tracking URI [default: {DEFAULT_TRACKING}]")
@@ -100,6 +141,11 @@ JOB_SERVER = ADDRESS.but(
     envvar="RAY_API_SERVER_ADDRESS",
     show_envvar=True,
     help="Ray job server of the cluster: the head's dashboard port, e.g. http://127.0.0.1:8265 (port-forwarded).",
+)
+
+# What `run` and `sweep` take, in this order.
+EXPERIMENT_OPTIONS = bundle(
+    EXPERIMENT, SCALE, SET, NAME, STORAGE, TRACKING_URI, ADDRESS, DRY_RUN, PREFLIGHT, SEEDS, RANDOM, NO_REUSE, VERBOSE
 )
 
 # --- a trained network (upscale, export) and printed output ------------------------------------------------------

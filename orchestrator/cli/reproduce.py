@@ -11,10 +11,14 @@ import click
 from orchestrator.cli.common import (
     ADDRESS,
     DEFAULT_MLFLOW_EXPERIMENT,
+    DRY_RUN,
     NO_REUSE,
+    RANDOM,
     SCALE,
+    SEEDS,
     SET,
     STORAGE,
+    TABLES,
     TRACKING_URI,
     VERBOSE,
     friendly_errors,
@@ -27,22 +31,14 @@ if TYPE_CHECKING:
 
 @click.command()
 @SCALE
-@click.option("--seeds", type=int, default=1, show_default=True, help="Seeds 0..N-1 of every arm (replicates).")
-@click.option(
-    "--random",
-    "random_draws",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Beside every arm, K random FLOPs-matched architectures (as `sweep --random`).",
-)
-@click.option("--tables", default="7,8,9,fig1", show_default=True, help="Which of 7, 8, 9, fig1, comma-separated.")
+@SEEDS.but(type=int, default=1, show_default=True, help="Seeds 0..N-1 of every arm (replicates).")
+@RANDOM.but(help="Beside every arm, K random FLOPs-matched architectures (as `sweep --random`).")
+@TABLES
 @SET
 @STORAGE
 @TRACKING_URI
 @ADDRESS
-@click.option(
-    "--dry-run", is_flag=True, help="Count arms and stages (requested, distinct, stored), estimate, run nothing."
-)
+@DRY_RUN.but(help="Count arms and stages (requested, distinct, stored), estimate, run nothing.")
 @NO_REUSE
 @VERBOSE
 @friendly_errors

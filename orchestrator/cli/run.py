@@ -12,11 +12,7 @@ import click
 from orchestrator.cli.common import (
     ADDRESS,
     DEFAULT_STORAGE,
-    DRY_RUN,
-    EXPERIMENT,
-    NAME,
-    NO_REUSE,
-    SCALE,
+    EXPERIMENT_OPTIONS,
     SET,
     STORAGE,
     TRACKING_URI,
@@ -37,41 +33,6 @@ if TYPE_CHECKING:
     from orchestrator.sweep import SweepOutcome
 
 INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by SIGINT (128 + 2)
-
-
-def experiment_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by `run` and `sweep`: scale, overrides, name, storage, tracking, cluster."""
-    options = [
-        EXPERIMENT,
-        SCALE,
-        SET,
-        NAME,
-        STORAGE,
-        TRACKING_URI,
-        ADDRESS,
-        DRY_RUN,
-        click.option("--preflight", is_flag=True, help="The --dry-run checks first; start only if they pass."),
-        click.option(
-            "--seeds",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Repeat every arm at seeds 0..N-1 (a sweep axis): the report gives n, mean ± std and, per "
-            "direction the paper claims, paired differences with a 95% t-interval.",
-        ),
-        click.option(
-            "--random",
-            "random_draws",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Beside every arm, K random architectures of the same space within ±10% of its searched "
-            "GFLOPs, from the same supernet, with the same training (the report's 'random, FLOPs-matched' rows).",
-        ),
-        NO_REUSE,
-        VERBOSE,
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
 
 
 def _load(
@@ -193,7 +154,7 @@ def _preflight(experiment: Experiment, echo: Callable[[str], Any]) -> None:
 
 
 @click.command()
-@experiment_options
+@EXPERIMENT_OPTIONS
 @friendly_errors
 def sweep(
     experiment: str,
@@ -220,7 +181,7 @@ def sweep(
 
 
 @click.command()
-@experiment_options
+@EXPERIMENT_OPTIONS
 @friendly_errors
 def run(
     experiment: str,
