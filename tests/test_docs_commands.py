@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from orchestrator.cli import _register_commands, cli
 from orchestrator.experiment import load_experiment
 from orchestrator.jobs import SubmitError
-from orchestrator.submit import submit_sweep
+from orchestrator.submit import REPRODUCE, submit_reproduce, submit_sweep
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,12 +145,28 @@ def test_a_documented_command_parses_and_has_help(doc, args, tmp_path):
 
 def _resolves(doc: str, command: str, params: dict, tmp_path: Path) -> None:
     """The experiment of a documented run/sweep/submit validates; a submit is refused by nothing but the cluster."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    where = {"storage": params.get("storage"), "tracking_uri": params.get("tracking_uri")}
+    if command == "submit" and params["experiment"] == REPRODUCE:  # `trilevel submit reproduce …`
+        with pytest.raises(SubmitError, match="Cannot reach the Ray job server") as refused:
+            submit_reproduce(
+                address=closed,
+                scale=params["scale"],
+                seeds=params["seeds"] or 1,
+                tables=(params["tables"] or "7,8,9,fig1").split(","),
+                overrides=params["overrides"],
+                random_draws=params["random_draws"],
+                check_tracking=False,
+                dry_run=params["dry_run"],
+                **where,
+            )
+        assert closed in str(refused.value), f"{doc}: {refused.value}"
+        return
     fields = {"name": params.get("name"), "storage": params.get("storage"), "tracking.uri": params.get("tracking_uri")}
     given = {k: v for k, v in fields.items() if v is not None}
     load_experiment(params["experiment"], params["scale"], params["overrides"], **given)
     if command != "submit":
         return
-    closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(SubmitError, match="Cannot reach the Ray job server") as refused:
         submit_sweep(
             params["experiment"],
@@ -158,10 +174,11 @@ def _resolves(doc: str, command: str, params: dict, tmp_path: Path) -> None:
             scale=params["scale"],
             overrides=params["overrides"],
             name=params.get("name"),
-            storage=params.get("storage"),
-            tracking_uri=params.get("tracking_uri"),
             check_tracking=False,
             dry_run=params.get("dry_run", False),
+            seeds=params.get("seeds"),
+            random_draws=params.get("random_draws"),
+            **where,
         )
     assert closed in str(refused.value), f"{doc}: {refused.value}"
 

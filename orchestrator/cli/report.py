@@ -148,9 +148,10 @@ def echo_job_status(submission_id: str | None, address: str) -> None:
             f"No job {submission_id!r} on the Ray cluster at {address}; `trilevel jobs --address {address}` lists them."
         )
     click.echo(describe_job(job))
-    if job.sweep:
-        uri = f" --tracking-uri {job.tracking_uri}" if job.tracking_uri else ""
-        click.echo(f"Trials:   trilevel status {job.sweep}{uri}")
+    uri = f" --tracking-uri {job.tracking_uri}" if job.tracking_uri else ""
+    for sweep in (job.sweep or "").split(","):  # a `submit reproduce` job runs several sweeps
+        if sweep:
+            click.echo(f"Trials:   trilevel status {sweep}{uri}")
     if job.tracking_uri:
         from orchestrator.jobs import mlflow_hint
 

@@ -1,13 +1,16 @@
 """`trilevel submit|logs|stop|jobs`: run a sweep as a Ray Job on a running cluster, and follow it.
 
 `submit` validates the experiment here, uploads the source and starts `trilevel sweep … --address
-auto` on the cluster's head (see :mod:`orchestrator.submit` for why and how). The other commands
+auto` on the cluster's head (see :mod:`orchestrator.submit` for why and how); `submit reproduce` starts
+`trilevel reproduce …` there instead (the word `reproduce` in the experiment's place). The other commands
 talk only to the head's job server, so they work from any machine that reaches it; results are read
 from MLflow as usual (`trilevel status SWEEP`, `trilevel report SWEEP`). `--address` defaults to
 ``RAY_API_SERVER_ADDRESS``. Every failure is a one-line message, never a traceback.
 """
 
 from __future__ import annotations
+
+import functools
 
 import click
 
@@ -16,9 +19,13 @@ from orchestrator.cli.common import (
     EXPERIMENT,
     JOB_SERVER,
     NAME,
+    NO_REUSE,
+    RANDOM,
     SCALE,
+    SEEDS,
     SET,
     STORAGE,
+    TABLES,
     TRACKING_URI,
     friendly_errors,
 )
@@ -46,9 +53,17 @@ def _hints(submission_id: str, address: str) -> str:
 )
 @TRACKING_URI.but(help="MLflow tracking server as the cluster sees it, e.g. http://mlflow:5000.")
 @click.option("--no-wait", is_flag=True, help="Print the submission id and return; don't follow the logs.")
+@SEEDS
+@RANDOM
+@TABLES.but(
+    default=None,
+    show_default=False,
+    help="With `reproduce`: which of 7, 8, 9, fig1, comma-separated [default: all].",
+)
+@NO_REUSE
 @DRY_RUN.but(
-    help="Run the sweep's pre-flight on the cluster (data, weights, storage, MLflow, GPUs) and print its plan; "
-    "start nothing."
+    help="Run the sweep's pre-flight on the cluster (data, weights, storage, MLflow, GPUs) and print its plan "
+    "(`reproduce`: its arms and stages to compute); start nothing."
 )
 @click.option(
     "--skip-tracking-check",
@@ -64,37 +79,54 @@ def submit(
     name: str | None,
     storage: str | None,
     tracking_uri: str | None,
+    seeds: int | None,
+    random_draws: int | None,
+    tables: str | None,
+    no_reuse: bool,
     no_wait: bool,
     dry_run: bool,
     skip_tracking_check: bool,
 ) -> None:
     """Run the sweep of EXPERIMENT (a preset or a YAML file) as a Ray Job on the cluster at --address.
 
+    `trilevel submit reproduce [--tables …] [--seeds N] …` runs `trilevel reproduce` as the job instead:
+    Tables 7-9 and Fig. 1, each distinct stage computed once; its sweeps are named reproduce-<scale>-<table>.
+
     Prints the submission id. Without --no-wait, follows the job's logs until it ends and exits
     non-zero unless it SUCCEEDED; Ctrl-C stops following, not the job.
     """
     from orchestrator.jobs import mlflow_hint, wait_for_job
-    from orchestrator.submit import submit_sweep
+    from orchestrator.submit import REPRODUCE, reproduce_target, submit_reproduce, submit_sweep
 
     def say(text: str) -> None:
         click.echo(text, nl=False, err=True)
 
-    target = {
-        "address": address,
-        "scale": scale,
-        "overrides": overrides,
-        "name": name,
-        "storage": storage,
-        "tracking_uri": tracking_uri,
-        "check_tracking": not skip_tracking_check,
-    }
+    overrides = (*overrides, "stages.reuse=false") if no_reuse else overrides
+    where = {"address": address, "storage": storage, "tracking_uri": tracking_uri}
+    where |= {"check_tracking": not skip_tracking_check}
+    if experiment == REPRODUCE:
+        if name is not None:
+            raise click.UsageError(f"--name {name}: `submit reproduce` names its sweeps reproduce-<scale>-<table>")
+        chosen = [t.strip() for t in (tables or "7,8,9,fig1").split(",") if t.strip()]
+        target = {"scale": scale, "seeds": seeds or 1, "tables": chosen, "overrides": overrides}
+        target |= {"random_draws": random_draws}
+        submit_job = functools.partial(submit_reproduce, **where, **target)
+        done = "Plan printed by the cluster (nothing started); submit again without --dry-run to start."
+    else:
+        if tables is not None:
+            raise click.UsageError(f"--tables {tables}: only `submit reproduce` takes it, not a sweep ({experiment})")
+        target = {"scale": scale, "overrides": overrides, "name": name, "seeds": seeds, "random_draws": random_draws}
+        submit_job = functools.partial(submit_sweep, experiment, **where, **target)
+        done = "Pre-flight passed on the cluster; submit again without --dry-run to start."
     if dry_run:
-        submit_sweep(experiment, **target, echo=lambda chunk: click.echo(chunk, nl=False), dry_run=True)
-        click.echo("Pre-flight passed on the cluster; submit again without --dry-run to start.", err=True)
+        submit_job(echo=lambda chunk: click.echo(chunk, nl=False), dry_run=True)
+        click.echo(done, err=True)
         return
-    submission_id = submit_sweep(experiment, **target, wait=False, echo=say)
+    submission_id = submit_job(wait=False, echo=say)
     click.echo(submission_id)
     click.echo(_hints(submission_id, address), err=True)
+    if tracking_uri is None and experiment == REPRODUCE:
+        tracking_uri = reproduce_target(**target, storage=storage)[0].tracking.uri
     click.echo(mlflow_hint(tracking_uri or _tracking_uri_of(experiment, scale, overrides)), err=True)
     if no_wait:
         return

@@ -36,6 +36,7 @@ def test_a_shared_flag_has_its_parameter_name_in_every_command():
                 if flag in shared:
                     assert param.name == shared[flag], f"trilevel {path} {flag}: {param.name} != {shared[flag]}"
                     taken.setdefault(flag, set()).add(path)
-    # the options `reproduce` shares with `run` and `sweep`
+    # the options `reproduce` shares with `run`, `sweep` and `submit` (which submits `reproduce` too)
     for flag in ("--seeds", "--random", "--scale", "--set", "--storage", "--tracking-uri", "--dry-run", "--no-reuse"):
-        assert {"run", "sweep", "reproduce"} <= taken[flag], (flag, taken[flag])
+        assert {"run", "sweep", "reproduce", "submit"} <= taken[flag], (flag, taken[flag])
+    assert {"reproduce", "submit"} <= taken["--tables"]

@@ -7,6 +7,7 @@ A submitted sweep on a real `ray start --head` and `mlflow server` (and the job 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -18,7 +19,15 @@ from click.testing import CliRunner
 
 from orchestrator.experiment import ExperimentError, load_experiment
 from orchestrator.jobs import SubmitError, job_logs, job_status, list_jobs
-from orchestrator.submit import EXPERIMENT_ENV_VAR, build_entrypoint, build_runtime_env, submit_sweep
+from orchestrator.submit import (
+    EXPERIMENT_ENV_VAR,
+    build_entrypoint,
+    build_reproduce_entrypoint,
+    build_runtime_env,
+    reproduce_target,
+    submit_reproduce,
+    submit_sweep,
+)
 from orchestrator.tracking.environment import COMMIT_ENV_VAR, DIRTY_ENV_VAR, VERSION_ENV_VAR
 from tests.servers import free_port
 
@@ -57,6 +66,56 @@ def test_bad_input_is_refused_before_anything_is_submitted(tmp_path):
 
     result = CliRunner().invoke(submit, ["no-such-preset", "--address", closed, "--storage", str(tmp_path)])
     assert result.exit_code == 1 and "unknown experiment" in result.output and "Traceback" not in result.output
+
+    # `submit reproduce`: its tables, seeds and paths are checked here too
+    with pytest.raises(ExperimentError, match="--tables: unknown 10; choose from 7, 8, 9, fig1"):
+        submit_reproduce(address=closed, tables=["10"], storage=str(tmp_path))
+    with pytest.raises(SubmitError, match="relative"):
+        submit_reproduce(address=closed, tables=["8"], storage="runs", tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    where = ["--address", closed, "--storage", str(tmp_path)]
+    for args, said in (
+        (["reproduce", "--tables", "8", "--name", "x"], "--name x: `submit reproduce` names its sweeps"),
+        (["table8", "--tables", "8"], "--tables 8: only `submit reproduce` takes it, not a sweep (table8)"),
+        (["reproduce", "--seeds", "0"], "Invalid value for '--seeds': 0 is not in the range x>=1"),
+    ):
+        result = CliRunner().invoke(submit, [*args, *where])
+        assert result.exit_code == 2 and said in result.output and "Traceback" not in result.output, result.output
+
+
+def test_the_reproduce_job_runs_trilevel_reproduce_with_the_same_options(tmp_path):
+    """The job's command is `trilevel reproduce` as the CLI parses it: the submitted options, on the head's Ray."""
+    from orchestrator.cli.reproduce import reproduce
+
+    storage, uri = str(tmp_path / "runs"), f"sqlite:///{tmp_path}/m.db"
+    experiments = reproduce_target("small", 3, ["8", "fig1"], ["stages.search.epochs=2"], 2, storage, uri)
+    assert [e.name for e in experiments] == ["reproduce-small-table8-random2", "reproduce-small-fig1-random2"]
+    words = shlex.split(
+        build_reproduce_entrypoint(experiments, "small", 3, ["8", "fig1"], ["stages.search.epochs=2"], 2, True)
+    )
+    assert words[:4] == ["python", "-m", "orchestrator", "reproduce"]
+    params = reproduce.make_context("reproduce", words[4:]).params
+    assert params | {"overrides": list(params["overrides"])} == {
+        "scale": "small",
+        "seeds": 3,
+        "random_draws": 2,
+        "tables": "8,fig1",
+        "overrides": ["stages.search.epochs=2"],
+        "storage": storage,
+        "tracking_uri": uri,
+        "address": "auto",
+        "dry_run": True,
+        "no_reuse": False,
+        "verbose": False,
+    }
+
+
+def test_a_preset_sweeps_seeds_and_random_arms_on_the_cluster_as_it_does_here(tmp_path):
+    from orchestrator.cli.run import sweep
+
+    resolved = load_experiment("table8", "tiny", ONE_TRIAL, storage=str(tmp_path / "runs"))
+    words = shlex.split(build_entrypoint("table8", resolved, "tiny", ONE_TRIAL, seeds=3, random_draws=2))
+    params = sweep.make_context("sweep", words[4:]).params
+    assert (params["seeds"], params["random_draws"], params["experiment"]) == (3, 2, "table8")
 
 
 def test_a_file_experiment_reaches_the_job_resolved(tmp_path):
