@@ -280,6 +280,16 @@ class ResourcesSpec(_Strict):
         """Whether `stage` runs in its trial's process (one CPU worker) rather than as a TorchTrainer."""
         return self.single_worker_in_trial and self.workers[stage] == 1 and self.gpus_per_worker == 0
 
+    def evaluation_resources(self) -> dict[str, float] | None:
+        """What a trial's evaluation holds: None in the trial's process (CPU runs), else a Ray task's CPU and GPU.
+
+        A GPU run evaluates on a GPU (`workers.evaluate_on_device`): a task asking one worker's share
+        (at most one GPU: evaluation uses one device) and CPUs, after the stages gave theirs back.
+        """
+        if self.gpus_per_worker == 0:
+            return None
+        return {"CPU": self.cpus_per_worker, "GPU": min(self.gpus_per_worker, 1.0)}
+
     def trial_reservation(self) -> float:
         """CPUs a Tune trial reserves: its one worker's when a stage runs in it, else a token share."""
         if any(self.in_trial(stage) for stage in self.workers):

@@ -93,6 +93,8 @@ class Plan:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     checkpoints: dict[str, CheckpointFootprint] = field(default_factory=dict)  # trial id → its checkpoints' bytes
+    # trial id → what its evaluation holds (`ResourcesSpec.evaluation_resources`); None: in the trial's process
+    evaluation: dict[str, dict[str, float] | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -144,6 +146,7 @@ def preflight(experiment: Experiment, capacity: Capacity | None = None) -> Plan:
         _check(plan, lambda e=resolved: _test_apart(e, data))
         _check_weights(plan, resolved, loaded)
         plan.stages[trial.trial_id] = [_stage_plan(plan, resolved, stage, data) for stage in STAGES]
+        plan.evaluation[trial.trial_id] = resolved.resources.evaluation_resources()
         with contextlib.suppress(Exception):  # a size only: what would make it fail is a problem reported above
             plan.checkpoints[trial.trial_id] = checkpoint_footprint(resolved)
     _check_resources(plan, grid_experiments={t.trial_id: t.experiment for t in grid})
@@ -320,6 +323,12 @@ def _check_resources(plan: Plan, grid_experiments: Mapping[str, Experiment]) -> 
             for resource, amount in (("GPU", stage.gpus), ("CPU", cpus)):
                 if amount > peak.get(resource, (0.0, "", experiment))[0]:
                     peak[resource] = (amount, stage.stage, experiment)
+        evaluation = plan.evaluation.get(trial_id)  # a Ray task after the stages, beside the trial's own CPUs
+        if evaluation is not None:
+            for resource, amount in evaluation.items():
+                amount += experiment.resources.trial_reservation() if resource == "CPU" else 0.0
+                if amount > peak.get(resource, (0.0, "", experiment))[0]:
+                    peak[resource] = (amount, "evaluate", experiment)
     plan.needs = {resource: amount * plan.concurrent for resource, (amount, _, _) in peak.items()}
     if plan.capacity is None:
         return
@@ -328,9 +337,10 @@ def _check_resources(plan: Plan, grid_experiments: Mapping[str, Experiment]) -> 
         res = experiment.resources
         per_worker = res.gpus_per_worker if resource == "GPU" else res.cpus_per_worker
         knob = "gpus_per_worker" if resource == "GPU" else "cpus_per_worker"
+        workers = res.workers.get(stage, 1)  # the evaluate step holds one worker's share
         if amount > have:
             plan.problems.append(
-                f"resources.workers.{stage}={res.workers[stage]} × resources.{knob}={_num(per_worker)}: the {stage} "
+                f"resources.workers.{stage}={workers} × resources.{knob}={_num(per_worker)}: the {stage} "
                 f"stage needs {_num(amount)} {resource} at once, but the cluster has at most "
                 f"{plan.capacity.describe(resource)}; it would wait forever. Lower them, or add {resource} nodes "
                 "(the GPU worker group's maxReplicas)"
@@ -361,6 +371,13 @@ def _stage_lines(stages: Iterable[StagePlan]) -> list[str]:
             how = f"batch {p.batch_size}; {p.steps_from}"
             lines.append(f"    {p.name}: {p.epochs} epochs × {steps} steps ({how}) = {total} steps")
     return lines
+
+
+def _evaluation_line(evaluation: dict[str, float] | None) -> list[str]:
+    if evaluation is None:
+        return ["  evaluate in the trial's process (CPU)"]
+    held = f"{_num(evaluation['GPU'])} GPU, {_num(evaluation['CPU'])} CPU"
+    return [f"  evaluate {held} (a Ray task once the stages end: test metrics, latency on the GPU and CPU)"]
 
 
 def _gb(n: float) -> str:
@@ -403,7 +420,8 @@ def format_plan(plan: Plan) -> str:
     for trial_id, stages in plan.stages.items():
         footprint = plan.checkpoints.get(trial_id)
         checkpoint_lines = [] if footprint is None else _checkpoint_lines(footprint)
-        groups.setdefault(tuple(_stage_lines(stages) + checkpoint_lines), []).append(trial_id)
+        evaluation_line = _evaluation_line(plan.evaluation.get(trial_id)) if trial_id in plan.evaluation else []
+        groups.setdefault(tuple(_stage_lines(stages) + evaluation_line + checkpoint_lines), []).append(trial_id)
     for stage_lines, members in groups.items():
         who = "every trial" if len(groups) == 1 else ", ".join(members)
         lines.append(f"Stages of {who}:")

@@ -11,8 +11,9 @@ dataset split coordinators are paid at most once per run. Stage boundaries stay 
 has its own nested MLflow run, opened at its first report and finished at its last (`StageRuns`),
 its checkpoints and done marker on the storage path. Re-running a trial (Tune retry, `trilevel
 resume`) skips finished Train runs without starting them, and inside a run skips finished stages and
-resumes the interrupted one. Evaluate runs in the trial process, without another Train start. The
-trial process is the only MLflow writer.
+resumes the interrupted one. Evaluate runs in the trial process (CPU runs) or, for GPU runs, in a Ray
+task holding a GPU share (`_evaluation`), without another Train start. The trial process is the only
+MLflow writer.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ from orchestrator.tracking.system_metrics import SystemMetrics
 from orchestrator.tracking.tags import COMPUTED_BY_TAG, COMPUTED_RUN_TAG, STAGE_KEY_TAG, STAGE_ORIGIN_TAG
 from orchestrator.train_run import build_datasets, fit_run, run_in_process
 from orchestrator.tune_reports import EpochResults, TrainEpochReports, stage_offsets
+from search_space.derived import DerivedNetwork
 from search_space.genotype import Genotype
 from workers.checkpointing import load_state, open_checkpoint
-from workers.comparison import comparison_for_sets
-from workers.evaluate import evaluate_sets, load_derived, load_supervision_teacher
+from workers.evaluate import Evaluation, load_derived
+from workers.evaluate_on_device import evaluate_checkpoint, evaluate_here
 from workers.markers import read_marker, write_marker
 from workers.stage_list import EVALUATE, PIPELINE, STAGES
 from workers.stage_outputs import StageResult, read_stage_result
@@ -409,14 +411,9 @@ def _evaluate(
     stage_run = tracker.stage_run(trial_run, context.sweep, plan.trial_id, EVALUATE)
     with tracked(tracker, stage_run):
         checkpoint = trained.best_checkpoint or trained.checkpoint
-        net = load_derived(checkpoint)  # loaded once: evaluated, described and logged as the model
+        net = load_derived(checkpoint)  # loaded once here: described and logged as the model
         genotype = net.genotype
-        evaluation = evaluate_sets(
-            net,
-            plan.test,
-            experiment.data.scale,
-            teacher=load_supervision_teacher(experiment.supervision.model_dump()),  # the teacher's row of the report
-        )
+        evaluation, picture = _evaluation(experiment, checkpoint, net, plan.test)
         metrics = evaluation.metrics | _selection(checkpoint)
         write_marker(
             context.storage,
@@ -432,7 +429,6 @@ def _evaluate(
         tracker.set_tags(trial_run, {"trilevel.path": str(list(genotype.path)), "trilevel.checkpoint": checkpoint})
         tracker.log_text(trial_run, genotype.to_json(), "genotype.json")
         tracker.log_text(trial_run, genotype.table(), "genotype.md")
-        picture = comparison_for_sets(net, plan.test, experiment.data.scale)
         if picture is not None:  # bicubic | ours | HR crops: the result as people judge it
             tracker.log_image(trial_run, picture, "comparison.png")
         example = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
@@ -447,6 +443,28 @@ def _evaluate(
             score=Score.of_metrics(metrics, plan.trial_id, context.sweep),
         )
     return _numeric(metrics)
+
+
+def _evaluation(
+    experiment: Experiment, checkpoint: str, net: DerivedNetwork, sets: dict[str, str]
+) -> tuple[Evaluation, np.ndarray | None]:
+    """Test metrics and comparison picture where the stages trained: the trial's CPU, or a GPU it reserves.
+
+    A CPU run evaluates `net` in this process, as it always did. A GPU run's evaluation is a Ray task
+    holding `resources.evaluation_resources()` (one worker's GPU share, at most one GPU, and its CPUs),
+    asked for once the stages gave their GPUs back, so a trial never holds more GPUs than its largest
+    stage (the pre-flight plans it so). The task fails, naming the node, where torch sees no CUDA.
+    """
+    scale, supervision = experiment.data.scale, experiment.supervision.model_dump()
+    wanted = experiment.resources.evaluation_resources()
+    if wanted is None:
+        return evaluate_here(net, sets, scale, supervision)
+    import ray
+
+    task = ray.remote(evaluate_checkpoint).options(num_cpus=wanted["CPU"], num_gpus=wanted["GPU"], max_retries=0)
+    threads = max(1, int(wanted["CPU"]))
+    metrics, per_image, picture = ray.get(task.remote(checkpoint, sets, scale, supervision, wanted["GPU"], threads))
+    return Evaluation(metrics, per_image), picture
 
 
 def _selection(checkpoint: str) -> dict[str, float]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import ray.train
+import torch
 
 from orchestrator.train_run import train_scaling
 
@@ -70,3 +71,39 @@ def test_two_runs_of_half_a_gpu_share_one_gpu_at_once(ray_session, tmp_path):
     for p in placed:
         assert p["resources"].get("GPU") == 0.5, p
         assert p["gpu_ids"] == ["0"], p  # the one GPU, shared
+
+
+# --- evaluation on the GPU a trial reserves (orchestrator.trial._evaluation) -----------------------------------
+def test_a_gpu_run_evaluates_in_a_task_holding_one_workers_share_and_a_cpu_run_in_the_trial():
+    from orchestrator.experiment import ResourcesSpec
+
+    assert ResourcesSpec(gpus_per_worker=0.5, cpus_per_worker=4).evaluation_resources() == {"CPU": 4, "GPU": 0.5}
+    assert ResourcesSpec(gpus_per_worker=2, cpus_per_worker=8).evaluation_resources() == {"CPU": 8, "GPU": 1.0}
+    assert ResourcesSpec().evaluation_resources() is None  # CPU: in the trial's process, as before
+
+
+def test_evaluation_computes_on_the_cpu_without_a_gpu_share():
+    from workers.evaluate_on_device import evaluation_device
+
+    assert evaluation_device(0) == torch.device("cpu")
+    with pytest.raises(ValueError, match="evaluation gpus must be >= 0, got -1"):
+        evaluation_device(-1)
+
+
+@pytest.mark.xdist_group("local_ray")
+def test_a_gpu_runs_evaluation_takes_the_gpu_and_names_the_node_where_torch_sees_no_cuda(ray_session, tmp_path):
+    """The trial's own evaluation call, on the session's logical GPU: the task is placed on it (Ray assigns GPU 0),
+    and on this CPU-only machine the device choice refuses the CPU, naming the node and what is missing."""
+    from orchestrator.experiment import load_experiment
+    from orchestrator.trial import _evaluation
+    from search_space.derived import build_network
+    from search_space.genotype import load_genotype
+    from workers.gpu_probe import NoCudaError
+
+    experiment = load_experiment("table8", "tiny", ["sweep={}", "resources.gpus_per_worker=0.5"])
+    net = build_network(load_genotype("trilevel-b-psnr"))
+    with pytest.raises(NoCudaError) as failed:
+        _evaluation(experiment, str(tmp_path / "checkpoint_000001"), net, {})
+    message = str(failed.value)
+    assert "evaluation on node " in message and "Ray assigned GPU(s) ['0']" in message, message
+    assert f"torch {torch.__version__} is a CPU build" in message, message

@@ -258,16 +258,24 @@ def test_max_resources_of_the_kuberay_clusters_as_the_autoscaler_reads_them(mani
     assert limits["GPU"] == gpu_group["maxReplicas"] * per_pod
 
 
+@pytest.fixture(scope="module")
+def plan_tracking(tmp_path_factory) -> str:
+    """One SQLite tracking store for the plan cases (MLflow creates a fresh store's tables in seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('plan-tracking')}/mlflow.db"
+
+
 @pytest.mark.xdist_group("preflight-plan")  # needs no cluster: free to run beside the cluster's tests
 @pytest.mark.parametrize(
-    ("overrides", "cpus_at_once", "in_trial_stages"),
+    ("overrides", "needs", "in_trial_stages"),
     [
-        ((), 0.5, 3),  # all three stages in the trial's process: it holds the one worker's 0.5 CPU
-        (("resources.workers.pretrain=2",), 1.5, 2),  # 2 Train workers × 0.5 while the trial holds its 0.5
+        ((), {"CPU": 0.5}, 3),  # all three stages in the trial's process: it holds the one worker's 0.5 CPU
+        (("resources.workers.pretrain=2",), {"CPU": 1.5}, 2),  # 2 Train workers × 0.5 while the trial holds its 0.5
+        # GPU: Train runs, the trial holds 0.01 CPU; its evaluation a task of one worker's share once they end
+        (("resources.gpus_per_worker=0.5",), {"CPU": 0.51, "GPU": 0.5}, 0),
     ],
 )
 def test_the_plan_counts_the_cpus_a_trial_holds_for_the_stages_it_runs(
-    tmp_path, overrides, cpus_at_once, in_trial_stages
+    tmp_path, plan_tracking, overrides, needs, in_trial_stages
 ):
     from orchestrator.experiment import load_experiment
     from orchestrator.preflight import format_plan, preflight
@@ -277,11 +285,15 @@ def test_the_plan_counts_the_cpus_a_trial_holds_for_the_stages_it_runs(
         "tiny",
         (*overrides, "sweep={}", "resources.cpus_per_worker=0.5"),
         storage=str(tmp_path / "runs"),
-        **{"tracking.uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        **{"tracking.uri": plan_tracking},
     )
     plan = preflight(experiment)
     assert plan.ok, plan.problems
-    assert plan.needs == {"CPU": cpus_at_once}
+    assert plan.needs == pytest.approx(needs)
     assert format_plan(plan).count("(in the trial's process)") == in_trial_stages
     text = format_plan(plan)
+    if "GPU" in needs:
+        assert "evaluate 0.5 GPU, 0.5 CPU (a Ray task once the stages end" in text, text
+    else:
+        assert "evaluate in the trial's process (CPU)" in text, text
     assert "checkpoints: pretrain 1 × " in text and "all kept (stages.keep_checkpoints unset)" in text
