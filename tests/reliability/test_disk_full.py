@@ -1,15 +1,19 @@
 """The storage fills up mid-stage: a clear error, the saved checkpoints intact, and a clean resume.
 
 The storage path is a real 48 MiB tmpfs mounted by the test (tests/faults.py). The run stops at a barrier
-just before it writes the second checkpoint of the pretrain stage (workers.gates); once the first one is
-registered, a ballast file fills the filesystem and the run goes on, so saving that second checkpoint fails
+just before it writes the third checkpoint of the pretrain stage (workers.gates); once the first two are
+registered, a ballast file fills the filesystem and the run goes on, so saving that third checkpoint fails
 with ENOSPC, by construction, in the trial's process (a one-worker run) and inside a Train worker (a
 TorchTrainer run) alike. The run must stop with a message naming the problem, that checkpoint and the path,
-leave the registered checkpoint loadable, and, once space is freed, resume from it rather than start over.
+and leave the registered checkpoints loadable. Then the newest of them is damaged (a flipped byte, as a bad
+disk or an interrupted copy leaves it) and space is freed: the resume must skip it with a warning naming it
+and the one before, resume from that one rather than start over, and finish whole. For the TorchTrainer run
+that is Ray Train's own `get_checkpoint()` handing the worker the damaged checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -20,13 +24,13 @@ from orchestrator.train_run import StageError, build_datasets, fit_run, run_in_p
 from tests.faults import fill_up, small_filesystem
 from tests.gates import Gate
 from tests.helpers import tiny_plan, wait_for
-from workers.checkpointing import load_state
+from workers.checkpointing import STATE_FILE, load_state
 from workers.stage_io import checkpoint_names
 from workers.stage_outputs import read_stage_result
 
 pytestmark = pytest.mark.xdist_group("local_ray")  # shares the in-process Ray (tests/conftest.py)
 
-EPOCHS = 3
+EPOCHS = 3  # checkpoints e0001 and e0002 are written before the disk fills, e0003 fails
 SHORT = (
     "seed=5",
     f"stages.pretrain.epochs={EPOCHS}",
@@ -36,6 +40,12 @@ SHORT = (
     "stages.train.epochs=1",
     "stages.train.steps_per_epoch=1",
 )
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 def _registered(run_dir: Path) -> list[str]:
@@ -52,8 +62,8 @@ def _train(run: TrainRunPlan, storage: str) -> None:
     fit_run(run, storage, build_datasets(run, 4, 0.25))
 
 
-class FillAtTheSecondCheckpoint(threading.Thread):
-    """Waits at the gate before pretrain-e0002, then for pretrain-e0001's registration (Ray Train registers a
+class FillAtTheThirdCheckpoint(threading.Thread):
+    """Waits at the gate before pretrain-e0003, then for pretrain-e0002's registration (Ray Train registers a
     checkpoint asynchronously), fills the filesystem, notes what was registered, and lets the run go on."""
 
     def __init__(self, run_dir: Path, mount: Path, gate: Gate) -> None:
@@ -63,16 +73,16 @@ class FillAtTheSecondCheckpoint(threading.Thread):
         self.registered_at_fill: list[str] = []
         self.error: BaseException | None = None
 
-    def _first_registered(self) -> bool:
+    def _two_registered(self) -> bool:
         try:
-            return _registered(self.run_dir) == [str(self.run_dir / "pretrain-e0001")]
+            return _registered(self.run_dir) == [str(self.run_dir / f"pretrain-e000{n}") for n in (1, 2)]
         except (OSError, ValueError, KeyError):
             return False  # the list is being written
 
     def run(self) -> None:
         try:
             self.gate.wait()
-            wait_for(self._first_registered, 120, "pretrain-e0001 registered")
+            wait_for(self._two_registered, 120, "pretrain-e0001 and e0002 registered")
             self.ballast = fill_up(self.mount)
             self.registered_at_fill = _registered(self.run_dir)
         except BaseException as err:  # surfaced by the test
@@ -82,7 +92,7 @@ class FillAtTheSecondCheckpoint(threading.Thread):
 
 
 @pytest.mark.parametrize("runner", [_in_trial, _train], ids=["in-trial", "ray-train"])
-def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(tmp_path, runner, request):
+def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(tmp_path, runner, request, caplog):
     if runner is _train:
         request.getfixturevalue("ray_session")
     with small_filesystem(tmp_path / "small", size="48m") as storage:
@@ -90,8 +100,8 @@ def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(tmp_path, runner, 
         (run,) = plan.runs
         assert run.in_process == (runner is _in_trial)
         run_dir = Path(run.settings.checkpoints)
-        with Gate(run_dir, "pretrain-e0002") as gate:
-            filler = FillAtTheSecondCheckpoint(run_dir, storage, gate)
+        with Gate(run_dir, "pretrain-e0003") as gate:
+            filler = FillAtTheThirdCheckpoint(run_dir, storage, gate)
             filler.start()
             with pytest.raises(StageError) as failed:
                 runner(run, str(storage))
@@ -100,20 +110,34 @@ def test_storage_full_mid_stage_keeps_checkpoints_and_resumes(tmp_path, runner, 
         message = str(failed.value)
         assert "No space left on device" in message and "the storage is full" in message, message
         assert str(run_dir) in message and "MiB free" in message and "Traceback" not in message
-        assert "checkpoint pretrain-e0002 could not be written" in message, message
+        assert "checkpoint pretrain-e0003 could not be written" in message, message
 
         # what was registered before the disk filled is intact and loadable, and nothing after it
         saved = _registered(run_dir)
-        assert saved == filler.registered_at_fill == [str(run_dir / "pretrain-e0001")]
-        assert load_state(saved[0])["epoch"] == 1
+        assert saved == filler.registered_at_fill == [str(run_dir / f"pretrain-e000{n}") for n in (1, 2)]
+        assert [load_state(path)["epoch"] for path in saved] == [1, 2]
 
-        # space is freed: running again continues from the last checkpoint, not from scratch
+        # the newest checkpoint is damaged and space is freed: running again skips it, naming both, and
+        # continues from the one before, not from scratch
+        _flip_a_byte(Path(saved[1]) / STATE_FILE)
+        first = (Path(saved[0]) / STATE_FILE).stat()
         filler.ballast.unlink()
-        runner(run, str(storage))
+        with caplog.at_level(logging.WARNING, logger="workers.stage_io"):
+            runner(run, str(storage))
+        if runner is _in_trial:  # a Train worker logs the same line in its own process
+            assert f"checkpoint {saved[1]} is damaged" in caplog.text, caplog.text
+            assert f"resuming from {saved[0]} instead" in caplog.text, caplog.text
+        # without the fallback the damaged checkpoint would fail every resume (load_state refuses it)
         done = read_stage_result(plan.outputs, "pretrain")
         assert done is not None and done.metrics["epoch"] == EPOCHS - 1
         assert load_state(done.checkpoint)["epoch"] == EPOCHS
         registered = _registered(run_dir)
         pretrain = [path for path in registered if "/pretrain-" in path]
-        assert registered[: len(saved)] == saved and len(pretrain) == EPOCHS  # only the missing epochs added
+        # only the epochs after the one resumed from are run again (the damaged one rewritten whole)
+        assert registered[:1] == saved[:1] and sorted(set(pretrain)) == [
+            str(run_dir / f"pretrain-e000{n}") for n in (1, 2, 3)
+        ]
+        assert load_state(saved[1])["epoch"] == 2  # rewritten whole from epoch 1's state
+        after = (Path(saved[0]) / STATE_FILE).stat()  # resumed from it, not started over (which rewrites it)
+        assert (after.st_ino, after.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
         assert read_stage_result(plan.outputs, "train") is not None
