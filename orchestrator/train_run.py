@@ -146,13 +146,18 @@ def fit_run(
     max_failures: int = 0,
     callbacks: list[Any] | None = None,
 ) -> None:
-    """Fit the run's TorchTrainer; stage results are read from the markers its workers write."""
+    """Fit the run's TorchTrainer; stage results are read from the markers its workers write.
+
+    Train retries a failed worker group up to `max_failures` times, except for a CUDA out of memory
+    (`orchestrator.train_failures`): that fails the run at once, as `GPUOutOfMemory` with the knobs.
+    """
     import ray.train
-    from ray.train.torch import TorchTrainer
+
+    from orchestrator.train_failures import StageTrainer
 
     for key, value in TRAIN_ENV.items():
         os.environ.setdefault(key, value)
-    trainer = TorchTrainer(
+    trainer = StageTrainer(
         train_fn_per_worker,
         train_loop_config={"run": plan.settings},
         scaling_config=train_scaling(plan.workers, cpus_per_worker, gpus_per_worker),
@@ -170,7 +175,7 @@ def fit_run(
         with _restore_sigint():
             trainer.fit()
     except ray.train.TrainingFailedError as err:
-        if gpu_out_of_memory(err):  # Train retried it max_failures times already (it retries any worker error)
+        if gpu_out_of_memory(err):  # raised at its first occurrence: StageTrainer's controller does not retry it
             raise GPUOutOfMemory(gpu_memory_error_message(f"stage run {plan.name}", err)) from err
         if killed_for_memory(err):
             raise StageError(memory_error_message(f"stage run {plan.name}")) from err

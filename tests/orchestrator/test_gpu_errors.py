@@ -93,3 +93,49 @@ def test_tune_does_not_retry_a_gpu_out_of_memory_but_retries_other_failures(ray_
     assert attempts.count("gpu") == 1, attempts
     assert attempts.count("transient") == 2, attempts
     assert all(result.error is not None for result in results)
+
+
+# --- a multi-worker run (a TorchTrainer): Train's controller does not retry a CUDA out of memory ----------------
+def test_trains_failure_policy_raises_a_gpu_out_of_memory_and_retries_the_rest():
+    from ray.train import FailureConfig
+    from ray.train.v2._internal.execution.failure_handling import FailureDecision
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from orchestrator.train_failures import GPUOutOfMemoryIsFinal
+
+    policy = GPUOutOfMemoryIsFinal(FailureConfig(max_failures=2))
+    oom = WorkerGroupError(
+        "rank 1 failed", {0: RuntimeError("collective aborted"), 1: torch.OutOfMemoryError(CUDA_SAYS)}
+    )
+    transient = WorkerGroupError("rank 0 failed", {0: RuntimeError("connection reset")})
+    assert policy.make_decision(oom) == FailureDecision.RAISE
+    assert policy.make_decision(transient) == FailureDecision.RETRY  # Train's own rule for everything else
+
+
+def _out_of_gpu_memory(config: dict) -> None:
+    with open(config["log"], "a") as log:
+        log.write("attempt\n")
+    raise torch.cuda.OutOfMemoryError(CUDA_SAYS)
+
+
+@pytest.mark.xdist_group("local_ray")
+def test_a_train_runs_gpu_out_of_memory_fails_at_its_first_occurrence(ray_session, tmp_path):
+    """A real Train worker raises torch's OutOfMemoryError under max_failures=1: one attempt, not two."""
+    import ray.train
+
+    from orchestrator.train_failures import StageTrainer
+    from orchestrator.train_run import train_scaling
+
+    log = tmp_path / "attempts.txt"
+    trainer = StageTrainer(
+        _out_of_gpu_memory,
+        train_loop_config={"log": str(log)},
+        scaling_config=train_scaling(1, 0.5, 0.0),
+        run_config=ray.train.RunConfig(
+            name="oom", storage_path=str(tmp_path), failure_config=ray.train.FailureConfig(max_failures=1)
+        ),
+    )
+    with pytest.raises(ray.train.TrainingFailedError) as failed:
+        trainer.fit()
+    assert log.read_text().split() == ["attempt"]
+    assert gpu_out_of_memory(failed.value) and not killed_for_memory(failed.value)
