@@ -7,7 +7,8 @@ Prints one Markdown table (and writes `bench/results/gpu_check.json`):
 
 - **driver**: torch and its CUDA version, the GPU, its compute capability, the driver (nvidia-smi).
   The image's CUDA 13 torch needs driver R580 or newer and compute capability ≥ 7.5 (no V100): a
-  mismatch is flagged here, not three hours into a sweep.
+  mismatch is flagged here, not three hours into a sweep. (`workers.gpu_probe`: the same checks and
+  dense step that `trilevel sweep --preflight` runs on one GPU worker of a cluster.)
 - **peak memory of a dense pretrain step** at paper shapes (backbone B supernet, 55 nodes, radius 0:
   every op and node computed; LR 32×32, batch 3): the worst step of a trial. Compare it with the
   GPU's memory: above ~90 % means set `search_space.recompute_cells=0.5` (about a third of the peak,
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,12 +42,11 @@ from bench.common import median, peak_rss_mib  # noqa: E402
 from search_space.derived import build_network  # noqa: E402
 from search_space.genotype import load_genotype  # noqa: E402
 from search_space.supernet import Supernet, SupernetConfig  # noqa: E402
+from workers.gpu_probe import dense_step_probe, driver_info  # noqa: E402
 from workers.losses import content_loss  # noqa: E402
-from workers.search_step import FlopsController, pretrain_step, search_step  # noqa: E402
+from workers.search_step import FlopsController, search_step  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-MIN_DRIVER = 580  # CUDA 13's minimum driver branch
-MIN_CAPABILITY = (7, 5)  # CUDA 13 dropped Volta (7.0)
 PAPER = {"config": SupernetConfig(), "lr": 32, "batch": 3, "train_batch": 16}
 QUICK = {
     "config": SupernetConfig(nf=16, num_cells=2, widths=(8, 12, 16)),
@@ -56,28 +54,6 @@ QUICK = {
     "batch": 1,
     "train_batch": 2,
 }
-
-
-def driver_info() -> dict[str, Any]:
-    """torch/CUDA/GPU/driver facts and whether they fit the image's CUDA 13 torch."""
-    info: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": None, "ok": True}
-    if not torch.cuda.is_available():
-        info["note"] = "no CUDA device visible to torch: everything below ran on the CPU"
-        return info
-    props = torch.cuda.get_device_properties(0)
-    info |= {"gpu": props.name, "memory_gib": props.total_memory / 2**30, "capability": f"{props.major}.{props.minor}"}
-    if (props.major, props.minor) < MIN_CAPABILITY:
-        info["ok"], info["note"] = False, f"compute capability {props.major}.{props.minor} < 7.5: CUDA 13 cannot run it"
-    if shutil.which("nvidia-smi"):
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
-        )
-        driver = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "?"
-        info["driver"] = driver
-        major = driver.split(".")[0]
-        if major.isdigit() and int(major) < MIN_DRIVER and str(torch.version.cuda or "").startswith("13"):
-            info["ok"], info["note"] = False, f"driver {driver} < R{MIN_DRIVER}: CUDA 13 torch needs R{MIN_DRIVER}+"
-    return info
 
 
 def _sync(device: torch.device) -> None:
@@ -115,19 +91,14 @@ def _batch(shapes: dict[str, Any], device: torch.device, batch: int) -> tuple[to
 def step_seconds(shapes: dict[str, Any], device: torch.device, steps: int) -> dict[str, float]:
     """Peak memory of a dense pretrain step, and seconds per pretrain, late-search and train step."""
     out: dict[str, float] = {}
-    net = _supernet(shapes, device, 0.0)
-    for p in net.arch_parameters():
-        p.requires_grad_(False)
-    opt = torch.optim.Adam(net.weight_parameters(), lr=1e-4)
-    lr, hr = _batch(shapes, device, shapes["batch"])
-    gen = torch.Generator().manual_seed(1)
+    dense = dense_step_probe(shapes["config"], shapes["lr"], shapes["batch"], device, steps)  # what --preflight probes
+    out["pretrain_s"] = dense["seconds"]
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    out["pretrain_s"] = _timed(lambda: pretrain_step(net, opt, lr, hr, content_loss, gen, 5.0), steps, device)
-    if device.type == "cuda":
-        out["pretrain_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        out["pretrain_peak_gib"] = dense["peak_gib"]
     else:
         out["pretrain_peak_rss_gib"] = peak_rss_mib() / 1024
+    lr, hr = _batch(shapes, device, shapes["batch"])
+    gen = torch.Generator().manual_seed(1)
 
     late = _supernet(shapes, device, 0.95)
     weight_opt = torch.optim.Adam(late.weight_parameters(), lr=1e-4)

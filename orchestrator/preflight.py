@@ -102,11 +102,13 @@ class Plan:
 
 
 # --- the checks ---------------------------------------------------------------------------------
-def preflight(experiment: Experiment, capacity: Capacity | None = None) -> Plan:
+def preflight(experiment: Experiment, capacity: Capacity | None = None, *, gpu_probe: bool = False) -> Plan:
     """Check everything `experiment` needs and plan it; `capacity` None skips the resource check.
 
     Writes only what the run itself would write first: a probe file under the storage path (removed
-    again) and, for `demo` data, the built-in data set under `<storage>/_data/demo`.
+    again) and, for `demo` data, the built-in data set under `<storage>/_data/demo`. `gpu_probe` (what
+    `--preflight` asks) also runs `orchestrator.gpu_preflight`'s probe on one GPU worker of a GPU
+    experiment once every other check passed; its findings are the plan's last problems and notes.
     """
     from orchestrator.sweep import absolutize
 
@@ -150,7 +152,24 @@ def preflight(experiment: Experiment, capacity: Capacity | None = None) -> Plan:
         with contextlib.suppress(Exception):  # a size only: what would make it fail is a problem reported above
             plan.checkpoints[trial.trial_id] = checkpoint_footprint(resolved)
     _check_resources(plan, grid_experiments={t.trial_id: t.experiment for t in grid})
+    if experiment.resources.gpus_per_worker > 0:
+        _probe_gpu(plan, experiment, run=gpu_probe)
     return plan
+
+
+def _probe_gpu(plan: Plan, experiment: Experiment, *, run: bool) -> None:
+    """The GPU probe's findings (or why it did not run) as the plan's last lines."""
+    if not run:
+        plan.notes.append("GPU probe: not run by --dry-run; --preflight runs it on one GPU worker before starting")
+        return
+    if plan.problems:
+        plan.notes.append("GPU probe: not run, the problems above come first (it would bring up a GPU node)")
+        return
+    from orchestrator.gpu_preflight import probe_gpu_worker, probe_lines
+
+    problems, notes = probe_lines(probe_gpu_worker(experiment), experiment)
+    plan.problems += problems
+    plan.notes += notes
 
 
 def _check(plan: Plan, check: Callable[[], Any]) -> bool:

@@ -34,6 +34,7 @@ __all__ = [
     "dense_step_probe",
     "driver_info",
     "node_name",
+    "probe_node",
 ]
 
 MIN_DRIVER = 580  # CUDA 13's minimum driver branch (the image's torch 2.13 from PyPI brings CUDA 13.0)
@@ -189,3 +190,21 @@ def dense_step_probe(
         out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         out["total_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
     return out
+
+
+def probe_node(config: SupernetConfig, lr_patch: int, batch: int, precision: str = "fp32") -> dict[str, Any]:
+    """What the `--preflight` GPU probe reports from the GPU worker it runs on (plain data: a Ray task's result).
+
+    `driver_info` and, where torch sees a usable CUDA device, one dense pretrain step at the experiment's
+    shapes: ``step`` (seconds, ``peak_gib``, ``total_gib``), or ``out_of_memory`` with CUDA's words.
+    """
+    info = driver_info()
+    if not info["ok"]:
+        return info
+    try:
+        info["step"] = dense_step_probe(config, lr_patch, batch, torch.device("cuda", 0), precision=precision)
+    except torch.OutOfMemoryError as err:
+        info["out_of_memory"] = " ".join(str(err).split())[:300]
+    finally:
+        torch.cuda.empty_cache()
+    return info

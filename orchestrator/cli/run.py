@@ -83,7 +83,7 @@ def _run(
     if verbose or dry_run:
         with ray_connection(address):
             if dry_run or preflight:
-                _preflight(experiment, click.echo)
+                _preflight(experiment, click.echo, gpu_probe=not dry_run)
                 if dry_run:
                     return None
             return run_sweep(experiment, resume=resume)
@@ -97,7 +97,7 @@ def _run(
         console = Console(file=terminal)
         with terminal_warnings(console), ray_connection(address):
             if preflight:
-                _preflight(experiment, lambda text: console.print(text, markup=False, highlight=False))
+                _preflight(experiment, lambda text: console.print(text, markup=False, highlight=False), gpu_probe=True)
             return run_sweep(experiment, resume=resume, console=SweepConsole(console, experiment.name))
 
 
@@ -142,12 +142,19 @@ def _log_path(experiment: Experiment) -> Path:
     return Path(storage) / experiment.name / "logs" / "driver.log"
 
 
-def _preflight(experiment: Experiment, echo: Callable[[str], Any]) -> None:
-    """Print the plan of `experiment` on the connected cluster; any problem stops here (exit 1)."""
+def _preflight(experiment: Experiment, echo: Callable[[str], Any], *, gpu_probe: bool = False) -> None:
+    """Print the plan of `experiment` on the connected cluster; any problem stops here (exit 1).
+
+    `gpu_probe` (`--preflight`): a GPU experiment's probe runs on one GPU worker first (it may wait for
+    the autoscaler to bring one up).
+    """
     from orchestrator.capacity import cluster_capacity
+    from orchestrator.gpu_preflight import PROBE_TIMEOUT_S
     from orchestrator.preflight import format_plan, preflight
 
-    plan = preflight(experiment, cluster_capacity())
+    if gpu_probe and experiment.resources.gpus_per_worker > 0:
+        echo(f"Pre-flight: probing one GPU worker (up to {PROBE_TIMEOUT_S / 60:.0f} min while GPU nodes come up)")
+    plan = preflight(experiment, cluster_capacity(), gpu_probe=gpu_probe)
     echo(format_plan(plan))
     if not plan.ok:
         raise click.ClickException(f"pre-flight found {len(plan.problems)} problem(s) (listed above); nothing started")

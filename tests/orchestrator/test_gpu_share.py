@@ -107,3 +107,25 @@ def test_a_gpu_runs_evaluation_takes_the_gpu_and_names_the_node_where_torch_sees
     message = str(failed.value)
     assert "evaluation on node " in message and "Ray assigned GPU(s) ['0']" in message, message
     assert f"torch {torch.__version__} is a CPU build" in message, message
+
+
+# --- `--preflight`'s GPU probe (orchestrator.gpu_preflight) ---------------------------------------------------------
+@pytest.mark.xdist_group("local_ray")
+def test_the_preflight_gpu_probe_names_the_node_where_torch_sees_no_cuda(ray_session):
+    """The probe asks one worker's GPU: Ray places it on the logical GPU, where this CPU-only torch sees no CUDA."""
+    import socket
+
+    from orchestrator.experiment import load_experiment
+    from orchestrator.gpu_preflight import probe_gpu_worker, probe_lines
+
+    experiment = load_experiment("table8", "tiny", ["sweep={}", "resources.gpus_per_worker=1"])
+    report = probe_gpu_worker(experiment, timeout_s=120)
+    assert report["gpu_ids"] == ["0"] and not report["ok"], report
+    problems, notes = probe_lines(report, experiment)
+    assert len(problems) == 1 and not notes, (problems, notes)
+    assert problems[0].startswith(f"GPU probe on node {socket.gethostname()} (") and "GPU ids ['0']" in problems[0]
+    assert f"torch {torch.__version__} is a CPU build" in problems[0] and "Nothing started" in problems[0]
+    # two GPUs per worker never fit the one logical GPU: the probe gives up after its timeout, and says what to check
+    too_big = load_experiment("table8", "tiny", ["sweep={}", "resources.gpus_per_worker=2"])
+    (waited,), _ = probe_lines(probe_gpu_worker(too_big, timeout_s=1), too_big)
+    assert "no GPU worker took it within 1 s (resources.gpus_per_worker=2" in waited and "maxReplicas" in waited

@@ -294,6 +294,7 @@ def test_the_plan_counts_the_cpus_a_trial_holds_for_the_stages_it_runs(
     text = format_plan(plan)
     if "GPU" in needs:
         assert "evaluate 0.5 GPU, 0.5 CPU (a Ray task once the stages end" in text, text
+        assert "GPU probe: not run by --dry-run; --preflight runs it on one GPU worker" in text
     else:
         assert "evaluate in the trial's process (CPU)" in text, text
     assert "checkpoints: pretrain 1 × " in text and "all kept (stages.keep_checkpoints unset)" in text
