@@ -1,11 +1,14 @@
-"""Ctrl-C on a real `trilevel run`, and a second driver of the same sweep while it runs (issue 19, items 1 and 4).
+"""Ctrl-C on a real `trilevel run`, `trilevel stop` on a real `trilevel reproduce` job, and a second driver of the
+same sweep while it runs (issue 19, items 1 and 4).
 
 No mock: the driver is a `python -m orchestrator run` process on the session's real cluster (tests/conftest.py:
 no Ray start of its own to pay), in a session of its own so the test can send SIGINT to its whole process
 group as a terminal does on Ctrl-C. While it trains,
 a second driver of the same sweep is refused before starting Ray, naming the first. The interrupted
 driver must exit non-zero saying the trial stopped, with every MLflow run of the sweep KILLED or FINISHED
-(the sweep's and the trial's KILLED, none RUNNING); `trilevel resume` then finishes the trial.
+(the sweep's and the trial's KILLED, none RUNNING); `trilevel resume` then finishes the trial. `trilevel stop`
+reaches a submitted `trilevel reproduce` (its driver gets SIGINT, as on Ctrl-C) while its trial stands at a test
+gate, so the interrupt lands mid-stage by construction; the same `trilevel reproduce` then finishes the trial.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from orchestrator.reproduce import plan_reproduce, reproduce_experiments
+from tests.gates import Gate
 from tests.helpers import TINY, wait_for
 from workers.stage_io import checkpoint_names
 
@@ -44,10 +49,10 @@ def _checkpointed(storage: Path) -> bool:
     return any(checkpoint_names(str(run)) for run in storage.glob(f"{SWEEP}/stages/*/run-*"))
 
 
-def _statuses(uri: str) -> dict[str, str]:
+def _statuses(uri: str, sweep: str = SWEEP) -> dict[str, str]:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("trilevel")
-    runs = client.search_runs([experiment.experiment_id], f"tags.`trilevel.sweep` = '{SWEEP}'", max_results=100)
+    runs = client.search_runs([experiment.experiment_id], f"tags.`trilevel.sweep` = '{sweep}'", max_results=100)
     return {f"{run.data.tags['trilevel.kind']}:{run.info.run_name}": run.info.status for run in runs}
 
 
@@ -98,8 +103,18 @@ def test_ctrl_c_ends_killed_and_non_zero_a_second_driver_is_refused_and_resume_f
     assert set(statuses.values()) == {"FINISHED"} and len(statuses) == 1 + 1 + 4, statuses  # sweep, trial, stages
 
 
-def test_trilevel_stop_interrupts_the_jobs_driver_honestly(cluster, demo_data, tmp_path):
-    """`trilevel stop JOB` reaches the job's driver as SIGINT: it ends non-zero, its runs KILLED, none RUNNING."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_trilevel_stop_on_a_reproduce_job_ends_it_honestly_and_reproduce_again_finishes(cluster, demo_data, tmp_path):
+    """`trilevel stop JOB` on a `trilevel submit reproduce` job (one arm of table8) whose trial stands at a gate
+    before its first checkpoint: the job's `trilevel reproduce` driver gets SIGINT (what `stop` sends), says the
+    trial stopped, its runs and the sweep's end KILLED, none RUNNING; the same `trilevel reproduce` finishes it."""
     from click.testing import CliRunner
 
     from orchestrator.cli.submit import stop, submit
@@ -114,15 +129,34 @@ def test_trilevel_stop_interrupts_the_jobs_driver_honestly(cluster, demo_data, t
         f"data.test={{demo: {demo_data}/test}}",
         "sweep={stages.search.lambda_order: [0.1]}",
     ]
-    args = ["table8", "--address", address, "--name", SWEEP, "--storage", str(storage), "--tracking-uri", uri]
-    submitted = CliRunner().invoke(submit, [*args, *(arg for item in settings for arg in ("--set", item)), "--no-wait"])
-    assert submitted.exit_code == 0, submitted.output
-    job = submitted.stdout.split()[0]
-    wait_for(lambda: job_status(address, job) in {"FAILED", "SUCCEEDED"} or _checkpointed(storage), 600, "a checkpoint")
-    stopped = CliRunner().invoke(stop, [job, "--address", address])
-    assert stopped.exit_code == 0 and "Stop requested" in stopped.output, stopped.output
-    wait_for(lambda: job_status(address, job) == "STOPPED", 120, "the job to stop")
+    (experiment,) = reproduce_experiments("tiny", 1, ["8"], settings, storage=str(storage), **{"tracking.uri": uri})
+    (trial,) = plan_reproduce([experiment]).plans[experiment.name]
+    options = ["--tables", "8", "--storage", str(storage), "--tracking-uri", uri]
+    options += [arg for item in settings for arg in ("--set", item)]
+    with Gate(trial.runs[0].settings.checkpoints, "pretrain-e0001") as gate:
+        submitted = CliRunner().invoke(submit, ["reproduce", "--address", address, *options, "--no-wait"])
+        assert submitted.exit_code == 0, submitted.output
+        job = submitted.stdout.split()[0]
+        wait_for(lambda: gate.reached() or job_status(address, job) in {"FAILED", "SUCCEEDED"}, 600, "the gate")
+        assert gate.reached(), "".join(job_logs(address, job))[-4000:]
+        held = gate.wait()  # the trial's process, standing before its first checkpoint
+        stopped = CliRunner().invoke(stop, [job, "--address", address])
+        assert stopped.exit_code == 0 and "Stop requested" in stopped.output, stopped.output
+        wait_for(lambda: job_status(address, job) == "STOPPED", 120, "the job to stop")
+        wait_for(lambda: not _alive(held), 120, "the stopped trial's process to end")  # before the gate opens
     logs = "".join(job_logs(address, job))
-    assert "Interrupted: 1 trial(s) stopped" in logs and f"trilevel resume {SWEEP}" in logs, logs[-4000:]
-    statuses = _statuses(uri)
-    assert statuses[f"sweep:{SWEEP}"] == "KILLED" and "RUNNING" not in statuses.values(), statuses
+    assert f"Interrupted: 1 trial(s) of {experiment.name} stopped before finishing" in logs, logs[-4000:]
+    assert "Run the same command again to resume" in logs and "TERMINATED" not in logs, logs[-4000:]
+    statuses = _statuses(uri, experiment.name)
+    assert statuses[f"sweep:{experiment.name}"] == "KILLED" and "RUNNING" not in statuses.values(), statuses
+    (interrupted,) = [key for key in statuses if key.startswith("trial:")]
+    assert statuses[interrupted] == "KILLED", statuses
+
+    again = subprocess.run(
+        _cli("reproduce", *options, "--address", cluster["gcs"]), capture_output=True, text=True, timeout=900
+    )
+    said = again.stdout + again.stderr
+    assert again.returncode == 0, said[-4000:]
+    assert "Stages: 3 computed, 0 reused from the stage store." in said, said[-4000:]
+    statuses = _statuses(uri, experiment.name)
+    assert set(statuses.values()) == {"FINISHED"} and len(statuses) == 1 + 1 + 4, statuses  # sweep, trial, stages
