@@ -96,6 +96,13 @@ class DataSpec(_Strict):
     )
     scale: int = Field(4, ge=2, le=8)
     data_cpus: float = Field(0.25, gt=0, lt=1, description="CPU fraction of each Ray Data task")
+    crops_per_image: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="random LR/HR crops cut from each decoded training row (decode once, crop k times): a pass "
+        "over the data gives k times the steps; 1 is the paper's one crop per image per epoch",
+    )
     cache_mb: float = Field(
         1024.0,
         ge=0,

@@ -172,15 +172,18 @@ def check_workers(stage: str, facts: DataFacts, workers: int) -> None:
         )
 
 
-def steps_per_epoch(phase: PhaseSpec, facts: DataFacts, roles: tuple[str, ...], workers: int) -> int:
+def steps_per_epoch(
+    phase: PhaseSpec, facts: DataFacts, roles: tuple[str, ...], workers: int, crops_per_image: int = 1
+) -> int:
     """The phase's `steps_per_epoch`, else one pass over each worker's equal share of the smallest split.
 
     Ray Train splits a training set equally across the workers (`streaming_split(equal=True)`), and
-    a worker's last batch may be partial: ⌈⌊rows / workers⌋ / batch⌉. The search alternates χ1 and χ2
-    batches until either runs out, so it counts the smaller split.
+    a worker's last batch may be partial: ⌈⌊rows / workers⌋ × k / batch⌉ with k = `data.crops_per_image`
+    crops cut from each decoded row. The search alternates χ1 and χ2 batches until either runs out,
+    so it counts the smaller split.
     """
     rows = facts.rows_of(facts.smallest(roles))
-    return phase.steps_per_epoch or math.ceil((rows // workers) / phase.batch_size)
+    return phase.steps_per_epoch or math.ceil((rows // workers) * crops_per_image / phase.batch_size)
 
 
 def demo_part(field: str) -> str:
@@ -314,7 +317,8 @@ def _stage_settings(
     facts = data.train[stage]
     roles = STAGE_ROLES[stage]
     check_workers(stage, facts, workers)
-    steps = steps_per_epoch(spec, facts, roles, workers)
+    crops = experiment.data.crops_per_image
+    steps = steps_per_epoch(spec, facts, roles, workers, crops)
     sup = experiment.supervision
     search = train = None
     if stage == "search":
@@ -333,7 +337,7 @@ def _stage_settings(
     if stage == "train":
         finetune = None
         if spec.finetune is not None:
-            finetune = _optim(spec.finetune, steps_per_epoch(spec.finetune, facts, roles, workers))
+            finetune = _optim(spec.finetune, steps_per_epoch(spec.finetune, facts, roles, workers, crops))
         train = TrainSettings(
             from_search=spec.from_search,
             genotype=_genotype(experiment),
@@ -346,6 +350,7 @@ def _stage_settings(
         seed=experiment.seed,
         scale=experiment.data.scale,
         patch=experiment.stages.patch,
+        crops_per_image=crops,
         optim=_optim(spec, steps),
         supernet=experiment.supernet_config(),
         datasets=datasets,

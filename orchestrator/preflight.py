@@ -250,7 +250,8 @@ def _stage_plan(plan: Plan, experiment: Experiment, stage: str, cache: Mapping[s
         phases_spec.append(("train finetune", experiment.stages.train.finetune))
     if data is not None and _check(plan, lambda: check_search_split(stage, data, field_name)):
         _check(plan, lambda: check_workers(stage, data, workers))
-    phases = tuple(_phase_plan(name, phase, data, roles, workers, stage) for name, phase in phases_spec)
+    crops = experiment.data.crops_per_image
+    phases = tuple(_phase_plan(name, phase, data, roles, workers, stage, crops) for name, phase in phases_spec)
     return StagePlan(
         stage=stage,
         data=experiment.stage_data(stage) if data is None else data.path,
@@ -266,7 +267,7 @@ def _stage_plan(plan: Plan, experiment: Experiment, stage: str, cache: Mapping[s
 
 
 def _phase_plan(
-    name: str, phase: PhaseSpec, data: DataFacts | None, roles: tuple[str, ...], workers: int, stage: str
+    name: str, phase: PhaseSpec, data: DataFacts | None, roles: tuple[str, ...], workers: int, stage: str, crops: int
 ) -> PhasePlan:
     """Steps per epoch as the run counts them (`orchestrator.plan.steps_per_epoch`), and where they come from."""
     where = f"stages.{stage}.finetune" if name.endswith("finetune") else f"stages.{stage}"
@@ -275,8 +276,11 @@ def _phase_plan(
     if data is None:
         return PhasePlan(name, phase.epochs, phase.batch_size, None, "from the data (unreadable)")
     rows = data.rows_of(data.smallest(roles))
-    steps = steps_per_epoch(phase, data, roles, workers)
-    return PhasePlan(name, phase.epochs, phase.batch_size, steps, f"⌈⌊{rows} rows / {workers}⌋ / {phase.batch_size}⌉")
+    steps = steps_per_epoch(phase, data, roles, workers, crops)
+    per_row = f" × {crops} crops" if crops > 1 else ""
+    return PhasePlan(
+        name, phase.epochs, phase.batch_size, steps, f"⌈⌊{rows} rows / {workers}⌋{per_row} / {phase.batch_size}⌉"
+    )
 
 
 def _uses_perceptual(experiment: Experiment) -> bool:

@@ -91,6 +91,7 @@ class StageSettings:
     seed: int
     scale: int
     patch: int
+    crops_per_image: int  # random crops cut from each decoded training row (workers.batches.patch_batches)
     optim: OptimSettings
     supernet: SupernetConfig
     datasets: dict[str, str]  # role (workers.stage_list: w = χ1, a = χ2, all) → dataset name for the TorchTrainer

@@ -113,6 +113,7 @@ class StageContext:
             generator=epoch_generator(settings.seed, epoch, self.io.rank, stream),
             steps=optim.steps_per_epoch,
             name=name,
+            crops_per_image=settings.crops_per_image,
         )
         for lr, hr in prefetched(cpu_batches):
             lr, hr = lr.to(self.device), hr.to(self.device)

@@ -214,3 +214,18 @@ def test_random_baseline_sits_beside_every_arm_before_the_seeds():
     assert [t.experiment.stages.train.random for t in grid[:6]] == [None, None, 0, 0, 1, 1]
     with pytest.raises(ExperimentError, match="--random must be at least 1"):
         with_random(load_experiment("table9", "tiny"), 0)
+
+
+def test_crops_per_image_multiply_a_passs_steps_and_reach_the_stage_settings():
+    """3450 rows, paper batches: a pass is ⌈3450/16⌉ = 216 train steps; 4 crops per decoded row make it 863."""
+    base = load_experiment("psnr-b", "paper", ["sweep={}"])
+    four = load_experiment("psnr-b", "paper", ["sweep={}", "data.crops_per_image=4"])
+    data = ResolvedData(train=dict.fromkeys(STAGES, FACTS), val={"v": "y"}, test={"t": "z"})
+    for experiment, crops, train_steps, search_steps in ((base, 1, 216, 575), (four, 4, 863, 2300)):
+        (trial,) = trials(experiment)
+        settings = {s.stage: s for run in plan_trial(trial, data, "/storage", "sw").runs for s in run.settings.stages}
+        assert settings["train"].optim.steps_per_epoch == train_steps  # ⌈3450 × k / 16⌉
+        assert settings["search"].optim.steps_per_epoch == search_steps  # ⌈1725 × k / 3⌉ (χ1 and χ2 alike)
+        assert all(s.crops_per_image == crops for s in settings.values())
+    with pytest.raises(ExperimentError, match="crops_per_image"):
+        load_experiment("psnr-b", "paper", ["data.crops_per_image=0"])

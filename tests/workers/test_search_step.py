@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -203,3 +204,54 @@ def test_cached_rows_fill_every_batch_deterministically():
     assert len(first) == 3 and all(b.shape == (8, 3, 8, 8) for b in first)
     assert all(torch.equal(a, b) for a, b in zip(first, draw(0), strict=True))
     assert not torch.equal(first[0], draw(1)[0])
+
+
+def _constant_rows(n: int) -> list[dict]:
+    """Rows whose every pixel is the row's index: a crop says which row it was cut from."""
+    rows = []
+    for i in range(n):
+        lr = torch.full((12, 14, 3), i, dtype=torch.uint8).numpy()
+        rows.append({"lr": lr, "hr": lr.repeat(4, axis=0).repeat(4, axis=1), "id": str(i)})
+    return rows
+
+
+def test_several_crops_per_decoded_row_fill_a_batch_from_fewer_rows():
+    """k = 3 crops per row: a batch of 8 is cut from ⌈8/3⌉ = 3 rows (3 + 3 + 2 crops), each crop of its row."""
+    rows = _constant_rows(5)
+    gen = torch.Generator().manual_seed(0)
+    batches = patch_batches(rows, batch_size=8, patch=8, scale=4, generator=gen, steps=4, name="t", crops_per_image=3)
+    seen: set[int] = set()
+    for lr, hr in batches:
+        source = (lr[:, 0, 0, 0] * 255).round().long().tolist()
+        assert lr.shape == (8, 3, 8, 8) and hr.shape == (8, 3, 32, 32)
+        runs = [source[i : i + 3] for i in range(0, 8, 3)]  # three rows drawn for eight crops
+        assert all(len(set(run)) == 1 for run in runs), source  # a row's crops side by side
+        assert torch.equal((hr[:, :, ::4, ::4] * 255).round(), (lr * 255).round())  # LR and HR aligned
+        seen |= set(source)
+    assert seen == set(range(5))  # 12 rows drawn permutation after permutation: every row's turn came
+
+
+def test_one_crop_per_row_draws_what_it_always_did():
+    rows = _constant_rows(4)
+
+    def draw(**k: int) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(3)
+        return [
+            lr for lr, _ in patch_batches(rows, batch_size=3, patch=8, scale=4, generator=gen, steps=3, name="t", **k)
+        ]
+
+    assert all(torch.equal(a, b) for a, b in zip(draw(), draw(crops_per_image=1), strict=True))
+    with pytest.raises(ValueError, match=r"data\.crops_per_image must be >= 1, got 0"):
+        draw(crops_per_image=0)
+
+
+def test_a_ray_data_batch_is_cut_into_rows_for_several_crops():
+    """What `iter_batches(batch_format="numpy")` yields for ragged images: columns, images as an object array."""
+    from workers.batches import _repeated, _row_list
+
+    images = [row["lr"] for row in _constant_rows(2)]
+    column = np.empty(2, dtype=object)
+    column[:] = images
+    rows = _row_list({"id": np.array(["a", "b"]), "lr": column, "hr": column})
+    assert [r["id"] for r in rows] == ["a", "b"] and rows[1]["lr"] is images[1]
+    assert [r["id"] for r in _repeated(rows, 2, 3)] == ["a", "a", "b"]

@@ -168,6 +168,8 @@ def stage_key_inputs(
         "code": code,
         "upstream": upstream,
     }
+    if settings.crops_per_image != 1:  # absent at 1: keys of stages from before the option read the same
+        inputs["crops_per_image"] = settings.crops_per_image
     if settings.stage in ("pretrain", "search"):
         inputs["supernet"] = _supernet(settings)
     if settings.search is not None:
