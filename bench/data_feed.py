@@ -1,0 +1,239 @@
+"""LR/HR patches per second one worker's data feed produces at paper settings, against what a GPU step consumes.
+
+    python -m bench.data_feed               # 3 DIV2K-sized images, 3 rounds (~1-2 min of one core)
+    python -m bench.data_feed --quick       # 1 smaller image, 1 round (the test suite's smoke run)
+
+What a worker does per training crop, measured as process CPU time on one thread (steadier than wall
+time on a shared machine), in one run, for each way the data can be prepared and cropped:
+
+- **decode** = what a Ray Data task (or the in-memory reader) does per row: `workers.pipeline.decode_pair`
+  (PNG decode of HR, and of the stored LR or the MATLAB bicubic that makes it);
+- **crop** = what the training worker's prefetch thread does per batch: `workers.batches.patch_batches`
+  (random 32×32 LR crops with their 128×128 HR crops, flips, float conversion), batch 16.
+
+Rows are 2040×1356 RGB PNGs (DIV2K's typical size; a mosaic of scikit-image's photographs resized
+up, since DIV2K is not here), prepared by `trilevel data prepare`'s own code: whole images with the LR
+computed on read (the default `data prepare`, "today's code" of issue 24), whole images with stored LR
+(`--compute-lr`), and 480/240 sub-images with stored LR (BasicSR's layout). Each with k crops per
+decoded row (`data.crops_per_image`; k = 1 is what the pipeline did before the option).
+
+A worker's rate at C CPUs is C / (CPU seconds per crop), at most 1 / (crop seconds per crop): decoding
+runs in Ray Data tasks spread over the worker's CPUs, the crops on one background thread
+(`workers.prefetch`), both off the training thread; linear scaling is assumed, not measured here (2
+shared cores).
+
+**Consumption**: a train step takes 16 pairs, a search step 6 (χ1 and χ2 batches of 3). The GPU step
+times are estimates (no GPU here), the larger of two bounds on an H100 (stated in the output):
+- launch-bound: the step's kernel launches (leaf aten ops counted with the torch profiler on the CPU,
+  as `bench/step_work.py` counts them) × `--launch-us` µs each (eager PyTorch's per-op host cost);
+- compute-bound: the step's multiply-adds × 3 (forward + backward) / `--tflops` achieved TFLOP/s.
+`bench/gpu_check.py` measures the real step times on the first GPU node; compare its numbers with these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import median  # noqa: E402
+from workers.batches import epoch_generator, patch_batches  # noqa: E402
+from workers.pipeline import decoded_rows  # noqa: E402
+from workers.shards.folders import prepare_dataset  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PATCH, SCALE, TRAIN_BATCH, SEARCH_PAIRS = 32, 4, 16, 6
+# Adam on CUDA runs foreach (multi-tensor) kernels: a few per group of tensors, not the per-parameter ops the
+# CPU profile shows (those are counted apart); 30 per optimizer step is a generous allowance
+ADAM_CUDA_LAUNCHES = 30
+LAYOUTS = (  # (name, prepare options, crops per decoded row)
+    ("whole, LR on read (today)", {}, (1,)),
+    ("whole, stored LR", {"compute_lr": True}, (1, 16)),
+    ("480/240 sub-images, stored LR", {"compute_lr": True, "subimages": (480, 240)}, (1, 4, 8, 16)),
+)
+
+
+def _photograph(width: int, height: int, seed: int) -> np.ndarray:
+    """A width×height RGB mosaic of scikit-image's photographs (resized up, bicubic): texture like a photo's."""
+    import skimage.data
+
+    names = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry"]
+    rng = np.random.default_rng(seed)
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    tiles_x, tiles_y = 3, 2
+    for j in range(tiles_y):
+        for i in range(tiles_x):
+            photo = getattr(skimage.data, names[int(rng.integers(len(names)))])()
+            box = (i * width // tiles_x, j * height // tiles_y, (i + 1) * width // tiles_x, (j + 1) * height // tiles_y)
+            tile = Image.fromarray(photo).resize((box[2] - box[0], box[3] - box[1]), Image.BICUBIC)
+            canvas[box[1] : box[3], box[0] : box[2]] = np.asarray(tile.convert("RGB"))
+    return canvas
+
+
+def _sources(folder: Path, count: int, size: tuple[int, int]) -> Path:
+    hr = folder / "DIV2K_like_HR"
+    hr.mkdir(parents=True)
+    for n in range(count):
+        Image.fromarray(_photograph(*size, seed=n)).save(hr / f"{n + 1:04d}.png")
+    return hr
+
+
+def _raw_rows(path: str) -> list[dict[str, Any]]:
+    """The shard rows as stored (PNG bytes), as a Ray Data task reads them before decoding."""
+    import pyarrow.dataset as pads
+
+    from workers.shards.format import read_manifest
+
+    m = read_manifest(path)
+    table = pads.dataset(list(m.shards), filesystem=m.filesystem, format="parquet").to_table(
+        columns=["id", "image_id", "hr", "lr"]
+    )
+    return table.to_pylist()
+
+
+def cpu_seconds_per_crop(raw: list[dict[str, Any]], crops: int) -> dict[str, float]:
+    """One pass: decode every row once (as the feed does), then cut `crops` crops of each in batches of 16."""
+    from workers.pipeline import _decode_row
+
+    start = time.process_time()
+    rows = [_decode_row(row, SCALE) for row in raw]
+    decoded = time.process_time()
+    steps = max(1, len(rows) * crops // TRAIN_BATCH)
+    batches = patch_batches(
+        rows, batch_size=TRAIN_BATCH, patch=PATCH, scale=SCALE, generator=epoch_generator(0, 0),
+        steps=steps, name="bench", crops_per_image=crops,
+    )  # fmt: skip
+    made = sum(lr.shape[0] for lr, _ in batches)
+    cropped = time.process_time()
+    return {
+        "decode_s_per_row": (decoded - start) / len(rows),
+        "crop_s_per_crop": (cropped - decoded) / made,
+        # each decoded row serves `crops` crops; the crops' own cost is per crop made
+        "s_per_crop": (decoded - start) / (len(rows) * crops) + (cropped - decoded) / made,
+    }
+
+
+def gpu_step_estimates(launch_us: float, tflops: float) -> dict[str, Any]:
+    """Seconds per train and late-search step on a GPU, from launches and multiply-adds (module docstring)."""
+    from bench.step_work import _launches, _setup, count_launches
+    from search_space.cost import count
+    from search_space.derived import build_network
+    from search_space.genotype import load_genotype
+
+    genotype = load_genotype("trilevel-b-psnr")
+    net = build_network(genotype)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-4)
+    lr = torch.rand(TRAIN_BATCH, 3, PATCH, PATCH)
+    hr = torch.rand(TRAIN_BATCH, 3, PATCH * SCALE, PATCH * SCALE)
+
+    def train_step() -> None:
+        loss = (net(lr) - hr).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    train_step()  # warm-up: Adam's state exists, as in every later step
+    counts = count_launches(train_step)
+    macs = count(genotype).gmacs * 1e9 * (PATCH * PATCH) / (256 * 256) * TRAIN_BATCH
+    train_launches = counts["launches"] + ADAM_CUDA_LAUNCHES
+    train = {
+        "launches": train_launches,
+        "cpu_optimizer_launches": counts["optimizer_launches"],
+        "launch_bound_s": train_launches * launch_us * 1e-6,
+        "compute_bound_s": 3 * 2 * macs / (tflops * 1e12),
+    }
+    search_counts = _launches(_setup("search", "perceptual", 0.95), "search")
+    search_launches = search_counts["launches"] + 2 * ADAM_CUDA_LAUNCHES  # the weight and the architecture Adam
+    search = {
+        "launches": search_launches,
+        "cpu_optimizer_launches": search_counts["optimizer_launches"],
+        "launch_bound_s": search_launches * launch_us * 1e-6,
+    }
+    train["step_s"] = max(train["launch_bound_s"], train["compute_bound_s"])
+    search["step_s"] = search["launch_bound_s"]  # late search: sparse, one path's cells (launch-bound)
+    return {"train": train, "search_late": search, "launch_us": launch_us, "tflops": tflops}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one 1020×680 image, one round (a smoke run)")
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="passes per configuration (median CPU time)")
+    parser.add_argument("--cpus", type=float, default=4.0, help="CPUs per worker the rate is scaled to")
+    parser.add_argument("--launch-us", type=float, default=5.0, help="assumed host cost per kernel launch, µs")
+    parser.add_argument("--tflops", type=float, default=40.0, help="assumed achieved TFLOP/s of the train step")
+    parser.add_argument("--out", type=Path, default=RESULTS / "data_feed.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    size, images, rounds = ((1020, 680), 1, 1) if args.quick else ((2040, 1356), args.images, args.rounds)
+    gpu = gpu_step_estimates(args.launch_us, args.tflops)
+    consumed = {
+        "train": TRAIN_BATCH / gpu["train"]["step_s"],
+        "search_late": SEARCH_PAIRS / gpu["search_late"]["step_s"],
+    }
+    rows_out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = _sources(Path(tmp) / "src", images, size)
+        for name, options, crop_counts in LAYOUTS:
+            out = Path(tmp) / name.split(",")[0].replace("/", "-").replace(" ", "_") / str(len(options))
+            prepare_dataset([str(source)], str(out), SCALE, workers=1, **options)
+            raw = _raw_rows(str(out))
+            decoded_rows(str(out), SCALE)  # warm-up: imports, first allocations
+            for crops in crop_counts:
+                runs = [cpu_seconds_per_crop(raw, crops) for _ in range(rounds)]
+                per_crop = median([r["s_per_crop"] for r in runs])
+                rows_out.append({
+                    "layout": name, "crops_per_image": crops, "rows": len(raw),
+                    "decode_ms_per_row": 1e3 * median([r["decode_s_per_row"] for r in runs]),
+                    "crop_ms_per_crop": 1e3 * median([r["crop_s_per_crop"] for r in runs]),
+                    "ms_per_crop": 1e3 * per_crop,
+                    # C CPUs share the decoding and cropping; the crops themselves run on one prefetch thread
+                    "pairs_per_s_per_worker": min(
+                        args.cpus / per_crop, 1.0 / median([r["crop_s_per_crop"] for r in runs])
+                    ),
+                })  # fmt: skip
+    today = rows_out[0]["ms_per_crop"]
+    for row in rows_out:
+        row["x_today"] = today / row["ms_per_crop"]
+        for step, rate in consumed.items():
+            row[f"headroom_{step}"] = row["pairs_per_s_per_worker"] / rate
+    report = {"size": list(size), "images": images, "rounds": rounds, "cpus": args.cpus, "gpu": gpu,
+              "consumed_pairs_per_s": consumed, "rows": rows_out}  # fmt: skip
+    t, s = gpu["train"], gpu["search_late"]
+    assumed = f"H100, {args.launch_us:g} µs/launch, {args.tflops:g} TFLOP/s"
+    train_line = (
+        f"train {t['step_s'] * 1e3:.1f} ms ({t['launches']} launches; compute bound "
+        f"{t['compute_bound_s'] * 1e3:.2f} ms) → {consumed['train']:.0f} pairs/s"
+    )
+    search_line = f"late search {s['step_s'] * 1e3:.1f} ms ({s['launches']} launches) → {consumed['search_late']:.0f}"
+    print(f"GPU step estimates ({assumed}): {train_line}; {search_line} pairs/s\n")
+    print(
+        f"| layout ({images} × {size[0]}×{size[1]}) | crops per decoded row | rows | decode ms/row | crop ms/crop "
+        f"| CPU ms per crop | pairs/s per worker ({args.cpus:g} CPUs) | × today | headroom vs train | vs late search |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows_out:
+        print(
+            f"| {r['layout']} | {r['crops_per_image']} | {r['rows']} | {r['decode_ms_per_row']:.1f} | "
+            f"{r['crop_ms_per_crop']:.2f} | {r['ms_per_crop']:.2f} | {r['pairs_per_s_per_worker']:.0f} | "
+            f"{r['x_today']:.1f} | {r['headroom_train']:.2f} | {r['headroom_search_late']:.2f} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
