@@ -53,3 +53,16 @@ def test_latency_is_reported_per_device_with_the_cpu_threads():
     assert set(measured) == {"latency_s", "latency_s/cpu", "latency_cpu_threads"}
     assert measured["latency_s"] == measured["latency_s/cpu"] > 0
     assert measured["latency_cpu_threads"] == torch.get_num_threads()
+
+
+def test_the_evaluation_task_loads_the_checkpoint_and_returns_plain_data_on_the_cpu(tmp_path):
+    """What a GPU run's evaluation task runs (`evaluate_checkpoint`), here with no GPU share: the CPU, threads set."""
+    from search_space.genotype import Genotype, OpChoice
+    from workers.evaluate_on_device import evaluate_checkpoint
+
+    genotype = Genotype(backbone="B", path=(0,), cells=((OpChoice("conv3x3", 8),) * 5,), nf=8, scale=4, name="t")
+    torch.save({"model": build_network(genotype).state_dict(), "epoch": 1}, tmp_path / "state.pt")
+    (tmp_path / "genotype.json").write_text(genotype.to_json())
+    metrics, per_image, picture = evaluate_checkpoint(str(tmp_path), {}, 4, {"kind": "hr"}, 0, 1)
+    assert per_image == [] and picture is None  # no test sets here: only the network's own numbers
+    assert metrics["gflops"] > 0 and metrics["latency_s/cpu"] > 0 and metrics["latency_cpu_threads"] == 1
