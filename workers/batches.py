@@ -9,7 +9,6 @@ patches.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -47,25 +46,24 @@ def patch_batches(
     Ray `DataIterator` is read pass after pass in its (preserved) order; a pass's last batch may be
     smaller.
 
-    `crops_per_image` = k cuts k independent random crops from each decoded row, so a batch holds
-    ⌈batch_size / k⌉ rows (the last one's crops cut to fill exactly `batch_size`): a row is decoded
-    (PNG, and the MATLAB bicubic when no LR is stored) once per k crops instead of once per crop,
-    and a pass over the data gives k times the crops (`orchestrator.plan.steps_per_epoch` counts
-    them). k = 1 draws exactly what it always did.
+    `crops_per_image` = k: every decoded row gives k independent random crops, so a pass over the
+    data gives k times the crops (`orchestrator.plan.steps_per_epoch` counts them) while each row is
+    decoded (PNG, and the MATLAB bicubic when no LR is stored) once per k crops instead of once per
+    crop. The k crops of a row go to different batches, so a batch still mixes `batch_size` rows:
+    cached rows are drawn from permutations of k copies of every row; streamed rows wait in a pool of
+    2 × `batch_size` decoded rows, each batch drawing distinct rows from it at random and a row
+    leaving it after its k-th crop (:func:`_pooled`). k = 1 draws exactly what it always did.
     """
     if crops_per_image < 1:
         raise ValueError(f"data.crops_per_image must be >= 1, got {crops_per_image}")
-    rows_per_batch = math.ceil(batch_size / crops_per_image)
     if isinstance(source, Sequence):
         yield from _cached_batches(source, batch_size, crops_per_image, patch, scale, generator, steps, name)
         return
     produced = 0
     while produced < steps:
         seen = False
-        for rows in source.iter_batches(batch_size=rows_per_batch, batch_format="numpy"):
+        for rows in _streamed(source, batch_size, crops_per_image, generator):
             seen = True
-            if crops_per_image > 1:
-                rows = _repeated(_row_list(rows), crops_per_image, batch_size)
             yield collate_crops(rows, patch, scale, generator)
             produced += 1
             if produced >= steps:
@@ -74,15 +72,46 @@ def patch_batches(
             raise DataError(f"training data {name!r} gave this worker no images; use fewer workers or more data")
 
 
+def _streamed(source: Any, batch_size: int, k: int, generator: torch.Generator) -> Iterator[Any]:
+    """One pass of a Ray DataIterator as batches of rows to crop: its own batches at k = 1, else pooled."""
+    batches = source.iter_batches(batch_size=batch_size, batch_format="numpy")
+    if k == 1:
+        yield from batches
+        return
+    rows = (row for batch in batches for row in _row_list(batch))
+    yield from _pooled(rows, batch_size, k, generator)
+
+
 def _row_list(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A Ray Data numpy batch (a dict of columns) as one dict per row."""
     n = len(batch["lr"])
     return [{key: batch[key][i] for key in ("id", "lr", "hr") if key in batch} for i in range(n)]
 
 
-def _repeated(rows: Sequence[Any], k: int, batch_size: int) -> list[Any]:
-    """Each row k times in a row (k crops of it), cut to `batch_size` crops."""
-    return [row for row in rows for _ in range(k)][:batch_size]
+def _pooled(rows: Iterator[Any], batch_size: int, k: int, generator: torch.Generator) -> Iterator[list[Any]]:
+    """Batches of distinct rows drawn at random from a pool of 2 × `batch_size` rows; each row drawn k times.
+
+    Every row of `rows` is drawn exactly k times, in different batches while rows keep coming; when
+    they run out, the pool's remaining draws are shuffled into full batches (a row may then appear
+    twice in one) and a smaller last one, so a pass of R rows gives ⌈R·k / batch_size⌉ batches, as
+    the plan counts. Memory: the pool's decoded rows.
+    """
+    capacity = 2 * batch_size
+    pool: list[list[Any]] = []  # [row, draws left]
+    while True:
+        while len(pool) < capacity and (row := next(rows, None)) is not None:
+            pool.append([row, k])
+        if len(pool) < capacity:  # the pass has no more rows: drain the pool's draws
+            left = [entry[0] for entry in pool for _ in range(entry[1])]
+            order = torch.randperm(len(left), generator=generator).tolist()
+            for start in range(0, len(order), batch_size):
+                yield [left[i] for i in order[start : start + batch_size]]
+            return
+        picks = torch.randperm(capacity, generator=generator)[:batch_size].tolist()
+        yield [pool[i][0] for i in picks]
+        for i in picks:
+            pool[i][1] -= 1
+        pool = [entry for entry in pool if entry[1] > 0]
 
 
 def _cached_batches(
@@ -98,10 +127,9 @@ def _cached_batches(
     if not rows:
         raise DataError(f"training data {name!r} gave this worker no images; use fewer workers or more data")
     order: list[int] = []
-    rows_per_batch = math.ceil(batch_size / crops_per_image)
+    n = len(rows)
     for _ in range(steps):
-        while len(order) < rows_per_batch:
-            order += torch.randperm(len(rows), generator=generator).tolist()
-        chosen, order = order[:rows_per_batch], order[rows_per_batch:]
-        chosen_rows = _repeated([rows[i] for i in chosen], crops_per_image, batch_size)
-        yield collate_crops(chosen_rows, patch, scale, generator)
+        while len(order) < batch_size:  # k copies of every row, mixed (at k = 1: a permutation, as always)
+            order += (torch.randperm(n * crops_per_image, generator=generator) % n).tolist()
+        chosen, order = order[:batch_size], order[batch_size:]
+        yield collate_crops([rows[i] for i in chosen], patch, scale, generator)

@@ -215,20 +215,30 @@ def _constant_rows(n: int) -> list[dict]:
     return rows
 
 
-def test_several_crops_per_decoded_row_fill_a_batch_from_fewer_rows():
-    """k = 3 crops per row: a batch of 8 is cut from ⌈8/3⌉ = 3 rows (3 + 3 + 2 crops), each crop of its row."""
+def test_several_crops_per_cached_row_are_spread_over_batches():
+    """k = 3: an epoch's 15 crops of 5 rows are every row 3 times, mixed over the batches, each crop of its row."""
     rows = _constant_rows(5)
     gen = torch.Generator().manual_seed(0)
-    batches = patch_batches(rows, batch_size=8, patch=8, scale=4, generator=gen, steps=4, name="t", crops_per_image=3)
-    seen: set[int] = set()
+    batches = patch_batches(rows, batch_size=5, patch=8, scale=4, generator=gen, steps=3, name="t", crops_per_image=3)
+    drawn: list[int] = []
     for lr, hr in batches:
-        source = (lr[:, 0, 0, 0] * 255).round().long().tolist()
-        assert lr.shape == (8, 3, 8, 8) and hr.shape == (8, 3, 32, 32)
-        runs = [source[i : i + 3] for i in range(0, 8, 3)]  # three rows drawn for eight crops
-        assert all(len(set(run)) == 1 for run in runs), source  # a row's crops side by side
-        assert torch.equal((hr[:, :, ::4, ::4] * 255).round(), (lr * 255).round())  # LR and HR aligned
-        seen |= set(source)
-    assert seen == set(range(5))  # 12 rows drawn permutation after permutation: every row's turn came
+        assert lr.shape == (5, 3, 8, 8) and hr.shape == (5, 3, 32, 32)
+        assert torch.equal((hr[:, :, ::4, ::4] * 255).round(), (lr * 255).round())  # LR and HR of one row, aligned
+        drawn += (lr[:, 0, 0, 0] * 255).round().long().tolist()
+    assert sorted(drawn) == sorted(list(range(5)) * 3), drawn
+    assert any(len(set(drawn[i : i + 5])) > 2 for i in (0, 5, 10))  # batches mix rows, not 2 rows cut 3 times
+
+
+def test_streamed_rows_wait_in_a_pool_and_each_is_drawn_k_times_in_distinct_batches():
+    from workers.batches import _pooled
+
+    gen = torch.Generator().manual_seed(0)
+    batches = list(_pooled(iter(range(10)), batch_size=4, k=3, generator=gen))
+    drawn = [row for batch in batches for row in batch]
+    assert sorted(drawn) == sorted(list(range(10)) * 3)  # every row exactly k times: 30 crops from 10 decodes
+    assert [len(batch) for batch in batches] == [4] * 7 + [2]  # ⌈10 × 3 / 4⌉ batches, as the plan counts
+    assert all(len(set(batch)) == 4 for batch in batches[:3])  # while rows come: a row's crops in distinct batches
+    assert max(batches[0]) <= 7  # the first batch draws from the pool of 2 × batch rows, not beyond
 
 
 def test_one_crop_per_row_draws_what_it_always_did():
@@ -247,11 +257,10 @@ def test_one_crop_per_row_draws_what_it_always_did():
 
 def test_a_ray_data_batch_is_cut_into_rows_for_several_crops():
     """What `iter_batches(batch_format="numpy")` yields for ragged images: columns, images as an object array."""
-    from workers.batches import _repeated, _row_list
+    from workers.batches import _row_list
 
     images = [row["lr"] for row in _constant_rows(2)]
     column = np.empty(2, dtype=object)
     column[:] = images
     rows = _row_list({"id": np.array(["a", "b"]), "lr": column, "hr": column})
     assert [r["id"] for r in rows] == ["a", "b"] and rows[1]["lr"] is images[1]
-    assert [r["id"] for r in _repeated(rows, 2, 3)] == ["a", "a", "b"]
