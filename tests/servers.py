@@ -180,11 +180,13 @@ def ray_head(
     num_cpus: int = 2,
     num_gpus: int | None = None,
     env: dict[str, str] | None = None,
+    wrap: list[str] | None = None,
 ) -> Iterator[dict[str, str]]:
     """`ray start --head --block` on free ports with its own temp dir; yields its dashboard URL and GCS address.
 
     `num_cpus` / `num_gpus` are logical (no device needed): a test that schedules nothing can see the cluster a
-    GPU deployment would report. `env` adds variables to the head's processes (e.g. Ray's memory monitor's).
+    GPU deployment would report. `env` adds variables to the head's processes (e.g. Ray's memory monitor's);
+    `wrap` is a command prefix the head runs under (e.g. tests/faults.py's memory cgroup).
 
     The temp dir is short (/tmp/trl-…): Ray's unix socket paths must stay under ~107 characters.
     """
@@ -193,7 +195,7 @@ def ray_head(
         temp_dir = Path(f"/tmp/trl-{marker[:8]}")
         try:
             process, started = _start_head(
-                marker, temp_dir, dashboard=dashboard, num_cpus=num_cpus, num_gpus=num_gpus, env=env
+                marker, temp_dir, dashboard=dashboard, num_cpus=num_cpus, num_gpus=num_gpus, env=env, wrap=wrap
             )
         except RuntimeError:
             again = _port_taken(temp_dir / "head.log") or _node_start_timed_out(temp_dir / "head.log")
@@ -218,6 +220,7 @@ def _start_head(
     num_cpus: int,
     num_gpus: int | None,
     env: dict[str, str] | None,
+    wrap: list[str] | None,
 ) -> tuple[subprocess.Popen, dict[str, str]]:
     """`ray start --head --block` on ports free a moment ago; RuntimeError (log kept) if it never comes up."""
     temp_dir.mkdir()
@@ -242,7 +245,7 @@ def _start_head(
     log = temp_dir / "head.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            cmd,
+            [*(wrap or []), *cmd],
             env=_env(marker) | (env or {}),
             stdout=out,
             stderr=subprocess.STDOUT,
