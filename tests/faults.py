@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import secrets
@@ -52,41 +53,69 @@ def fill_up(directory: Path) -> Path:
     return ballast
 
 
-@contextlib.contextmanager
-def memory_cgroup(limit_bytes: int) -> Iterator[list[str] | None]:
-    """A memory cgroup of `limit_bytes` for the processes a test starts, as Ray's memory monitor reads it.
+CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")  # where Ray 2.60's raylet reads a node's memory (cgroup v1)
 
-    Yields a command prefix: what runs under it joins the cgroup, in a mount namespace of its own where the
-    cgroup's files are bind-mounted where Ray reads the machine's (cgroup v1: ``/sys/fs/cgroup/memory``). Ray
-    then takes the cgroup's limit for the node's total and the cgroup's usage for what is used: its memory
-    threshold counts only what the test started, whatever else runs on the machine.
-    Yields None where this cannot be set up (no cgroup v1 memory controller we may write to, no `unshare`, not
-    root); every process left in the cgroup is killed and the cgroup removed at the end.
+
+@dataclasses.dataclass(frozen=True)
+class MemoryCgroup:
+    """A cgroup v1 memory cgroup of the test's own: `wrap` is the command prefix that runs a command inside it."""
+
+    path: Path
+    limit: int
+    wrap: tuple[str, ...]
+
+    def used(self) -> int:
+        """What Ray's memory monitor counts as used in it: usage less the file cache (reclaimable)."""
+        stat = dict(line.split() for line in (self.path / "memory.stat").read_text().splitlines())
+        usage = int((self.path / "memory.usage_in_bytes").read_text())
+        return usage - int(stat["total_inactive_file"]) - int(stat["total_active_file"])
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit_bytes: int) -> Iterator[MemoryCgroup]:
+    """A memory cgroup of `limit_bytes` for the processes a test starts, seen by Ray as the machine's memory.
+
+    What runs under its `wrap` joins the cgroup, in a mount namespace of its own where the cgroup's folder is
+    bind-mounted over ``/sys/fs/cgroup/memory``: the raylet's memory monitor reads ``memory.limit_in_bytes``
+    (or ``memory.memsw.limit_in_bytes`` when it counts swap) as the node's total and the cgroup's usage less its
+    file cache as what is used (Ray 2.60: src/ray/common/monitors/memory_monitor_utils.cc), so its kill threshold
+    counts only what the test started, whatever else runs on the machine. The kernel enforces the limit too:
+    choose it well above the threshold, so that Ray's monitor acts first.
+
+    Skips the test, saying why, where it cannot be made: no cgroup v1 memory controller (a cgroup v2-only
+    machine), not allowed to create a cgroup or to mount (not root), no `unshare`. Every process still in the
+    cgroup at the end (only the test's can be) is killed and the cgroup removed.
     """
+    import pytest
+
     own = next(
         (line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines() if ":memory:" in line),
         None,
     )
-    parent = Path("/sys/fs/cgroup/memory") / (own or "").lstrip("/")
-    if own is None or not os.access(parent, os.W_OK) or shutil.which("unshare") is None:
-        yield None
-        return
-    group = parent / f"trilevel-test-{secrets.token_hex(4)}"
+    if own is None or not (CGROUP_V1_MEMORY / "memory.limit_in_bytes").exists():
+        pytest.skip("no cgroup v1 memory controller at /sys/fs/cgroup/memory (where Ray reads a node's memory)")
+    if shutil.which("unshare") is None:
+        pytest.skip("no `unshare` (util-linux) to give Ray's head a mount namespace of its own")
+    group = CGROUP_V1_MEMORY / own.lstrip("/") / f"trilevel-test-{secrets.token_hex(4)}"
     try:
         group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
-    except OSError:
-        with contextlib.suppress(OSError):
-            group.rmdir()
-        yield None
-        return
-    inner = 'mount --bind "$0" /sys/fs/cgroup/memory && exec "$@"'
-    unshare = f'exec unshare --mount --propagation private sh -c \'{inner}\' "{group}" "$@"'
-    outer = f'echo $$ > "{group}/cgroup.procs" && {unshare}'
+    except OSError as err:
+        pytest.skip(f"cannot create a memory cgroup under {group.parent} ({err.strerror}); needs root")
     try:
-        yield ["sh", "-c", outer, "sh"]
+        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        if (group / "memory.memsw.limit_in_bytes").exists():  # RAM + swap: read instead when Ray counts swap
+            (group / "memory.memsw.limit_in_bytes").write_text(str(limit_bytes))
+        inner = 'mount --bind "$0" /sys/fs/cgroup/memory && exec "$@"'
+        unshare = f'exec unshare --mount --propagation private sh -c \'{inner}\' "{group}" "$@"'
+        cgroup = MemoryCgroup(group, limit_bytes, ("sh", "-c", f'echo $$ > "{group}/cgroup.procs" && {unshare}', "sh"))
+        seen = subprocess.run(
+            [*cgroup.wrap, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"], capture_output=True, text=True
+        )
+        if seen.stdout.strip() != str(limit_bytes):
+            pytest.skip(f"cannot show the cgroup's limit where Ray reads it: {seen.stderr.strip() or seen.stdout!r}")
+        yield cgroup
     finally:
-        for _ in range(50):
+        for _ in range(100):
             pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
             if not pids:
                 break

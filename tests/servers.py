@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import requests
@@ -180,7 +180,7 @@ def ray_head(
     num_cpus: int = 2,
     num_gpus: int | None = None,
     env: dict[str, str] | None = None,
-    wrap: list[str] | None = None,
+    wrap: Sequence[str] = (),
 ) -> Iterator[dict[str, str]]:
     """`ray start --head --block` on free ports with its own temp dir; yields its dashboard URL and GCS address.
 
@@ -220,7 +220,7 @@ def _start_head(
     num_cpus: int,
     num_gpus: int | None,
     env: dict[str, str] | None,
-    wrap: list[str] | None,
+    wrap: Sequence[str],
 ) -> tuple[subprocess.Popen, dict[str, str]]:
     """`ray start --head --block` on ports free a moment ago; RuntimeError (log kept) if it never comes up."""
     temp_dir.mkdir()
@@ -245,7 +245,7 @@ def _start_head(
     log = temp_dir / "head.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [*(wrap or []), *cmd],
+            [*wrap, *cmd],
             env=_env(marker) | (env or {}),
             stdout=out,
             stderr=subprocess.STDOUT,
