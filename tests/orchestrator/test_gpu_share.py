@@ -6,6 +6,9 @@ each worker writing what Ray assigned it and then waiting until the other run's 
 Both placed at once on the one GPU is the proof; with `use_gpu` alone (a whole GPU per worker) the
 second could only start after the first ended, and the first would give up waiting. Nothing touches
 CUDA: the workers run `DataParallelTrainer`'s plain loop, without a torch process group.
+
+Also on that logical GPU: a GPU run's evaluation task and `--preflight`'s GPU probe are placed on it and,
+torch here being a CPU build, say so, naming the node (the device choice and probe a GPU node would pass).
 """
 
 from __future__ import annotations
@@ -129,3 +132,26 @@ def test_the_preflight_gpu_probe_names_the_node_where_torch_sees_no_cuda(ray_ses
     too_big = load_experiment("table8", "tiny", ["sweep={}", "resources.gpus_per_worker=2"])
     (waited,), _ = probe_lines(probe_gpu_worker(too_big, timeout_s=1), too_big)
     assert "no GPU worker took it within 1 s (resources.gpus_per_worker=2" in waited and "maxReplicas" in waited
+
+
+def test_a_probe_report_becomes_plan_lines_naming_the_knobs():
+    """What the probe returns from a GPU node (its keys as `workers.gpu_probe.probe_node` builds them) in plan words."""
+    from orchestrator.experiment import load_experiment
+    from orchestrator.gpu_preflight import probe_lines
+
+    h100 = {"node": "gpu-1 (10.0.0.5)", "gpu_ids": ["0"], "ok": True, "gpu": "NVIDIA H100 80GB HBM3", "torch": "2.13.0",
+            "cuda": "13.0", "driver": "580.65.06", "capability": "9.0", "memory_gib": 79.2}  # fmt: skip
+    whole = load_experiment("psnr-b", "paper", ["resources.gpus_per_worker=1"])
+    half = load_experiment("psnr-b", "paper", ["resources.gpus_per_worker=0.5"])
+    fits = h100 | {"step": {"seconds": 0.41, "peak_gib": 30.0, "total_gib": 79.2}}
+    assert probe_lines(fits, whole)[0] == [] and len(probe_lines(fits, whole)[1]) == 1
+    (note,) = probe_lines(fits, whole)[1]
+    assert note.startswith("GPU probe on node gpu-1 (10.0.0.5) (Ray GPU ids ['0']): NVIDIA H100") and "38%" in note
+    shared = probe_lines(fits, half)[1]  # two trials' dense steps on one GPU: 76 %, fine
+    assert len(shared) == 1
+    tight = h100 | {"step": {"seconds": 0.41, "peak_gib": 74.0, "total_gib": 79.2}}
+    assert "search_space.recompute_cells=0.5" in probe_lines(tight, whole)[1][1]
+    crowded = h100 | {"step": {"seconds": 0.41, "peak_gib": 45.0, "total_gib": 79.2}}
+    assert "2 trials sharing this GPU (gpus_per_worker=0.5) need 114%" in probe_lines(crowded, half)[1][1]
+    (problem,), _ = probe_lines(h100 | {"out_of_memory": "CUDA out of memory. Tried to allocate 2.00 GiB"}, whole)
+    assert "does not fit (CUDA: CUDA out of memory" in problem and "recompute_cells=0.5" in problem
