@@ -52,8 +52,9 @@ def evaluate_here(
 
     `net` itself stays where it is (a copy is moved when `device` differs).
     """
-    evaluation = evaluate_sets(net, sets, scale, device=str(device), teacher=load_supervision_teacher(supervision))
-    return evaluation, comparison_for_sets(on_device(net, device), sets, scale)
+    moved = on_device(net, device)  # one copy on `device` (none on the CPU), for the metrics and the picture
+    evaluation = evaluate_sets(moved, sets, scale, device=str(device), teacher=load_supervision_teacher(supervision))
+    return evaluation, comparison_for_sets(moved, sets, scale)
 
 
 def evaluate_checkpoint(
