@@ -260,13 +260,17 @@ def val_pairs(path: str, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
 # --------------------------------------------------------------------------- crops (training worker)
 
 
-def _draws(n: int, augment: bool, generator: torch.Generator) -> torch.Tensor:
-    """Per sample uniforms: (y, x, hflip[, vflip, rot90]); one call so batch and rows agree."""
-    return torch.rand((n, 5 if augment else 3), generator=generator, dtype=torch.float64)
+def _draws(n: int, augment: bool, generator: torch.Generator) -> list[list[float]]:
+    """Per sample uniforms: (y, x, hflip[, vflip, rot90]); one call so batch and rows agree.
+
+    Drawn as one float64 tensor (the generator's draws are those of every earlier version) and
+    handed on as Python floats: the same doubles, without a tensor op per comparison.
+    """
+    return torch.rand((n, 5 if augment else 3), generator=generator, dtype=torch.float64).tolist()
 
 
 def _offset(
-    lr_hw: Sequence[int], hr_hw: Sequence[int], patch: int, scale: int, u: torch.Tensor, name: str
+    lr_hw: Sequence[int], hr_hw: Sequence[int], patch: int, scale: int, u: Sequence[float], name: str
 ) -> tuple[int, int]:
     """Top-left LR corner of the crop drawn by uniforms ``u``, after checking the pair's sizes."""
     h, w = int(lr_hw[0]), int(lr_hw[1])
@@ -279,16 +283,33 @@ def _offset(
     return y, x
 
 
-def _flips(lp: torch.Tensor, hp: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _flips(lp: torch.Tensor, hp: torch.Tensor, u: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Horizontal flip, then (with augment) vertical flip and transpose, of one CHW pair."""
     if u[2] < 0.5:
         lp, hp = lp.flip(-1), hp.flip(-1)
-    if u.numel() > 3:
+    if len(u) > 3:
         if u[3] < 0.5:
             lp, hp = lp.flip(-2), hp.flip(-2)
         if u[4] < 0.5:
             lp, hp = lp.transpose(-1, -2), hp.transpose(-1, -2)
     return lp, hp
+
+
+def _chw_view(image: np.ndarray, y: int, x: int, size: int, u: Sequence[float]) -> np.ndarray:
+    """The size×size crop at (y, x) of an HWC image, flipped as `_flips` flips, as a CHW numpy view (no copy).
+
+    Flips are reversed strides and the transpose swapped axes, so the one copy into the batch buffer
+    does them: hflip reverses W, vflip reverses H, then the transpose makes (C, W, H).
+    """
+    view = image[y : y + size, x : x + size]
+    if u[2] < 0.5:
+        view = view[:, ::-1]
+    if len(u) > 3:
+        if u[3] < 0.5:
+            view = view[::-1]
+        if u[4] < 0.5:
+            return view.transpose(2, 1, 0)
+    return view.transpose(2, 0, 1)
 
 
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -350,20 +371,29 @@ def collate_crops(
 
     ``batch_rows`` is what ``iter_batches(batch_format="numpy")`` yields (a dict of columns;
     ragged images come as an object array of HxWx3 arrays) or a list of row dicts.
+
+    Why it is built this way: this runs for every training pair on the worker's one crop thread.
+    Each crop, with its flips, is one strided numpy copy straight into the batch's NCHW buffer of
+    the rows' dtype (uint8), and the batch becomes float once; one tensor per crop, flipped, stacked
+    and converted cost ~5x more per pair (`bench/data_feed.py`). The draws, crops, flips and bytes
+    are those of the per-crop version (`bench/crop_reference.py`, tested equal).
     """
     lrs, hrs = _column(batch_rows, "lr"), _column(batch_rows, "hr")
     ids = _ids(batch_rows, len(lrs))
+    if not lrs:
+        raise ValueError("collate_crops got an empty batch: no rows to crop")
     u = _draws(len(lrs), augment, generator)
-    out_lr, out_hr = [], []
+    big = patch * scale
+    out_lr = np.empty((len(lrs), 3, patch, patch), dtype=np.asarray(lrs[0]).dtype)
+    out_hr = np.empty((len(hrs), 3, big, big), dtype=np.asarray(hrs[0]).dtype)
     for i, (lr, hr) in enumerate(zip(lrs, hrs, strict=True)):
         lr, hr = np.asarray(lr), np.asarray(hr)
+        if (lr.dtype, hr.dtype, lr.shape[2:], hr.shape[2:]) != (out_lr.dtype, out_hr.dtype, (3,), (3,)):
+            raise ValueError(
+                f"{ids[i]}: LR {lr.dtype} {lr.shape} / HR {hr.dtype} {hr.shape} are not HxWx3 images of the batch's "
+                f"dtypes ({out_lr.dtype} / {out_hr.dtype})"
+            )
         y, x = _offset(lr.shape[:2], hr.shape[:2], patch, scale, u[i], ids[i])
-        # Crop in numpy first (batches from Ray may be read-only views), then copy only the patch.
-        lp = torch.from_numpy(np.ascontiguousarray(lr[y : y + patch, x : x + patch])).permute(2, 0, 1)
-        hp = torch.from_numpy(
-            np.ascontiguousarray(hr[y * scale : (y + patch) * scale, x * scale : (x + patch) * scale])
-        ).permute(2, 0, 1)
-        lp, hp = _flips(lp, hp, u[i])
-        out_lr.append(lp)
-        out_hr.append(hp)
-    return _to_unit(torch.stack(out_lr)), _to_unit(torch.stack(out_hr))
+        out_lr[i] = _chw_view(lr, y, x, patch, u[i])
+        out_hr[i] = _chw_view(hr, y * scale, x * scale, big, u[i])
+    return _to_unit(torch.from_numpy(out_lr)), _to_unit(torch.from_numpy(out_hr))

@@ -18,6 +18,7 @@ from workers.pipeline import (
     VAL,
     collate_crops,
     data_config,
+    decoded_rows,
     image_ids,
     random_patch_pairs,
     read_pairs,
@@ -148,6 +149,43 @@ def subimage_set(tmp_path_factory) -> Path:
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / f"img{i}.png")
     prepare_dataset([str(src)], str(root / "out"), subimages=(64, 32), min_size=64, rows_per_shard=5)
     return root / "out"
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_batched_crops_are_byte_identical_to_the_per_crop_version_on_real_photos(demo, augment):
+    """collate_crops (one uint8 buffer per batch) against main@99bd259's per-crop loop, kept in bench/:
+    the same bytes, dtype, shape and strides, and the generator left in the same state after every batch
+    (the same draws), on the demo's photographs (several sizes), as row lists and as Ray's numpy batches."""
+    from bench.crop_reference import collate_crops_per_crop
+
+    rows = decoded_rows(str(demo / "train"), 4)
+    assert len({r["hr"].shape for r in rows}) > 1  # ragged: crops come from images of different sizes
+    new_gen, old_gen = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    picks = torch.Generator().manual_seed(5)
+    for step in range(24):
+        size = 1 + step % 9
+        batch = [rows[int(j)] for j in torch.randint(len(rows), (size,), generator=picks)]  # repeats too
+        if step % 2:  # what iter_batches(batch_format="numpy") yields: columns, ragged images as object arrays
+            columns = {key: np.empty(size, dtype=object) for key in ("lr", "hr")}
+            for i, row in enumerate(batch):
+                columns["lr"][i], columns["hr"][i] = row["lr"], row["hr"]
+            batch = {"id": np.array([row["id"] for row in batch]), **columns}
+        got = collate_crops(batch, 32, 4, new_gen, augment=augment)
+        want = collate_crops_per_crop(batch, 32, 4, old_gen, augment=augment)
+        for g, w in zip(got, want, strict=True):
+            assert (g.dtype, g.shape, g.stride()) == (w.dtype, w.shape, w.stride())
+            assert g.numpy().tobytes() == w.numpy().tobytes()
+        assert torch.equal(new_gen.get_state(), old_gen.get_state())
+
+
+def test_crops_name_a_row_that_is_not_an_rgb_image_of_the_batchs_dtype():
+    lr, hr = _blocky_pair(2, 12, 12, 2)
+    rows = [{"id": f"r{i}", "lr": lr[i].permute(1, 2, 0).numpy(), "hr": hr[i].permute(1, 2, 0).numpy()} for i in (0, 1)]
+    rows[1] = {"id": "gray", "lr": rows[1]["lr"][..., 0], "hr": rows[1]["hr"][..., 0]}
+    with pytest.raises(ValueError, match=r"gray: LR uint8 \(12, 12\) / HR uint8 \(24, 24\) are not HxWx3"):
+        collate_crops(rows, 8, 2, torch.Generator())
+    with pytest.raises(ValueError, match="empty batch"):
+        collate_crops([], 8, 2, torch.Generator())
 
 
 def test_image_ids_reads_the_column(subimage_set):
