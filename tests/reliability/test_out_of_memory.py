@@ -7,6 +7,12 @@ activations. Both trials wait at a gate before their search's last checkpoint an
 killed for memory. The sweep must end with that trial failed (a message naming the memory monitor and the knobs,
 no traceback), nothing left RUNNING in MLflow; resuming it one trial at a time must finish it.
 
+Ray 2.60 kills the newest workers until it has freed what is above its threshold plus a buffer of 5 % of the
+node's memory (0.4 GiB here): one trial's process (~1.6 GiB then) is enough, so one trial is killed and the
+other finishes; the resume reruns the killed one alone. (Its `max_concurrent_trials=1` does not hold the rerun
+back: Tune 2.60 ignores max_concurrent_trials beside a BasicVariantGenerator and requeues restored trials
+without it; the driver's log says so.)
+
 Isolated from the rest of the machine: the head runs in a memory cgroup of its own (tests/faults.py), which
 Ray's monitor takes for the node's memory, so it counts only this test's processes (Ray and the trials; the
 driver runs outside) whatever else the machine runs. Skipped, saying why, where no such cgroup can be made.
