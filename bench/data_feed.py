@@ -1,15 +1,18 @@
 """LR/HR patches per second one worker's data feed produces at paper settings, against what a GPU step consumes.
 
-    python -m bench.data_feed               # 3 DIV2K-sized images, 3 rounds (~1-2 min of one core)
-    python -m bench.data_feed --quick       # 1 smaller image, 1 round (the test suite's smoke run)
+    python -m bench.data_feed               # 3 DIV2K-sized images, 3 rounds (~2-3 min of one core)
+    python -m bench.data_feed --quick       # 1 smaller image, 1 round
 
 What a worker does per training crop, measured as process CPU time on one thread (steadier than wall
 time on a shared machine), in one run, for each way the data can be prepared and cropped:
 
 - **decode** = what a Ray Data task (or the in-memory reader) does per row: `workers.pipeline.decode_pair`
   (PNG decode of HR, and of the stored LR or the MATLAB bicubic that makes it);
-- **crop** = what the training worker's prefetch thread does per batch: `workers.batches.patch_batches`
-  (random 32×32 LR crops with their 128×128 HR crops, flips, float conversion), batch 16.
+- **crop** = what the training worker's prefetch thread does per batch: `workers.pipeline.collate_crops`
+  (random 32×32 LR crops with their 128×128 HR crops, flips, float conversion), batch 16, on batches
+  drawn as `workers.batches.patch_batches` draws them. Measured twice, batch by batch interleaved (thread
+  CPU time): main@99bd259's per-crop version (`bench/crop_reference.py`, "before") and today's batched one
+  ("after"); the two must give the same bytes or the run stops.
 
 Rows are 2040×1356 RGB PNGs (DIV2K's typical size; a mosaic of scikit-image's photographs resized
 up, since DIV2K is not here), prepared by `trilevel data prepare`'s own code: whole images with the LR
@@ -19,8 +22,10 @@ decoded row (`data.crops_per_image`; k = 1 is what the pipeline did before the o
 
 A worker's rate at C CPUs is C / (CPU seconds per crop), at most 1 / (crop seconds per crop): decoding
 runs in Ray Data tasks spread over the worker's CPUs, the crops on one background thread
-(`workers.prefetch`), both off the training thread; linear scaling is assumed, not measured here (2
-shared cores).
+(`workers.prefetch`), both off the training thread. Rows "in memory" are decoded once per trial
+(`data.cache_mb`), so a pass costs the crops alone. How decoding and cutting scale with threads in one
+process is measured at 1 and 2 threads (wall time, rounds interleaved; this machine has 2 shared cores);
+4 CPUs are extrapolated linearly from 1, which the 2-thread speed-up bounds.
 
 **Consumption**: a train step takes 16 pairs, a search step 6 (χ1 and χ2 batches of 3). The GPU step
 times are estimates (no GPU here), the larger of two bounds on an H100 (stated in the output):
@@ -49,8 +54,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import median  # noqa: E402
-from workers.batches import epoch_generator, patch_batches  # noqa: E402
-from workers.pipeline import decoded_rows  # noqa: E402
+from bench.crop_reference import collate_crops_per_crop  # noqa: E402
+from workers.batches import epoch_generator  # noqa: E402
+from workers.pipeline import collate_crops, decoded_rows  # noqa: E402
 from workers.shards.folders import prepare_dataset  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -103,26 +109,102 @@ def _raw_rows(path: str) -> list[dict[str, Any]]:
     return table.to_pylist()
 
 
+def _row_batches(n: int, crops: int, steps: int) -> list[list[int]]:
+    """Row indices of `steps` batches of 16, drawn as `patch_batches` draws cached rows (k copies of each, mixed)."""
+    gen, order, out = torch.Generator().manual_seed(1), [], []
+    for _ in range(steps):
+        while len(order) < TRAIN_BATCH:
+            order += (torch.randperm(n * crops, generator=gen) % n).tolist()
+        out.append(order[:TRAIN_BATCH])
+        order = order[TRAIN_BATCH:]
+    return out
+
+
+def crop_seconds(rows: list[dict[str, Any]], crops: int) -> dict[str, float]:
+    """CPU seconds per pair of main@99bd259's per-crop collate and today's batched one, batch by batch interleaved.
+
+    Both cut the same batches from the same generator state (checked equal: the same bytes), each batch
+    first by one then by the other, alternating who goes first, so load on the shared machine hits both alike.
+    """
+    batches = [[rows[i] for i in b] for b in _row_batches(len(rows), crops, max(1, len(rows) * crops // TRAIN_BATCH))]
+    spent = {"per_crop": 0.0, "batched": 0.0}
+    gens = {name: epoch_generator(0, 0) for name in spent}
+    funcs = {"per_crop": collate_crops_per_crop, "batched": collate_crops}
+    made = 0
+    for n, batch in enumerate(batches):
+        out = {}
+        for name in ("per_crop", "batched") if n % 2 == 0 else ("batched", "per_crop"):
+            start = time.thread_time()
+            out[name] = funcs[name](batch, PATCH, SCALE, gens[name])
+            spent[name] += time.thread_time() - start
+        if not all(torch.equal(a, b) for a, b in zip(out["per_crop"], out["batched"], strict=True)):
+            raise AssertionError("the batched crops differ from the per-crop ones")
+        made += len(batch)
+    return {name: seconds / made for name, seconds in spent.items()}
+
+
 def cpu_seconds_per_crop(raw: list[dict[str, Any]], crops: int) -> dict[str, float]:
     """One pass: decode every row once (as the feed does), then cut `crops` crops of each in batches of 16."""
     from workers.pipeline import _decode_row
 
     start = time.process_time()
     rows = [_decode_row(row, SCALE) for row in raw]
-    decoded = time.process_time()
-    steps = max(1, len(rows) * crops // TRAIN_BATCH)
-    batches = patch_batches(
-        rows, batch_size=TRAIN_BATCH, patch=PATCH, scale=SCALE, generator=epoch_generator(0, 0),
-        steps=steps, name="bench", crops_per_image=crops,
-    )  # fmt: skip
-    made = sum(lr.shape[0] for lr, _ in batches)
-    cropped = time.process_time()
+    decode = (time.process_time() - start) / len(rows)
+    crop = crop_seconds(rows, crops)
     return {
-        "decode_s_per_row": (decoded - start) / len(rows),
-        "crop_s_per_crop": (cropped - decoded) / made,
+        "decode_s_per_row": decode,
+        "crop_s_per_crop_before": crop["per_crop"],
+        "crop_s_per_crop": crop["batched"],
         # each decoded row serves `crops` crops; the crops' own cost is per crop made
-        "s_per_crop": (decoded - start) / (len(rows) * crops) + (cropped - decoded) / made,
+        "s_per_crop_before": decode / crops + crop["per_crop"],
+        "s_per_crop": decode / crops + crop["batched"],
     }
+
+
+def decode_threads(raw: list[dict[str, Any]], rounds: int, threads: tuple[int, ...] = (1, 2)) -> dict[int, dict]:
+    """Rows decoded per wall second and CPU seconds per row with 1 and 2 decoding threads, rounds interleaved.
+
+    Where the feed decodes: streamed rows in Ray Data tasks (processes, `data.data_cpus` each, as many at
+    once as the node has free CPUs); cached rows once per trial (`decoded_rows`). A thread pool shows
+    whether decoding (PIL's PNG inflate, the MATLAB bicubic in numpy) runs in parallel at all in one
+    process: with the GIL held it would not speed up.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workers.pipeline import _decode_row
+
+    wall: dict[int, list[float]] = {t: [] for t in threads}
+    cpu: dict[int, list[float]] = {t: [] for t in threads}
+    for r in range(rounds):
+        for t in threads if r % 2 == 0 else tuple(reversed(threads)):
+            with ThreadPoolExecutor(t) as pool:
+                w0, c0 = time.perf_counter(), time.process_time()
+                list(pool.map(lambda row: _decode_row(row, SCALE), raw))
+                wall[t].append((time.perf_counter() - w0) / len(raw))
+                cpu[t].append((time.process_time() - c0) / len(raw))
+    return {t: {"rows_per_wall_s": 1 / median(wall[t]), "cpu_ms_per_row": 1e3 * median(cpu[t])} for t in threads}
+
+
+def crop_threads(rows: list[dict[str, Any]], rounds: int, threads: tuple[int, ...] = (1, 2)) -> dict[int, dict]:
+    """Pairs cut per wall second by 1 and 2 threads each cutting whole batches of 16 (rounds interleaved).
+
+    The feed cuts on one prefetch thread; this measures whether cutting would scale over threads (numpy's
+    copies and torch's conversion release the GIL), i.e. what several cutting threads per worker would give.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [[rows[i] for i in b] for b in _row_batches(len(rows), 16, max(8, len(rows)))]
+    wall: dict[int, list[float]] = {t: [] for t in threads}
+    cpu: dict[int, list[float]] = {t: [] for t in threads}
+    for r in range(rounds):
+        for t in threads if r % 2 == 0 else tuple(reversed(threads)):
+            with ThreadPoolExecutor(t) as pool:
+                w0, c0 = time.perf_counter(), time.process_time()
+                list(pool.map(lambda b: collate_crops(b, PATCH, SCALE, torch.Generator().manual_seed(0)), batches))
+                pairs = TRAIN_BATCH * len(batches)
+                wall[t].append((time.perf_counter() - w0) / pairs)
+                cpu[t].append((time.process_time() - c0) / pairs)
+    return {t: {"pairs_per_wall_s": 1 / median(wall[t]), "cpu_ms_per_pair": 1e3 * median(cpu[t])} for t in threads}
 
 
 def gpu_step_estimates(launch_us: float, tflops: float) -> dict[str, Any]:
@@ -183,7 +265,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train": TRAIN_BATCH / gpu["train"]["step_s"],
         "search_late": SEARCH_PAIRS / gpu["search_late"]["step_s"],
     }
-    rows_out = []
+    rows_out, threads = [], {}
+
+    def rate(per_pair: float, crop: float) -> float:
+        # C CPUs share the decoding and cropping; the crops themselves run on one prefetch thread
+        return min(args.cpus / per_pair, 1.0 / crop)
+
     with tempfile.TemporaryDirectory() as tmp:
         source = _sources(Path(tmp) / "src", images, size)
         for name, options, crop_counts in LAYOUTS:
@@ -193,24 +280,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             decoded_rows(str(out), SCALE)  # warm-up: imports, first allocations
             for crops in crop_counts:
                 runs = [cpu_seconds_per_crop(raw, crops) for _ in range(rounds)]
-                per_crop = median([r["s_per_crop"] for r in runs])
+                m = {key: median([r[key] for r in runs]) for key in runs[0]}
                 rows_out.append({
                     "layout": name, "crops_per_image": crops, "rows": len(raw),
-                    "decode_ms_per_row": 1e3 * median([r["decode_s_per_row"] for r in runs]),
-                    "crop_ms_per_crop": 1e3 * median([r["crop_s_per_crop"] for r in runs]),
-                    "ms_per_crop": 1e3 * per_crop,
-                    # C CPUs share the decoding and cropping; the crops themselves run on one prefetch thread
-                    "pairs_per_s_per_worker": min(
-                        args.cpus / per_crop, 1.0 / median([r["crop_s_per_crop"] for r in runs])
-                    ),
+                    "decode_ms_per_row": 1e3 * m["decode_s_per_row"],
+                    "crop_ms_per_crop_before": 1e3 * m["crop_s_per_crop_before"],
+                    "crop_ms_per_crop": 1e3 * m["crop_s_per_crop"],
+                    "ms_per_crop_before": 1e3 * m["s_per_crop_before"],
+                    "ms_per_crop": 1e3 * m["s_per_crop"],
+                    "pairs_per_s_per_worker_before": rate(m["s_per_crop_before"], m["crop_s_per_crop_before"]),
+                    "pairs_per_s_per_worker": rate(m["s_per_crop"], m["crop_s_per_crop"]),
                 })  # fmt: skip
-    today = rows_out[0]["ms_per_crop"]
+            if options:  # decoded once per trial and kept (`data.cache_mb`): a pass costs the crops alone
+                last = rows_out[-1]
+                rows_out.append({
+                    **last, "layout": name + ", in memory", "crops_per_image": "any", "decode_ms_per_row": 0.0,
+                    "ms_per_crop_before": last["crop_ms_per_crop_before"], "ms_per_crop": last["crop_ms_per_crop"],
+                    "pairs_per_s_per_worker_before": 1e3 / last["crop_ms_per_crop_before"],
+                    "pairs_per_s_per_worker": 1e3 / last["crop_ms_per_crop"],
+                })  # fmt: skip
+            pool_rows = raw * -(-16 // len(raw))  # at least 16 rows, so 2 threads get equal shares
+            threads[name] = decode_threads(pool_rows, max(rounds, 2))
+        cutting = crop_threads(decoded_rows(str(out), SCALE), max(rounds, 2))  # the last layout's rows, in memory
+    today = rows_out[0]["ms_per_crop_before"]
     for row in rows_out:
         row["x_today"] = today / row["ms_per_crop"]
-        for step, rate in consumed.items():
-            row[f"headroom_{step}"] = row["pairs_per_s_per_worker"] / rate
+        row["x_before"] = row["pairs_per_s_per_worker"] / row["pairs_per_s_per_worker_before"]
+        for step, consumption in consumed.items():
+            row[f"headroom_{step}_before"] = row["pairs_per_s_per_worker_before"] / consumption
+            row[f"headroom_{step}"] = row["pairs_per_s_per_worker"] / consumption
     report = {"size": list(size), "images": images, "rounds": rounds, "cpus": args.cpus, "gpu": gpu,
-              "consumed_pairs_per_s": consumed, "rows": rows_out}  # fmt: skip
+              "consumed_pairs_per_s": consumed, "rows": rows_out, "decode_threads": threads,
+              "crop_threads": cutting}  # fmt: skip
     t, s = gpu["train"], gpu["search_late"]
     assumed = f"H100, {args.launch_us:g} µs/launch, {args.tflops:g} TFLOP/s"
     train_line = (
@@ -220,16 +321,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     search_line = f"late search {s['step_s'] * 1e3:.1f} ms ({s['launches']} launches) → {consumed['search_late']:.0f}"
     print(f"GPU step estimates ({assumed}): {train_line}; {search_line} pairs/s\n")
     print(
-        f"| layout ({images} × {size[0]}×{size[1]}) | crops per decoded row | rows | decode ms/row | crop ms/crop "
-        f"| CPU ms per crop | pairs/s per worker ({args.cpus:g} CPUs) | × today | headroom vs train | vs late search |"
+        f"| layout ({images} × {size[0]}×{size[1]}) | k | rows | decode ms/row | crop ms/pair before → after "
+        f"| CPU ms per pair | pairs/s per worker ({args.cpus:g} CPUs) before → after | × before | × today "
+        "| headroom vs train step | vs late search step |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows_out:
         print(
             f"| {r['layout']} | {r['crops_per_image']} | {r['rows']} | {r['decode_ms_per_row']:.1f} | "
-            f"{r['crop_ms_per_crop']:.2f} | {r['ms_per_crop']:.2f} | {r['pairs_per_s_per_worker']:.0f} | "
-            f"{r['x_today']:.1f} | {r['headroom_train']:.2f} | {r['headroom_search_late']:.2f} |"
+            f"{r['crop_ms_per_crop_before']:.3f} → {r['crop_ms_per_crop']:.3f} | {r['ms_per_crop']:.3f} | "
+            f"{r['pairs_per_s_per_worker_before']:.0f} → {r['pairs_per_s_per_worker']:.0f} | {r['x_before']:.2f} | "
+            f"{r['x_today']:.0f} | {r['headroom_train_before']:.2f} → {r['headroom_train']:.2f} | "
+            f"{r['headroom_search_late_before']:.1f} → {r['headroom_search_late']:.1f} |"
         )
+    print("\n| decoding in one process | rows/wall s, 1 thread | 2 threads | speed-up | CPU ms/row, 1 → 2 threads |")
+    print("|---|---|---|---|---|")
+    for name, by in threads.items():
+        one, two = by[1], by[2]
+        print(
+            f"| {name} | {one['rows_per_wall_s']:.1f} | {two['rows_per_wall_s']:.1f} | "
+            f"{two['rows_per_wall_s'] / one['rows_per_wall_s']:.2f} | {one['cpu_ms_per_row']:.1f} → "
+            f"{two['cpu_ms_per_row']:.1f} |"
+        )
+    one, two = cutting[1], cutting[2]
+    print(
+        f"| cutting batches of 16 (pairs, not rows) | {one['pairs_per_wall_s']:.0f} | {two['pairs_per_wall_s']:.0f} | "
+        f"{two['pairs_per_wall_s'] / one['pairs_per_wall_s']:.2f} | {one['cpu_ms_per_pair']:.3f} → "
+        f"{two['cpu_ms_per_pair']:.3f} |"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     return report

@@ -51,3 +51,30 @@ def test_gpu_check_runs_at_tiny_shapes_and_prints_every_row(one_thread, capsys):
         assert row in table, row
     assert report["pretrain_s"] > 0 and report["search_late_s"] > 0 and report["train_s"] > 0
     assert report["data_pairs_per_s"] > 0 and report["data_headroom"] > 0
+
+
+def test_data_feed_cuts_and_decodes_a_few_small_rows(one_thread):
+    """bench/data_feed.py's measurements on 3 small rows: the per-crop and batched cuts (which the bench checks
+    give the same bytes, else it raises) and decoding with 1 and 2 threads."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from bench.data_feed import crop_seconds, decode_threads
+
+    rng = np.random.default_rng(0)
+
+    def png(array: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG")
+        return buf.getvalue()
+
+    hr = [rng.integers(0, 256, (128 + 4 * i, 136, 3), dtype=np.uint8) for i in range(3)]
+    lr = [h[::4, ::4].copy() for h in hr]
+    rows = [{"id": str(i), "image_id": str(i), "lr": lr[i], "hr": hr[i]} for i in range(3)]
+    cut = crop_seconds(rows, crops=4)
+    assert cut["per_crop"] > 0 and cut["batched"] > 0
+    raw = [{**row, "lr": png(row["lr"]), "hr": png(row["hr"])} for row in rows]
+    threads = decode_threads(raw, rounds=1)
+    assert set(threads) == {1, 2} and all(t["rows_per_wall_s"] > 0 for t in threads.values())
