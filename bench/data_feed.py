@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import median  # noqa: E402
 from bench.crop_reference import collate_crops_per_crop  # noqa: E402
-from workers.batches import epoch_generator  # noqa: E402
+from workers.batches import epoch_generator, patch_batches  # noqa: E402
 from workers.pipeline import collate_crops, decoded_rows  # noqa: E402
 from workers.shards.folders import prepare_dataset  # noqa: E402
 
@@ -186,24 +186,24 @@ def decode_threads(raw: list[dict[str, Any]], rounds: int, threads: tuple[int, .
 
 
 def crop_threads(rows: list[dict[str, Any]], rounds: int, threads: tuple[int, ...] = (1, 2)) -> dict[int, dict]:
-    """Pairs cut per wall second by 1 and 2 threads each cutting whole batches of 16 (rounds interleaved).
+    """Pairs per wall second of `patch_batches` on rows in memory (k = 16, batch 16) at each `cut_threads`.
 
-    The feed cuts on one prefetch thread; this measures whether cutting would scale over threads (numpy's
-    copies and torch's conversion release the GIL), i.e. what several cutting threads per worker would give.
+    Rounds interleaved. The draws stay on the calling thread, the cuts go to the pool (numpy's copies and
+    torch's float conversion release the GIL); the batches are the same at any count (tested).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    batches = [[rows[i] for i in b] for b in _row_batches(len(rows), 16, max(8, len(rows)))]
+    steps = max(8, len(rows))
     wall: dict[int, list[float]] = {t: [] for t in threads}
     cpu: dict[int, list[float]] = {t: [] for t in threads}
     for r in range(rounds):
         for t in threads if r % 2 == 0 else tuple(reversed(threads)):
-            with ThreadPoolExecutor(t) as pool:
-                w0, c0 = time.perf_counter(), time.process_time()
-                list(pool.map(lambda b: collate_crops(b, PATCH, SCALE, torch.Generator().manual_seed(0)), batches))
-                pairs = TRAIN_BATCH * len(batches)
-                wall[t].append((time.perf_counter() - w0) / pairs)
-                cpu[t].append((time.process_time() - c0) / pairs)
+            w0, c0 = time.perf_counter(), time.process_time()
+            batches = patch_batches(
+                rows, batch_size=TRAIN_BATCH, patch=PATCH, scale=SCALE, generator=epoch_generator(0, 0),
+                steps=steps, name="bench", crops_per_image=16, cut_threads=t,
+            )  # fmt: skip
+            pairs = sum(lr.shape[0] for lr, _ in batches)
+            wall[t].append((time.perf_counter() - w0) / pairs)
+            cpu[t].append((time.process_time() - c0) / pairs)
     return {t: {"pairs_per_wall_s": 1 / median(wall[t]), "cpu_ms_per_pair": 1e3 * median(cpu[t])} for t in threads}
 
 
@@ -256,8 +256,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cpus", type=float, default=4.0, help="CPUs per worker the rate is scaled to")
     parser.add_argument("--launch-us", type=float, default=5.0, help="assumed host cost per kernel launch, µs")
     parser.add_argument("--tflops", type=float, default=40.0, help="assumed achieved TFLOP/s of the train step")
+    parser.add_argument(
+        "--threads", default="1,2", help="thread thread_counts for the decoding and cutting scaling rows (e.g. 1,2,4)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "data_feed.json")
     args = parser.parse_args(argv)
+    thread_counts = tuple(int(t) for t in args.threads.split(","))
     torch.set_num_threads(1)
     size, images, rounds = ((1020, 680), 1, 1) if args.quick else ((2040, 1356), args.images, args.rounds)
     gpu = gpu_step_estimates(args.launch_us, args.tflops)
@@ -273,12 +277,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         source = _sources(Path(tmp) / "src", images, size)
-        for name, options, crop_counts in LAYOUTS:
+        for name, options, crop_thread_counts in LAYOUTS:
             out = Path(tmp) / name.split(",")[0].replace("/", "-").replace(" ", "_") / str(len(options))
             prepare_dataset([str(source)], str(out), SCALE, workers=1, **options)
             raw = _raw_rows(str(out))
             decoded_rows(str(out), SCALE)  # warm-up: imports, first allocations
-            for crops in crop_counts:
+            for crops in crop_thread_counts:
                 runs = [cpu_seconds_per_crop(raw, crops) for _ in range(rounds)]
                 m = {key: median([r[key] for r in runs]) for key in runs[0]}
                 rows_out.append({
@@ -300,8 +304,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "pairs_per_s_per_worker": 1e3 / last["crop_ms_per_crop"],
                 })  # fmt: skip
             pool_rows = raw * -(-16 // len(raw))  # at least 16 rows, so 2 threads get equal shares
-            threads[name] = decode_threads(pool_rows, max(rounds, 2))
-        cutting = crop_threads(decoded_rows(str(out), SCALE), max(rounds, 2))  # the last layout's rows, in memory
+            threads[name] = decode_threads(pool_rows, max(rounds, 2), thread_counts)
+        in_memory = decoded_rows(str(out), SCALE)  # the last layout's rows, decoded once
+        cutting = crop_threads(in_memory, max(rounds, 2), thread_counts)
     today = rows_out[0]["ms_per_crop_before"]
     for row in rows_out:
         row["x_today"] = today / row["ms_per_crop"]
@@ -334,21 +339,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{r['x_today']:.0f} | {r['headroom_train_before']:.2f} → {r['headroom_train']:.2f} | "
             f"{r['headroom_search_late_before']:.1f} → {r['headroom_search_late']:.1f} |"
         )
-    print("\n| decoding in one process | rows/wall s, 1 thread | 2 threads | speed-up | CPU ms/row, 1 → 2 threads |")
-    print("|---|---|---|---|---|")
-    for name, by in threads.items():
-        one, two = by[1], by[2]
-        print(
-            f"| {name} | {one['rows_per_wall_s']:.1f} | {two['rows_per_wall_s']:.1f} | "
-            f"{two['rows_per_wall_s'] / one['rows_per_wall_s']:.2f} | {one['cpu_ms_per_row']:.1f} → "
-            f"{two['cpu_ms_per_row']:.1f} |"
-        )
-    one, two = cutting[1], cutting[2]
-    print(
-        f"| cutting batches of 16 (pairs, not rows) | {one['pairs_per_wall_s']:.0f} | {two['pairs_per_wall_s']:.0f} | "
-        f"{two['pairs_per_wall_s'] / one['pairs_per_wall_s']:.2f} | {one['cpu_ms_per_pair']:.3f} → "
-        f"{two['cpu_ms_per_pair']:.3f} |"
-    )
+    head = " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in thread_counts)
+    arrow = " → ".join(map(str, thread_counts))
+    print(f"\n| in one process, rate per wall s at | {head} | CPU ms per row or pair, {arrow} threads |")
+    print("|---|" + "---|" * (len(thread_counts) + 1))
+    scaled = {f"decoding: {name} (rows/s)": (by, "rows_per_wall_s", "cpu_ms_per_row") for name, by in threads.items()}
+    scaled["cutting in memory, k = 16 (pairs/s)"] = (cutting, "pairs_per_wall_s", "cpu_ms_per_pair")
+    for label, (by, rate_key, cpu_key) in scaled.items():
+        rates = " | ".join(f"{by[t][rate_key]:.1f}" for t in thread_counts)
+        print(f"| {label} | {rates} | {' → '.join(f'{by[t][cpu_key]:.3f}' for t in thread_counts)} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     return report

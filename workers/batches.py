@@ -9,12 +9,14 @@ patches.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-from workers.pipeline import collate_crops
+from workers.pipeline import crop_draws, cut_crops
 from workers.shards.format import DataError
 
 __all__ = ["epoch_generator", "patch_batches"]
@@ -38,6 +40,7 @@ def patch_batches(
     steps: int,
     name: str,
     crops_per_image: int = 1,
+    cut_threads: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield exactly `steps` (LR, HR) float batches from `source`.
 
@@ -53,18 +56,56 @@ def patch_batches(
     cached rows are drawn from permutations of k copies of every row; streamed rows wait in a pool of
     2 × `batch_size` decoded rows, each batch drawing distinct rows from it at random and a row
     leaving it after its k-th crop (:func:`_pooled`). k = 1 draws exactly what it always did.
+
+    `cut_threads` > 1 cuts batches on that many threads (numpy's copies and torch's float conversion
+    release the GIL) while rows and crop draws are still taken in order on the calling thread, so the
+    batches are the same bytes in the same order as with one; up to 2 × `cut_threads` batches are
+    drawn ahead. The stage loop still cuts on its one prefetch thread: whether more threads pay is for
+    `bench/data_feed.py --threads 1,2,4` to show on a node with idle cores (2 loaded cores here cannot).
     """
     if crops_per_image < 1:
         raise ValueError(f"data.crops_per_image must be >= 1, got {crops_per_image}")
+    if cut_threads < 1:
+        raise ValueError(f"cut_threads must be >= 1, got {cut_threads}")
     if isinstance(source, Sequence):
-        yield from _cached_batches(source, batch_size, crops_per_image, patch, scale, generator, steps, name)
+        drawn = _cached_draws(source, batch_size, crops_per_image, generator, steps, name)
+    else:
+        drawn = _streamed_draws(source, batch_size, crops_per_image, generator, steps, name)
+    yield from _cut_in_order(drawn, patch, scale, cut_threads)
+
+
+def _cut_in_order(
+    drawn: Iterator[tuple[Any, list[list[float]]]], patch: int, scale: int, threads: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`cut_crops` of every (rows, draws) in order: here at 1 thread, else on a pool, 2 × threads ahead."""
+    if threads == 1:
+        for rows, draws in drawn:
+            yield cut_crops(rows, patch, scale, draws)
         return
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="crop-cut") as pool:
+        try:
+            for rows, draws in drawn:
+                pending.append(pool.submit(cut_crops, rows, patch, scale, draws))
+                if len(pending) >= 2 * threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # a consumer that stops early: drop the cuts not started
+            for future in pending:
+                future.cancel()
+
+
+def _streamed_draws(
+    source: Any, batch_size: int, k: int, generator: torch.Generator, steps: int, name: str
+) -> Iterator[tuple[Any, list[list[float]]]]:
+    """Exactly `steps` (rows, crop draws) from a Ray DataIterator, pass after pass."""
     produced = 0
     while produced < steps:
         seen = False
-        for rows in _streamed(source, batch_size, crops_per_image, generator):
+        for rows in _streamed(source, batch_size, k, generator):
             seen = True
-            yield collate_crops(rows, patch, scale, generator)
+            yield rows, crop_draws(len(rows["lr"]) if isinstance(rows, Mapping) else len(rows), generator)
             produced += 1
             if produced >= steps:
                 return
@@ -114,16 +155,15 @@ def _pooled(rows: Iterator[Any], batch_size: int, k: int, generator: torch.Gener
         pool = [entry for entry in pool if entry[1] > 0]
 
 
-def _cached_batches(
+def _cached_draws(
     rows: Sequence[dict[str, Any]],
     batch_size: int,
     crops_per_image: int,
-    patch: int,
-    scale: int,
     generator: torch.Generator,
     steps: int,
     name: str,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[list[dict[str, Any]], list[list[float]]]]:
+    """`steps` (rows, crop draws) of cached rows drawn in seeded random order."""
     if not rows:
         raise DataError(f"training data {name!r} gave this worker no images; use fewer workers or more data")
     order: list[int] = []
@@ -132,4 +172,4 @@ def _cached_batches(
         while len(order) < batch_size:  # k copies of every row, mixed (at k = 1: a permutation, as always)
             order += (torch.randperm(n * crops_per_image, generator=generator) % n).tolist()
         chosen, order = order[:batch_size], order[batch_size:]
-        yield collate_crops([rows[i] for i in chosen], patch, scale, generator)
+        yield [rows[i] for i in chosen], crop_draws(batch_size, generator)

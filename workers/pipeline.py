@@ -48,6 +48,8 @@ __all__ = [
     "TRAIN_W",
     "VAL",
     "collate_crops",
+    "crop_draws",
+    "cut_crops",
     "data_config",
     "decode_pair",
     "decoded_rows",
@@ -359,6 +361,11 @@ def _ids(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], n: int) -> list
     return [str(row.get("id", f"row {i}")) for i, row in enumerate(batch)]
 
 
+def crop_draws(n: int, generator: torch.Generator, *, augment: bool = False) -> list[list[float]]:
+    """The uniforms of n crops (offsets, flips) from `generator`: what `collate_crops` draws for a batch of n rows."""
+    return _draws(n, augment, generator)
+
+
 def collate_crops(
     batch_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     patch: int,
@@ -370,19 +377,35 @@ def collate_crops(
     """Crop each row of a ``read_pairs`` batch (images of any sizes), then stack: like ``random_patch_pairs``.
 
     ``batch_rows`` is what ``iter_batches(batch_format="numpy")`` yields (a dict of columns;
-    ragged images come as an object array of HxWx3 arrays) or a list of row dicts.
+    ragged images come as an object array of HxWx3 arrays) or a list of row dicts. The same as
+    `cut_crops` with `crop_draws` of the batch's size.
+    """
+    n = len(_column(batch_rows, "lr"))
+    if not n:
+        raise ValueError("collate_crops got an empty batch: no rows to crop")
+    return cut_crops(batch_rows, patch, scale, crop_draws(n, generator, augment=augment))
 
-    Why it is built this way: this runs for every training pair on the worker's one crop thread.
-    Each crop, with its flips, is one strided numpy copy straight into the batch's NCHW buffer of
-    the rows' dtype (uint8), and the batch becomes float once; one tensor per crop, flipped, stacked
-    and converted cost ~5x more per pair (`bench/data_feed.py`). The draws, crops, flips and bytes
-    are those of the per-crop version (`bench/crop_reference.py`, tested equal).
+
+def cut_crops(
+    batch_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    patch: int,
+    scale: int,
+    draws: Sequence[Sequence[float]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The crops of a batch given their draws (`crop_draws`): LR ``[N,3,p,p]``, HR ``[N,3,p*s,p*s]``, float in [0, 1].
+
+    Why apart from the draws: drawing is sequential (one generator), cutting is not, so cuts of later
+    batches can run on other threads while the draws stay in order (`workers.batches.patch_batches`).
+    Why it is built this way: this runs for every training pair. Each crop, with its flips, is one
+    strided numpy copy straight into the batch's NCHW buffer of the rows' dtype (uint8), and the batch
+    becomes float once; one tensor per crop, flipped, stacked and converted (main before) took ~1.5x the
+    CPU (`bench/data_feed.py`). The bytes are those of the per-crop version (`bench/crop_reference.py`,
+    tested equal).
     """
     lrs, hrs = _column(batch_rows, "lr"), _column(batch_rows, "hr")
     ids = _ids(batch_rows, len(lrs))
-    if not lrs:
-        raise ValueError("collate_crops got an empty batch: no rows to crop")
-    u = _draws(len(lrs), augment, generator)
+    if not lrs or len(draws) != len(lrs):
+        raise ValueError(f"cut_crops got {len(lrs)} rows and {len(draws)} draws: one draw per row, at least one row")
     big = patch * scale
     out_lr = np.empty((len(lrs), 3, patch, patch), dtype=np.asarray(lrs[0]).dtype)
     out_hr = np.empty((len(hrs), 3, big, big), dtype=np.asarray(hrs[0]).dtype)
@@ -393,7 +416,7 @@ def collate_crops(
                 f"{ids[i]}: LR {lr.dtype} {lr.shape} / HR {hr.dtype} {hr.shape} are not HxWx3 images of the batch's "
                 f"dtypes ({out_lr.dtype} / {out_hr.dtype})"
             )
-        y, x = _offset(lr.shape[:2], hr.shape[:2], patch, scale, u[i], ids[i])
-        out_lr[i] = _chw_view(lr, y, x, patch, u[i])
-        out_hr[i] = _chw_view(hr, y * scale, x * scale, big, u[i])
+        y, x = _offset(lr.shape[:2], hr.shape[:2], patch, scale, draws[i], ids[i])
+        out_lr[i] = _chw_view(lr, y, x, patch, draws[i])
+        out_hr[i] = _chw_view(hr, y * scale, x * scale, big, draws[i])
     return _to_unit(torch.from_numpy(out_lr)), _to_unit(torch.from_numpy(out_hr))

@@ -255,6 +255,34 @@ def test_one_crop_per_row_draws_what_it_always_did():
         draw(crops_per_image=0)
 
 
+def test_batches_cut_on_several_threads_are_the_same_bytes_in_the_same_order():
+    """Rows and draws are taken in order on the calling thread, only the cuts run on the pool."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(7):  # ragged random images: any misplaced crop or flip changes bytes
+        lr = rng.integers(0, 256, (12 + i, 14, 3), dtype=np.uint8)
+        rows.append({"id": str(i), "lr": lr, "hr": lr.repeat(4, axis=0).repeat(4, axis=1)})
+
+    def cut(threads: int, steps: int = 9, **options) -> list[bytes]:
+        gen = torch.Generator().manual_seed(4)
+        batches = patch_batches(
+            rows, batch_size=5, patch=8, scale=4, generator=gen, steps=steps, name="t", cut_threads=threads, **options
+        )
+        return [lr.numpy().tobytes() + hr.numpy().tobytes() for lr, hr in batches]
+
+    assert cut(3) == cut(1)
+    assert cut(2, crops_per_image=3) == cut(1, crops_per_image=3)
+    early = patch_batches(rows, batch_size=5, patch=8, scale=4, generator=torch.Generator(), steps=50, name="t",
+                          cut_threads=3)  # fmt: skip
+    assert next(early)[0].shape == (5, 3, 8, 8)
+    early.close()  # a loop that stops early: the pool's cuts not started are dropped, its threads end
+    rows[3] = {"id": "tiny", "lr": rows[3]["lr"][:6], "hr": rows[3]["hr"][:24]}
+    with pytest.raises(ValueError, match="tiny: LR image 6x14 is smaller than the patch 8"):
+        cut(3)
+    with pytest.raises(ValueError, match="cut_threads must be >= 1, got 0"):
+        cut(0)
+
+
 def test_a_ray_data_batch_is_cut_into_rows_for_several_crops():
     """What `iter_batches(batch_format="numpy")` yields for ragged images: columns, images as an object array."""
     from workers.batches import _row_list
