@@ -60,3 +60,19 @@ def test_a_run_in_the_trial_process_streams_large_sets_in_the_same_order_every_p
     source = run.settings.datasets[name]
     assert passes[0] == passes[1]
     assert sorted(passes[0]) == sorted(row["id"] for row in worker_rows(source.path, 4, source.role))
+
+    # Cropping the stream: the batched cuts, on one thread or two, are the bytes main@99bd259's per-crop
+    # collate cut from the same Ray batches with the same generator (bench/crop_reference.py).
+    from bench.crop_reference import collate_crops_per_crop
+    from workers.batches import epoch_generator, patch_batches
+
+    steps = -(-len(passes[0]) // 2) + 1  # one pass and the first batch of the next
+    gen = epoch_generator(0, 0)
+    ray_batches = [b for _ in range(2) for b in io.rows(name).iter_batches(batch_size=2, batch_format="numpy")]
+    want = [collate_crops_per_crop(batch, 16, 4, gen) for batch in ray_batches[:steps]]
+    for threads in (1, 2):
+        got = patch_batches(io.rows(name), batch_size=2, patch=16, scale=4, generator=epoch_generator(0, 0),
+                            steps=steps, name=name, cut_threads=threads)  # fmt: skip
+        assert [(lr.numpy().tobytes(), hr.numpy().tobytes()) for lr, hr in got] == [
+            (lr.numpy().tobytes(), hr.numpy().tobytes()) for lr, hr in want
+        ]
