@@ -83,7 +83,7 @@ class Conv1x1(SlimOp):
         self.conv = SlimConv2d(max_in, max_out, 1, bias=False)
 
     def forward(self, x: Tensor, cout: int) -> Tensor:
-        return F.relu(self.conv(x, cout))
+        return F.relu(self.conv(x, cout), inplace=True)
 
 
 class Conv3x3(SlimOp):
@@ -94,7 +94,7 @@ class Conv3x3(SlimOp):
         self.conv = SlimConv2d(max_in, max_out, 3, bias=False)
 
     def forward(self, x: Tensor, cout: int) -> Tensor:
-        return F.relu(self.conv(x, cout))
+        return F.relu(self.conv(x, cout), inplace=True)
 
 
 class _ShortcutMixin:
@@ -123,8 +123,8 @@ class ResBlock(_ShortcutMixin, SlimOp):
         self._make_shortcut(max_in, max_out, slimmable)
 
     def forward(self, x: Tensor, cout: int) -> Tensor:
-        h = self.conv2(F.relu(self.conv1(x, cout)), cout)
-        return F.relu(h + self._apply_shortcut(x, cout))
+        h = self.conv2(F.relu(self.conv1(x, cout), inplace=True), cout)
+        return F.relu(h + self._apply_shortcut(x, cout), inplace=True)
 
 
 class DwsBlock(_ShortcutMixin, SlimOp):
@@ -141,10 +141,10 @@ class DwsBlock(_ShortcutMixin, SlimOp):
         self._make_shortcut(max_in, max_out, slimmable)
 
     def forward(self, x: Tensor, cout: int) -> Tensor:
-        h = F.relu(self.expand(x, self.EXPANSION * x.shape[1]))
-        h = F.relu(self.depthwise(h))
+        h = F.relu(self.expand(x, self.EXPANSION * x.shape[1]), inplace=True)
+        h = F.relu(self.depthwise(h), inplace=True)
         h = self.project(h, cout)
-        return F.relu(h + self._apply_shortcut(x, cout))
+        return F.relu(h + self._apply_shortcut(x, cout), inplace=True)
 
 
 # AGD's PRIMITIVES order [skip, conv3x3, residual, dwsblock] (method.md §1); index = column of α.
