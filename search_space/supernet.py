@@ -129,6 +129,23 @@ class WidthSample:
         return gate_in * self.gates
 
 
+def _accumulate(total: Tensor | None, term: Tensor) -> Tensor:
+    """`total + term`, added into `total` when that gives the same tensor (same dtype and shape).
+
+    Why: the weighted sums of a cell's ops and of the tree's paths add activations of the HR size; a new
+    buffer per addition is an allocation the size of the image (page faults included) on the CPU. `total`
+    is always a product the caller just made (`weight * activation`), which no autograd node saved
+    (a product's backward keeps its factors), so adding into it changes nothing else; the addition is the
+    same elementwise float add, so the result and every gradient are bit-identical. Mixed dtypes (bf16
+    autocast with an fp32 shortcut) keep the promoting out-of-place add.
+    """
+    if total is None:
+        return term
+    if total.dtype == term.dtype and total.shape == term.shape:
+        return total.add_(term)
+    return total + term
+
+
 class MixedCell(nn.Module):
     """One RiR cell of the supernet: 5 sequential slots, each a weighted sum of candidate ops."""
 
@@ -153,11 +170,10 @@ class MixedCell(nn.Module):
             ops = range(len(self.op_names)) if active is None else active[i]
             mixed = None
             for k in ops:
-                term = op_weights[i, k] * slot[self.op_names[k]](h, widths[i])
-                mixed = term if mixed is None else mixed + term
+                mixed = _accumulate(mixed, op_weights[i, k] * slot[self.op_names[k]](h, widths[i]))
             assert mixed is not None, "a slot needs at least one op with non-zero weight"
             h = mixed if gates is None else mixed * gates[i]
-        return x + RESIDUAL_SCALE * h
+        return _accumulate(RESIDUAL_SCALE * h, x)  # = x + 0.2·h (a float add is commutative)
 
 
 class Supernet(nn.Module):
@@ -353,8 +369,7 @@ class Supernet(nn.Module):
                 h = self.ups[node.up](source)
             features[node.index] = h
             if carries_weight[node.index] and self._eligible[node.index]:
-                term = path_w[node.index] * h
-                out = term if out is None else out + term
+                out = _accumulate(out, path_w[node.index] * h)
         assert out is not None, "no tree node carries path weight"
         return self.head(out)
 

@@ -75,3 +75,51 @@ def test_derived_blocks_drop_the_projection_only_when_widths_match():
 def test_unknown_op_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown op 'sepconv'; allowed: conv1x1, conv3x3, resblock, dwsblock"):
         build_op("sepconv", 8, 8, slimmable=False)
+
+
+def _reference(op, x: torch.Tensor, cout: int) -> torch.Tensor:
+    """The op's function written out of place (a new tensor per ReLU and per sum), as it was before ReLU ran
+    in place: the in-place form must give the same output and gradients bit for bit."""
+    from torch.nn import functional as F
+
+    from search_space.ops import Conv1x1, Conv3x3, DwsBlock, ResBlock
+
+    def shortcut(h: torch.Tensor) -> torch.Tensor:
+        return x if x.shape[1] == cout else op.shortcut(x, cout)
+
+    if isinstance(op, (Conv1x1, Conv3x3)):
+        return F.relu(op.conv(x, cout))
+    if isinstance(op, ResBlock):
+        return F.relu(op.conv2(F.relu(op.conv1(x, cout)), cout) + shortcut(x))
+    assert isinstance(op, DwsBlock)
+    h = F.relu(op.depthwise(F.relu(op.expand(x, DwsBlock.EXPANSION * x.shape[1]))))
+    return F.relu(op.project(h, cout) + shortcut(x))
+
+
+def test_a_mixed_cell_equals_its_out_of_place_sum_bit_for_bit():
+    """ReLU in place and the weighted sums added in place (search_space.supernet._accumulate) change no bit of
+    the cell's output or of any gradient (weights, combiner weights, input), widths narrower than nf included."""
+    from search_space.ops import RESIDUAL_SCALE
+    from search_space.supernet import MixedCell
+
+    torch.manual_seed(0)
+    cell = MixedCell(16, PRIMITIVES)
+    x = torch.randn(2, 16, 12, 12, requires_grad=True)
+    op_weights = torch.rand(5, len(PRIMITIVES), requires_grad=True)
+    gates = torch.rand(5)
+    widths = [16, 8, 12, 16, 16]
+    out = cell(x, op_weights, widths, gates)
+    h = x
+    for i, slot in enumerate(cell.slots):
+        terms = [op_weights[i, k] * _reference(slot[name], h, widths[i]) for k, name in enumerate(PRIMITIVES)]
+        h = sum(terms[1:], terms[0]) * gates[i]
+    expected = x + RESIDUAL_SCALE * h
+    assert torch.equal(out, expected)
+    inputs = [x, op_weights, *cell.parameters()]
+    grad = torch.randn_like(out)
+    for got, want in zip(
+        torch.autograd.grad(out, inputs, grad, allow_unused=True),
+        torch.autograd.grad(expected, inputs, grad, allow_unused=True),
+        strict=True,
+    ):
+        assert (got is None and want is None) or torch.equal(got, want)
