@@ -12,6 +12,8 @@ settings the `small` plan gives (its supernet config, losses, clipping, λ), on 
   `--steps`, the least disturbed by other work) compared as the median of the per-round ratios. Each
   process also hashes every parameter (and the Adam state) after its steps: equal hashes in both
   trees prove the change result-neutral bit for bit. `--now REV` measures a commit instead of this tree.
+  Each process then counts one more step's tensor allocations (profiler memory events): exact where the
+  time is noisy.
 
     PYTHONPATH=$PWD python -m bench.step_profile --profile
     PYTHONPATH=$PWD python -m bench.step_profile --baseline HEAD~1 --rounds 5
@@ -102,6 +104,16 @@ def _stepper(state: dict[str, Any], kind: str) -> Any:
     return step
 
 
+def _allocations(step: Any, i: int) -> dict[str, float]:
+    """Tensor allocations of one step (count and MiB), from the profiler's memory events: exact, unlike time."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(i)
+    sizes = [e.cpu_memory_usage for e in prof.events() if e.name == "[memory]" and e.cpu_memory_usage > 0]
+    return {"allocations": len(sizes), "allocated_mib": sum(sizes) / 2**20}
+
+
 def _digest(state: dict[str, Any]) -> str:
     import torch
 
@@ -149,6 +161,7 @@ def worker(kind: str, steps: int, profile: bool) -> dict[str, Any]:
             times.append(time.process_time() - start)
         out["cpu_s_per_step"] = min(times)  # the least disturbed step: the machine is shared
         out["cpu_s_steps"] = times
+        out |= _allocations(step, steps + 1)
     return out | {"digest": _digest(state)}
 
 
@@ -195,8 +208,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_now:
             base = _baseline_tree(args.baseline, Path(tmp))
             tree = _baseline_tree(args.now, Path(tmp_now)) if args.now else ROOT
-            print("| step | rounds | CPU s/step before (median) | now (median) | before/now (median of rounds) "
-                  "| same parameters and Adam state |\n|---|---|---|---|---|---|")  # fmt: skip
+            print("| step | rounds | CPU s/step before (median) | now (median) | before/now (median of rounds; "
+                  "min-max) | MiB allocated per step before / now | allocations before / now "
+                  "| same parameters and Adam state |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
             for kind in kinds:
                 pairs = []
                 for _ in range(args.rounds):
@@ -204,13 +218,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     now = _run_tree(tree, kind, args.steps, profile=False)
                     print(f"  {kind}: before {before['cpu_s_steps']}, now {now['cpu_s_steps']}", file=sys.stderr)
                     pairs.append((before, now))
-                ratio = statistics.median(b["cpu_s_per_step"] / n["cpu_s_per_step"] for b, n in pairs)
+                ratios = [b["cpu_s_per_step"] / n["cpu_s_per_step"] for b, n in pairs]
+                ratio = statistics.median(ratios)
                 same = all(b["digest"] == n["digest"] for b, n in pairs)
                 b_med = statistics.median(b["cpu_s_per_step"] for b, _ in pairs)
                 n_med = statistics.median(n["cpu_s_per_step"] for _, n in pairs)
                 report[kind] = {"pairs": pairs, "ratio": ratio, "same": same}
+                b0, n0 = pairs[0]
                 print(
-                    f"| {kind} | {args.rounds} | {b_med:.3f} | {n_med:.3f} | {ratio:.2f} | {'yes' if same else 'NO'} |"
+                    f"| {kind} | {args.rounds} | {b_med:.3f} | {n_med:.3f} | {ratio:.2f} ({min(ratios):.2f}-"
+                    f"{max(ratios):.2f}) | {b0['allocated_mib']:.0f} / {n0['allocated_mib']:.0f} | "
+                    f"{b0['allocations']} / {n0['allocations']} | {'yes' if same else 'NO'} |"
                 )
     return report
 
