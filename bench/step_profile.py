@@ -110,7 +110,7 @@ def _allocations(step: Any, i: int) -> dict[str, float]:
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         step(i)
-    sizes = [e.cpu_memory_usage for e in prof.events() if e.name == "[memory]" and e.cpu_memory_usage > 0]
+    sizes = [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0]  # op by op
     return {"allocations": len(sizes), "allocated_mib": sum(sizes) / 2**20}
 
 
