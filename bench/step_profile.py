@@ -12,8 +12,8 @@ settings the `small` plan gives (its supernet config, losses, clipping, λ), on 
   `--steps`, the least disturbed by other work) compared as the median of the per-round ratios. Each
   process also hashes every parameter (and the Adam state) after its steps: equal hashes in both
   trees prove the change result-neutral bit for bit. `--now REV` measures a commit instead of this tree.
-  Each process then counts one more step's tensor allocations (profiler memory events): exact where the
-  time is noisy.
+  Each process then counts one more step's tensor allocations (the profiler's, op by op): exact where the
+  time is noisy; and its peak RSS above what it held before its first step.
 
     PYTHONPATH=$PWD python -m bench.step_profile --profile
     PYTHONPATH=$PWD python -m bench.step_profile --baseline HEAD~1 --rounds 5
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -104,6 +105,11 @@ def _stepper(state: dict[str, Any], kind: str) -> Any:
     return step
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def _allocations(step: Any, i: int) -> dict[str, float]:
     """Tensor allocations of one step (count and MiB), from the profiler's memory events: exact, unlike time."""
     import torch
@@ -136,6 +142,7 @@ def worker(kind: str, steps: int, profile: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as storage:
         state = _setup(kind, storage)
     step = _stepper(state, kind)
+    base_mib = _rss_mib()
     step(0)
     out: dict[str, Any] = {}
     if profile:
@@ -161,6 +168,7 @@ def worker(kind: str, steps: int, profile: bool) -> dict[str, Any]:
             times.append(time.process_time() - start)
         out["cpu_s_per_step"] = min(times)  # the least disturbed step: the machine is shared
         out["cpu_s_steps"] = times
+        out["peak_above_base_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mib
         out |= _allocations(step, steps + 1)
     return out | {"digest": _digest(state)}
 
@@ -209,8 +217,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             base = _baseline_tree(args.baseline, Path(tmp))
             tree = _baseline_tree(args.now, Path(tmp_now)) if args.now else ROOT
             print("| step | rounds | CPU s/step before (median) | now (median) | before/now (median of rounds; "
-                  "min-max) | MiB allocated per step before / now | allocations before / now "
-                  "| same parameters and Adam state |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+                  "min-max) | MiB allocated per step before / now | allocations before / now | peak RSS above "
+                  "base MiB before / now (median) | same parameters and Adam state |\n"
+                  "|---|---|---|---|---|---|---|---|---|")  # fmt: skip
             for kind in kinds:
                 pairs = []
                 for _ in range(args.rounds):
@@ -228,7 +237,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(
                     f"| {kind} | {args.rounds} | {b_med:.3f} | {n_med:.3f} | {ratio:.2f} ({min(ratios):.2f}-"
                     f"{max(ratios):.2f}) | {b0['allocated_mib']:.0f} / {n0['allocated_mib']:.0f} | "
-                    f"{b0['allocations']} / {n0['allocations']} | {'yes' if same else 'NO'} |"
+                    f"{b0['allocations']} / {n0['allocations']} | "
+                    f"{statistics.median(b['peak_above_base_mib'] for b, _ in pairs):.0f} / "
+                    f"{statistics.median(n['peak_above_base_mib'] for _, n in pairs):.0f} | {'yes' if same else 'NO'} |"
                 )
     return report
 
