@@ -208,33 +208,6 @@ def test_submit_dry_run_runs_the_preflight_on_the_cluster(volume_cluster):
     assert not (Path(cluster["volume"]) / "runs" / "table8").exists()
 
 
-def test_submit_reproduce_dry_run_prints_the_plan_on_the_cluster(cluster, demo_data, tmp_path):
-    """`trilevel submit reproduce … --dry-run`: a job on the head runs `trilevel reproduce --dry-run` there (the
-    data's manifests and the stage store read where the sweeps would run), prints the plan, starts nothing."""
-    from click.testing import CliRunner
-
-    from orchestrator.cli.report import status
-    from orchestrator.cli.submit import submit
-    from orchestrator.jobs import list_jobs
-
-    data = [f"data.train={demo_data}/train", f"data.val={{demo-val: {demo_data}/val}}"]
-    data += [f"data.test={{demo: {demo_data}/test}}"]
-    args = ["reproduce", "--tables", "8", "--address", cluster["dashboard"], "--storage", str(tmp_path / "runs")]
-    args += ["--tracking-uri", cluster["mlflow"], *(arg for item in data for arg in ("--set", item)), "--dry-run"]
-    result = CliRunner().invoke(submit, args)
-    assert result.exit_code == 0, result.output
-    assert "sweeps: reproduce-tiny-table8" in result.stdout, result.output
-    assert "arms (trials): 3 requested, 3 distinct configurations" in result.stdout
-    assert "3 /    1 /    0 /    1" in result.stdout  # one pretrain for table8's three arms
-    assert "Plan printed by the cluster (nothing started)" in result.stderr
-    assert not (tmp_path / "runs" / "reproduce-tiny-table8").exists()
-    (job,) = [job for job in list_jobs(cluster["dashboard"]) if job.sweep == "reproduce-tiny-table8"]
-    assert job.status == "SUCCEEDED" and job.submission_id.startswith("trilevel-reproduce-tiny-")
-    assert job.entrypoint.startswith("python -m orchestrator reproduce --scale tiny --seeds 1 --tables 8 ")
-    shown = CliRunner().invoke(status, [job.submission_id, "--address", cluster["dashboard"]])
-    assert "Trials:   trilevel status reproduce-tiny-table8 --tracking-uri" in shown.output, shown.output
-
-
 # --- the autoscaler's limits, from the deployment's own configs ---------------------------------------------
 def test_max_resources_of_the_cluster_launcher_config():
     util = pytest.importorskip("ray.autoscaler._private.util")

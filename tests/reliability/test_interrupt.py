@@ -117,8 +117,9 @@ def test_trilevel_stop_on_a_reproduce_job_ends_it_honestly_and_reproduce_again_f
     trial stopped, its runs and the sweep's end KILLED, none RUNNING; the same `trilevel reproduce` finishes it."""
     from click.testing import CliRunner
 
+    from orchestrator.cli.report import status
     from orchestrator.cli.submit import stop, submit
-    from orchestrator.jobs import job_logs, job_status
+    from orchestrator.jobs import job_logs, job_status, list_jobs
 
     storage, uri, address = tmp_path / "runs", f"sqlite:///{tmp_path / 'mlflow.db'}", cluster["dashboard"]
     data = [f"data.train={demo_data}/train", f"data.val={{demo-val: {demo_data}/val}}"]
@@ -137,6 +138,12 @@ def test_trilevel_stop_on_a_reproduce_job_ends_it_honestly_and_reproduce_again_f
         submitted = CliRunner().invoke(submit, ["reproduce", "--address", address, *options, "--no-wait"])
         assert submitted.exit_code == 0, submitted.output
         job = submitted.stdout.split()[0]
+        assert job.startswith("trilevel-reproduce-tiny-"), submitted.output
+        (listed,) = [found for found in list_jobs(address) if found.submission_id == job]
+        assert listed.sweep == experiment.name  # the job's metadata names its sweeps; `status ID` points at each
+        assert listed.entrypoint.startswith("python -m orchestrator reproduce --scale tiny --seeds 1 --tables 8 ")
+        shown = CliRunner().invoke(status, [job, "--address", address])
+        assert f"Trials:   trilevel status {experiment.name} --tracking-uri {uri}" in shown.output, shown.output
         wait_for(lambda: gate.reached() or job_status(address, job) in {"FAILED", "SUCCEEDED"}, 600, "the gate")
         assert gate.reached(), "".join(job_logs(address, job))[-4000:]
         held = gate.wait()  # the trial's process, standing before its first checkpoint
