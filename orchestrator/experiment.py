@@ -275,7 +275,12 @@ class ResourcesSpec(_Strict):
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(0.5, gt=0)
     trial_cpus: float = Field(0.01, gt=0, description="what a Tune trial reserves; tiny so trials never deadlock")
-    max_concurrent_trials: int = Field(1, ge=1)
+    max_concurrent_trials: int | None = Field(
+        None,
+        ge=1,
+        description="trials running at once, for a new sweep and a resumed one; unset: as many as the cluster's "
+        "resources fit (each trial reserves trial_reservation() CPUs, its stages their workers)",
+    )
     max_failures: int = Field(1, ge=0, description="retries of a failed Train worker group and of a failed trial")
     single_worker_in_trial: bool = Field(
         True,

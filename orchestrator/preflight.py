@@ -13,7 +13,8 @@ server are checked as the run will see them:
 * the storage path writable, the tracking server reachable, an existing sweep of the same name either
   continued (same experiment) or refused (a different one);
 * the resources: the largest stage of a trial, and `max_concurrent_trials` trials at once, must fit in
-  what the cluster has now or can scale to (:func:`orchestrator.capacity.cluster_capacity`).
+  what the cluster has now or can scale to (:func:`orchestrator.capacity.cluster_capacity`); unset, the
+  plan's trials at once are as many as fit (at most the grid), which is what Tune then runs.
 
 It returns a :class:`Plan` (trials, stages, workers, GPUs and steps per stage) that lists every
 problem found, each naming the field and the path or value, rather than stopping at the first. The
@@ -119,7 +120,7 @@ def preflight(experiment: Experiment, capacity: Capacity | None = None, *, gpu_p
         storage=experiment.storage,
         tracking_uri=experiment.tracking.uri,
         trials=[t.trial_id for t in grid],
-        concurrent=min(experiment.resources.max_concurrent_trials, len(grid)),
+        concurrent=min(experiment.resources.max_concurrent_trials or len(grid), len(grid)),  # unset: see below
         stages={},
         capacity=capacity,
     )
@@ -352,6 +353,8 @@ def _check_resources(plan: Plan, grid_experiments: Mapping[str, Experiment]) -> 
                 amount += experiment.resources.trial_reservation() if resource == "CPU" else 0.0
                 if amount > peak.get(resource, (0.0, "", experiment))[0]:
                     peak[resource] = (amount, "evaluate", experiment)
+    if plan.capacity is not None and any(e.resources.max_concurrent_trials is None for e in grid_experiments.values()):
+        plan.concurrent = _trials_that_fit(plan, {resource: amount for resource, (amount, _, _) in peak.items()})
     plan.needs = {resource: amount * plan.concurrent for resource, (amount, _, _) in peak.items()}
     if plan.capacity is None:
         return
@@ -377,6 +380,18 @@ def _check_resources(plan: Plan, grid_experiments: Mapping[str, Experiment]) -> 
                 f"worker group's maxReplicas to {math.ceil(amount * plan.concurrent)} GPUs' worth "
                 "(N GPUs → N trials at once)"
             )
+
+
+def _trials_that_fit(plan: Plan, peak: Mapping[str, float]) -> int:
+    """With `resources.max_concurrent_trials` unset, the trials at once are as many as the cluster fits.
+
+    Tune starts a trial whenever its reservation fits and its stages then wait for their workers, so
+    what runs at once is the number of trials whose largest stage fits beside each other in every
+    resource: at least one, at most the grid.
+    """
+    assert plan.capacity is not None
+    fits = [int(plan.capacity.resources.get(resource, 0.0) // amount) for resource, amount in peak.items() if amount]
+    return max(1, min([len(plan.trials), *fits]))
 
 
 # --- output -------------------------------------------------------------------------------------

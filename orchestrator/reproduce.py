@@ -133,9 +133,10 @@ def plan_reproduce(experiments: Sequence[Experiment]) -> ReproducePlan:
     for experiment in experiments:
         experiment = absolutize(experiment)
         storage = experiment.storage
-        concurrency = max(concurrency, experiment.resources.max_concurrent_trials)
         data = resolve_data(experiment, storage)
         plans[experiment.name] = [plan_trial(t, data, storage, experiment.name) for t in trials(experiment)]
+        # unset: as many as fit, which the estimate below bounds by the CPUs
+        concurrency = max(concurrency, experiment.resources.max_concurrent_trials or len(plans[experiment.name]))
         for plan in plans[experiment.name]:
             backbone = plan.experiment.search_space.backbone
             for run in plan.runs:

@@ -2,11 +2,12 @@
 
 The driver checks the tracking server before any compute, writes the resolved experiment beside
 Tune's state (`<storage>/<sweep>/experiment.yaml`) so `trilevel resume NAME` needs nothing else,
-then lets Tune run the trials (`max_concurrent_trials`, retries from `FailureConfig`; the `tune:`
-block's scheduler, search algorithm, samples and callbacks, `orchestrator.tuning`). Each trial plans
-itself from the axis values Tune gives it; the driver plans the grid points first, so a bad value
-fails before any compute. Resuming uses `Tuner.restore`: finished trials are not rerun, unfinished
-ones resume their stages, a search algorithm continues from its saved state.
+then lets Tune run the trials (`max_concurrent_trials`, held by `orchestrator.trial_limit`; retries
+from `FailureConfig`; the `tune:` block's scheduler, search algorithm, samples and callbacks,
+`orchestrator.tuning`). Each trial plans itself from the axis values Tune gives it; the driver plans
+the grid points first, so a bad value fails before any compute. Resuming uses `Tuner.restore`:
+finished trials are not rerun, unfinished ones resume their stages, a search algorithm continues from
+its saved state.
 """
 
 from __future__ import annotations
@@ -215,14 +216,25 @@ def _apply_run_settings(tuner: Any, experiment: Experiment) -> None:
 
     `Tuner.restore` brings back the TuneConfig/RunConfig pickled at the start; those two fields are
     result-neutral and the reason a user resumes with `--set` (e.g. fewer trials at once after running
-    out of memory), so they are set on the restored tuner before it runs.
+    out of memory), so they are set on the restored tuner before it runs. The limit is the scheduler's
+    (:mod:`orchestrator.trial_limit`: the restored trials never pass the search algorithm), so the
+    scheduler is built again from the experiment (Tune saves no scheduler state: the pickled one is as
+    new); a variant generator is built again too, so that its saved state, restored into it, keeps the
+    new limit (Optuna's ConcurrencyLimiter keeps its saved one: the scheduler still holds the new limit).
     """
+    from ray.tune.search import BasicVariantGenerator
+
     internal = tuner._local_tuner
     if internal is None:  # Ray Client mode keeps the tuner remote; the saved settings apply
         return
     resources = experiment.resources
+    saved = internal._tune_config
+    generator = isinstance(saved.search_alg, BasicVariantGenerator)
     internal._tune_config = dataclasses.replace(
-        internal._tune_config, max_concurrent_trials=resources.max_concurrent_trials
+        saved,
+        max_concurrent_trials=None,  # Tune's own: ignored beside a generator, refused beside another limiter
+        scheduler=scheduler(experiment),
+        search_alg=search_algorithm(experiment) if generator else saved.search_alg,
     )
     failure = dataclasses.replace(internal._run_config.failure_config, max_failures=resources.max_failures)
     internal._run_config = dataclasses.replace(internal._run_config, failure_config=failure)
@@ -275,10 +287,9 @@ def _run_sweep(
     if experiment.tune.search.space:  # the trials are what Tune draws: the console learns them as they start
         plans = {}
     tune_config = tune.TuneConfig(
-        max_concurrent_trials=experiment.resources.max_concurrent_trials,
-        num_samples=experiment.tune.num_samples,
+        num_samples=experiment.tune.num_samples,  # the concurrency limit: the scheduler's and the search's
         scheduler=scheduler(experiment),
-        search_alg=search_algorithm(experiment, experiment.resources.max_concurrent_trials),
+        search_alg=search_algorithm(experiment),
     )
     callbacks = tune_callbacks(experiment)
     if not resume:

@@ -49,13 +49,19 @@ def total_epochs(experiment: Experiment) -> int:
 
 
 def scheduler(experiment: Experiment) -> Any:
-    """The trial scheduler of `tune.scheduler` (FIFO: none stops early)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+    """The trial scheduler of `tune.scheduler` (FIFO: none stops early), holding `resources.max_concurrent_trials`.
+
+    The limit is the scheduler's (:mod:`orchestrator.trial_limit`): Tune 2.60 honours no other for a
+    variant generator's trials, nor for the trials a resume restores.
+    """
+    from orchestrator.trial_limit import LimitedASHA, LimitedFIFO, LimitedMedian
 
     spec = experiment.tune.scheduler
+    limit = experiment.resources.max_concurrent_trials
     if spec.kind == "asha":
         max_t = spec.max_t or max(total_epochs(experiment), spec.grace_period)
-        return ASHAScheduler(
+        return LimitedASHA(
+            limit=limit,
             time_attr=TIME_ATTR,
             metric=spec.metric,
             mode=spec.mode,
@@ -65,14 +71,15 @@ def scheduler(experiment: Experiment) -> Any:
             stop_last_trials=False,  # a trial at max_t goes on to its evaluation
         )
     if spec.kind == "median":
-        return MedianStoppingRule(
+        return LimitedMedian(
+            limit=limit,
             time_attr=TIME_ATTR,
             metric=spec.metric,
             mode=spec.mode,
             grace_period=spec.grace_period,
             min_samples_required=2,
         )
-    return FIFOScheduler()
+    return LimitedFIFO(limit)
 
 
 def _points(experiment: Experiment, flat: bool) -> list[dict[str, Any]] | None:
@@ -83,9 +90,15 @@ def _points(experiment: Experiment, flat: bool) -> list[dict[str, Any]] | None:
     return [{"axes": dict(point)} for point in points] or None
 
 
-def search_algorithm(experiment: Experiment, max_concurrent: int) -> Any:
-    """The search algorithm of `tune.search`; Optuna missing is an error that says how to install it."""
+def search_algorithm(experiment: Experiment) -> Any:
+    """The search algorithm of `tune.search`, suggesting no more trials than may run at once.
+
+    `resources.max_concurrent_trials` (None: no limit) goes to Tune's variant generator or to a
+    ConcurrencyLimiter around Optuna; the scheduler (:func:`scheduler`) holds the same limit for the
+    trials a resume restores. Optuna missing is an error that says how to install it.
+    """
     spec = experiment.tune.search
+    max_concurrent = experiment.resources.max_concurrent_trials
     if spec.kind == "optuna":
         try:
             import optuna  # noqa: F401
@@ -99,10 +112,12 @@ def search_algorithm(experiment: Experiment, max_concurrent: int) -> Any:
         searcher = OptunaSearch(
             metric=spec.metric, mode=spec.mode, points_to_evaluate=_points(experiment, flat=True), seed=spec.seed
         )
-        return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
-    from ray.tune.search import BasicVariantGenerator
+        return searcher if max_concurrent is None else ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    from orchestrator.trial_limit import LimitedGenerator
 
-    return BasicVariantGenerator(points_to_evaluate=_points(experiment, flat=False), random_state=spec.seed)
+    return LimitedGenerator(
+        points_to_evaluate=_points(experiment, flat=False), random_state=spec.seed, max_concurrent=max_concurrent or 0
+    )
 
 
 def tune_callbacks(experiment: Experiment) -> list[Any]:

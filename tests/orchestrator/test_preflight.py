@@ -271,3 +271,29 @@ def test_the_plan_counts_the_cpus_a_trial_holds_for_the_stages_it_runs(
     else:
         assert "evaluate in the trial's process (CPU)" in text, text
     assert "checkpoints: pretrain 1 × " in text and "all kept (stages.keep_checkpoints unset)" in text
+
+
+@pytest.mark.xdist_group("preflight-plan")
+@pytest.mark.parametrize(
+    ("overrides", "concurrent"),
+    [
+        (("resources.max_concurrent_trials=null",), 3),  # unset: 2 CPUs fit four trials of 0.5 CPU; the grid is 3
+        (("resources.max_concurrent_trials=null", "resources.cpus_per_worker=1.5"), 1),  # one trial's 1.5 CPU fits
+        (("resources.max_concurrent_trials=1",), 1),  # set: honoured (orchestrator.trial_limit), so planned
+        (("resources.max_concurrent_trials=2",), 2),
+    ],
+)
+def test_the_plan_runs_as_many_trials_at_once_as_tune_will(tmp_path, plan_tracking, overrides, concurrent):
+    """Unset `max_concurrent_trials` plans the trials that fit the cluster at once (what Tune then runs), set it."""
+    from orchestrator.capacity import Capacity
+    from orchestrator.experiment import load_experiment
+    from orchestrator.preflight import format_plan, preflight
+
+    experiment = load_experiment(
+        "table8", "tiny", overrides, storage=str(tmp_path / "runs"), **{"tracking.uri": plan_tracking}
+    )
+    plan = preflight(experiment, Capacity({"CPU": 2.0}, ("two cores",)))
+    assert plan.ok, plan.problems
+    assert len(plan.trials) == 3 and plan.concurrent == concurrent
+    assert plan.needs["CPU"] == pytest.approx(concurrent * experiment.resources.trial_reservation())
+    assert f"Sweep table8: 3 trial(s), {concurrent} at once" in format_plan(plan)

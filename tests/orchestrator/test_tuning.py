@@ -84,12 +84,25 @@ def test_param_space_holds_grid_axes_and_distributions():
 
 
 def test_search_algorithms_and_a_missing_optuna(monkeypatch):
-    assert isinstance(search_algorithm(_load(), 1), BasicVariantGenerator)
-    optuna = _load("sweep={}", "tune.search.kind=optuna", SPACE)
-    assert isinstance(search_algorithm(optuna, 2), ConcurrencyLimiter)
+    generator = search_algorithm(_load("resources.max_concurrent_trials=2"))
+    assert isinstance(generator, BasicVariantGenerator) and generator.max_concurrent == 2
+    assert search_algorithm(_load("resources.max_concurrent_trials=null")).max_concurrent == 0  # unset: as many as fit
+    optuna = _load("sweep={}", "tune.search.kind=optuna", SPACE, "resources.max_concurrent_trials=2")
+    limited = search_algorithm(optuna)
+    assert isinstance(limited, ConcurrencyLimiter) and limited.max_concurrent == 2
     monkeypatch.setitem(sys.modules, "optuna", None)  # as if the `tune` extra were not installed
     with pytest.raises(ExperimentError, match=r"optuna needs the optuna package: pip install 'trilevel-nas\[tune\]'"):
-        search_algorithm(optuna, 2)
+        search_algorithm(optuna)
+
+
+def test_every_scheduler_holds_the_concurrency_limit():
+    for kind in ("fifo", "asha", "median"):
+        assert scheduler(_load(f"tune.scheduler.kind={kind}", "resources.max_concurrent_trials=3")).limit == 3
+        assert scheduler(_load(f"tune.scheduler.kind={kind}", "resources.max_concurrent_trials=null")).limit is None
+    with pytest.raises(
+        ExperimentError, match=r"resources\.max_concurrent_trials: Input should be greater than or equal to 1"
+    ):
+        _load("resources.max_concurrent_trials=0")
 
 
 def test_user_callbacks_are_imported_or_named_in_the_error():
