@@ -61,7 +61,7 @@ OVERRIDES = (
     *TINY,
     "sweep={resources.workers.pretrain: [2, 1]}",
     "stages.search.lambda_order=0.1",
-    "resources.max_concurrent_trials=1",
+    "resources.max_concurrent_trials=null",  # as many at once as fit: what ran when Tune ignored its =1
     "stages.pretrain.epochs=1",
     "stages.pretrain.steps_per_epoch=2",
     f"stages.search.epochs={SEARCH_EPOCHS}",

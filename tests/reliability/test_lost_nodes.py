@@ -51,7 +51,7 @@ OVERRIDES = (
     *TINY,
     "sweep={resources.workers.search: [1, 2], tracking.flush_timeout_s: [120, 121]}",
     "stages.search.lambda_order=0.1",
-    "resources.max_concurrent_trials=1",
+    "resources.max_concurrent_trials=null",  # as many at once as fit: what ran when Tune ignored its =1
     "resources.max_failures=1",
     "stages.pretrain.epochs=1",
     "stages.pretrain.steps_per_epoch=2",

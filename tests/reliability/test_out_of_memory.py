@@ -9,9 +9,8 @@ no traceback), nothing left RUNNING in MLflow; resuming it one trial at a time m
 
 Ray 2.60 kills the newest workers until it has freed what is above its threshold plus a buffer of 5 % of the
 node's memory (0.4 GiB here): one trial's process (~1.6 GiB then) is enough, so one trial is killed and the
-other finishes; the resume reruns the killed one alone. (Its `max_concurrent_trials=1` does not hold the rerun
-back: Tune 2.60 ignores max_concurrent_trials beside a BasicVariantGenerator and requeues restored trials
-without it; the driver's log says so.)
+other finishes; the resume reruns the killed one alone (and with its `max_concurrent_trials=1`, which the
+scheduler holds for restored trials too, orchestrator/trial_limit.py, would rerun several one at a time).
 
 Isolated from the rest of the machine: the head runs in a memory cgroup of its own (tests/faults.py), which
 Ray's monitor takes for the node's memory, so it counts only this test's processes (Ray and the trials; the
