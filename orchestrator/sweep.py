@@ -220,9 +220,12 @@ def _apply_run_settings(tuner: Any, experiment: Experiment) -> None:
     (:mod:`orchestrator.trial_limit`: the restored trials never pass the search algorithm), so the
     scheduler is built again from the experiment (Tune saves no scheduler state: the pickled one is as
     new); a variant generator is built again too, so that its saved state, restored into it, keeps the
-    new limit (Optuna's ConcurrencyLimiter keeps its saved one: the scheduler still holds the new limit).
+    new limit, and Optuna's limiter takes the new limit before its state is restored (a sweep saved with
+    Tune's plain ConcurrencyLimiter keeps its saved limit there; the scheduler still holds the new one).
     """
     from ray.tune.search import BasicVariantGenerator
+
+    from orchestrator.trial_limit import UNLIMITED, LimitedSearcher
 
     internal = tuner._local_tuner
     if internal is None:  # Ray Client mode keeps the tuner remote; the saved settings apply
@@ -230,6 +233,8 @@ def _apply_run_settings(tuner: Any, experiment: Experiment) -> None:
     resources = experiment.resources
     saved = internal._tune_config
     generator = isinstance(saved.search_alg, BasicVariantGenerator)
+    if isinstance(saved.search_alg, LimitedSearcher):
+        saved.search_alg.max_concurrent = resources.max_concurrent_trials or UNLIMITED
     internal._tune_config = dataclasses.replace(
         saved,
         max_concurrent_trials=None,  # Tune's own: ignored beside a generator, refused beside another limiter

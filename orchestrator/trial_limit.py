@@ -10,7 +10,7 @@ PAUSED (`on_trial_add` runs before the controller files the trial by its status)
 `choose_trial_to_run` lets one go only while fewer than `limit` trials are pending or running. The
 schedulers the experiment offers (FIFO, ASHA, median stopping) all take it as a mixin. The basic
 variant generator also gets the limit (it then makes trials no faster than they may run), and keeps
-the current limit when a resume restores its saved state.
+the current limit when a resume restores its saved state; so does the ConcurrencyLimiter around Optuna.
 """
 
 from __future__ import annotations
@@ -19,9 +19,19 @@ from typing import Any
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-__all__ = ["LimitedASHA", "LimitedFIFO", "LimitedGenerator", "LimitedMedian", "running_or_starting"]
+__all__ = [
+    "UNLIMITED",
+    "LimitedASHA",
+    "LimitedFIFO",
+    "LimitedGenerator",
+    "LimitedMedian",
+    "LimitedSearcher",
+    "running_or_starting",
+]
+
+UNLIMITED = 2**31 - 1  # a ConcurrencyLimiter's "no limit" (it takes only a positive int) after a resume unset it
 
 _BUSY = (Trial.PENDING, Trial.RUNNING)
 
@@ -76,6 +86,20 @@ class LimitedGenerator(BasicVariantGenerator):
 
     `BasicVariantGenerator.set_state` (a resume) brings back every attribute it saved, the limit the sweep
     started with among them; a resume with another `resources.max_concurrent_trials` must keep the new one.
+    """
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        limit = self.max_concurrent
+        super().set_state(state)
+        self.max_concurrent = limit
+
+
+class LimitedSearcher(ConcurrencyLimiter):
+    """Tune's ConcurrencyLimiter whose `max_concurrent` is the current one, also after a resume restored its state.
+
+    `SearchGenerator.restore_from_dir` calls `set_state` with every attribute the limiter saved, its
+    `max_concurrent` among them; a resume with another `resources.max_concurrent_trials` sets the new
+    one first (`orchestrator.sweep._apply_run_settings`), and it stays.
     """
 
     def set_state(self, state: dict[str, Any]) -> None:

@@ -106,13 +106,14 @@ def search_algorithm(experiment: Experiment) -> Any:
             raise ExperimentError(
                 "tune.search.kind: optuna needs the optuna package: pip install 'trilevel-nas[tune]'"
             ) from None
-        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
+
+        from orchestrator.trial_limit import LimitedSearcher
 
         searcher = OptunaSearch(
             metric=spec.metric, mode=spec.mode, points_to_evaluate=_points(experiment, flat=True), seed=spec.seed
         )
-        return searcher if max_concurrent is None else ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+        return searcher if max_concurrent is None else LimitedSearcher(searcher, max_concurrent=max_concurrent)
     from orchestrator.trial_limit import LimitedGenerator
 
     return LimitedGenerator(

@@ -95,6 +95,17 @@ def test_search_algorithms_and_a_missing_optuna(monkeypatch):
         search_algorithm(optuna)
 
 
+def test_a_resume_keeps_the_new_limit_of_the_search_through_its_restored_state():
+    """A search algorithm's saved state holds the limit it started with; a resume's `--set` limit must stay."""
+    pytest.importorskip("optuna")
+    optuna = _load("sweep={}", "tune.search.kind=optuna", SPACE, "resources.max_concurrent_trials=1")
+    for search in (search_algorithm(_load("resources.max_concurrent_trials=1")), search_algorithm(optuna)):
+        saved = search.get_state()
+        search.max_concurrent = 3  # what _apply_run_settings sets (a generator: built again with it)
+        search.set_state(saved)
+        assert search.max_concurrent == 3, type(search)
+
+
 def test_every_scheduler_holds_the_concurrency_limit():
     for kind in ("fifo", "asha", "median"):
         assert scheduler(_load(f"tune.scheduler.kind={kind}", "resources.max_concurrent_trials=3")).limit == 3
