@@ -46,10 +46,25 @@ class _Limit:
 
     limit: int | None = None
 
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        super().on_trial_error(tune_controller, trial)  # type: ignore[misc]
+        self._retried().add(trial.trial_id)
+
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)  # type: ignore[misc]  # the scheduler mixed in after this
+        if trial.trial_id in self._retried():
+            # A failed trial Tune retries (`TuneController._requeue_trial`: on_trial_error, filed PENDING, then
+            # on_trial_add): it takes back the slot its failed run held, and is already filed by status, so
+            # holding it here would leave the controller's books wrong (Tune asserts on them when it starts it).
+            self._retried().discard(trial.trial_id)
+            return
         if self.limit is not None and trial.status == Trial.PENDING:
             trial.set_status(Trial.PAUSED)  # held: only choose_trial_to_run starts it
+
+    def _retried(self) -> set[str]:
+        if not hasattr(self, "_retried_ids"):
+            self._retried_ids: set[str] = set()
+        return self._retried_ids
 
     def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
         if self.limit is not None and running_or_starting(tune_controller.get_trials()) >= self.limit:
