@@ -38,11 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import median, peak_rss_mib  # noqa: E402
+from bench.common import peak_rss_mib  # noqa: E402
 from search_space.derived import build_network  # noqa: E402
 from search_space.genotype import load_genotype  # noqa: E402
 from search_space.supernet import Supernet, SupernetConfig  # noqa: E402
-from workers.gpu_probe import dense_step_probe, driver_info  # noqa: E402
+from workers.gpu_probe import dense_step_probe, driver_info, timed_step  # noqa: E402
 from workers.losses import content_loss  # noqa: E402
 from workers.search_step import FlopsController, search_step  # noqa: E402
 
@@ -54,23 +54,6 @@ QUICK = {
     "batch": 1,
     "train_batch": 2,
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(step: Any, steps: int, device: torch.device) -> float:
-    step()  # warm-up (cuDNN autotuning, allocator)
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return median(times)
 
 
 def _supernet(shapes: dict[str, Any], device: torch.device, radius: float) -> Supernet:
@@ -113,7 +96,7 @@ def step_seconds(shapes: dict[str, Any], device: torch.device, steps: int) -> di
             flops=flops, lambda_order=0.01, full_paths=paths, grad_clip=5.0,
         )  # fmt: skip
 
-    out["search_late_s"] = _timed(search, steps, device)
+    out["search_late_s"] = timed_step(search, steps, device)
 
     derived = build_network(load_genotype("trilevel-b-psnr")).to(device)
     opt = torch.optim.Adam(derived.parameters(), lr=2e-4)
@@ -125,7 +108,7 @@ def step_seconds(shapes: dict[str, Any], device: torch.device, steps: int) -> di
         loss.backward()
         opt.step()
 
-    out["train_s"] = _timed(train, steps, device)
+    out["train_s"] = timed_step(train, steps, device)
     return out
 
 

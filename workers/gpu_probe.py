@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_step(step: Callable[[], None], steps: int, device: torch.device) -> float:
+    """Median seconds of `steps` calls of `step` after one warm-up (cuDNN autotuning, the allocator's first
+    touch), each synchronised with the device so a GPU step is timed whole."""
+    step()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def dense_step_probe(
     config: SupernetConfig, lr_patch: int, batch: int, device: torch.device, steps: int = 1, precision: str = "fp32"
 ) -> dict[str, float]:
@@ -177,15 +193,7 @@ def dense_step_probe(
     def step() -> None:
         pretrain_step(net, optimizer, lr, hr, content_loss, generator, 5.0, precision=precision)
 
-    step()  # warm-up (cuDNN autotuning, the allocator's first touch)
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    out = {"seconds": sorted(times)[len(times) // 2]}
+    out = {"seconds": timed_step(step, steps, device)}
     if device.type == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         out["total_gib"] = torch.cuda.get_device_properties(device).total_memory / 2**30
