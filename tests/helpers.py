@@ -21,6 +21,16 @@ TINY = (
     "stages.train.batch_size=2",
 )
 
+# One epoch of one step in every stage: for tests that need a whole trial, not its training.
+ONE_STEP_PER_STAGE = (
+    "stages.pretrain.epochs=1",
+    "stages.pretrain.steps_per_epoch=1",
+    "stages.search.epochs=1",
+    "stages.search.steps_per_epoch=1",
+    "stages.train.epochs=1",
+    "stages.train.steps_per_epoch=1",
+)
+
 
 def tiny_experiment(storage: str, overrides: Sequence[str] = (), preset: str = "table8") -> Experiment:
     """A tiny-scale preset with a 2-cell supernet, storing under `storage`."""

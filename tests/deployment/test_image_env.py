@@ -45,6 +45,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import ONE_STEP_PER_STAGE
 from tests.servers import MARKER_VAR, _stop, _wait_http, _wait_log, free_port, free_range
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,12 +63,7 @@ CPU_CUT = (
     "search_space.num_cells=2",
     "stages.patch=16",
     "stages.val_max_images=1",
-    "stages.pretrain.epochs=1",
-    "stages.pretrain.steps_per_epoch=1",
-    "stages.search.epochs=1",
-    "stages.search.steps_per_epoch=1",
-    "stages.train.epochs=1",
-    "stages.train.steps_per_epoch=1",
+    *ONE_STEP_PER_STAGE,
     "stages.train.milestones=[]",
 )
 

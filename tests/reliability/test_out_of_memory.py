@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 
 from tests.faults import memory_cgroup
 from tests.gates import Gate
-from tests.helpers import TINY
+from tests.helpers import ONE_STEP_PER_STAGE, TINY
 from tests.servers import ray_head
 
 GIB = 2**30
@@ -44,12 +44,7 @@ OVERRIDES = (
     "sweep={stages.search.lambda_order: [0.0, 0.1]}",
     "resources.max_concurrent_trials=2",
     "resources.max_failures=0",
-    "stages.pretrain.epochs=1",
-    "stages.pretrain.steps_per_epoch=1",
-    "stages.search.epochs=1",
-    "stages.search.steps_per_epoch=1",
-    "stages.train.epochs=1",
-    "stages.train.steps_per_epoch=1",
+    *ONE_STEP_PER_STAGE,
     "stages.train.batch_size=256",
     "stages.patch=64",
 )
