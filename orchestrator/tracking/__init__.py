@@ -6,6 +6,7 @@ One job per module:
   → stage hierarchy) and :func:`tracked` (end a run by how its block ended);
 * :mod:`~orchestrator.tracking.log_calls`: what goes into a run (params, metrics, tags, artifacts);
 * :mod:`~orchestrator.tracking.models`: model upload as an MLflow 3 LoggedModel;
+* :mod:`~orchestrator.tracking.tables`: a table artifact that a second write replaces (not appends to);
 * :mod:`~orchestrator.tracking.outbox`: retries (tenacity) and the outage queue, MLflow-free;
 * :mod:`~orchestrator.tracking.reachability`: fail fast before any compute;
 * :mod:`~orchestrator.tracking.environment`: git commit, versions and command of a run;

@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 from orchestrator.tracking.errors import is_permanent
 from orchestrator.tracking.limits import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, chunks
 from orchestrator.tracking.outbox import Call, Permanent
+from orchestrator.tracking.tables import log_whole_table
 from orchestrator.tracking.tags import PARENT_TAG
 from workers.storage import join_storage, resolve_uri, write_bytes
 
@@ -176,7 +177,7 @@ def _replay(tracker: Tracker, call: dict[str, Any], folder: str) -> None:
     elif op == "log_dict":
         client.log_dict(run, call["data"], call["artifact_file"])
     elif op == "log_table":
-        client.log_table(run, call["data"], call["artifact_file"])
+        log_whole_table(client, run, call["data"], call["artifact_file"])
     elif op == "log_artifact":
         path = os.path.join(folder, call["file"])
         (client.log_artifacts if os.path.isdir(path) else client.log_artifact)(run, path, call["artifact_path"])

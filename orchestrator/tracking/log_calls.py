@@ -33,6 +33,7 @@ from orchestrator.tracking.limits import (
 )
 from orchestrator.tracking.models import save_model
 from orchestrator.tracking.outbox import Call
+from orchestrator.tracking.tables import log_whole_table
 from orchestrator.tracking.tags import CONFLICT_TAG_PREFIX
 
 if TYPE_CHECKING:
@@ -166,12 +167,16 @@ class LogCalls:
         )
 
     def log_table(self, run_id: str, data: Mapping[str, list], artifact_file: str) -> None:
-        """A table artifact (``MlflowClient.log_table``: columns → values, ``.json``), shown in the UI."""
+        """A table artifact (columns → values, ``.json``), shown in the UI; logging it again replaces it.
+
+        Not ``MlflowClient.log_table``, which appends to an existing table: a retried call would double
+        every row (:mod:`orchestrator.tracking.tables`).
+        """
         columns = {key: list(values) for key, values in data.items()}
         self._submit(
             Call(
                 f"log_table run {short(run_id)} {artifact_file}",
-                lambda: self.client.log_table(self.resolve(run_id), columns, artifact_file),
+                lambda: log_whole_table(self.client, self.resolve(run_id), columns, artifact_file),
                 record={"op": "log_table", "run": run_id, "data": columns, "artifact_file": artifact_file},
             )
         )

@@ -159,6 +159,34 @@ def test_text_dict_table_and_artifacts(tracker, client, tmp_path):
     assert tracker.pending == 0
 
 
+def test_a_table_logged_again_is_replaced_not_appended(tracker, client, store, unreachable, tmp_path, monkeypatch):
+    """A retried evaluation, or a replayed backlog call that had reached the server, leaves one row per image.
+
+    MLflow's own ``log_table`` appends to a table of the same name: each retry would add every image again.
+    """
+    from orchestrator.tracking.backlog import deliver_backlogs
+    from orchestrator.trial import catch_up
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])  # load_table finds runs through mlflow.search_runs
+    run = tracker.sweep_run("sw")
+    first = {"image_id": ["chelsea", "coffee"], "psnr": [np.float32(27.5), 30.25]}
+    tracker.log_table(run, first, "per_image.json")
+    tracker.log_table(run, first, "per_image.json")  # the evaluation again, after a crash that followed the upload
+    experiment_id = client.get_run(run).info.experiment_id
+    table = client.load_table(experiment_id, "per_image.json", run_ids=[run])  # what MLflow's readers see
+    assert table.to_dict("list") == {"image_id": ["chelsea", "coffee"], "psnr": [27.5, 30.25]}
+
+    down = Tracker(unreachable, tracker.experiment, retries=1, backoff_s=0.01, max_backoff_s=0.05)
+    down.log_table(run, {"image_id": ["chelsea", "coffee"], "psnr": [27.0, 31.0]}, "per_image.json")
+    storage = str(tmp_path / "runs")
+    assert catch_up(down, storage, "sw", "t0", timeout_s=0.3) == {"tracking_not_logged": 1}
+    assert deliver_backlogs(tracker, storage, "sw") == 0  # the kept call, replayed on a run that has the table
+    table = client.load_table(experiment_id, "per_image.json", run_ids=[run])
+    assert table.to_dict("list") == {"image_id": ["chelsea", "coffee"], "psnr": [27.0, 31.0]}  # the last write, whole
+    tables = json.loads(client.get_run(run).data.tags["mlflow.loggedArtifacts"])  # what makes the UI show a table
+    assert tables == [{"path": "per_image.json", "type": "table"}]
+
+
 def test_experiment_is_created_as_model_development(tracker, client):
     """MLflow 3 opens an experiment without a kind on its GenAI view; ours opens on the runs."""
     tracker.sweep_run("sw")
