@@ -26,15 +26,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from orchestrator.experiment import Experiment, ExperimentError, load_experiment, trials, with_random, with_seeds
-from orchestrator.plan import TrialPlan, plan_trial, resolve_data
 from workers.stage_list import STAGES
-from workers.stage_store import StageKey, lookup
 
-__all__ = ["SECONDS_PER_STEP", "TABLES", "ReproducePlan", "plan_reproduce", "reproduce_experiments"]
+if TYPE_CHECKING:  # imported where used: the CLI's options read ALL_TABLES at start-up, planning costs ~0.3 s
+    from orchestrator.plan import TrialPlan
+    from workers.stage_store import StageKey
+
+__all__ = ["ALL_TABLES", "SECONDS_PER_STEP", "TABLES", "ReproducePlan", "plan_reproduce", "reproduce_experiments"]
 
 TABLES: dict[str, str] = {"7": "table7", "8": "table8", "9": "table9", "fig1": "fig1"}
+ALL_TABLES: tuple[str, ...] = tuple(TABLES)  # what `--tables` means when not given (local and submitted)
 # CPU seconds per optimisation step of one trial (one thread), by backbone and stage, at `small` (2 cells,
 # nf 16, patch 24): `python -m bench.stage_steps --steps 3`, 2026-12-07 (validation passes not included).
 # Pretrain: a 4-pass sandwich; search: an architecture step and a weight step; train: the derived network.
@@ -121,7 +125,9 @@ def reproduce_experiments(
 
 def plan_reproduce(experiments: Sequence[Experiment]) -> ReproducePlan:
     """Plan every trial of every sweep and count the stages by key (reads data manifests, computes nothing)."""
+    from orchestrator.plan import plan_trial, resolve_data
     from orchestrator.sweep import absolutize
+    from workers.stage_store import lookup
 
     plans: dict[str, list[TrialPlan]] = {}
     keys: dict[str, dict[str, StageInfo]] = {stage: {} for stage in STAGES}

@@ -54,6 +54,7 @@ import yaml
 from orchestrator.experiment import Experiment, load_experiment, with_random, with_seeds
 from orchestrator.job_upload import upload_dir, upload_excludes
 from orchestrator.jobs import TRACKING_URI_KEY, SubmitError, job_call, job_client, wait_for_job
+from orchestrator.reproduce import ALL_TABLES
 from orchestrator.tracking import SWEEP_TAG, Tracker, code_provenance, sqlite_path
 
 # Read by Ray's job supervisor (it runs with the job's env_vars): stop a job as Ctrl-C stops a sweep.
@@ -269,7 +270,7 @@ def submit_reproduce(
     address: str,
     scale: str = "tiny",
     seeds: int = 1,
-    tables: Sequence[str] = ("7", "8", "9", "fig1"),
+    tables: Sequence[str] = ALL_TABLES,
     overrides: Sequence[str] = (),
     random_draws: int | None = None,
     storage: str | None = None,

@@ -108,7 +108,7 @@ class Evaluation:
     per_image: list[dict[str, Any]] = field(default_factory=list)  # PER_IMAGE_COLUMNS each
 
     def table(self) -> dict[str, list]:
-        """The per-image rows as columns (``MlflowClient.log_table``'s dict form)."""
+        """The per-image rows as columns (the dict form of a table artifact: `Tracker.log_table`)."""
         return {column: [row[column] for row in self.per_image] for column in PER_IMAGE_COLUMNS}
 
 

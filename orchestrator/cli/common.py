@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from orchestrator.experiment import SCALE_HELP, Experiment, TrackingSpec
+from orchestrator.reproduce import ALL_TABLES
 from orchestrator.tracking import DEFAULT_TRACKING_URI
 
 __all__ = [
@@ -123,7 +124,10 @@ RANDOM = SharedOption(
 )
 # The tables `trilevel reproduce` runs (orchestrator.reproduce.TABLES), local or submitted.
 TABLES = SharedOption(
-    "--tables", default="7,8,9,fig1", show_default=True, help="Which of 7, 8, 9, fig1, comma-separated."
+    "--tables",
+    default=",".join(ALL_TABLES),
+    show_default=True,
+    help=f"Which of {', '.join(ALL_TABLES)}, comma-separated.",
 )
 
 # --- where: Ray and MLflow -------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from orchestrator.cli.common import (
     TRACKING_URI,
     friendly_errors,
 )
+from orchestrator.reproduce import ALL_TABLES
 
 __all__ = ["jobs", "logs", "stop", "submit"]
 
@@ -58,7 +59,7 @@ def _hints(submission_id: str, address: str) -> str:
 @TABLES.but(
     default=None,
     show_default=False,
-    help="With `reproduce`: which of 7, 8, 9, fig1, comma-separated [default: all].",
+    help=f"With `reproduce`: which of {', '.join(ALL_TABLES)}, comma-separated [default: all].",
 )
 @NO_REUSE
 @DRY_RUN.but(
@@ -107,7 +108,7 @@ def submit(
     if experiment == REPRODUCE:
         if name is not None:
             raise click.UsageError(f"--name {name}: `submit reproduce` names its sweeps reproduce-<scale>-<table>")
-        chosen = [t.strip() for t in (tables or "7,8,9,fig1").split(",") if t.strip()]
+        chosen = [t.strip() for t in tables.split(",") if t.strip()] if tables else list(ALL_TABLES)
         target = {"scale": scale, "seeds": seeds or 1, "tables": chosen, "overrides": overrides}
         target |= {"random_draws": random_draws}
         submit_job = functools.partial(submit_reproduce, **where, **target)

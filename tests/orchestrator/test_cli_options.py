@@ -40,3 +40,19 @@ def test_a_shared_flag_has_its_parameter_name_in_every_command():
     for flag in ("--seeds", "--random", "--scale", "--set", "--storage", "--tracking-uri", "--dry-run", "--no-reuse"):
         assert {"run", "sweep", "reproduce", "submit"} <= taken[flag], (flag, taken[flag])
     assert {"reproduce", "submit"} <= taken["--tables"]
+
+
+def test_every_table_is_the_default_of_reproduce_local_python_and_submitted():
+    """`--tables` left out means every table of `orchestrator.reproduce.TABLES`, wherever reproduce is started."""
+    import inspect
+
+    from orchestrator.reproduce import ALL_TABLES, TABLES
+    from orchestrator.submit import submit_reproduce
+
+    assert tuple(TABLES) == ALL_TABLES
+    commands = _commands()
+    (local,) = [p for p in commands["reproduce"].params if p.name == "tables"]
+    assert local.default.split(",") == list(ALL_TABLES)
+    assert inspect.signature(submit_reproduce).parameters["tables"].default == ALL_TABLES
+    (submitted,) = [p for p in commands["submit"].params if p.name == "tables"]
+    assert submitted.default is None and ", ".join(ALL_TABLES) in submitted.help  # None: all, and only for reproduce
