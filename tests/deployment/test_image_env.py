@@ -8,7 +8,8 @@ same torch version from the machine's wheel folder (pip's find-links). uv links 
 (`make venv` filled it; the few transitive versions the lock pins apart from the dev venv's are fetched once);
 nothing is compiled ahead: each process compiles what it imports, once.
 The venv is cached outside the repository, under a folder named by the lock's SHA-256, so it is built once
-per lock; the package is reinstalled from this checkout on every run. A lock that misses what an installed
+per lock; building one removes those of other locks unused for an hour (`_prune`); the package is
+reinstalled from this checkout on every run. A lock that misses what an installed
 package requires fails `uv pip check`; a module the package imports that the lock lacks (as `rich` once was)
 fails the job.
 
@@ -56,6 +57,8 @@ LAYOUT = DEPLOY / "kuberay" / "volume-layout.yaml"
 MOUNT = "/mnt/trilevel"
 CUDA_ONLY = re.compile(r"^(torch|triton|cuda-.*|nvidia-(?!ml-py$).*)$")  # what CUDA torch brings (not nvidia-ml-py)
 CACHE = Path(os.environ.get("TRILEVEL_IMAGE_ENV_CACHE", Path.home() / ".cache" / "trilevel-nas" / "image-env"))
+USED = ".used"  # touched whenever a run uses an environment: when it was last needed
+IDLE_BEFORE_PRUNE_S = 3600.0  # another checkout's environment used within this may be in use now (or being built)
 # The cut that makes the paper sweep a CPU test: one trial, a few steps per stage.
 CPU_CUT = (
     "sweep={stages.search.lambda_order: [0.1]}",
@@ -119,6 +122,26 @@ def _build(venv: Path) -> None:
     subprocess.run([*install, "--no-index", *links, f"torch=={torch_version}"], check=True)
 
 
+def _prune(keep: Path, idle_s: float = IDLE_BEFORE_PRUNE_S) -> list[Path]:
+    """Remove the cache's environments of other locks that no run used for `idle_s`; the ones removed.
+
+    Why: one is built per lock hash (~0.9 GB) and nothing else ever removes one, so every change of the
+    lock left its predecessor on the developer's disk. Called when a new one is built, so a cached one
+    still saves its build. Another checkout's environment (another branch's lock) is kept while it was
+    used (`USED`), completed or created within `idle_s`: its test may be running from it now. Only folders
+    named as this test names them (16 hex digits) are touched, whatever else the cache folder holds.
+    """
+    removed = []
+    for other in sorted(keep.parent.iterdir()):
+        if other == keep or not other.is_dir() or not re.fullmatch(r"[0-9a-f]{16}", other.name):
+            continue
+        last = max(path.stat().st_mtime for path in (other, other / ".complete", other / USED) if path.exists())
+        if time.time() - last > idle_s:
+            shutil.rmtree(other, ignore_errors=True)
+            removed.append(other)
+    return removed
+
+
 @pytest.fixture(scope="module")
 def image_env() -> Path:
     """The image's environment (cached by the lock's hash) with this checkout installed as the image installs it."""
@@ -126,8 +149,10 @@ def image_env() -> Path:
     if not (venv / ".complete").exists():
         shutil.rmtree(venv, ignore_errors=True)
         venv.parent.mkdir(parents=True, exist_ok=True)
+        _prune(venv)  # before the build: the space of the old ones is what the new one needs
         _build(venv)
         (venv / ".complete").touch()
+    (venv / USED).touch()
     python = str(venv / "bin" / "python")
     # what the Dockerfile runs: the package with no dependencies and no build isolation (setuptools is locked)
     subprocess.run(
@@ -162,6 +187,25 @@ def _clean_env(venv: Path, marker: str) -> dict[str, str]:
     # a loaded machine can take longer than Ray's 60 s to bring the dashboard (the job API) up
     busy = {"RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300"}
     return env | busy | {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", MARKER_VAR: marker}
+
+
+def test_building_an_environment_prunes_the_idle_ones_of_other_locks(tmp_path):
+    """Old locks' environments go; the current one, one another checkout uses now or is building, and
+    anything not named as an environment stay (real folders, their times set as the uses left them)."""
+    old = time.time() - 2 * IDLE_BEFORE_PRUNE_S
+    folders = {name: tmp_path / name for name in ("a" * 16, "b" * 16, "c" * 16, "d" * 16, "notes")}
+    for folder in folders.values():
+        (folder / "bin").mkdir(parents=True)
+        (folder / "bin" / "python").write_text("")
+    current, idle, in_use, building, notes = folders.values()
+    for folder in (current, idle, in_use):
+        (folder / ".complete").touch()
+    (in_use / USED).touch()  # built long ago, used by another checkout's test just now
+    for path in (idle / ".complete", idle, in_use / ".complete", in_use, notes, current / ".complete", current):
+        os.utime(path, (old, old))
+    assert _prune(current) == [idle]
+    assert [path.name for path in sorted(tmp_path.iterdir())] == [current.name, in_use.name, building.name, "notes"]
+    assert (current / "bin" / "python").exists()  # the one this run needs, however old
 
 
 def test_the_image_environment_imports_and_runs_the_cli(image_env, tmp_path):
