@@ -238,7 +238,7 @@ def job_status(address: str, submission_id: str) -> str:
     return JobSummary.from_details(_info(job_client(address), address, submission_id)).status
 
 
-def job_status_or_none(submission_id: str, address: str) -> JobSummary | None:
+def job_status_or_none(address: str, submission_id: str) -> JobSummary | None:
     """The job's summary, or None when the cluster has no such job (an unreachable one still raises)."""
     client = job_client(address)
     try:

@@ -140,7 +140,7 @@ def echo_job_status(submission_id: str | None, address: str) -> None:
     if submission_id is None:
         raise click.UsageError("With --address, give a submission id (`trilevel jobs --address …` lists them).")
     try:
-        job = job_status_or_none(submission_id, address)
+        job = job_status_or_none(address, submission_id)
     except SubmitError as err:
         raise click.ClickException(str(err)) from None
     if job is None:

@@ -332,7 +332,7 @@ def test_the_rayjob_entrypoint_finishes_a_trial_on_a_two_node_cluster(image_env,
                  *entrypoint],
                 env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
             )  # fmt: skip
-            if job_status_or_none("image-env", address) is not None:
+            if job_status_or_none(address, "image-env") is not None:
                 break
             assert time.monotonic() < deadline, (
                 f"not submitted:\n{submitted.stdout[-3000:]}\n{submitted.stderr[-3000:]}"

@@ -7,6 +7,7 @@ A submitted sweep on a real `ray start --head` and `mlflow server` (and the job 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from orchestrator.experiment import ExperimentError, load_experiment
-from orchestrator.jobs import SubmitError, job_logs, job_status, list_jobs
+from orchestrator.jobs import SubmitError, job_logs, job_status, job_status_or_none, list_jobs, stop_job
 from orchestrator.submit import (
     EXPERIMENT_ENV_VAR,
     build_entrypoint,
@@ -46,8 +47,15 @@ def test_unreachable_address_is_named_with_the_port_forward_hint(tmp_path):
     with pytest.raises(SubmitError) as err:
         submit_sweep("table8", address=closed, storage=str(tmp_path), tracking_uri=f"sqlite:///{tmp_path}/m.db")
     assert closed in str(err.value) and "8265" in str(err.value) and "port-forward" in str(err.value)
-    for call in (lambda: job_status(closed, "x"), lambda: list(job_logs(closed, "x")), lambda: list_jobs(closed)):
-        with pytest.raises(SubmitError, match="Cannot reach the Ray job server"):
+    calls = (
+        lambda: job_status(closed, "x"),
+        lambda: job_status_or_none(closed, "x"),  # the address first, as in every function of orchestrator.jobs
+        lambda: list(job_logs(closed, "x")),
+        lambda: stop_job(closed, "x"),
+        lambda: list_jobs(closed),
+    )
+    for call in calls:
+        with pytest.raises(SubmitError, match=f"Cannot reach the Ray job server at {re.escape(closed)} "):
             call()
 
 
