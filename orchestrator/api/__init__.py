@@ -157,11 +157,13 @@ _PER_SET = ("psnr", "ssim", "psnr_bicubic", "ssim_bicubic", "psnr_teacher", "ssi
 def _trial_run_ids(experiment: Experiment) -> dict[str, str]:
     """Trial id → its MLflow run id; empty when the tracking server or the sweep's runs cannot be read."""
     from orchestrator.report.rows import collect
+    from orchestrator.sweep_lease import read_sweep_id
 
     try:
+        identity = read_sweep_id(experiment.storage, experiment.name)  # not a same-name sweep on other storage
         return {
             row.trial: row.run_id
-            for row in collect(experiment.tracking.uri, experiment.tracking.experiment, experiment.name)
+            for row in collect(experiment.tracking.uri, experiment.tracking.experiment, experiment.name, identity)
         }
     except Exception as err:  # the DataFrame is still useful without run ids
         _log.warning("no MLflow run ids for sweep %s: %s", experiment.name, err)

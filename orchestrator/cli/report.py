@@ -103,12 +103,12 @@ def sweeps_overview(tracking_uri: str, mlflow_experiment: str) -> list[dict[str,
 
 
 def _progress(
-    trial_rows: list[TrialRow], tracking_uri: str, mlflow_experiment: str, sweep: str
+    trial_rows: list[TrialRow], tracking_uri: str, mlflow_experiment: str, sweep: str, sweep_id: str | None = None
 ) -> list[dict[str, str]]:
     client, experiment_id = open_experiment(tracking_uri, mlflow_experiment)
     latest: dict[str, Any] = {}
     origins: dict[str, dict[str, str]] = {}  # trial → stage → computed | reused (the stage store)
-    for run in search_all(client, experiment_id, sweep_filter(sweep, "stage")):  # oldest first
+    for run in search_all(client, experiment_id, sweep_filter(sweep, "stage", sweep_id)):  # oldest first
         latest[run.data.tags.get(TRIAL_TAG, "")] = run
         if origin := run.data.tags.get(STAGE_ORIGIN_TAG):
             origins.setdefault(run.data.tags.get(TRIAL_TAG, ""), {})[run.data.tags.get(STAGE_TAG, "?")] = origin
@@ -162,13 +162,19 @@ def echo_job_status(submission_id: str | None, address: str) -> None:
 @click.argument("sweep", required=False)
 @TRACKING_URI.but(default=DEFAULT_TRACKING, show_default=True, help="MLflow tracking URI.")
 @MLFLOW_EXPERIMENT.but(help="MLflow experiment.")
+@STORAGE.but(
+    help="The sweep's storage: only the runs of the sweep kept there, where sweeps of one name on other "
+    "storage are tracked in the same experiment [default: every run of the name; refused if they differ]."
+)
 @JOB_SERVER.but(
     required=False,
     show_envvar=False,
     help="Ray job server (http://HEAD:8265): SWEEP is then a submission id from `trilevel submit`.",
 )
 @friendly_errors
-def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address: str | None) -> None:
+def status(
+    sweep: str | None, tracking_uri: str, mlflow_experiment: str, storage: str | None, address: str | None
+) -> None:
     """Without SWEEP: every tracked sweep. With SWEEP: its trials (stage, headline metrics beside bicubic, run id)
     and the `trilevel upscale` command for the best one."""
     if address is not None:
@@ -183,8 +189,9 @@ def status(sweep: str | None, tracking_uri: str, mlflow_experiment: str, address
             return
         click.echo(to_markdown(rows), nl=False)
         return
-    trial_rows = collect(tracking_uri, mlflow_experiment, sweep)
-    rows = _progress(trial_rows, tracking_uri, mlflow_experiment, sweep)
+    identity = sweep_id_of(storage, sweep) if storage else None
+    trial_rows = collect(tracking_uri, mlflow_experiment, sweep, identity)
+    rows = _progress(trial_rows, tracking_uri, mlflow_experiment, sweep, identity)
     finished = sum(row["Status"] == "FINISHED" for row in rows)
     click.echo(f"Sweep {sweep}: {finished}/{len(rows)} trials finished\n")
     click.echo(to_markdown(rows))

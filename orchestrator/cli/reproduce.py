@@ -23,7 +23,7 @@ from orchestrator.cli.common import (
     VERBOSE,
     friendly_errors,
 )
-from orchestrator.cli.sweep_report import echo_report, report_dir
+from orchestrator.cli.sweep_report import echo_report, report_dir, sweep_id_of
 
 if TYPE_CHECKING:
     from orchestrator.reproduce import ReproducePlan
@@ -118,6 +118,7 @@ def _summary(plan: ReproducePlan, durations: dict[str, float]) -> str:
             tracking.experiment or DEFAULT_MLFLOW_EXPERIMENT,
             experiment.labels,
             report_dir(name, experiment.storage),
+            sweep_id_of(experiment.storage, name),  # not a sweep of this name on other storage (a shared server)
         )
         counts = {"computed": 0, "reused": 0}
         for trial in plan.plans[name]:

@@ -519,6 +519,13 @@ def test_sweeps_of_one_name_on_different_storage_are_never_mixed(store, tmp_path
     alice = sweep_id_of(str(tmp_path / "alice"), "twin")
     assert alice == ids["alice"] and sweep_id_of(str(tmp_path / "carol"), "twin") is None
     assert [row.trial for row in collect(store["uri"], "twins", "twin", alice)] == ["lambda_order=0.0"]
+    where = ["twin", "--tracking-uri", store["uri"], "--mlflow-experiment", "twins"]
+    refused = CliRunner().invoke(cli_report.status, where)
+    assert refused.exit_code == 1 and "`trilevel report/status --storage`" in refused.output  # as the error advises:
+    shown = CliRunner().invoke(cli_report.status, [*where, "--storage", str(tmp_path / "alice")])
+    assert shown.exit_code == 0, shown.output
+    assert "1/1 trials finished" in shown.stdout and "lambda_order=0.0" in shown.stdout
+    assert "lambda_order=0.1" not in shown.stdout  # bob's trial, on other storage
 
 
 def test_a_sweep_over_seeds_is_reported_by_arm_with_its_directions(store, tmp_path):

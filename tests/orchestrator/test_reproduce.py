@@ -66,3 +66,33 @@ def test_the_dry_run_prints_the_counts_and_runs_nothing(tmp_path, demo_data):
     assert "arms (trials): 3 requested, 3 distinct configurations" in result.output
     assert "3 /    1 /    0 /    1" in result.output  # one pretrain for table8's three arms
     assert not (tmp_path / "runs" / "reproduce-tiny-table8").exists()
+
+
+def test_the_summary_and_the_python_api_read_the_sweep_of_this_storage_not_a_namesake(tmp_path, demo_data):
+    """On a shared MLflow server another user's `reproduce` at the same scale tracks sweeps of the same names
+    (other storage, other sweep ids). The summary written once every table has run, and the run ids of
+    `orchestrator.run`'s results, are this storage's sweep: before, both were refused as ambiguous."""
+    from orchestrator.api import _trial_run_ids
+    from orchestrator.cli.reproduce import _summary
+    from orchestrator.sweep_lease import sweep_id
+    from orchestrator.tracking import Tracker
+
+    (experiment,) = _experiments(tmp_path, demo_data, 1, ("8",))
+    plan = plan_reproduce([experiment])
+    name, trials = experiment.name, [trial.trial_id for trial in plan.plans[experiment.name]]
+    ours: dict[str, str] = {}
+    for storage, psnr in ((experiment.storage, 28.5), (str(tmp_path / "namesake"), 26.25)):
+        tracker = Tracker(experiment.tracking.uri, experiment.tracking.experiment, sweep_id=sweep_id(storage, name))
+        parent = tracker.sweep_run(name)
+        for trial in trials:
+            run = tracker.trial_run(parent, name, trial, params={}, tags={})
+            tracker.log_metrics(run, {"psnr/demo": psnr, "psnr_bicubic/demo": 25.0, "params_m": 0.1, "gflops": 1.0})
+            tracker.finish(run)
+            if storage == experiment.storage:
+                ours[trial] = run
+        assert tracker.pending == 0
+
+    text = _summary(plan, {name: 61.0})
+    assert "28.50" in text and "26.25" not in text and "1 min 1 s" in text
+    assert (tmp_path / "runs" / "reproduce-tiny.md").read_text() == text
+    assert _trial_run_ids(experiment) == ours
