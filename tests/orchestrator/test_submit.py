@@ -57,6 +57,10 @@ def test_unreachable_address_is_named_with_the_port_forward_hint(tmp_path):
     for call in calls:
         with pytest.raises(SubmitError, match=f"Cannot reach the Ray job server at {re.escape(closed)} "):
             call()
+    from orchestrator.cli.report import status
+
+    asked = CliRunner().invoke(status, ["x", "--address", closed])  # `trilevel status ID --address`: the same probe
+    assert asked.exit_code == 1 and f"Cannot reach the Ray job server at {closed} " in asked.output
 
 
 def test_bad_input_is_refused_before_anything_is_submitted(tmp_path):
