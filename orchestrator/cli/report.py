@@ -27,7 +27,7 @@ from orchestrator.cli.common import (
     friendly_errors,
 )
 from orchestrator.cli.sweep_report import best_trial_lines, echo_report, report_dir, saved_experiment, sweep_id_of
-from orchestrator.report.rows import TrialRow, baselines, collect, validation_sets
+from orchestrator.report.rows import TrialRow, baselines, collect, scored_test_sets
 from orchestrator.report.runs import open_experiment, search_all, sweep_filter, ui_hint
 from orchestrator.report.table import MISSING, format_delta, format_path, format_value, to_markdown
 from orchestrator.tracking import STAGE_TAG, SWEEP_TAG, TRIAL_TAG
@@ -112,7 +112,7 @@ def _progress(
         latest[run.data.tags.get(TRIAL_TAG, "")] = run
         if origin := run.data.tags.get(STAGE_ORIGIN_TAG):
             origins.setdefault(run.data.tags.get(TRIAL_TAG, ""), {})[run.data.tags.get(STAGE_TAG, "?")] = origin
-    sets = validation_sets(trial_rows)
+    sets = scored_test_sets(trial_rows)
     base = baselines(trial_rows)
     out = []
     for row in trial_rows:

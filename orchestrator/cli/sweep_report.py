@@ -18,7 +18,7 @@ import click
 
 from orchestrator.cli.common import DEFAULT_MLFLOW_EXPERIMENT, DEFAULT_TRACKING, friendly_errors
 from orchestrator.report.build import REPORT_ARTIFACT_DIR, ReportFiles, build_report, warning_text
-from orchestrator.report.rows import TrialRow, best_row, collect, validation_sets
+from orchestrator.report.rows import TrialRow, best_row, collect, scored_test_sets
 from orchestrator.report.table import to_markdown
 
 __all__ = ["best_trial_lines", "echo_report", "print_report", "report_dir", "saved_experiment", "sweep_id_of"]
@@ -106,7 +106,7 @@ def best_trial_lines(trial_rows: list[TrialRow], tracking_uri: str, sweep: str) 
     best = best_row(trial_rows)
     if best is None:
         return [f"No finished trial with PSNR yet; once there is one: trilevel upscale --model best:{sweep} …"]
-    first = validation_sets([best])[0]
+    first = scored_test_sets([best])[0]
     numbers = f"test PSNR {first} {best.psnr[first]:.2f} dB"
     delta = best.delta(first)
     if delta is not None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from orchestrator.experiment import RANDOM_AXIS, SEED_AXIS
-from orchestrator.report.rows import TrialRow, axis_order, baselines, number_or_none, validation_sets
+from orchestrator.report.rows import TrialRow, axis_order, baselines, number_or_none, scored_test_sets
 from orchestrator.report.statistics import Comparison, mean_std, paired_comparison
 from orchestrator.report.table import MISSING, format_path
 
@@ -120,7 +120,7 @@ def arm_table(arms: Sequence[Arm], rows: Sequence[TrialRow]) -> list[dict[str, s
 
     A random arm's seed value is the mean of its draws; the std is over seeds.
     """
-    sets = validation_sets(rows)
+    sets = scored_test_sets(rows)
     base = baselines(rows)
     out = []
     for arm in arms:
@@ -171,7 +171,7 @@ def directions(arms: Sequence[Arm], rows: Sequence[TrialRow]) -> list[Comparison
     if (lev := _by_value(arms, "levels")) is not None and {"trilevel", "bilevel"} <= set(lev):
         a, b = lev["trilevel"], lev["bilevel"]
         out.append(paired_comparison(f"{a.name} ≤ {b.name} in params (M)", a.values(params), b.values(params), "less"))
-    sets = validation_sets(rows)
+    sets = scored_test_sets(rows)
     if (src := _by_value(arms, "from_search")) is not None and {"True", "False"} <= set(src) and sets:
         first = sets[0]
         a, b = src["True"], src["False"]

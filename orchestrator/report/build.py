@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from orchestrator.paper import PaperTable, paper_table
 from orchestrator.report.arms import arm_table, comparison_table, directions, group_arms, has_seeds
 from orchestrator.report.pareto import pareto_png
-from orchestrator.report.rows import TrialRow, collect, validation_sets
+from orchestrator.report.rows import TrialRow, collect, scored_test_sets
 from orchestrator.report.runs import search_all, sweep_experiment, sweep_filter, ui_hint
 from orchestrator.report.statistics import sign_test_floor
 from orchestrator.report.table import below_bicubic, table, to_csv, to_markdown
@@ -128,7 +128,7 @@ def build_report(
     locally (with a warning). Raises ValueError when the sweep has no tracked trial runs.
     """
     rows = collect(tracking_uri, mlflow_experiment, sweep, sweep_id)
-    paper = paper_table(sweep, (row.axes for row in rows), validation_sets(rows))
+    paper = paper_table(sweep, (row.axes for row in rows), scored_test_sets(rows))
     rendered = table(rows, labels, paper=paper)
     warnings = below_bicubic(rows, labels)
     out = Path(out_dir)

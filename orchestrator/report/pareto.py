@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.report.arms import group_arms, has_seeds
-from orchestrator.report.rows import TrialRow, baselines, validation_sets
+from orchestrator.report.rows import TrialRow, baselines, scored_test_sets
 from orchestrator.report.statistics import mean_std
 from orchestrator.report.table import display_names
 
@@ -80,7 +80,7 @@ def pareto_figure(
     from matplotlib.ticker import FormatStrFormatter
 
     rows = list(rows)
-    sets = validation_sets(rows)
+    sets = scored_test_sets(rows)
     set_name = set_name or (sets[0] if sets else None)
     base = baselines(rows)
     plotted = [r for r in rows if r.gflops is not None and set_name is not None and set_name in r.psnr]

@@ -33,8 +33,8 @@ __all__ = [
     "collect",
     "natural_key",
     "number_or_none",
+    "scored_test_sets",
     "sort_rows",
-    "validation_sets",
 ]
 
 _log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def collect(tracking_uri: str, mlflow_experiment: str, sweep: str, sweep_id: str
     return sort_rows(rows.values())
 
 
-def validation_sets(rows: Iterable[TrialRow]) -> list[str]:
+def scored_test_sets(rows: Iterable[TrialRow]) -> list[str]:
     """Every test set any trial was scored on, in natural order (Set5, Set14, …); validation sets are never reported."""
     return sorted({name for row in rows for name in row.psnr}, key=natural_key)
 
@@ -243,7 +243,7 @@ def best_row(rows: Iterable[TrialRow]) -> TrialRow | None:
     done = [row for row in rows if row.evaluated and row.status == "FINISHED"]
     if not done:
         return None
-    first = validation_sets(done)[0]
+    first = scored_test_sets(done)[0]
     if all(row.val_selected is not None for row in done):
         scored = done
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.paper import PaperRow, PaperTable, paper_row
-from orchestrator.report.rows import TrialRow, axis_order, baselines, number_or_none, validation_sets
+from orchestrator.report.rows import TrialRow, axis_order, baselines, number_or_none, scored_test_sets
 
 __all__ = [
     "BICUBIC",
@@ -147,7 +147,7 @@ def table(
         return []
     header, names = first_column(rows, labels)
     header = axis_title or header
-    sets = validation_sets(rows)
+    sets = scored_test_sets(rows)
     base = baselines(rows)
     paper_sets = [s for s in paper.sets if s in sets] if paper else []
     with_status = any(not row.evaluated or row.status != "FINISHED" for row in rows)

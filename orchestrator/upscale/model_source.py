@@ -113,7 +113,7 @@ def _best_run(source: str, tracking_uri: str | None, mlflow_experiment: str) -> 
     """(run id, a line saying which trial) of the best finished trial of the sweep named in ``best:<sweep>``."""
     import mlflow
 
-    from orchestrator.report.rows import best_row, collect, validation_sets
+    from orchestrator.report.rows import best_row, collect, scored_test_sets
 
     sweep = source[len(BEST_PREFIX) :].strip()
     if not sweep:
@@ -129,7 +129,7 @@ def _best_run(source: str, tracking_uri: str | None, mlflow_experiment: str) -> 
         raise UpscaleError(
             f"model source {source}: none of the {len(rows)} trial(s) of sweep {sweep!r} has finished with a PSNR yet"
         )
-    first = validation_sets(rows)[0]
+    first = scored_test_sets(rows)[0]
     detail = f"PSNR {first} {best.psnr[first]:.2f} dB"
     delta = best.delta(first)
     if delta is not None:

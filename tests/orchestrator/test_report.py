@@ -25,7 +25,7 @@ from orchestrator.cli import sweep_report
 from orchestrator.paper import PAPER_TABLES, paper_row, paper_table
 from orchestrator.report.build import build_report
 from orchestrator.report.pareto import pareto_figure, pareto_front, pareto_png
-from orchestrator.report.rows import Baselines, TrialRow, baselines, best_row, collect, validation_sets
+from orchestrator.report.rows import Baselines, TrialRow, baselines, best_row, collect, scored_test_sets
 from orchestrator.report.runs import ui_hint, ui_url
 from orchestrator.report.table import MISSING, below_bicubic, table, to_csv, to_markdown
 from orchestrator.tracking.champion import Score
@@ -391,7 +391,7 @@ def test_every_network_is_read_against_bicubic_and_the_teacher(store):
         ["0.1", "[0,1]", "0.02", "1.20", "28.90", "+0.73"],
     ]
     assert below_bicubic(rows) == ["λ=0 on demo: 27.00 dB vs bicubic 28.17 dB (-1.17 dB)"]
-    assert paper_table("demo", (r.axes for r in rows), validation_sets(rows)) is None  # demo photos: not the paper's
+    assert paper_table("demo", (r.axes for r in rows), scored_test_sets(rows)) is None  # demo photos: not the paper's
 
 
 def test_the_plot_draws_the_baselines(store):
