@@ -103,7 +103,10 @@ def sweep_id_of(storage: str, sweep: str) -> str | None:
 
 def best_trial_lines(trial_rows: list[TrialRow], tracking_uri: str, sweep: str) -> list[str]:
     """What `status` says about the trial to use: its numbers beside bicubic and a ready-to-paste upscale command."""
-    best = best_row(trial_rows)
+    try:
+        best = best_row(trial_rows)
+    except ValueError as err:  # finished trials scored on different test sets, some without validation PSNR
+        return [f"No best trial: sweep {sweep!r}: {err}."]
     if best is None:
         return [f"No finished trial with PSNR yet; once there is one: trilevel upscale --model best:{sweep} …"]
     first = scored_test_sets([best])[0]

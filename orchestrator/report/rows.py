@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -237,21 +238,29 @@ def best_row(rows: Iterable[TrialRow]) -> TrialRow | None:
 
     Chosen on validation, like each trial's checkpoint: the test numbers the report shows choose
     nothing. Trials tracked before validation PSNR was logged (no ``val_psnr_selected``) fall back to
-    the first test set. PSNRs equal at the table's precision (0.01 dB) are a tie, as a reader of the
-    table sees them. None when no trial has finished with a PSNR yet.
+    the first test set every finished trial was scored on. PSNRs equal at the table's precision
+    (0.01 dB) are a tie, as a reader of the table sees them. None when no trial has finished with a
+    PSNR yet; ValueError, naming the sets, when the fallback finds no shared test set (a sweep over
+    ``data.test``): such trials cannot be compared, and leaving some out would pick among the rest.
     """
     done = [row for row in rows if row.evaluated and row.status == "FINISHED"]
     if not done:
         return None
-    first = scored_test_sets(done)[0]
     if all(row.val_selected is not None for row in done):
-        scored = done
 
         def selection(row: TrialRow) -> float:
             assert row.val_selected is not None
             return row.val_selected
     else:
-        scored = [row for row in done if first in row.psnr]
+        shared = [name for name in scored_test_sets(done) if all(name in row.psnr for row in done)]
+        if not shared:
+            scored = Counter(", ".join(row.psnr) for row in done)
+            raise ValueError(
+                f"its {len(done)} finished trials cannot be compared: some have no validation PSNR "
+                "(val_psnr_selected: tracked before it was logged) and they share no test set "
+                f"({'; '.join(f'{n} scored on {sets}' for sets, n in scored.items())})"
+            )
+        first = shared[0]
 
         def selection(row: TrialRow) -> float:
             return row.psnr[first]
@@ -259,4 +268,4 @@ def best_row(rows: Iterable[TrialRow]) -> TrialRow | None:
     def key(row: TrialRow) -> tuple[float, float]:
         return (-round(selection(row), 2), row.gflops if row.gflops is not None else math.inf)
 
-    return min(scored, key=key) if scored else None
+    return min(done, key=key)

@@ -6,7 +6,7 @@ Why it looks like this:
   (``state.pt`` + ``genotype.json``, read as data with ``torch.load(weights_only=True)``), the
   trial's MLflow run (logged model ``model``, reachable by run id), and the model registry
   (``models:/<name>/<version>``, ``models:/<name>@<alias>``). ``best:<sweep>`` names the run of the
-  sweep's best finished trial (highest PSNR on its first validation set, ties to fewer GFLOPs:
+  sweep's best finished trial (highest validation PSNR of its chosen checkpoint, ties to fewer GFLOPs:
   :func:`orchestrator.report.rows.best_row`), so nobody has to look a run id up to use a sweep's result.
   A genotype alone (a zoo name or a JSON file) is refused on purpose: it has no trained weights, and
   an untrained network's output looks like a result without being one.
@@ -124,12 +124,15 @@ def _best_run(source: str, tracking_uri: str | None, mlflow_experiment: str) -> 
         rows = collect(uri, mlflow_experiment, sweep)
     except ValueError as err:
         raise UpscaleError(f"model source {source}: {err}") from None
-    best = best_row(rows)
+    try:
+        best = best_row(rows)
+    except ValueError as err:
+        raise UpscaleError(f"model source {source}: sweep {sweep!r}: {err}") from None
     if best is None:
         raise UpscaleError(
             f"model source {source}: none of the {len(rows)} trial(s) of sweep {sweep!r} has finished with a PSNR yet"
         )
-    first = scored_test_sets(rows)[0]
+    first = scored_test_sets([best])[0]  # its own: in a sweep over data.test, others may be scored elsewhere
     detail = f"PSNR {first} {best.psnr[first]:.2f} dB"
     delta = best.delta(first)
     if delta is not None:

@@ -473,6 +473,34 @@ def test_the_best_trial_is_chosen_on_validation_never_on_the_test_set():
     assert Score.of_metrics({"psnr/demo": 29.0}).key == "psnr/demo"
 
 
+def test_best_of_a_sweep_over_the_test_set_reads_each_trials_own_sets_or_says_why_none_compares(store):
+    """A sweep over data.test: trials scored on different sets. best: picked b (chosen on validation) and then
+    looked its PSNR up on a's set (KeyError); without validation PSNRs no trial can be compared, and that is said."""
+    from orchestrator.upscale.errors import UpscaleError
+    from orchestrator.upscale.model_source import open_model
+
+    client = store["client"]
+    experiment_id = client.create_experiment("by-test-set", artifact_location=str(store["root"] / "by-test-set"))
+    scores = {"a": ("Set5", 29.0, 27.0), "b": ("Set14", 28.0, 27.5)}  # trial → (its test set, PSNR, val PSNR)
+    for sweep, validated in (("on-val", True), ("old", False)):
+        for value, (test_set, psnr, val) in scores.items():
+            extra = {f"psnr/{test_set}": psnr, f"psnr_bicubic/{test_set}": psnr - 1} | (
+                {"val_psnr_selected": val} if validated else {}
+            )
+            _trial(client, experiment_id, None, sweep, "data.test", value, TABLE8["0.0"], extra=extra)
+    where = {"tracking_uri": store["uri"], "mlflow_experiment": "by-test-set"}
+    with pytest.raises(UpscaleError, match="has no logged model") as picked:  # the trials log no model here
+        open_model("best:on-val", **where)
+    assert "best trial of on-val: test=b, run" in str(picked.value) and "PSNR Set14 28.00 dB" in str(picked.value)
+    with pytest.raises(UpscaleError, match="model source best:old: sweep 'old': its 2 finished trials cannot be"):
+        open_model("best:old", **where)
+    status = CliRunner().invoke(
+        cli_report.status, ["old", "--tracking-uri", store["uri"], "--mlflow-experiment", "by-test-set"]
+    )
+    assert status.exit_code == 0, status.output
+    assert "No best trial: sweep 'old': " in status.stdout and "1 scored on Set5; 1 scored on Set14" in status.stdout
+
+
 def test_status_shows_psnr_beside_bicubic_and_the_best_trials_command(store):
     result = CliRunner().invoke(cli_report.status, ["demo", "--tracking-uri", store["uri"]])
     assert result.exit_code == 0, result.output
