@@ -30,7 +30,7 @@ from orchestrator.cli.sweep_report import best_trial_lines, echo_report, report_
 from orchestrator.report.rows import TrialRow, baselines, collect, scored_test_sets
 from orchestrator.report.runs import open_experiment, search_all, sweep_filter, ui_hint
 from orchestrator.report.table import MISSING, format_delta, format_path, format_value, to_markdown
-from orchestrator.tracking import STAGE_TAG, SWEEP_TAG, TRIAL_TAG
+from orchestrator.tracking import STAGE_TAG, SWEEP_ID_TAG, SWEEP_TAG, TRIAL_TAG
 from orchestrator.tracking.tags import STAGE_ORIGIN_TAG
 
 __all__ = ["echo_job_status", "report", "status"]
@@ -78,27 +78,40 @@ def _time(ms: int | None) -> str:
 
 
 def sweeps_overview(tracking_uri: str, mlflow_experiment: str) -> list[dict[str, str]]:
-    """One row per sweep: name, parent run status, start time, trials finished/tracked (oldest sweep first)."""
+    """One row per sweep: name, id, storage, parent run status, start time, trials finished/tracked (oldest first).
+
+    A sweep is its name and its id (``trilevel.sweep_id``, kept on its storage): on a shared MLflow server,
+    sweeps of one name on other storage are other rows, each counting its own trials; the storage (the
+    parent run's ``storage`` param) is what `trilevel status NAME --storage` takes to show one of them.
+    """
     client, experiment_id = open_experiment(tracking_uri, mlflow_experiment)
     parents = search_all(client, experiment_id, sweep_filter(kind="sweep"))
     trials = search_all(client, experiment_id, sweep_filter(kind="trial"))
-    per_sweep: dict[str, dict[str, str]] = {}  # sweep → trial id → status (oldest run of a trial id wins)
+
+    def sweep_of(run: Any) -> tuple[str, str]:
+        return run.data.tags.get(SWEEP_TAG, ""), run.data.tags.get(SWEEP_ID_TAG, "")
+
+    per_sweep: dict[tuple[str, str], dict[str, str]] = {}  # sweep → trial id → status (its oldest run wins)
     for run in trials:
-        tags = run.data.tags
-        per_sweep.setdefault(tags.get(SWEEP_TAG, ""), {}).setdefault(tags.get(TRIAL_TAG, ""), run.info.status)
-    rows, seen = [], set()
+        per_sweep.setdefault(sweep_of(run), {}).setdefault(run.data.tags.get(TRIAL_TAG, ""), run.info.status)
+    rows: dict[tuple[str, str], tuple[str, int | None, str]] = {}  # sweep → status, start, storage
     for run in parents:
-        name = run.data.tags.get(SWEEP_TAG, "")
-        if name in seen:
-            continue
-        seen.add(name)
-        rows.append((name, run.info.status, run.info.start_time))
-    rows += [(name, MISSING, None) for name in per_sweep if name not in seen]  # trials without a parent run
+        rows.setdefault(sweep_of(run), (run.info.status, run.info.start_time, run.data.params.get("storage", "")))
+    rows |= {sweep: (MISSING, None, "") for sweep in per_sweep if sweep not in rows}  # trials without a parent run
     out = []
-    for name, state, start in rows:
-        statuses = per_sweep.get(name, {}).values()
+    for (name, identity), (state, start, storage) in rows.items():
+        statuses = per_sweep.get((name, identity), {}).values()
         finished = sum(s == "FINISHED" for s in statuses)
-        out.append({"Sweep": name, "Status": state, "Started": _time(start), "Trials": f"{finished}/{len(statuses)}"})
+        out.append(
+            {
+                "Sweep": name,
+                "Id": identity[:8] or MISSING,
+                "Storage": storage or MISSING,
+                "Status": state,
+                "Started": _time(start),
+                "Trials": f"{finished}/{len(statuses)}",
+            }
+        )
     return out
 
 
@@ -175,7 +188,8 @@ def echo_job_status(submission_id: str | None, address: str) -> None:
 def status(
     sweep: str | None, tracking_uri: str, mlflow_experiment: str, storage: str | None, address: str | None
 ) -> None:
-    """Without SWEEP: every tracked sweep. With SWEEP: its trials (stage, headline metrics beside bicubic, run id)
+    """Without SWEEP: every tracked sweep (one row per sweep id: sweeps of one name on other storage are
+    other rows, each with its storage). With SWEEP: its trials (stage, headline metrics beside bicubic, run id)
     and the `trilevel upscale` command for the best one."""
     if address is not None:
         if sweep is None:

@@ -353,11 +353,11 @@ def test_cli_status_lists_sweeps_then_trials(store):
     result = CliRunner().invoke(cli_report.status, ["--tracking-uri", store["uri"]])
     assert result.exit_code == 0, result.output
     sweeps = {row[0]: row for row in _cells(result.stdout)[2:]}
-    assert _cells(result.stdout)[0] == ["Sweep", "Status", "Started", "Trials"]
-    assert sweeps["table8"][1] == "FINISHED" and sweeps["table8"][3] == "3/3"
-    assert sweeps["running"][1] == "RUNNING" and sweeps["running"][3] == "1/2"
-    assert sweeps["table7"][1:] == [MISSING, MISSING, "2/2"]  # trials tracked without a parent run
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", sweeps["table8"][2])
+    assert _cells(result.stdout)[0] == ["Sweep", "Id", "Storage", "Status", "Started", "Trials"]
+    assert sweeps["table8"][1:4] == [MISSING, MISSING, "FINISHED"] and sweeps["table8"][5] == "3/3"  # no id: older
+    assert sweeps["running"][3] == "RUNNING" and sweeps["running"][5] == "1/2"
+    assert sweeps["table7"][3:] == [MISSING, MISSING, "2/2"]  # trials tracked without a parent run
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", sweeps["table8"][4])
 
     result = CliRunner().invoke(cli_report.status, ["running", "--tracking-uri", store["uri"]])
     assert result.exit_code == 0, result.output
@@ -539,7 +539,12 @@ def test_sweeps_of_one_name_on_different_storage_are_never_mixed(store, tmp_path
     ids = {}
     for storage, value in (("alice", "0.0"), ("bob", "0.1")):
         ids[storage] = sweep_id(str(tmp_path / storage), "twin")
-        trial = _trial(client, experiment_id, None, "twin", LAMBDA, value, TABLE8[value])
+        parent = None
+        if storage == "alice":  # bob's trial has no parent run: its storage is not known
+            parent = _parent(client, experiment_id, "twin", LAMBDA, [0.0])
+            client.log_param(parent, "storage", str(tmp_path / storage))
+            client.set_tag(parent, "trilevel.sweep_id", ids[storage])
+        trial = _trial(client, experiment_id, parent, "twin", LAMBDA, value, TABLE8[value])
         client.set_tag(trial, "trilevel.sweep_id", ids[storage])
     with pytest.raises(ValueError, match=f"2 different sweeps named 'twin'.*{ids['alice']}") as err:
         collect(store["uri"], "twins", "twin")
@@ -548,6 +553,11 @@ def test_sweeps_of_one_name_on_different_storage_are_never_mixed(store, tmp_path
     assert alice == ids["alice"] and sweep_id_of(str(tmp_path / "carol"), "twin") is None
     assert [row.trial for row in collect(store["uri"], "twins", "twin", alice)] == ["lambda_order=0.0"]
     where = ["twin", "--tracking-uri", store["uri"], "--mlflow-experiment", "twins"]
+    listed = CliRunner().invoke(cli_report.status, where[1:])  # every sweep: the two are two rows, never merged
+    assert listed.exit_code == 0, listed.output
+    rows = [row for row in _cells(listed.stdout)[2:] if row[0] == "twin"]
+    assert [row[5] for row in rows] == ["1/1", "1/1"]  # not one row of 2 trials
+    assert [row[1:3] for row in rows] == [[ids["alice"][:8], str(tmp_path / "alice")], [ids["bob"][:8], MISSING]]
     refused = CliRunner().invoke(cli_report.status, where)
     assert refused.exit_code == 1 and "`trilevel report/status --storage`" in refused.output  # as the error advises:
     shown = CliRunner().invoke(cli_report.status, [*where, "--storage", str(tmp_path / "alice")])
