@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,7 @@ def reproduce(
 
     One sweep per table (`reproduce-<scale>-<table>`) on one storage path; a stage another arm already
     computed there is reused, not computed again. Running the command again resumes where it stopped.
+    The summary is also written to `<storage>/reproduce-<scale>.md` (`reproduce-<scale>-random<K>.md` with --random).
     """
     from orchestrator.cluster import ray_connection
     from orchestrator.reproduce import plan_reproduce, reproduce_experiments
@@ -140,7 +142,8 @@ def _summary(plan: ReproducePlan, durations: dict[str, float]) -> str:
     text = "\n".join(parts)
     storage = plan.sweeps[0].storage
     if "://" not in storage:
-        path = os.path.join(storage, f"reproduce-{scale}{'-random' if '-random' in plan.sweeps[0].name else ''}.md")
+        random = re.search(r"-random\d+$", plan.sweeps[0].name)  # --random K: its K, so runs of other K are kept
+        path = os.path.join(storage, f"reproduce-{scale}{random.group() if random else ''}.md")
         with open(path, "w") as stream:
             stream.write(text)
     return text

@@ -96,3 +96,24 @@ def test_the_summary_and_the_python_api_read_the_sweep_of_this_storage_not_a_nam
     assert "28.50" in text and "26.25" not in text and "1 min 1 s" in text
     assert (tmp_path / "runs" / "reproduce-tiny.md").read_text() == text
     assert _trial_run_ids(experiment) == ours
+
+    # `--random K`: its summary names K, so a run with another K (another sweep) does not overwrite it
+    data = (
+        f"data.train={demo_data}/train",
+        f"data.val={{demo-val: {demo_data}/val}}",
+        f"data.test={{demo: {demo_data}/test}}",
+    )
+    fields = {"storage": experiment.storage, "tracking.uri": experiment.tracking.uri}
+    (random,) = reproduce_experiments("tiny", 1, ("8",), data, 1, **fields)
+    plan = plan_reproduce([random])
+    tracker = Tracker(random.tracking.uri, random.tracking.experiment, sweep_id=sweep_id(random.storage, random.name))
+    parent = tracker.sweep_run(random.name)
+    for trial in plan.plans[random.name]:
+        run = tracker.trial_run(parent, random.name, trial.trial_id, params={}, tags={})
+        tracker.log_metrics(run, {"psnr/demo": 27.0, "psnr_bicubic/demo": 25.0, "params_m": 0.1, "gflops": 1.0})
+        tracker.finish(run)
+    assert tracker.pending == 0
+    text = _summary(plan, {random.name: 1.0})
+    assert (tmp_path / "runs" / "reproduce-tiny-random1.md").read_text() == text
+    assert "27.00" in (tmp_path / "runs" / "reproduce-tiny-random1.md").read_text()
+    assert not (tmp_path / "runs" / "reproduce-tiny-random.md").exists()
