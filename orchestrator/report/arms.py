@@ -115,6 +115,14 @@ def _paths(arm: Arm) -> str:
     return ", ".join(f"{path} ×{count}" for path, count in sorted(counts.items(), key=lambda item: -item[1]))
 
 
+def _seeds_by_draws(arm: Arm) -> str:
+    """A random arm's n: ``3 × 2 draws``; ``3 × 1–2 draws (5 in all)`` when a draw failed (its seed's mean has one)."""
+    draws = sorted({len(rows) for rows in arm.by_seed.values()}) or [0]
+    if len(draws) == 1:
+        return f"{arm.n} × {draws[0]} draws"
+    return f"{arm.n} × {draws[0]}–{draws[-1]} draws ({len(arm.trials)} in all)"
+
+
 def arm_table(arms: Sequence[Arm], rows: Sequence[TrialRow]) -> list[dict[str, str]]:
     """Per arm: n, the paths its seeds derived (×how many), mean ± std over seeds of params, GFLOPs, test PSNR/SSIM, Δ.
 
@@ -124,8 +132,7 @@ def arm_table(arms: Sequence[Arm], rows: Sequence[TrialRow]) -> list[dict[str, s
     base = baselines(rows)
     out = []
     for arm in arms:
-        trials = arm.trials
-        n = f"{arm.n} × {len(trials) // max(arm.n, 1)} draws" if arm.random else str(arm.n)
+        n = _seeds_by_draws(arm) if arm.random else str(arm.n)
         cells = {"Arm": arm.name, "n": n, "Paths (seeds)": _paths(arm) or MISSING}
 
         def over_seeds(pick: Callable[[TrialRow], float | None], digits: int = 2, arm: Arm = arm) -> str:
@@ -190,7 +197,7 @@ def directions(arms: Sequence[Arm], rows: Sequence[TrialRow]) -> list[Comparison
         def test_psnr(row: TrialRow, first: str = first) -> float | None:
             return row.psnr.get(first)
 
-        claim = f"{twin.name} > {random.name} in PSNR {first}"
+        claim = f"{twin.name} ≥ {random.name} in PSNR {first}"
         out.append(paired_comparison(claim, twin.values(test_psnr), random.values(test_psnr), "greater"))
     return out
 

@@ -90,5 +90,13 @@ def test_the_random_baseline_is_a_row_per_arm_and_a_paired_claim():
     table = arm_table(arms, searched + randoms)
     assert table[1]["n"] == "3 × 2 draws" and table[1]["PSNR demo"] == "28.50 ± 0.10"
     (claim,) = directions(arms, searched + randoms)
-    assert claim.claim == "λ=0 > λ=0, random, FLOPs-matched in PSNR demo"
+    assert claim.claim == "λ=0 ≥ λ=0, random, FLOPs-matched in PSNR demo"  # as "from search ≥ from scratch"
     assert claim.differences == pytest.approx((0.4, 0.4, 0.4)) and claim.verdict == "holds"
+    # seed 1's second draw failed: its seed value is one draw's, and n says so (5 // 3 read "3 × 1 draws")
+    failed = randoms[3]
+    assert (failed.axes["seed"], failed.axes[RANDOM_AXIS]) == ("1", "1")
+    randoms[3] = TrialRow(**{**failed.__dict__, "status": "FAILED", "psnr": {}})
+    arms = group_arms(searched + randoms)
+    assert arm_table(arms, searched + randoms)[1]["n"] == "3 × 1–2 draws (5 in all)"
+    (claim,) = directions(arms, searched + randoms)
+    assert claim.differences == pytest.approx((0.4, 0.3, 0.4))
