@@ -60,6 +60,7 @@ RESULT_NEUTRAL_FIELDS: tuple[str, ...] = (
     "resources.trial_cpus",
     "data.data_cpus",
     "data.cache_mb",
+    "data.cut_threads",  # the same batches in the same order (tests/workers/test_search_step.py)
     "tracking.flush_timeout_s",
     "search_space.recompute_cells",  # the same gradients bit for bit (tests/workers/test_search_step.py)
     "stages.keep_checkpoints",  # which old checkpoints stay on disk, never what is computed
@@ -102,6 +103,13 @@ class DataSpec(_Strict):
         le=64,
         description="random LR/HR crops cut from each decoded training row (decode once, crop k times): a pass "
         "over the data gives k times the steps; 1 is the paper's one crop per image per epoch",
+    )
+    cut_threads: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="threads of a training worker that cut the random crops from decoded rows (the same batches in "
+        "the same order at any count); 2 keeps a GPU's train step fed where one thread cannot (BENCHMARKS.md)",
     )
     cache_mb: float = Field(
         1024.0,

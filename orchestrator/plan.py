@@ -82,8 +82,9 @@ class DataFacts:
     images: int  # images in its manifest
     images_w: int  # images of χ1
     images_a: int  # images of χ2
-    bytes: int  # stored (PNG) bytes
+    bytes: int  # stored bytes (PNG, or compressed raw pixels)
     fingerprint: str = ""  # the manifest's fingerprint of inputs and options (MLflow's dataset digest, stage keys)
+    decoded_bytes: int | None = None  # the decoded pixels (HR + LR) as the manifest counts them; None: older sets
 
     def rows_of(self, role: str) -> int:
         return {"w": self.rows_w, "a": self.rows_a, "all": self.rows}[role]
@@ -143,6 +144,7 @@ def data_facts(path: str, field: str) -> DataFacts:
         images_a=len(chi2),
         bytes=int(manifest.data.get("bytes", 0)),
         fingerprint=str(manifest.data.get("fingerprint", "")),
+        decoded_bytes=manifest.data.get("decoded_bytes"),
     )
 
 
@@ -351,6 +353,7 @@ def _stage_settings(
         scale=experiment.data.scale,
         patch=experiment.stages.patch,
         crops_per_image=crops,
+        cut_threads=experiment.data.cut_threads,
         optim=_optim(spec, steps),
         supernet=experiment.supernet_config(),
         datasets=datasets,
@@ -471,6 +474,9 @@ def _stage_keys(
 
 
 def _decoded_mb(facts: DataFacts) -> float:
+    """The training set's decoded pixels: counted by its manifest, else (sets from before) estimated from PNG bytes."""
+    if facts.decoded_bytes is not None:
+        return facts.decoded_bytes / 2**20
     return facts.bytes * _DECODED_PER_PNG_BYTE / 2**20
 
 

@@ -41,8 +41,9 @@ def patch_batches(
     name: str,
     crops_per_image: int = 1,
     cut_threads: int = 1,
+    to_float: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield exactly `steps` (LR, HR) float batches from `source`.
+    """Yield exactly `steps` (LR, HR) float batches from `source` (uint8 with `to_float=False`).
 
     A list of rows (cached in memory) is drawn in seeded random order, permutation after
     permutation, so every batch holds `batch_size` crops even when the data has fewer images. A
@@ -60,8 +61,11 @@ def patch_batches(
     `cut_threads` > 1 cuts batches on that many threads (numpy's copies and torch's float conversion
     release the GIL) while rows and crop draws are still taken in order on the calling thread, so the
     batches are the same bytes in the same order as with one; up to 2 × `cut_threads` batches are
-    drawn ahead. The stage loop still cuts on its one prefetch thread: whether more threads pay is for
-    `bench/data_feed.py --threads 1,2,4` to show on a node with idle cores (2 loaded cores here cannot).
+    drawn ahead. The stage loop takes it from `data.cut_threads` (`bench/data_feed.py` measures the
+    scaling).
+
+    `to_float=False` yields the uint8 crops for `workers.pipeline.unit_float` to convert on the
+    training device: the same float values, without the conversion's CPU time on the cutting thread.
     """
     if crops_per_image < 1:
         raise ValueError(f"data.crops_per_image must be >= 1, got {crops_per_image}")
@@ -71,22 +75,22 @@ def patch_batches(
         drawn = _cached_draws(source, batch_size, crops_per_image, generator, steps, name)
     else:
         drawn = _streamed_draws(source, batch_size, crops_per_image, generator, steps, name)
-    yield from _cut_in_order(drawn, patch, scale, cut_threads)
+    yield from _cut_in_order(drawn, patch, scale, cut_threads, to_float)
 
 
 def _cut_in_order(
-    drawn: Iterator[tuple[Any, list[list[float]]]], patch: int, scale: int, threads: int
+    drawn: Iterator[tuple[Any, list[list[float]]]], patch: int, scale: int, threads: int, to_float: bool = True
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`cut_crops` of every (rows, draws) in order: here at 1 thread, else on a pool, 2 × threads ahead."""
     if threads == 1:
         for rows, draws in drawn:
-            yield cut_crops(rows, patch, scale, draws)
+            yield cut_crops(rows, patch, scale, draws, to_float=to_float)
         return
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(threads, thread_name_prefix="crop-cut") as pool:
         try:
             for rows, draws in drawn:
-                pending.append(pool.submit(cut_crops, rows, patch, scale, draws))
+                pending.append(pool.submit(cut_crops, rows, patch, scale, draws, to_float=to_float))
                 if len(pending) >= 2 * threads:
                     yield pending.popleft().result()
             while pending:

@@ -20,7 +20,6 @@ workers.
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,9 +30,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 
 from workers.imresize import downscale
+from workers.shards.encoding import decode_image
 from workers.shards.format import DataError, Manifest, read_manifest
 from workers.storage import resolve_uri
 
@@ -60,6 +59,7 @@ __all__ = [
     "search_datasets",
     "split_image_ids",
     "split_search",
+    "unit_float",
     "val_pairs",
     "worker_rows",
 ]
@@ -74,25 +74,32 @@ DEFAULT_NUM_CPUS = 0.25
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode_png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        return np.array(img.convert("RGB"), dtype=np.uint8)
+def decode_pair(row: Mapping[str, Any], scale: int, encoding: str = "png") -> tuple[np.ndarray, np.ndarray]:
+    """(LR, HR) uint8 HxWx3 arrays of one shard row; LR made by MATLAB bicubic when not stored.
 
-
-def decode_pair(row: Mapping[str, Any], scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(LR, HR) uint8 HxWx3 arrays of one shard row; LR made by MATLAB bicubic when not stored."""
-    hr = _decode_png(row["hr"])
+    `encoding` is the data set's (`Manifest.encoding`): png, or raw bytes of the row's ``height`` x
+    ``width`` (LR: / `scale`), the same pixels (`workers.shards.encoding`). A value that does not decode
+    is a `DataError` naming the row and the field.
+    """
+    rid = row.get("id")
+    hr_shape = (int(row["height"]), int(row["width"])) if row.get("height") is not None else None
+    hr = decode_image(row["hr"], encoding, hr_shape, f"row {rid}, field hr")
     if row.get("lr") is None:
         return downscale(hr, scale), hr
-    lr = _decode_png(row["lr"])
+    lr_shape = (hr.shape[0] // scale, hr.shape[1] // scale) if encoding == "raw" else None
+    lr = decode_image(row["lr"], encoding, lr_shape, f"row {rid}, field lr")
     if (lr.shape[0] * scale, lr.shape[1] * scale) != hr.shape[:2]:
-        raise DataError(f"row {row.get('id')}: LR {lr.shape[:2]} x{scale} does not match HR {hr.shape[:2]}")
+        raise DataError(f"row {rid}: LR {lr.shape[:2]} x{scale} does not match HR {hr.shape[:2]}")
     return lr, hr
 
 
-def _decode_row(row: dict[str, Any], scale: int) -> dict[str, Any]:
-    lr, hr = decode_pair(row, scale)
+def _decode_row(row: dict[str, Any], scale: int, encoding: str = "png") -> dict[str, Any]:
+    lr, hr = decode_pair(row, scale, encoding)
     return {"id": row["id"], "image_id": row["image_id"], "lr": lr, "hr": hr}
+
+
+# the columns a reader reads: height and width are what a raw image's bytes are reshaped to
+_READ_COLUMNS = ["id", "image_id", "hr", "lr", "height", "width"]
 
 
 def _manifest(path: str, scale: int) -> Manifest:
@@ -119,14 +126,19 @@ def _row_groups(m: Manifest) -> list[tuple[str, int, list[str]]]:
     return out
 
 
-def _read_unit(unit: dict[str, Any], uri: str, scale: int, ids: frozenset[str] | None) -> list[dict[str, Any]]:
+def _read_unit(
+    unit: dict[str, Any], uri: str, scale: int, ids: frozenset[str] | None, encoding: str = "png"
+) -> list[dict[str, Any]]:
     """Read one row group of a shard, keep the wanted image ids, decode them (runs in a Ray task)."""
     fs, _ = resolve_uri(uri)
     with pq.ParquetFile(unit["shard"], filesystem=fs) as pf:
-        table = pf.read_row_group(int(unit["row_group"]), columns=["id", "image_id", "hr", "lr"])
+        table = pf.read_row_group(int(unit["row_group"]), columns=_READ_COLUMNS)
     if ids is not None:
         table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(sorted(ids), pa.string())))
-    return [_decode_row(row, scale) for row in table.to_pylist()]
+    try:
+        return [_decode_row(row, scale, encoding) for row in table.to_pylist()]
+    except DataError as err:
+        raise DataError(f"{unit['shard']}: {err}") from None
 
 
 def read_pairs(
@@ -160,7 +172,8 @@ def read_pairs(
     if not units:
         raise DataError(f"{path}: no rows match the requested image ids")
     ds = ray.data.from_items(units, override_num_blocks=len(units))
-    return ds.flat_map(_read_unit, fn_kwargs={"uri": path, "scale": scale, "ids": wanted}, num_cpus=num_cpus)
+    kwargs = {"uri": path, "scale": scale, "ids": wanted, "encoding": m.encoding}
+    return ds.flat_map(_read_unit, fn_kwargs=kwargs, num_cpus=num_cpus)
 
 
 def image_ids(path: str) -> list[str]:
@@ -228,13 +241,14 @@ def decoded_rows(path: str, scale: int, ids: Iterable[str] | None = None) -> lis
     validation sets and for running stage loops in a plain process (`workers.stage_io.LocalStageIO`).
     """
     m = _manifest(path, scale)
-    table = pads.dataset(list(m.shards), filesystem=m.filesystem, format="parquet").to_table(
-        columns=["id", "image_id", "hr", "lr"]
-    )
+    table = pads.dataset(list(m.shards), filesystem=m.filesystem, format="parquet").to_table(columns=_READ_COLUMNS)
     if ids is not None:
         table = table.filter(pc.is_in(table.column("image_id"), value_set=pa.array(sorted(set(ids)), pa.string())))
     rows = sorted(table.to_pylist(), key=lambda r: r["id"])
-    return [_decode_row(r, scale) for r in rows]
+    try:
+        return [_decode_row(r, scale, m.encoding) for r in rows]
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
 
 
 def role_ids(path: str, role: str) -> list[str] | None:
@@ -318,6 +332,27 @@ def _to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
+# The 256 floats `_to_unit` maps uint8 values to, computed once on the CPU; per device, a copy there.
+_UNIT_TABLE = _to_unit(torch.arange(256, dtype=torch.uint8))
+_unit_tables: dict[torch.device, torch.Tensor] = {}
+
+
+def unit_float(x: torch.Tensor) -> torch.Tensor:
+    """A uint8 batch as float in [0, 1] on its own device, the values `_to_unit` gives on the CPU, bit for bit.
+
+    Why a table and not ``x.float() / 255`` on the device: CUDA divides by a CPU scalar as a multiplication
+    by its reciprocal (`div_true_kernel_cuda`), which rounds 126 of the 256 values differently from the
+    CPU's division; a lookup of the CPU's own values cannot differ. Lets the cutting thread ship uint8
+    batches (a quarter of the bytes, no conversion on the CPU) with the same float values on the device.
+    """
+    if x.dtype != torch.uint8:
+        raise ValueError(f"unit_float takes a uint8 batch, got {x.dtype}")
+    table = _unit_tables.get(x.device)
+    if table is None:
+        table = _unit_tables.setdefault(x.device, _UNIT_TABLE.to(x.device))
+    return table[x.long()]
+
+
 def random_patch_pairs(
     lr: torch.Tensor,
     hr: torch.Tensor,
@@ -373,6 +408,7 @@ def collate_crops(
     generator: torch.Generator,
     *,
     augment: bool = False,
+    to_float: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop each row of a ``read_pairs`` batch (images of any sizes), then stack: like ``random_patch_pairs``.
 
@@ -383,7 +419,7 @@ def collate_crops(
     n = len(_column(batch_rows, "lr"))
     if not n:
         raise ValueError("collate_crops got an empty batch: no rows to crop")
-    return cut_crops(batch_rows, patch, scale, crop_draws(n, generator, augment=augment))
+    return cut_crops(batch_rows, patch, scale, crop_draws(n, generator, augment=augment), to_float=to_float)
 
 
 def cut_crops(
@@ -391,8 +427,13 @@ def cut_crops(
     patch: int,
     scale: int,
     draws: Sequence[Sequence[float]],
+    *,
+    to_float: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The crops of a batch given their draws (`crop_draws`): LR ``[N,3,p,p]``, HR ``[N,3,p*s,p*s]``, float in [0, 1].
+
+    `to_float=False` returns the rows' uint8 instead, for `unit_float` to convert on the training device
+    (the same values; ~1/3 of a cut's CPU is the conversion: `bench/data_feed.py`).
 
     Why apart from the draws: drawing is sequential (one generator), cutting is not, so cuts of later
     batches can run on other threads while the draws stay in order (`workers.batches.patch_batches`).
@@ -419,4 +460,6 @@ def cut_crops(
         y, x = _offset(lr.shape[:2], hr.shape[:2], patch, scale, draws[i], ids[i])
         out_lr[i] = _chw_view(lr, y, x, patch, draws[i])
         out_hr[i] = _chw_view(hr, y * scale, x * scale, big, draws[i])
+    if not to_float:
+        return torch.from_numpy(out_lr), torch.from_numpy(out_hr)
     return _to_unit(torch.from_numpy(out_lr)), _to_unit(torch.from_numpy(out_hr))

@@ -92,6 +92,7 @@ class StageSettings:
     scale: int
     patch: int
     crops_per_image: int  # random crops cut from each decoded training row (workers.batches.patch_batches)
+    cut_threads: int  # threads cutting those crops: the same batches at any count (result-neutral)
     optim: OptimSettings
     supernet: SupernetConfig
     datasets: dict[str, str]  # role (workers.stage_list: w = χ1, a = χ2, all) → dataset name for the TorchTrainer

@@ -38,7 +38,7 @@ from workers.checkpointing import load_state, open_checkpoint
 from workers.distributed import all_ranks_agree, rank_spread
 from workers.gates import checkpoint_point, gate
 from workers.losses import build_loss
-from workers.pipeline import val_pairs
+from workers.pipeline import unit_float, val_pairs
 from workers.precision import prepare, run_forward, set_deterministic
 from workers.prefetch import prefetched
 from workers.retention import delete_checkpoints, to_delete
@@ -101,8 +101,10 @@ class StageContext:
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """(LR, target, HR) batches of one epoch from the stage's `role` dataset (w, a or all).
 
-        Rows are decoded and cut on a background thread, a batch ahead of the step (`workers.prefetch`);
-        the device copy and the teacher stay on this thread.
+        Rows are decoded and cut on a background thread, a batch ahead of the step (`workers.prefetch`;
+        `data.cut_threads` threads cut); the batches come as uint8, are copied to the device (a quarter of
+        the bytes of float) and become float there (`unit_float`: the CPU conversion's values, bit for
+        bit); the copy, the conversion and the teacher stay on this thread.
         """
         name = settings.datasets[role]
         cpu_batches = patch_batches(
@@ -114,9 +116,11 @@ class StageContext:
             steps=optim.steps_per_epoch,
             name=name,
             crops_per_image=settings.crops_per_image,
+            cut_threads=settings.cut_threads,
+            to_float=False,
         )
         for lr, hr in prefetched(cpu_batches):
-            lr, hr = lr.to(self.device), hr.to(self.device)
+            lr, hr = unit_float(lr.to(self.device)), unit_float(hr.to(self.device))
             yield lr, self.targets(lr, hr), hr
 
     def validate(self, forward: Callable[[Tensor], Tensor], net: nn.Module) -> dict[str, float]:

@@ -64,15 +64,17 @@ def test_prepare_option_parsing(tmp_path):
     assert bad.exit_code == 2 and "expected SRC=LR_DIR" in bad.output
     bad = CliRunner().invoke(data, ["prepare", "--out", str(tmp_path / "o")])
     assert bad.exit_code == 2 and "Missing argument 'SOURCES...'" in bad.output
+    bad = CliRunner().invoke(data, ["prepare", str(src), "--out", str(tmp_path / "o"), "--encoding", "jpeg"])
+    assert bad.exit_code == 2 and "Invalid value for '--encoding': 'jpeg' is not one of 'png', 'raw'" in bad.output
 
-    result = CliRunner().invoke(
-        data,
-        ["prepare", str(src), "--out", (tmp_path / "s").as_uri(), "--subimages", "128/64", "--json"],
-    )
+    options = ["--subimages", "128/64", "--encoding", "raw", "--json"]
+    result = CliRunner().invoke(data, ["prepare", str(src), "--out", (tmp_path / "s").as_uri(), *options])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (summary["images"], summary["rows"]) == (2, 8)  # 2x2 BasicSR crops each
     assert {Path(f).name for f, _ in summary["skipped"]} == {"broken.jpg", "tiny.png"}
+    info = CliRunner().invoke(data, ["info", str(tmp_path / "s")])
+    assert info.exit_code == 0 and "0 rows with stored LR, raw pixels" in info.output
 
 
 def test_demo_and_info(tmp_path):
@@ -86,7 +88,7 @@ def test_demo_and_info(tmp_path):
 
     info = CliRunner().invoke(data, ["info", str(out / "train")])
     assert info.exit_code == 0, info.output
-    assert "6 images, 6 rows, 1 shards" in info.output
+    assert "6 images, 6 rows, 1 shards" in info.output and "png pixels" in info.output
     assert "chi_1 (weights) 3 images, chi_2 (architecture) 3 images" in info.output
 
     missing = CliRunner().invoke(data, ["info", str(tmp_path)])

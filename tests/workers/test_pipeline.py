@@ -119,6 +119,25 @@ def test_collate_crops_matches_random_patch_pairs_and_takes_ragged_rows():
     torch.testing.assert_close(hp[..., ::4, ::4], lp)
 
 
+def test_uint8_crops_made_float_by_unit_float_are_the_float_crops_bit_for_bit():
+    """What the stage loop does (uint8 batches, converted on the device by a table of the CPU's values): the
+    values `collate_crops` converting on the CPU gives, every one of the 256 included."""
+    from workers.pipeline import _to_unit, unit_float
+
+    values = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(unit_float(values).view(torch.int32), _to_unit(values).view(torch.int32))
+    rng = np.random.default_rng(1)
+    rows = [{"lr": rng.integers(0, 256, (9 + i, 11, 3), dtype=np.uint8)} for i in range(3)]
+    rows = [{**row, "hr": row["lr"].repeat(4, axis=0).repeat(4, axis=1)} for row in rows]
+    floats = collate_crops(rows, 8, 4, torch.Generator().manual_seed(2), augment=True)
+    uint8 = collate_crops(rows, 8, 4, torch.Generator().manual_seed(2), augment=True, to_float=False)
+    assert all(u.dtype == torch.uint8 for u in uint8)
+    for u, f in zip(uint8, floats, strict=True):
+        assert torch.equal(unit_float(u).view(torch.int32), f.view(torch.int32))
+    with pytest.raises(ValueError, match=r"unit_float takes a uint8 batch, got torch\.float32"):
+        unit_float(floats[0])
+
+
 def test_crops_name_the_row_that_is_too_small():
     lr, hr = _blocky_pair(1, 6, 9, 4)
     rows = {"id": np.array(["tiny"]), "lr": lr.permute(0, 2, 3, 1).numpy(), "hr": hr.permute(0, 2, 3, 1).numpy()}

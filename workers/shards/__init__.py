@@ -10,6 +10,7 @@ One job per module:
 
 * :mod:`~workers.shards.format`: the shard schema, the manifest, and reading a finished data set;
 * :mod:`~workers.shards.rows`: one source image → shard rows (decode, check, convert, mod-crop, cut);
+* :mod:`~workers.shards.encoding`: how a row stores its pixels (PNG, or raw bytes Parquet compresses);
 * :mod:`~workers.shards.writer`: rows → ``part-#####.parquet`` shards and the manifest, idempotently;
 * :mod:`~workers.shards.folders`: prepare folders of HR images (with official LR beside them);
 * :mod:`~workers.shards.demo`: the built-in demo data set from scikit-image's photographs.

@@ -9,13 +9,21 @@ column     type    meaning
 image_id   string  stem of the source file ("0001"); sub-images of one file share it
 id         string  unique per row: image_id, or image_id + "_s###" for sub-images
 source     string  the source folder's name ("DIV2K_train_HR"), or "skimage.data"
-hr         binary  PNG bytes of the mod-cropped 8-bit RGB HR image (or sub-image)
-lr         binary  PNG bytes of the matching official LR image, or null (then the reader
-                   makes it with the MATLAB-faithful ``workers.imresize.downscale``)
+hr         binary  the mod-cropped 8-bit RGB HR image (or sub-image), encoded (below)
+lr         binary  the matching LR image (official, or stored by ``--compute-lr``), encoded;
+                   or null (then the reader makes it with the MATLAB-faithful
+                   ``workers.imresize.downscale``)
 height     int32   HR height in pixels (a multiple of ``scale``)
 width      int32   HR width in pixels (a multiple of ``scale``)
 scale      int32   the SR factor the row was prepared for
 ========== ======= =====================================================================
+
+How ``hr`` and ``lr`` are encoded is the manifest's ``options.encoding`` (``ENCODINGS``): ``png`` (the
+default; absent from manifests written before the option, which read as ``png``) or ``raw``, the pixels
+as uint8 HxWx3 bytes in row order (``height`` x ``width``; LR is that / ``scale``), which Parquet
+compresses (``RAW_COMPRESSION``): decoding is a page decompression and a reshape instead of a PNG inflate
+(``workers.shards.encoding``). A raw data set's manifest has schema version 2, so code from before raw
+shards refuses it instead of reading the bytes as PNG.
 
 A finished output folder holds ``part-#####.parquet`` shards and ``_MANIFEST.json``, written last:
 the completion marker, listing the shards (each with its size and SHA-256), the options and a
@@ -39,17 +47,22 @@ import pyarrow.fs as pafs
 from workers.storage import file_sha256, path_kind, read_bytes, resolve_uri
 
 __all__ = [
+    "ENCODINGS",
     "FORMAT",
     "MANIFEST_NAME",
+    "RAW_COMPRESSION",
     "SCHEMA_VERSION",
     "SHARD_SCHEMA",
     "DataError",
     "Manifest",
     "read_manifest",
+    "schema_version",
     "verify_shards",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # PNG shards (and every data set's fingerprint); raw shards are version 2: `schema_version`
+ENCODINGS: tuple[str, ...] = ("png", "raw")
+RAW_COMPRESSION = "lz4"  # Parquet page compression of raw shards (BENCHMARKS.md: bytes and decode time)
 MANIFEST_NAME = "_MANIFEST.json"
 FORMAT = "trilevel-nas/sr-shards"  # the manifest's "format" and the shards' schema metadata
 
@@ -68,6 +81,11 @@ SHARD_SCHEMA = pa.schema(
 )
 
 
+def schema_version(encoding: str) -> int:
+    """The manifest schema version of a data set of `encoding`: 1 for PNG (as always), 2 for raw."""
+    return SCHEMA_VERSION if encoding == "png" else 2
+
+
 class DataError(ValueError):
     """A data set cannot be prepared or read; the message names the file/folder and the reason."""
 
@@ -83,6 +101,7 @@ class Manifest:
     rows: int
     images: int
     data: Mapping[str, Any]
+    encoding: str = "png"  # how the hr/lr columns are encoded (ENCODINGS)
 
 
 def read_manifest(path: str) -> Manifest:
@@ -100,10 +119,16 @@ def read_manifest(path: str) -> Manifest:
         raise DataError(f"{mpath} is not valid JSON: {exc}") from exc
     if data.get("format") != FORMAT:
         raise DataError(f"{mpath} is not a trilevel-nas shard manifest (format={data.get('format')!r})")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    encoding = data.get("options", {}).get("encoding", "png")
+    if encoding not in ENCODINGS:
         raise DataError(
-            f"{mpath} has shard schema version {data.get('schema_version')}, this code reads "
-            f"version {SCHEMA_VERSION}: prepare the data set again"
+            f"{mpath}: options.encoding is {encoding!r}, this code reads {' or '.join(ENCODINGS)}: prepare the "
+            "data set again with `trilevel data prepare --encoding png|raw`"
+        )
+    if data.get("schema_version") != schema_version(encoding):
+        raise DataError(
+            f"{mpath} has shard schema version {data.get('schema_version')}, this code reads version "
+            f"{schema_version(encoding)} for {encoding} shards: prepare the data set again"
         )
     shards = tuple(posixpath.join(root, s["path"]) for s in data["shards"])
     return Manifest(
@@ -114,6 +139,7 @@ def read_manifest(path: str) -> Manifest:
         rows=int(data["rows"]),
         images=int(data["images"]),
         data=data,
+        encoding=encoding,
     )
 
 

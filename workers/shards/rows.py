@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from workers.imresize import downscale
+from workers.shards.encoding import encode_image
 from workers.shards.format import DataError
 
 __all__ = ["ImageRows", "RowOptions", "SourceImage", "image_rows"]
@@ -90,12 +91,6 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, str | None, bool]:
     return arr, note, (fmt == "PNG" and note is None and depth == 8)
 
 
-def _encode_png(arr: np.ndarray, level: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()
-
-
 def _positions(length: int, size: int, step: int) -> list[int]:
     """BasicSR ``extract_subimages`` start offsets (threshold 0); the whole extent if shorter than size."""
     if length <= size:
@@ -120,7 +115,8 @@ class SourceImage:
 
 @dataclass(frozen=True)
 class RowOptions:
-    """How every image of a preparation is cut: the SR scale, sub-images (size, step), minimum side, PNG level."""
+    """How every image of a preparation is cut and stored: the SR scale, sub-images (size, step), minimum side,
+    PNG level, stored LR, and the pixels' encoding (`workers.shards.encoding`: png or raw)."""
 
     scale: int
     subimages: tuple[int, int] | None
@@ -129,6 +125,11 @@ class RowOptions:
     # Store each row's LR (MATLAB bicubic of its HR) where no official LR exists: the readers then decode
     # a small PNG instead of running the bicubic on every pass (the same pixels: `workers.pipeline.decode_pair`).
     compute_lr: bool = False
+    encoding: str = "png"
+
+    def encode(self, pixels: np.ndarray) -> bytes:
+        """The bytes a shard stores for `pixels` in this preparation's encoding."""
+        return encode_image(pixels, self.encoding, self.png_level)
 
 
 @dataclass
@@ -182,26 +183,27 @@ def image_rows(item: SourceImage, opt: RowOptions) -> ImageRows:
         res.skip = skip
         return res
 
-    def row(rid: str, hr_png: bytes, lr_png: bytes | None, hh: int, ww: int, hr_pixels: np.ndarray) -> dict[str, Any]:
-        if lr_png is None and opt.compute_lr:
-            lr_png = _encode_png(downscale(hr_pixels, s), opt.png_level)
+    def row(rid: str, hr_data: bytes, lr_data: bytes | None, hh: int, ww: int, hr_pixels: np.ndarray) -> dict[str, Any]:
+        if lr_data is None and opt.compute_lr:
+            lr_data = opt.encode(downscale(hr_pixels, s))
         return {
             "image_id": item.image_id,
             "id": rid,
             "source": item.source,
-            "hr": hr_png,
-            "lr": lr_png,
+            "hr": hr_data,
+            "lr": lr_data,
             "height": hh,
             "width": ww,
             "scale": s,
         }
 
+    png = opt.encoding == "png"  # an 8-bit RGB PNG source is stored as it is, byte for byte
     if opt.subimages is None:
-        hr_png = raw if reusable and isinstance(raw, bytes) else _encode_png(hr, opt.png_level)
-        lr_png = None
+        hr_data = raw if png and reusable and isinstance(raw, bytes) else opt.encode(hr)
+        lr_data = None
         if lr is not None:
-            lr_png = lr_bytes if lr_reusable else _encode_png(lr, opt.png_level)
-        res.rows.append(row(item.image_id, hr_png, lr_png, hc, wc, hr))
+            lr_data = lr_bytes if png and lr_reusable else opt.encode(lr)
+        res.rows.append(row(item.image_id, hr_data, lr_data, hc, wc, hr))
         return res
     size, step = opt.subimages
     ys, xs = _positions(hc, size, step), _positions(wc, size, step)
@@ -211,14 +213,14 @@ def image_rows(item: SourceImage, opt: RowOptions) -> ImageRows:
         for x in xs:
             n += 1
             crop = hr[y : y + size, x : x + size]
-            lr_png = None
+            lr_data = None
             if lr is not None:
-                lr_png = _encode_png(lr[y // s : (y + size) // s, x // s : (x + size) // s], opt.png_level)
+                lr_data = opt.encode(lr[y // s : (y + size) // s, x // s : (x + size) // s])
             res.rows.append(
                 row(
                     f"{item.image_id}_s{n:0{digits}d}",
-                    _encode_png(crop, opt.png_level),
-                    lr_png,
+                    opt.encode(crop),
+                    lr_data,
                     *crop.shape[:2],
                     crop,
                 )

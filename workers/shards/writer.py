@@ -24,7 +24,16 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from workers.shards.format import FORMAT, MANIFEST_NAME, SCHEMA_VERSION, SHARD_SCHEMA, DataError
+from workers.shards.format import (
+    ENCODINGS,
+    FORMAT,
+    MANIFEST_NAME,
+    RAW_COMPRESSION,
+    SCHEMA_VERSION,
+    SHARD_SCHEMA,
+    DataError,
+    schema_version,
+)
 from workers.shards.rows import ImageRows, RowOptions, SourceImage, image_rows
 from workers.storage import file_sha256, path_kind, read_bytes, resolve_uri, write_bytes
 
@@ -139,8 +148,12 @@ def _ordered_map(
 class _ShardWriter:
     """Writes rows into ``part-#####.parquet`` shards via temp names; renames each when complete."""
 
-    def __init__(self, fs: pafs.FileSystem, root: str, rows_per_shard: int, max_shard_bytes: int) -> None:
+    def __init__(
+        self, fs: pafs.FileSystem, root: str, rows_per_shard: int, max_shard_bytes: int, encoding: str = "png"
+    ) -> None:
         self.fs, self.root = fs, root
+        self.encoding = encoding
+        self.schema = SHARD_SCHEMA.with_metadata({**SHARD_SCHEMA.metadata, b"trilevel_nas.encoding": encoding.encode()})
         self.rows_per_shard, self.max_shard_bytes = rows_per_shard, max_shard_bytes
         self.shards: list[dict[str, Any]] = []
         self._writer: pq.ParquetWriter | None = None
@@ -154,9 +167,10 @@ class _ShardWriter:
         self._tmp = posixpath.join(self.root, _TMP_PREFIX + name)
         self._writer = pq.ParquetWriter(
             self._tmp,
-            SHARD_SCHEMA,
+            self.schema,
             filesystem=self.fs,
-            compression="none",  # PNG bytes do not compress further
+            # PNG bytes do not compress further; raw pixels do, with a codec that decompresses at GB/s
+            compression="none" if self.encoding == "png" else RAW_COMPRESSION,
             use_dictionary=["image_id", "source"],
             write_statistics=["image_id", "id", "source", "height", "width", "scale"],
         )
@@ -167,13 +181,13 @@ class _ShardWriter:
         if self._writer is None:
             self._open()
         assert self._writer is not None
-        self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=SHARD_SCHEMA))
+        self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
         self._buffer = []
 
     def add(self, row: dict[str, Any]) -> None:
         self._buffer.append(row)
         self._rows += 1
-        self._bytes += len(row["hr"]) + len(row["lr"] or b"")
+        self._bytes += len(row["hr"]) + len(row["lr"] or b"")  # raw: before Parquet's compression
         if len(self._buffer) >= _ROW_GROUP_ROWS:
             self._flush()
         if self._rows >= self.rows_per_shard or self._bytes >= self.max_shard_bytes:
@@ -239,10 +253,10 @@ def write_items(
         raise DataError(f"{f}: {why} (strict mode; {len(pre_skipped)} problem(s) in total)")
     fs.create_dir(root, recursive=True)
     _clear_partial(fs, root)
-    writer = _ShardWriter(fs, root, rows_per_shard, max_shard_bytes)
+    writer = _ShardWriter(fs, root, rows_per_shard, max_shard_bytes, opt.encoding)
     skipped = list(pre_skipped)
     converted: list[tuple[str, str]] = []
-    images = rows = with_lr = 0
+    images = rows = with_lr = decoded = 0
     for f, why in pre_skipped:
         log.warning("skipped %s: %s", f, why)
     try:
@@ -262,6 +276,8 @@ def write_items(
             for r in res.rows:
                 rows += 1
                 with_lr += r["lr"] is not None
+                # decoded, a row is its HR and its LR (stored, or made on read): what a reader's memory holds
+                decoded += 3 * r["height"] * r["width"] * (1 + 1 / r["scale"] ** 2)
                 writer.add(r)
         writer.close_shard()
     except BaseException:
@@ -273,7 +289,7 @@ def write_items(
     total = sum(s["bytes"] for s in writer.shards)
     manifest = {
         "format": FORMAT,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schema_version(opt.encoding),
         "fingerprint": fingerprint,
         "options": dict(options),
         "shards": writer.shards,
@@ -281,6 +297,7 @@ def write_items(
         "rows": rows,
         "with_lr": with_lr,
         "bytes": total,
+        "decoded_bytes": int(decoded),
         "skipped": skipped,
         "converted": converted,
     }
@@ -288,8 +305,12 @@ def write_items(
     return _summary_from_manifest(out, manifest, reused=False)
 
 
-def check_options(scale: int, subimages: tuple[int, int] | None, min_size: int, rows_per_shard: int) -> None:
-    """A DataError for options no preparation can honour (scale, shard size, sub-image size and step)."""
+def check_options(
+    scale: int, subimages: tuple[int, int] | None, min_size: int, rows_per_shard: int, encoding: str = "png"
+) -> None:
+    """A DataError for options no preparation can honour (scale, shard size, sub-image size and step, encoding)."""
+    if encoding not in ENCODINGS:
+        raise DataError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     if scale < 1:
         raise DataError(f"scale must be >= 1, got {scale}")
     if rows_per_shard < 1:

@@ -18,8 +18,13 @@ What goes in (`stage_key_inputs`), per stage:
   space, or the searched genotype).
 
 Fields that change how a run is executed but not its numbers are left out: `recompute_cells` (same
-gradients bit for bit), checkpoint retention, data caching, concurrency, retries, tracking. `fixed_path` counts only for
-the bilevel search space, which is the only one that reads it.
+gradients bit for bit), checkpoint retention, data caching, `data.cut_threads` (the same batches in the
+same order), concurrency, retries, tracking. A data set's pixel encoding (`data prepare --encoding`)
+stays in, through its fingerprint (the manifest's options), although raw and PNG shards decode to the
+same pixels: raw rows are larger, so shards close at other rows (`max_shard_bytes`) and Ray Data's
+blocks differ, and with several workers `streaming_split` may then hand each worker other rows in
+another order. Switching a data set's encoding recomputes its stages once; reusing them could be wrong.
+`fixed_path` counts only for the bilevel search space, which is the only one that reads it.
 
 The *code version* is a hash of the sources of the packages that compute a stage (`workers` and
 `search_space`, every ``.py`` file, by relative path and content) plus the torch version: any edit
