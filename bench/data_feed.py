@@ -1,31 +1,36 @@
 """LR/HR patches per second one worker's data feed produces at paper settings, against what a GPU step consumes.
 
-    python -m bench.data_feed               # 3 DIV2K-sized images, 3 rounds (~2-3 min of one core)
+    python -m bench.data_feed               # 3 DIV2K-sized images, 3 rounds (~3-4 min of one core)
     python -m bench.data_feed --quick       # 1 smaller image, 1 round
+    python -m bench.data_feed --threads 1,2,4 --cpus 4   # on a GPU node with idle cores
 
 What a worker does per training crop, measured as process CPU time on one thread (steadier than wall
 time on a shared machine), in one run, for each way the data can be prepared and cropped:
 
-- **decode** = what a Ray Data task (or the in-memory reader) does per row: `workers.pipeline.decode_pair`
-  (PNG decode of HR, and of the stored LR or the MATLAB bicubic that makes it);
-- **crop** = what the training worker's prefetch thread does per batch: `workers.pipeline.collate_crops`
-  (random 32×32 LR crops with their 128×128 HR crops, flips, float conversion), batch 16, on batches
-  drawn as `workers.batches.patch_batches` draws them. Measured twice, batch by batch interleaved (thread
-  CPU time): main@99bd259's per-crop version (`bench/crop_reference.py`, "before") and today's batched one
-  ("after"); the two must give the same bytes or the run stops.
+- **read + decode** = what a Ray Data task (or the in-memory reader) does per row: `_read_unit` on
+  every row group of the shards (Parquet read, page decompression for raw shards, then
+  `workers.pipeline.decode_pair`: PNG inflate or a reshape of raw bytes, the MATLAB bicubic when no LR is
+  stored);
+- **crop** = what the training worker's cutting thread(s) do per batch: `workers.pipeline.collate_crops`
+  (random 32×32 LR crops with their 128×128 HR crops, flips), batch 16, on batches drawn as
+  `workers.batches.patch_batches` draws them. Measured twice, batch by batch interleaved (thread CPU
+  time): converted to float on the CPU (**today**: main before `data.cut_threads`) and left uint8 (what
+  the stage loop now ships, `unit_float` converting on the device); the two must give the same values
+  (`unit_float`, bit for bit) or the run stops.
 
 Rows are 2040×1356 RGB PNGs (DIV2K's typical size; a mosaic of scikit-image's photographs resized
 up, since DIV2K is not here), prepared by `trilevel data prepare`'s own code: whole images with the LR
 computed on read (the default `data prepare`, "today's code" of issue 24), whole images with stored LR
-(`--compute-lr`), and 480/240 sub-images with stored LR (BasicSR's layout). Each with k crops per
-decoded row (`data.crops_per_image`; k = 1 is what the pipeline did before the option).
+(`--compute-lr`), and 480/240 sub-images with stored LR (BasicSR's layout), each as PNG and as raw
+(`--encoding raw`). Each with k crops per decoded row (`data.crops_per_image`). The raw sub-image shards
+are also rewritten with each Parquet codec (none, lz4, zstd) to compare bytes and read time.
 
-A worker's rate at C CPUs is C / (CPU seconds per crop), at most 1 / (crop seconds per crop): decoding
-runs in Ray Data tasks spread over the worker's CPUs, the crops on one background thread
-(`workers.prefetch`), both off the training thread. Rows "in memory" are decoded once per trial
-(`data.cache_mb`), so a pass costs the crops alone. How decoding and cutting scale with threads in one
-process is measured at 1 and 2 threads (wall time, rounds interleaved; this machine has 2 shared cores);
-4 CPUs are extrapolated linearly from 1, which the 2-thread speed-up bounds.
+A worker's rate at C CPUs with n cutting threads (`data.cut_threads`) is min(C / CPU seconds per crop,
+n / crop seconds per crop): decoding runs in Ray Data tasks spread over the worker's CPUs, the crops on
+n threads (`workers.prefetch`, `patch_batches(cut_threads=n)`), both off the training thread. Rows "in
+memory" are decoded once per trial (`data.cache_mb`), so a pass costs the crops alone. How decoding and
+cutting scale with threads in one process is measured at `--threads` (wall time, rounds interleaved):
+the n-thread cap assumes linear scaling, which that measurement checks where the cores are idle.
 
 **Consumption**: a train step takes 16 pairs, a search step 6 (χ1 and χ2 batches of 3). The GPU step
 times are estimates (no GPU here), the larger of two bounds on an H100 (stated in the output):
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -54,21 +60,25 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import median  # noqa: E402
-from bench.crop_reference import collate_crops_per_crop  # noqa: E402
 from workers.batches import epoch_generator, patch_batches  # noqa: E402
-from workers.pipeline import collate_crops, decoded_rows  # noqa: E402
+from workers.pipeline import _read_unit, collate_crops, decoded_rows, unit_float  # noqa: E402
 from workers.shards.folders import prepare_dataset  # noqa: E402
+from workers.shards.format import read_manifest  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PATCH, SCALE, TRAIN_BATCH, SEARCH_PAIRS = 32, 4, 16, 6
 # Adam on CUDA runs foreach (multi-tensor) kernels: a few per group of tensors, not the per-parameter ops the
 # CPU profile shows (those are counted apart); 30 per optimizer step is a generous allowance
 ADAM_CUDA_LAUNCHES = 30
+SUB = {"compute_lr": True, "subimages": (480, 240)}
 LAYOUTS = (  # (name, prepare options, crops per decoded row)
     ("whole, LR on read (today)", {}, (1,)),
     ("whole, stored LR", {"compute_lr": True}, (1, 16)),
-    ("480/240 sub-images, stored LR", {"compute_lr": True, "subimages": (480, 240)}, (1, 4, 8, 16)),
+    ("whole, stored LR, raw", {"compute_lr": True, "encoding": "raw"}, (16,)),
+    ("480/240 sub-images, stored LR", SUB, (1, 4, 8, 16)),
+    ("480/240 sub-images, stored LR, raw", {**SUB, "encoding": "raw"}, (1, 4, 8, 16)),
 )
+CODECS = (("none", None), ("lz4", None), ("zstd", 1), ("zstd", 3))  # Parquet page codecs of raw shards compared
 
 
 def _photograph(width: int, height: int, seed: int) -> np.ndarray:
@@ -96,17 +106,24 @@ def _sources(folder: Path, count: int, size: tuple[int, int]) -> Path:
     return hr
 
 
-def _raw_rows(path: str) -> list[dict[str, Any]]:
-    """The shard rows as stored (PNG bytes), as a Ray Data task reads them before decoding."""
-    import pyarrow.dataset as pads
-
-    from workers.shards.format import read_manifest
+def _units(path: str) -> list[dict[str, Any]]:
+    """Every row group of a data set's shards: what one Ray Data task reads and decodes."""
+    import pyarrow.parquet as pq
 
     m = read_manifest(path)
-    table = pads.dataset(list(m.shards), filesystem=m.filesystem, format="parquet").to_table(
-        columns=["id", "image_id", "hr", "lr"]
-    )
-    return table.to_pylist()
+    out = []
+    for shard in m.shards:
+        groups = pq.ParquetFile(shard, filesystem=m.filesystem).metadata.num_row_groups
+        out += [{"shard": shard, "row_group": g} for g in range(groups)]
+    return out
+
+
+def read_seconds(path: str, encoding: str) -> tuple[float, list[dict[str, Any]]]:
+    """Process CPU seconds per row to read and decode every row group of `path` (`_read_unit`), and the rows."""
+    units = _units(path)
+    start = time.process_time()
+    rows = [row for unit in units for row in _read_unit(unit, path, SCALE, None, encoding)]
+    return (time.process_time() - start) / len(rows), rows
 
 
 def _row_batches(n: int, crops: int, steps: int) -> list[list[int]]:
@@ -121,52 +138,76 @@ def _row_batches(n: int, crops: int, steps: int) -> list[list[int]]:
 
 
 def crop_seconds(rows: list[dict[str, Any]], crops: int) -> dict[str, float]:
-    """CPU seconds per pair of main@99bd259's per-crop collate and today's batched one, batch by batch interleaved.
+    """CPU seconds per pair of the cut converting to float (today) and of the uint8 cut, batch by batch interleaved.
 
-    Both cut the same batches from the same generator state (checked equal: the same bytes), each batch
-    first by one then by the other, alternating who goes first, so load on the shared machine hits both alike.
+    Both cut the same batches from the same generator state (checked: `unit_float` of the uint8 batch is the
+    float batch bit for bit), each batch first by one then by the other, alternating who goes first, so load
+    on the shared machine hits both alike.
     """
     batches = [[rows[i] for i in b] for b in _row_batches(len(rows), crops, max(1, len(rows) * crops // TRAIN_BATCH))]
-    spent = {"per_crop": 0.0, "batched": 0.0}
+    spent = {"float": 0.0, "uint8": 0.0}
     gens = {name: epoch_generator(0, 0) for name in spent}
-    funcs = {"per_crop": collate_crops_per_crop, "batched": collate_crops}
     made = 0
     for n, batch in enumerate(batches):
         out = {}
-        for name in ("per_crop", "batched") if n % 2 == 0 else ("batched", "per_crop"):
+        for name in ("float", "uint8") if n % 2 == 0 else ("uint8", "float"):
             start = time.thread_time()
-            out[name] = funcs[name](batch, PATCH, SCALE, gens[name])
+            out[name] = collate_crops(batch, PATCH, SCALE, gens[name], to_float=name == "float")
             spent[name] += time.thread_time() - start
-        if not all(torch.equal(a, b) for a, b in zip(out["per_crop"], out["batched"], strict=True)):
-            raise AssertionError("the batched crops differ from the per-crop ones")
+        for f, u in zip(out["float"], out["uint8"], strict=True):
+            if not torch.equal(unit_float(u).view(torch.int32), f.view(torch.int32)):
+                raise AssertionError("the uint8 crops made float differ from the float crops")
         made += len(batch)
     return {name: seconds / made for name, seconds in spent.items()}
 
 
-def cpu_seconds_per_crop(raw: list[dict[str, Any]], crops: int) -> dict[str, float]:
-    """One pass: decode every row once (as the feed does), then cut `crops` crops of each in batches of 16."""
-    from workers.pipeline import _decode_row
-
-    start = time.process_time()
-    rows = [_decode_row(row, SCALE) for row in raw]
-    decode = (time.process_time() - start) / len(rows)
+def cpu_seconds_per_crop(path: str, encoding: str, crops: int) -> dict[str, float]:
+    """One pass: read and decode every row once (as the feed does), then cut `crops` crops of each in batches of 16."""
+    decode, rows = read_seconds(path, encoding)
     crop = crop_seconds(rows, crops)
     return {
         "decode_s_per_row": decode,
-        "crop_s_per_crop_before": crop["per_crop"],
-        "crop_s_per_crop": crop["batched"],
+        "crop_s_float": crop["float"],
+        "crop_s_uint8": crop["uint8"],
         # each decoded row serves `crops` crops; the crops' own cost is per crop made
-        "s_per_crop_before": decode / crops + crop["per_crop"],
-        "s_per_crop": decode / crops + crop["batched"],
+        "s_per_crop_float": decode / crops + crop["float"],
+        "s_per_crop_uint8": decode / crops + crop["uint8"],
     }
 
 
-def decode_threads(raw: list[dict[str, Any]], rounds: int, threads: tuple[int, ...] = (1, 2)) -> dict[int, dict]:
-    """Rows decoded per wall second and CPU seconds per row with 1 and 2 decoding threads, rounds interleaved.
+def codec_table(path: str, rounds: int) -> list[dict[str, Any]]:
+    """A raw data set's shards rewritten with each Parquet codec (same row groups): MB per row, read + decode ms/row."""
+    import pyarrow.parquet as pq
+
+    m = read_manifest(path)
+    table = pq.read_table(m.shards[0], filesystem=m.filesystem)
+    group = pq.ParquetFile(m.shards[0], filesystem=m.filesystem).metadata.row_group(0).num_rows
+    out = []
+    for codec, level in CODECS:
+        target = Path(path) / f"codec-{codec}-{level}.parquet"
+        pq.write_table(table, target, row_group_size=group, compression=codec, compression_level=level,
+                       use_dictionary=["image_id", "source"])  # fmt: skip
+        units = [{"shard": str(target), "row_group": g} for g in range(pq.ParquetFile(target).metadata.num_row_groups)]
+        times = []
+        for _ in range(rounds):
+            start = time.process_time()
+            n = sum(len(_read_unit(unit, path, SCALE, None, "raw")) for unit in units)
+            times.append((time.process_time() - start) / n)
+        label = codec if level is None else f"{codec} {level}"
+        mb = target.stat().st_size / n / 2**20
+        out.append({"codec": label, "mb_per_row": mb, "read_ms_per_row": 1e3 * median(times)})
+        target.unlink()
+    return out
+
+
+def decode_threads(
+    raw: list[dict[str, Any]], rounds: int, threads: tuple[int, ...] = (1, 2), encoding: str = "png"
+) -> dict[int, dict]:
+    """Rows decoded per wall second and CPU seconds per row with each count of decoding threads, rounds interleaved.
 
     Where the feed decodes: streamed rows in Ray Data tasks (processes, `data.data_cpus` each, as many at
     once as the node has free CPUs); cached rows once per trial (`decoded_rows`). A thread pool shows
-    whether decoding (PIL's PNG inflate, the MATLAB bicubic in numpy) runs in parallel at all in one
+    whether decoding (PIL's PNG inflate, numpy's copies, the MATLAB bicubic) runs in parallel at all in one
     process: with the GIL held it would not speed up.
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -179,13 +220,15 @@ def decode_threads(raw: list[dict[str, Any]], rounds: int, threads: tuple[int, .
         for t in threads if r % 2 == 0 else tuple(reversed(threads)):
             with ThreadPoolExecutor(t) as pool:
                 w0, c0 = time.perf_counter(), time.process_time()
-                list(pool.map(lambda row: _decode_row(row, SCALE), raw))
+                list(pool.map(lambda row: _decode_row(row, SCALE, encoding), raw))
                 wall[t].append((time.perf_counter() - w0) / len(raw))
                 cpu[t].append((time.process_time() - c0) / len(raw))
     return {t: {"rows_per_wall_s": 1 / median(wall[t]), "cpu_ms_per_row": 1e3 * median(cpu[t])} for t in threads}
 
 
-def crop_threads(rows: list[dict[str, Any]], rounds: int, threads: tuple[int, ...] = (1, 2)) -> dict[int, dict]:
+def crop_threads(
+    rows: list[dict[str, Any]], rounds: int, threads: tuple[int, ...] = (1, 2), to_float: bool = True
+) -> dict[int, dict]:
     """Pairs per wall second of `patch_batches` on rows in memory (k = 16, batch 16) at each `cut_threads`.
 
     Rounds interleaved. The draws stay on the calling thread, the cuts go to the pool (numpy's copies and
@@ -199,7 +242,7 @@ def crop_threads(rows: list[dict[str, Any]], rounds: int, threads: tuple[int, ..
             w0, c0 = time.perf_counter(), time.process_time()
             batches = patch_batches(
                 rows, batch_size=TRAIN_BATCH, patch=PATCH, scale=SCALE, generator=epoch_generator(0, 0),
-                steps=steps, name="bench", crops_per_image=16, cut_threads=t,
+                steps=steps, name="bench", crops_per_image=16, cut_threads=t, to_float=to_float,
             )  # fmt: skip
             pairs = sum(lr.shape[0] for lr, _ in batches)
             wall[t].append((time.perf_counter() - w0) / pairs)
@@ -257,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--launch-us", type=float, default=5.0, help="assumed host cost per kernel launch, µs")
     parser.add_argument("--tflops", type=float, default=40.0, help="assumed achieved TFLOP/s of the train step")
     parser.add_argument(
-        "--threads", default="1,2", help="thread thread_counts for the decoding and cutting scaling rows (e.g. 1,2,4)"
+        "--threads", default="1,2", help="thread counts: cutting threads of the rates, and the scaling rows (1,2,4)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "data_feed.json")
     args = parser.parse_args(argv)
@@ -269,54 +312,79 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train": TRAIN_BATCH / gpu["train"]["step_s"],
         "search_late": SEARCH_PAIRS / gpu["search_late"]["step_s"],
     }
-    rows_out, threads = [], {}
+    rows_out: list[dict[str, Any]] = []
+    threads: dict[str, dict] = {}
 
-    def rate(per_pair: float, crop: float) -> float:
-        # C CPUs share the decoding and cropping; the crops themselves run on one prefetch thread
-        return min(args.cpus / per_pair, 1.0 / crop)
+    def rate(per_pair: float, crop: float, cut_threads: int) -> float:
+        # C CPUs share the decoding and cropping; the crops themselves run on `cut_threads` threads
+        return min(args.cpus / per_pair, cut_threads / crop)
+
+    def rates(row: dict[str, Any]) -> None:
+        row["pairs_per_s_today"] = rate(row["ms_per_crop_float"] / 1e3, row["crop_ms_float"] / 1e3, 1)
+        for n in thread_counts:
+            row[f"pairs_per_s_uint8_{n}"] = rate(row["ms_per_crop_uint8"] / 1e3, row["crop_ms_uint8"] / 1e3, n)
 
     with tempfile.TemporaryDirectory() as tmp:
         source = _sources(Path(tmp) / "src", images, size)
-        for name, options, crop_thread_counts in LAYOUTS:
-            out = Path(tmp) / name.split(",")[0].replace("/", "-").replace(" ", "_") / str(len(options))
-            prepare_dataset([str(source)], str(out), SCALE, workers=1, **options)
-            raw = _raw_rows(str(out))
-            decoded_rows(str(out), SCALE)  # warm-up: imports, first allocations
-            for crops in crop_thread_counts:
-                runs = [cpu_seconds_per_crop(raw, crops) for _ in range(rounds)]
+        codecs: list[dict[str, Any]] = []
+        for name, options, crop_counts in LAYOUTS:
+            out = str(Path(tmp) / name.replace("/", "-").replace(" ", "_").replace(",", ""))
+            prepare_dataset([str(source)], out, SCALE, workers=1, **options)
+            manifest = read_manifest(out)
+            decoded_rows(out, SCALE)  # warm-up: imports, first allocations, the page cache
+            for crops in crop_counts:
+                runs = [cpu_seconds_per_crop(out, manifest.encoding, crops) for _ in range(rounds)]
                 m = {key: median([r[key] for r in runs]) for key in runs[0]}
-                rows_out.append({
-                    "layout": name, "crops_per_image": crops, "rows": len(raw),
+                row = {
+                    "layout": name, "crops_per_image": crops, "rows": manifest.rows,
+                    "mb_per_row": manifest.data["bytes"] / manifest.rows / 2**20,
                     "decode_ms_per_row": 1e3 * m["decode_s_per_row"],
-                    "crop_ms_per_crop_before": 1e3 * m["crop_s_per_crop_before"],
-                    "crop_ms_per_crop": 1e3 * m["crop_s_per_crop"],
-                    "ms_per_crop_before": 1e3 * m["s_per_crop_before"],
-                    "ms_per_crop": 1e3 * m["s_per_crop"],
-                    "pairs_per_s_per_worker_before": rate(m["s_per_crop_before"], m["crop_s_per_crop_before"]),
-                    "pairs_per_s_per_worker": rate(m["s_per_crop"], m["crop_s_per_crop"]),
-                })  # fmt: skip
-            if options:  # decoded once per trial and kept (`data.cache_mb`): a pass costs the crops alone
+                    "crop_ms_float": 1e3 * m["crop_s_float"], "crop_ms_uint8": 1e3 * m["crop_s_uint8"],
+                    "ms_per_crop_float": 1e3 * m["s_per_crop_float"], "ms_per_crop_uint8": 1e3 * m["s_per_crop_uint8"],
+                }  # fmt: skip
+                rates(row)
+                rows_out.append(row)
+            if options and manifest.encoding == "png":  # decoded once per trial and kept: a pass costs the crops
                 last = rows_out[-1]
-                rows_out.append({
-                    **last, "layout": name + ", in memory", "crops_per_image": "any", "decode_ms_per_row": 0.0,
-                    "ms_per_crop_before": last["crop_ms_per_crop_before"], "ms_per_crop": last["crop_ms_per_crop"],
-                    "pairs_per_s_per_worker_before": 1e3 / last["crop_ms_per_crop_before"],
-                    "pairs_per_s_per_worker": 1e3 / last["crop_ms_per_crop"],
-                })  # fmt: skip
-            pool_rows = raw * -(-16 // len(raw))  # at least 16 rows, so 2 threads get equal shares
-            threads[name] = decode_threads(pool_rows, max(rounds, 2), thread_counts)
-        in_memory = decoded_rows(str(out), SCALE)  # the last layout's rows, decoded once
-        cutting = crop_threads(in_memory, max(rounds, 2), thread_counts)
-    today = rows_out[0]["ms_per_crop_before"]
+                row = {**last, "layout": name + ", in memory", "crops_per_image": "any", "decode_ms_per_row": 0.0}
+                row.update(ms_per_crop_float=last["crop_ms_float"], ms_per_crop_uint8=last["crop_ms_uint8"])
+                rates(row)
+                rows_out.append(row)
+            if "subimages" in options and manifest.encoding == "raw":
+                codecs = codec_table(out, max(rounds, 2))
+            raw = [r for shard in manifest.shards for r in _shard_rows(shard)]
+            pool_rows = raw * -(-16 // len(raw))  # at least 16 rows, so the threads get equal shares
+            threads[name] = decode_threads(pool_rows, max(rounds, 2), thread_counts, manifest.encoding)
+        in_memory = decoded_rows(out, SCALE)  # the last layout's rows (sub-images), decoded once
+        cutting = {
+            "float": crop_threads(in_memory, max(rounds, 2), thread_counts, to_float=True),
+            "uint8": crop_threads(in_memory, max(rounds, 2), thread_counts, to_float=False),
+        }
+    today = rows_out[0]["ms_per_crop_float"]
     for row in rows_out:
-        row["x_today"] = today / row["ms_per_crop"]
-        row["x_before"] = row["pairs_per_s_per_worker"] / row["pairs_per_s_per_worker_before"]
+        row["x_today"] = today / row["ms_per_crop_uint8"]
         for step, consumption in consumed.items():
-            row[f"headroom_{step}_before"] = row["pairs_per_s_per_worker_before"] / consumption
-            row[f"headroom_{step}"] = row["pairs_per_s_per_worker"] / consumption
+            row[f"headroom_{step}_today"] = row["pairs_per_s_today"] / consumption
+            for n in thread_counts:
+                row[f"headroom_{step}_uint8_{n}"] = row[f"pairs_per_s_uint8_{n}"] / consumption
     report = {"size": list(size), "images": images, "rounds": rounds, "cpus": args.cpus, "gpu": gpu,
-              "consumed_pairs_per_s": consumed, "rows": rows_out, "decode_threads": threads,
-              "crop_threads": cutting}  # fmt: skip
+              "consumed_pairs_per_s": consumed, "rows": rows_out, "codecs": codecs, "decode_threads": threads,
+              "crop_threads": cutting, "load_average": list(os.getloadavg())}  # fmt: skip
+    _print(report, args, thread_counts)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _shard_rows(shard: str) -> list[dict[str, Any]]:
+    """A shard's rows as stored (encoded bytes, height, width): what `decode_threads` decodes."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(shard, columns=["id", "image_id", "hr", "lr", "height", "width"]).to_pylist()
+
+
+def _print(report: dict[str, Any], args: argparse.Namespace, thread_counts: tuple[int, ...]) -> None:
+    gpu, consumed, size, images = report["gpu"], report["consumed_pairs_per_s"], report["size"], report["images"]
     t, s = gpu["train"], gpu["search_late"]
     assumed = f"H100, {args.launch_us:g} µs/launch, {args.tflops:g} TFLOP/s"
     train_line = (
@@ -324,33 +392,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{t['compute_bound_s'] * 1e3:.2f} ms) → {consumed['train']:.0f} pairs/s"
     )
     search_line = f"late search {s['step_s'] * 1e3:.1f} ms ({s['launches']} launches) → {consumed['search_late']:.0f}"
+    print(f"load average at the end: {report['load_average']}")
     print(f"GPU step estimates ({assumed}): {train_line}; {search_line} pairs/s\n")
+    after = " / ".join(f"{n} thr" for n in thread_counts)
     print(
-        f"| layout ({images} × {size[0]}×{size[1]}) | k | rows | decode ms/row | crop ms/pair before → after "
-        f"| CPU ms per pair | pairs/s per worker ({args.cpus:g} CPUs) before → after | × before | × today "
-        "| headroom vs train step | vs late search step |"
+        f"| layout ({images} × {size[0]}×{size[1]}) | k | rows | MB/row | read+decode ms/row | crop ms/pair float → "
+        f"uint8 | CPU ms per pair (uint8) | pairs/s per worker ({args.cpus:g} CPUs): today → uint8 {after} "
+        f"| × today | headroom vs train step: today → {after} | vs late search step |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows_out:
+    for r in report["rows"]:
+        rates = " / ".join(f"{r[f'pairs_per_s_uint8_{n}']:,.0f}" for n in thread_counts)
+        heads = " / ".join(f"{r[f'headroom_train_uint8_{n}']:.2f}" for n in thread_counts)
+        search = r[f"headroom_search_late_uint8_{thread_counts[-1]}"]
         print(
-            f"| {r['layout']} | {r['crops_per_image']} | {r['rows']} | {r['decode_ms_per_row']:.1f} | "
-            f"{r['crop_ms_per_crop_before']:.3f} → {r['crop_ms_per_crop']:.3f} | {r['ms_per_crop']:.3f} | "
-            f"{r['pairs_per_s_per_worker_before']:.0f} → {r['pairs_per_s_per_worker']:.0f} | {r['x_before']:.2f} | "
-            f"{r['x_today']:.0f} | {r['headroom_train_before']:.2f} → {r['headroom_train']:.2f} | "
-            f"{r['headroom_search_late_before']:.1f} → {r['headroom_search_late']:.1f} |"
+            f"| {r['layout']} | {r['crops_per_image']} | {r['rows']} | {r['mb_per_row']:.2f} | "
+            f"{r['decode_ms_per_row']:.2f} | {r['crop_ms_float']:.3f} → {r['crop_ms_uint8']:.3f} | "
+            f"{r['ms_per_crop_uint8']:.3f} | {r['pairs_per_s_today']:,.0f} → {rates} | {r['x_today']:.0f} | "
+            f"{r['headroom_train_today']:.2f} → {heads} | {r['headroom_search_late_today']:.1f} → {search:.1f} |"
         )
+    if report["codecs"]:
+        print("\n| raw 480/240 sub-image shards, Parquet codec | MB per row | read + decode ms per row |")
+        print("|---|---|---|")
+        for c in report["codecs"]:
+            print(f"| {c['codec']} | {c['mb_per_row']:.3f} | {c['read_ms_per_row']:.2f} |")
     head = " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in thread_counts)
     arrow = " → ".join(map(str, thread_counts))
     print(f"\n| in one process, rate per wall s at | {head} | CPU ms per row or pair, {arrow} threads |")
     print("|---|" + "---|" * (len(thread_counts) + 1))
-    scaled = {f"decoding: {name} (rows/s)": (by, "rows_per_wall_s", "cpu_ms_per_row") for name, by in threads.items()}
-    scaled["cutting in memory, k = 16 (pairs/s)"] = (cutting, "pairs_per_wall_s", "cpu_ms_per_pair")
+    scaled = {
+        f"decoding: {name} (rows/s)": (by, "rows_per_wall_s", "cpu_ms_per_row")
+        for name, by in report["decode_threads"].items()
+    }
+    for kind, by in report["crop_threads"].items():
+        scaled[f"cutting in memory, k = 16, {kind} (pairs/s)"] = (by, "pairs_per_wall_s", "cpu_ms_per_pair")
     for label, (by, rate_key, cpu_key) in scaled.items():
-        rates = " | ".join(f"{by[t][rate_key]:.1f}" for t in thread_counts)
+        rates = " | ".join(f"{by[t][rate_key]:,.1f}" for t in thread_counts)
         print(f"| {label} | {rates} | {' → '.join(f'{by[t][cpu_key]:.3f}' for t in thread_counts)} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    return report
 
 
 if __name__ == "__main__":

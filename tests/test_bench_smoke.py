@@ -53,28 +53,34 @@ def test_gpu_check_runs_at_tiny_shapes_and_prints_every_row(one_thread, capsys):
     assert report["data_pairs_per_s"] > 0 and report["data_headroom"] > 0
 
 
-def test_data_feed_cuts_and_decodes_a_few_small_rows(one_thread):
-    """bench/data_feed.py's measurements on 3 small rows: the per-crop and batched cuts (which the bench checks
-    give the same bytes, else it raises) and decoding with 1 and 2 threads."""
-    import io
-
+def test_data_feed_cuts_and_decodes_a_few_small_rows(one_thread, tmp_path):
+    """bench/data_feed.py's measurements on small rows: the float and uint8 cuts (which the bench checks give the
+    same values, else it raises), reading and decoding PNG and raw shards, the codec rewrite, decoding on threads."""
     import numpy as np
+    import pyarrow.parquet as pq
     from PIL import Image
 
-    from bench.data_feed import crop_seconds, decode_threads
+    from bench.data_feed import codec_table, crop_seconds, decode_threads, read_seconds
+    from workers.shards.folders import prepare_dataset
 
+    src = tmp_path / "src"
+    src.mkdir()
     rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (128 + 4 * i, 136, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    rows = {}
+    for encoding in ("png", "raw"):
+        out = str(tmp_path / encoding)
+        prepare_dataset([str(src)], out, subimages=(128, 64), compute_lr=True, encoding=encoding, workers=1)
+        seconds, rows[encoding] = read_seconds(out, encoding)
+        assert seconds > 0 and len(rows[encoding]) == 6  # 2 + 4 BasicSR crops
+    cut = crop_seconds(rows["raw"], crops=4)
+    assert cut["float"] > 0 and cut["uint8"] > 0
+    codecs = codec_table(str(tmp_path / "raw"), rounds=1)
+    assert [c["codec"] for c in codecs] == ["none", "lz4", "zstd 1", "zstd 3"] and all(
+        c["mb_per_row"] > 0 for c in codecs
+    )
 
-    def png(array: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(array).save(buf, format="PNG")
-        return buf.getvalue()
-
-    hr = [rng.integers(0, 256, (128 + 4 * i, 136, 3), dtype=np.uint8) for i in range(3)]
-    lr = [h[::4, ::4].copy() for h in hr]
-    rows = [{"id": str(i), "image_id": str(i), "lr": lr[i], "hr": hr[i]} for i in range(3)]
-    cut = crop_seconds(rows, crops=4)
-    assert cut["per_crop"] > 0 and cut["batched"] > 0
-    raw = [{**row, "lr": png(row["lr"]), "hr": png(row["hr"])} for row in rows]
-    threads = decode_threads(raw, rounds=1)
+    stored = pq.read_table(next((tmp_path / "raw").glob("*.parquet"))).to_pylist()
+    threads = decode_threads(stored, rounds=1, encoding="raw")
     assert set(threads) == {1, 2} and all(t["rows_per_wall_s"] > 0 for t in threads.values())
