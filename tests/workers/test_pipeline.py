@@ -264,6 +264,17 @@ def test_split_search_keeps_subimages_of_an_image_together(ray_session, subimage
     assert {r["id"] for r in w_rows}.isdisjoint({r["id"] for r in a_rows})
     assert all(r["lr"].shape == (16, 16, 3) and r["hr"].shape == (64, 64, 3) for r in w_rows + a_rows)
 
+    # the same images prepared as raw shards (`--encoding raw`) stream the same rows with the same pixels
+    raw = prepare_dataset([str(subimage_set.parent / "hr")], str(subimage_set.parent / "raw"), subimages=(64, 32),
+                          min_size=64, rows_per_shard=5, encoding="raw")  # fmt: skip
+    assert raw.rows == len(w_rows) + len(a_rows)
+    raw_w, _ = split_search(str(subimage_set.parent / "raw"), 4)
+    by_id = {r["id"]: r for r in raw_w.take_all()}
+    assert sorted(by_id) == sorted(r["id"] for r in w_rows)
+    for r in w_rows:
+        np.testing.assert_array_equal(by_id[r["id"]]["hr"], r["hr"])
+        np.testing.assert_array_equal(by_id[r["id"]]["lr"], r["lr"])
+
 
 def test_ray_batches_of_ragged_images_collate(ray_session, demo):
     g = torch.Generator().manual_seed(0)
