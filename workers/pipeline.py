@@ -347,6 +347,13 @@ def unit_float(x: torch.Tensor) -> torch.Tensor:
     """
     if x.dtype != torch.uint8:
         raise ValueError(f"unit_float takes a uint8 batch, got {x.dtype}")
+    if x.device.type == "cpu":
+        return _to_unit(x)  # the CPU's own division (~15x cheaper there than the lookup, the same values)
+    return _unit_lookup(x)
+
+
+def _unit_lookup(x: torch.Tensor) -> torch.Tensor:
+    """`unit_float` by a lookup in the table of the CPU's 256 values, on `x`'s device."""
     table = _unit_tables.get(x.device)
     if table is None:
         table = _unit_tables.setdefault(x.device, _UNIT_TABLE.to(x.device))

@@ -122,10 +122,10 @@ def test_collate_crops_matches_random_patch_pairs_and_takes_ragged_rows():
 def test_uint8_crops_made_float_by_unit_float_are_the_float_crops_bit_for_bit():
     """What the stage loop does (uint8 batches, converted on the device by a table of the CPU's values): the
     values `collate_crops` converting on the CPU gives, every one of the 256 included."""
-    from workers.pipeline import _to_unit, unit_float
+    from workers.pipeline import _to_unit, _unit_lookup, unit_float
 
     values = torch.arange(256, dtype=torch.uint8)
-    assert torch.equal(unit_float(values).view(torch.int32), _to_unit(values).view(torch.int32))
+    assert torch.equal(_unit_lookup(values).view(torch.int32), _to_unit(values).view(torch.int32))  # on a GPU
     rng = np.random.default_rng(1)
     rows = [{"lr": rng.integers(0, 256, (9 + i, 11, 3), dtype=np.uint8)} for i in range(3)]
     rows = [{**row, "hr": row["lr"].repeat(4, axis=0).repeat(4, axis=1)} for row in rows]
