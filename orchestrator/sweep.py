@@ -29,6 +29,7 @@ import yaml
 if TYPE_CHECKING:
     from orchestrator.console import SweepConsole
 
+from orchestrator.cluster_lease import hold_on_cluster
 from orchestrator.experiment import (
     DEMO,
     RESULT_NEUTRAL_FIELDS,
@@ -255,13 +256,15 @@ def run_sweep(
     """Run (or resume) the sweep of `experiment` on the connected Ray cluster.
 
     `console` (optional) draws the trials' live progress while Tune runs them. The sweep's lease
-    (:mod:`orchestrator.sweep_lease`) is held throughout: a second driver of it is refused.
+    (:mod:`orchestrator.sweep_lease`; on object-store storage the cluster's, :mod:`orchestrator.cluster_lease`)
+    is held throughout: a second driver of it is refused.
     """
     experiment = absolutize(experiment)
     _check_files(experiment)
     check_storage(experiment.storage)
     Tracker.check_reachable(experiment.tracking.uri)  # before the sweep's folder is made
-    with hold_sweep(experiment.storage, experiment.name) as identity:
+    storage, name = experiment.storage, experiment.name
+    with hold_sweep(storage, name) as identity, hold_on_cluster(storage, name):
         return _run_sweep(experiment, identity, resume, restart_errored, console)
 
 

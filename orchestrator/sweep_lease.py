@@ -17,8 +17,11 @@ name on different storage would share MLflow runs. So:
   through ``lease.json.break`` (created the same way), so two drivers breaking one stale lease cannot both win.
 
 Object-store storage (``s3://``, ``gs://``) has no atomic create-if-absent through pyarrow: the sweep
-id is kept there (written when absent), but no lease is taken; a warning says so. Use a shared
-filesystem (NFS, a mounted volume) for sweeps that several people may start.
+id is kept there (written when absent), and the lease is held on the Ray cluster instead, by a named
+actor that lives as long as its driver (:mod:`orchestrator.cluster_lease`, taken once the driver is
+connected). That covers drivers sharing one Ray cluster, not drivers on different clusters (or each on
+a local Ray) sharing one bucket: a warning says so. Use a shared filesystem (NFS, a mounted volume)
+for sweeps that people on several clusters may start.
 """
 
 from __future__ import annotations
@@ -45,9 +48,14 @@ __all__ = [
     "Holder",
     "SweepBusy",
     "SweepLease",
+    "busy_message",
     "hold_sweep",
+    "on_object_store",
+    "process_alive",
+    "process_start",
     "read_sweep_id",
     "sweep_id",
+    "utc_text",
 ]
 
 SWEEP_FILE = "sweep.json"
@@ -61,12 +69,18 @@ class SweepBusy(RuntimeError):
     """Another live driver holds the sweep's lease; the message names it and what to do."""
 
 
-def _now_iso(seconds: float) -> str:
+def utc_text(seconds: float) -> str:
+    """A Unix time as the lease messages show it (UTC, to the second)."""
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _is_local(storage: str) -> bool:
     return "://" not in storage or storage.startswith("file://")
+
+
+def on_object_store(storage: str) -> bool:
+    """True for object-store storage (``s3://``, ``gs://``, …): no file lease there, the cluster's instead."""
+    return not _is_local(storage)
 
 
 def _local(path: str) -> str:
@@ -112,7 +126,7 @@ def sweep_id(storage: str, name: str) -> str:
     other reads it. A damaged ``sweep.json`` is an error naming the file.
     """
     path = join_storage(storage, name, SWEEP_FILE)
-    fresh = {"id": uuid.uuid4().hex, "name": name, "created": _now_iso(time.time())}
+    fresh = {"id": uuid.uuid4().hex, "name": name, "created": utc_text(time.time())}
     if _is_local(storage):
         local = _local(path)
         os.makedirs(os.path.dirname(local), exist_ok=True)
@@ -144,7 +158,7 @@ def read_sweep_id(storage: str, name: str) -> str | None:
     return identity if isinstance(identity, str) and identity else None
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The start time of process `pid` in clock ticks since boot (Linux), None when unknown or gone."""
     try:
         with open(f"/proc/{pid}/stat") as stream:
@@ -153,14 +167,15 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def process_alive(pid: int, start: str | None) -> bool:
+    """Whether process `pid` of this host still runs (and is the one that started at `start`, when known)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # someone else's live process
-    return start is None or _process_start(pid) in (None, start)
+    return start is None or process_start(pid) in (None, start)
 
 
 @dataclass(frozen=True)
@@ -191,14 +206,25 @@ class Holder:
     def dead(self, now: float) -> bool:
         """True when this holder can no longer be running its sweep."""
         if self.host == socket.gethostname():
-            return not _alive(self.pid, self.pid_start)
+            return not process_alive(self.pid, self.pid_start)
         return now - self.renewed > LEASE_TTL_S
 
     def describe(self, now: float) -> str:
         return (
-            f"pid {self.pid} on host {self.host}, since {_now_iso(self.started)} "
+            f"pid {self.pid} on host {self.host}, since {utc_text(self.started)} "
             f"(last heartbeat {max(0, now - self.renewed):.0f} s ago)"
         )
+
+
+def busy_message(name: str, storage: str, holder: str, expiry: str, job: str | None = None) -> str:
+    """Why a second driver of sweep `name` is refused: who runs it (`holder`), how to follow or stop it, and
+    how the holder's lease ends (`expiry`); `job`: the holder's Ray Job submission id, when it is one."""
+    stop = f"`trilevel stop {job}`" if job else "Ctrl-C in its terminal, `trilevel stop JOB` for a Ray Job"
+    return (
+        f"sweep {name!r} under {storage} is being run by another driver: {holder}. Follow it with `trilevel status "
+        f"{name}`, or stop it ({stop}) and then `trilevel resume {name}`. {expiry}; to run a separate sweep, "
+        "pick another name (--name)."
+    )
 
 
 class SweepLease:
@@ -221,7 +247,7 @@ class SweepLease:
         return {
             "host": socket.gethostname(),
             "pid": pid,
-            "pid_start": _process_start(pid),
+            "pid_start": process_start(pid),
             "started": started,
             "renewed": time.time(),
             "token": self.token,
@@ -247,13 +273,12 @@ class SweepLease:
         raise SweepBusy(f"sweep {self.name!r}: could not take {self.path} (other drivers keep taking it); try again")
 
     def _busy_message(self, holder: Holder, now: float) -> str:
-        return (
-            f"sweep {self.name!r} under {self.storage} is being run by another driver: {holder.describe(now)}. "
-            "Follow it with `trilevel status "
-            f"{self.name}`, or stop it (Ctrl-C in its terminal, `trilevel stop JOB` for a Ray Job) and then "
-            f"`trilevel resume {self.name}`. A driver that died without ending leaves its lease behind: it expires "
-            f"at once on the same host and {LEASE_TTL_S:.0f} s after its last heartbeat from another host "
-            f"({self.path}); to run a separate sweep, pick another name (--name)."
+        return busy_message(
+            self.name,
+            self.storage,
+            holder.describe(now),
+            "A driver that died without ending leaves its lease behind: it expires at once on the same host and "
+            f"{LEASE_TTL_S:.0f} s after its last heartbeat from another host ({self.path})",
         )
 
     def _break(self, seen: dict[str, Any], holder: Holder | None) -> None:
@@ -320,7 +345,8 @@ def hold_sweep(storage: str, name: str) -> Iterator[str]:
     """Hold the lease of sweep `name` under `storage` for the block, yielding the sweep's id.
 
     Re-entrant within a process (the CLI takes it before Ray starts, `run_sweep` again inside).
-    Object-store storage: the id only, no lease (warned once; see the module docstring).
+    Object-store storage: the id only, no file lease (warned; the cluster's lease is taken once connected:
+    :mod:`orchestrator.cluster_lease`).
     """
     identity = sweep_id(storage, name)
     key = join_storage(storage, name)
@@ -332,8 +358,9 @@ def hold_sweep(storage: str, name: str) -> Iterator[str]:
                 lease.acquire()
             else:
                 _log.warning(
-                    "storage %s is an object store: sweep %s runs without a lease, so nothing stops a second "
-                    "driver of it; use a shared filesystem path to have one",
+                    "storage %s is an object store: sweep %s has no lease on it, only one on the Ray cluster, which "
+                    "refuses a second driver on this cluster but not one on another cluster (or a local Ray) "
+                    "sharing the bucket; use a shared filesystem path to have a lease across clusters",
                     storage,
                     name,
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -63,8 +64,10 @@ def reproduce(
     The summary is also written to `<storage>/reproduce-<scale>.md` (`reproduce-<scale>-random<K>.md` with --random).
     """
     from orchestrator.cluster import ray_connection
+    from orchestrator.cluster_lease import hold_on_cluster
     from orchestrator.reproduce import plan_reproduce, reproduce_experiments
-    from orchestrator.sweep import run_sweep
+    from orchestrator.sweep import absolute_storage, run_sweep
+    from orchestrator.sweep_lease import hold_sweep
 
     fields = {"storage": storage, "tracking.uri": tracking_uri}
     overrides = (*overrides, "stages.reuse=false") if no_reuse else overrides
@@ -82,7 +85,15 @@ def reproduce(
     if dry_run:
         return
     durations: dict[str, float] = {}
-    with ray_connection(address):
+    with contextlib.ExitStack() as held:
+        # Every sweep's lease for the whole command: the file leases before Ray starts (a second driver is
+        # refused at once, paying no Ray start), on object-store storage the cluster's once connected.
+        storages = [(absolute_storage(experiment.storage), experiment.name) for experiment in plan.sweeps]
+        for storage_path, name in storages:
+            held.enter_context(hold_sweep(storage_path, name))
+        held.enter_context(ray_connection(address))
+        for storage_path, name in storages:
+            held.enter_context(hold_on_cluster(storage_path, name))
         for experiment in plan.sweeps:
             click.echo(f"--- {experiment.name}")
             start = time.monotonic()

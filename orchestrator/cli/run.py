@@ -61,7 +61,7 @@ def _launch(
     """Run the sweep on a local Ray or `address`; by default a live table, Ray's own output to a log file.
 
     The sweep's lease is taken first (a dry run takes none): a second driver of a live sweep is refused
-    before any Ray starts.
+    before any Ray starts (on object-store storage: as soon as it is connected, by the cluster's lease).
     """
     from orchestrator.sweep import absolute_storage
     from orchestrator.sweep_lease import hold_sweep
@@ -81,7 +81,7 @@ def _run(
     from orchestrator.sweep import run_sweep
 
     if verbose or dry_run:
-        with ray_connection(address):
+        with ray_connection(address), _cluster_lease(experiment, dry_run):
             if dry_run or preflight:
                 _preflight(experiment, click.echo, gpu_probe=not dry_run)
                 if dry_run:
@@ -95,10 +95,21 @@ def _run(
     click.echo(f"Ray, Ray Data and Tune log to {log} (-v shows them here instead)")
     with quiet_output(log) as terminal:
         console = Console(file=terminal)
-        with terminal_warnings(console), ray_connection(address):
+        with terminal_warnings(console), ray_connection(address), _cluster_lease(experiment, dry_run):
             if preflight:
                 _preflight(experiment, lambda text: console.print(text, markup=False, highlight=False), gpu_probe=True)
             return run_sweep(experiment, resume=resume, console=SweepConsole(console, experiment.name))
+
+
+def _cluster_lease(experiment: Experiment, dry_run: bool) -> contextlib.AbstractContextManager[None]:
+    """On object-store storage, the sweep's lease on the Ray cluster just connected (before a pre-flight's
+    minutes), a dry run none; `run_sweep` holds it again, re-entrantly (:mod:`orchestrator.cluster_lease`)."""
+    from orchestrator.cluster_lease import hold_on_cluster
+    from orchestrator.sweep import absolute_storage
+
+    if dry_run:
+        return contextlib.nullcontext()
+    return hold_on_cluster(absolute_storage(experiment.storage), experiment.name)
 
 
 def _summarise(experiment: Experiment, outcome: SweepOutcome) -> None:

@@ -1,5 +1,8 @@
 """The sweep's id and lease (issue 19, item 1) with real processes: a live holder refuses a second driver,
-naming it; a SIGKILLed holder's lease is taken over without cleanup; a stale heartbeat from another host expires.
+naming it; a SIGKILLed holder's lease is taken over without cleanup; a stale heartbeat from another host expires;
+`trilevel reproduce` is refused before it connects to Ray. On object-store storage the lease is a named actor on
+the Ray cluster: two real drivers on the session's real cluster race for it, one wins, a `trilevel sweep` driver is
+refused naming the holder, and the holder's lease ends with it when it is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.sweep_lease import LEASE_FILE, LEASE_TTL_S, SWEEP_FILE, SweepBusy, SweepLease, hold_sweep, sweep_id
+from tests.helpers import wait_for
 
 HOLD = """
 import sys, time
 from orchestrator.sweep_lease import hold_sweep
-with hold_sweep(sys.argv[1], "sw") as identity:
+with hold_sweep(sys.argv[1], sys.argv[2]) as identity:
     print("held", identity, flush=True)
     time.sleep(600)
 """
@@ -33,7 +37,7 @@ def holder(tmp_path):
     """A real process that holds the lease of sweep `sw` under tmp_path/runs until killed."""
     storage = tmp_path / "runs"
     process = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(storage)], stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+        [sys.executable, "-c", HOLD, str(storage), "sw"], stdout=subprocess.PIPE, text=True, env=os.environ.copy()
     )
     line = process.stdout.readline()
     assert line.startswith("held"), line
@@ -118,3 +122,92 @@ def test_the_sweep_id_is_kept_and_a_damaged_file_is_named(tmp_path):
     (tmp_path / "sw" / SWEEP_FILE).write_text("{}")
     with pytest.raises(ValueError, match=r"sweep.json: field 'id'"):
         sweep_id(str(tmp_path), "sw")
+
+
+def test_reproduce_is_refused_before_it_connects_to_ray(tmp_path, demo_data):
+    """A live driver of one of `trilevel reproduce`'s sweeps: reproduce is refused naming it, before connecting
+    (its --address leads nowhere: connecting first would fail with a connection error instead)."""
+    storage, sweep = tmp_path / "runs", "reproduce-tiny-table8"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(storage), sweep], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().startswith("held")
+        data = [f"data.train={demo_data}/train", f"data.val={{demo-val: {demo_data}/val}}"]
+        data.append(f"data.test={{demo: {demo_data}/test}}")
+        command = [sys.executable, "-m", "orchestrator", "reproduce", "--tables", "8", "--storage", str(storage)]
+        command += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--address", "127.0.0.1:1"]
+        command += [arg for item in data for arg in ("--set", item)]
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode == 1, said[-3000:]
+    assert f"sweep '{sweep}' under {storage} is being run by another driver: pid {holder.pid} on host" in said
+    assert "Traceback" not in said, said[-3000:]
+
+
+ON_CLUSTER = """
+import sys, time
+import ray
+from orchestrator.cluster_lease import hold_on_cluster
+from orchestrator.sweep_lease import SweepBusy
+ray.init(address=sys.argv[1], log_to_driver=False)
+while True:
+    try:
+        with hold_on_cluster(sys.argv[2], "sw"):
+            print("held", flush=True)
+            sys.stdin.read()  # until the test closes stdin or kills this driver
+        break
+    except SweepBusy as busy:
+        print("busy", " ".join(str(busy).split()), flush=True)
+        time.sleep(0.5)
+"""
+
+
+@pytest.mark.xdist_group("cluster")  # the session's real cluster (tests/conftest.py)
+def test_on_object_storage_drivers_of_one_ray_cluster_hold_one_lease_on_it(cluster, tmp_path):
+    """Two real drivers racing for sweep `sw` on object-store storage (pyarrow's in-memory ``mock://``: no file
+    lease is possible there) on one real cluster: one holds, the other is refused naming it; so is a `trilevel
+    sweep` of it (exit 1, no traceback); once the holder is SIGKILLed, the other takes the lease over, no cleanup."""
+    storage = f"mock:///{tmp_path.name}/runs"
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    drivers = []
+    for log in logs:
+        with open(log, "w") as out:
+            command = [sys.executable, "-c", ON_CLUSTER, cluster["gcs"], storage]
+            drivers.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT))
+    try:
+
+        def said(index: int) -> list[str]:
+            return logs[index].read_text().splitlines()
+
+        def settled() -> bool:
+            return all(driver.poll() is None for driver in drivers) and all(said(i) for i in range(2))
+
+        wait_for(lambda: settled() or any(driver.poll() is not None for driver in drivers), 120, "both drivers")
+        assert settled(), [log.read_text()[-3000:] for log in logs]
+        first = [said(i)[0] for i in range(2)]
+        assert sorted(line.split()[0] for line in first) == ["busy", "held"], first  # exactly one won the race
+        won = first.index("held")
+        holder, waiting = drivers[won], drivers[1 - won]
+        busy = first[1 - won]
+        assert f"being run by another driver: pid {holder.pid} on host {socket.gethostname()}, since" in busy, busy
+        assert "trilevel resume sw" in busy and "ends with that driver" in busy and "--name" in busy, busy
+
+        tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        sweep = [sys.executable, "-m", "orchestrator", "sweep", "table8", "--name", "sw", "--storage", storage]
+        sweep += ["--tracking-uri", tracking, "--address", cluster["gcs"], "-v"]
+        refused = subprocess.run(sweep, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        message = " ".join((refused.stdout + refused.stderr).split())
+        assert refused.returncode == 1, message[-3000:]
+        assert f"sweep 'sw' under {storage} is being run by another driver: pid {holder.pid} on host" in message
+        assert "Traceback" not in message, message[-3000:]
+
+        holder.kill()  # SIGKILL: no release; Ray ends the lease with its owner
+        holder.wait()
+        wait_for(lambda: "held" in said(1 - won), 60, "the other driver to take the lease over")
+        assert waiting.poll() is None, logs[1 - won].read_text()[-3000:]
+    finally:
+        for driver in drivers:
+            driver.kill()
+            driver.wait()

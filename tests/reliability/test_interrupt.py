@@ -1,5 +1,5 @@
-"""Ctrl-C on a real `trilevel run`, `trilevel stop` on a real `trilevel reproduce` job, and a second driver of the
-same sweep while it runs (issue 19, items 1 and 4).
+"""Ctrl-C on a real `trilevel run` and `trilevel reproduce`, `trilevel stop` on a real `trilevel reproduce` job, and a
+second driver of the same sweep while it runs (issue 19, items 1 and 4).
 
 No mock: the driver is a `python -m orchestrator run` process on the session's real cluster (tests/conftest.py:
 no Ray start of its own to pay), in a session of its own so the test can send SIGINT to its whole process
@@ -8,7 +8,8 @@ a second driver of the same sweep is refused before starting Ray, naming the fir
 driver must exit non-zero saying the trial stopped, with every MLflow run of the sweep KILLED or FINISHED
 (the sweep's and the trial's KILLED, none RUNNING); `trilevel resume` then finishes the trial. `trilevel stop`
 reaches a submitted `trilevel reproduce` (its driver gets SIGINT, as on Ctrl-C) while its trial stands at a test
-gate, so the interrupt lands mid-stage by construction; the same `trilevel reproduce` then finishes the trial.
+gate, so the interrupt lands mid-stage by construction; Ctrl-C on the same `trilevel reproduce` run locally exits
+130 with the runs KILLED, and running it once more finishes the trial.
 """
 
 from __future__ import annotations
@@ -111,10 +112,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_trilevel_stop_on_a_reproduce_job_ends_it_honestly_and_reproduce_again_finishes(cluster, demo_data, tmp_path):
+def test_trilevel_stop_on_a_reproduce_job_and_ctrl_c_on_reproduce_end_it_honestly_and_reproduce_again_finishes(
+    cluster, demo_data, tmp_path
+):
     """`trilevel stop JOB` on a `trilevel submit reproduce` job (one arm of table8) whose trial stands at a gate
     before its first checkpoint: the job's `trilevel reproduce` driver gets SIGINT (what `stop` sends), says the
-    trial stopped, its runs and the sweep's end KILLED, none RUNNING; the same `trilevel reproduce` finishes it."""
+    trial stopped, its runs and the sweep's end KILLED, none RUNNING. The same `trilevel reproduce`, run locally,
+    is hit by Ctrl-C before the train stage's checkpoint: it exits 130 (a stopped job's exit status is Ray's to
+    hide), its runs KILLED again; run once more, it finishes the trial."""
     from click.testing import CliRunner
 
     from orchestrator.cli.report import status
@@ -159,9 +164,33 @@ def test_trilevel_stop_on_a_reproduce_job_ends_it_honestly_and_reproduce_again_f
     (interrupted,) = [key for key in statuses if key.startswith("trial:")]
     assert statuses[interrupted] == "KILLED", statuses
 
-    again = subprocess.run(
-        _cli("reproduce", *options, "--address", cluster["gcs"]), capture_output=True, text=True, timeout=900
-    )
+    # Ctrl-C on the same `trilevel reproduce` run locally (SIGINT to its process group, as a terminal sends it)
+    # while its trial stands before the train stage's checkpoint: exit 130, the trial stopped, the runs KILLED.
+    command = _cli("reproduce", *options, "--address", cluster["gcs"])
+    (run,) = [run for run in trial.runs if any(stage.stage == "train" for stage in run.settings.stages)]
+    log = tmp_path / "reproduce.log"
+    with Gate(run.settings.checkpoints, "train-e0001") as gate:
+        with open(log, "w") as out:
+            driver = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_for(lambda: gate.reached() or driver.poll() is not None, 600, "the train stage's gate")
+            assert gate.reached(), log.read_text()[-4000:]
+            held = gate.wait()
+            os.killpg(driver.pid, signal.SIGINT)
+            code = driver.wait(timeout=300)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+        wait_for(lambda: not _alive(held), 120, "the interrupted trial's process to end")
+    said = log.read_text()
+    assert code == 130, said[-4000:]
+    assert f"Interrupted: 1 trial(s) of {experiment.name} stopped before finishing" in said, said[-4000:]
+    assert "TERMINATED" not in said, said[-4000:]
+    statuses = _statuses(uri, experiment.name)
+    assert statuses[f"sweep:{experiment.name}"] == "KILLED" and statuses[interrupted] == "KILLED", statuses
+    assert "RUNNING" not in statuses.values(), statuses
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     said = again.stdout + again.stderr
     assert again.returncode == 0, said[-4000:]
     assert "Stages: 3 computed, 0 reused from the stage store." in said, said[-4000:]
