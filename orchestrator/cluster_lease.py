@@ -139,11 +139,13 @@ class ClusterLease:
 
     @staticmethod
     def _holder_gone(holder: dict[str, Any]) -> bool:
-        """True when the holder is a process of this host that has ended (Ray ends its lease within moments)."""
+        """True when the holder is a process of this host that has ended, or this very process (a lease it
+        released: a live one would be re-entered, never taken again); Ray ends such a lease within moments."""
         if holder.get("host") != socket.gethostname():
             return False
         try:
-            return not process_alive(int(holder["pid"]), holder.get("pid_start"))
+            pid = int(holder["pid"])
+            return pid == os.getpid() or not process_alive(pid, holder.get("pid_start"))
         except (KeyError, TypeError, ValueError):
             return False
 
@@ -170,6 +172,12 @@ class ClusterLease:
             ray.kill(actor, no_restart=True)
 
 
+def _connected() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
 _held: dict[str, tuple[ClusterLease | None, int]] = {}  # actor name → (lease, nesting depth) in this process
 _held_lock = threading.Lock()
 
@@ -181,12 +189,10 @@ def hold_on_cluster(storage: str, name: str) -> Iterator[None]:
     Nothing on a filesystem (the file lease holds there) or without a connected Ray (then no other driver
     can share this one's cluster). Re-entrant within a process.
     """
-    import ray
-
     key = join_storage(storage, name)
     with _held_lock:
         lease, depth = _held.get(key, (None, 0))
-        if depth == 0 and on_object_store(storage) and ray.is_initialized():
+        if depth == 0 and on_object_store(storage) and _connected():
             lease = ClusterLease(storage, name)
             lease.acquire()
         _held[key] = (lease, depth + 1)

@@ -119,7 +119,8 @@ def test_trilevel_stop_on_a_reproduce_job_and_ctrl_c_on_reproduce_end_it_honestl
     before its first checkpoint: the job's `trilevel reproduce` driver gets SIGINT (what `stop` sends), says the
     trial stopped, its runs and the sweep's end KILLED, none RUNNING. The same `trilevel reproduce`, run locally,
     is hit by Ctrl-C before the train stage's checkpoint: it exits 130 (a stopped job's exit status is Ray's to
-    hide), its runs KILLED again; run once more, it finishes the trial."""
+    hide), its runs KILLED again, and while it ran a second one was refused before connecting to Ray; run once
+    more, it finishes the trial."""
     from click.testing import CliRunner
 
     from orchestrator.cli.report import status
@@ -163,6 +164,7 @@ def test_trilevel_stop_on_a_reproduce_job_and_ctrl_c_on_reproduce_end_it_honestl
     assert statuses[f"sweep:{experiment.name}"] == "KILLED" and "RUNNING" not in statuses.values(), statuses
     (interrupted,) = [key for key in statuses if key.startswith("trial:")]
     assert statuses[interrupted] == "KILLED", statuses
+    assert not (storage / experiment.name / "lease.json").exists()  # the stopped job's driver released it
 
     # Ctrl-C on the same `trilevel reproduce` run locally (SIGINT to its process group, as a terminal sends it)
     # while its trial stands before the train stage's checkpoint: exit 130, the trial stopped, the runs KILLED.
@@ -173,6 +175,15 @@ def test_trilevel_stop_on_a_reproduce_job_and_ctrl_c_on_reproduce_end_it_honestl
         with open(log, "w") as out:
             driver = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
+            # A second `trilevel reproduce` meanwhile is refused naming it, before it connects to Ray (its address
+            # leads nowhere: connecting first would fail there instead); it runs while the first one trains.
+            wait_for(lambda: (storage / experiment.name / "lease.json").is_file(), 300, "the reproduce driver's lease")
+            second = subprocess.run(
+                _cli("reproduce", *options, "--address", "127.0.0.1:1"), capture_output=True, text=True, timeout=300
+            )
+            refused = " ".join((second.stdout + second.stderr).split())
+            assert second.returncode == 1 and "Traceback" not in refused, refused[-3000:]
+            assert f"being run by another driver: pid {driver.pid} on host {socket.gethostname()}" in refused
             wait_for(lambda: gate.reached() or driver.poll() is not None, 600, "the train stage's gate")
             assert gate.reached(), log.read_text()[-4000:]
             held = gate.wait()
