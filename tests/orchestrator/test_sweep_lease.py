@@ -148,12 +148,12 @@ def test_on_object_storage_drivers_of_one_ray_cluster_hold_one_lease_on_it(clust
     lease is possible there) on one real cluster: one holds, the other is refused naming it; so is a `trilevel
     sweep` of it (exit 1, no traceback); once the holder is SIGKILLed, the other takes the lease over, no cleanup."""
     storage = f"mock:///{tmp_path.name}/runs"
-    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]  # what each driver says: held, or busy and why
     drivers = []
     for log in logs:
-        with open(log, "w") as out:
+        with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
             command = [sys.executable, "-c", ON_CLUSTER, cluster["gcs"], storage]
-            drivers.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT))
+            drivers.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=err))
     try:
 
         def said(index: int) -> list[str]:
@@ -163,7 +163,7 @@ def test_on_object_storage_drivers_of_one_ray_cluster_hold_one_lease_on_it(clust
             return all(driver.poll() is None for driver in drivers) and all(said(i) for i in range(2))
 
         wait_for(lambda: settled() or any(driver.poll() is not None for driver in drivers), 120, "both drivers")
-        assert settled(), [log.read_text()[-3000:] for log in logs]
+        assert settled(), [log.with_suffix(".err").read_text()[-3000:] for log in logs]
         first = [said(i)[0] for i in range(2)]
         assert sorted(line.split()[0] for line in first) == ["busy", "held"], first  # exactly one won the race
         won = first.index("held")

@@ -167,11 +167,14 @@ def test_trilevel_stop_on_a_reproduce_job_and_ctrl_c_on_reproduce_end_it_honestl
     assert not (storage / experiment.name / "lease.json").exists()  # the stopped job's driver released it
 
     # Ctrl-C on the same `trilevel reproduce` run locally (SIGINT to its process group, as a terminal sends it)
-    # while its trial stands before the train stage's checkpoint: exit 130, the trial stopped, the runs KILLED.
+    # while its trial stands before the search stage's first checkpoint: exit 130, the trial stopped, the runs
+    # KILLED. The gate opens once Tune took the signal (its loop has ended: the trial's next report is its last,
+    # with search, train and evaluation still ahead), so the trial stops at that report instead of being
+    # force-killed 10 s later, stuck at the gate.
     command = _cli("reproduce", *options, "--address", cluster["gcs"])
-    (run,) = [run for run in trial.runs if any(stage.stage == "train" for stage in run.settings.stages)]
+    (run,) = [run for run in trial.runs if any(stage.stage == "search" for stage in run.settings.stages)]
     log = tmp_path / "reproduce.log"
-    with Gate(run.settings.checkpoints, "train-e0001") as gate:
+    with Gate(run.settings.checkpoints, "search-e0001") as gate:
         with open(log, "w") as out:
             driver = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -179,15 +182,17 @@ def test_trilevel_stop_on_a_reproduce_job_and_ctrl_c_on_reproduce_end_it_honestl
             # leads nowhere: connecting first would fail there instead); it runs while the first one trains.
             wait_for(lambda: (storage / experiment.name / "lease.json").is_file(), 300, "the reproduce driver's lease")
             second = subprocess.run(
-                _cli("reproduce", *options, "--address", "127.0.0.1:1"), capture_output=True, text=True, timeout=300
+                _cli("reproduce", *options, "--address", "127.0.0.1:1"), capture_output=True, text=True, timeout=120
             )
             refused = " ".join((second.stdout + second.stderr).split())
             assert second.returncode == 1 and "Traceback" not in refused, refused[-3000:]
             assert f"being run by another driver: pid {driver.pid} on host {socket.gethostname()}" in refused
-            wait_for(lambda: gate.reached() or driver.poll() is not None, 600, "the train stage's gate")
+            wait_for(lambda: gate.reached() or driver.poll() is not None, 600, "the search stage's gate")
             assert gate.reached(), log.read_text()[-4000:]
             held = gate.wait()
             os.killpg(driver.pid, signal.SIGINT)
+            wait_for(lambda: "Stop signal received" in log.read_text() or driver.poll() is not None, 120, "Tune")
+            gate.open()
             code = driver.wait(timeout=300)
         finally:
             if driver.poll() is None:
