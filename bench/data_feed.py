@@ -11,12 +11,13 @@ time on a shared machine), in one run, for each way the data can be prepared and
   every row group of the shards (Parquet read, page decompression for raw shards, then
   `workers.pipeline.decode_pair`: PNG inflate or a reshape of raw bytes, the MATLAB bicubic when no LR is
   stored);
-- **crop** = what the training worker's cutting thread(s) do per batch: `workers.pipeline.collate_crops`
-  (random 32×32 LR crops with their 128×128 HR crops, flips), batch 16, on batches drawn as
-  `workers.batches.patch_batches` draws them. Measured twice, batch by batch interleaved (thread CPU
-  time): converted to float on the CPU (**today**: main before `data.cut_threads`) and left uint8 (what
-  the stage loop now ships, `unit_float` converting on the device); the two must give the same values
-  (`unit_float`, bit for bit) or the run stops.
+- **crop** = what the training worker's cutting thread(s) do per batch (random 32×32 LR crops with their
+  128×128 HR crops, flips), batch 16, on batches drawn as `workers.batches.patch_batches` draws them.
+  Measured twice, batch by batch interleaved on the same draws (thread CPU time): `cut_crops`, flipped, NCHW
+  and float on the CPU (**today**, and still what a CPU run does), and `cut_device_crops`, uint8 crops of
+  whole pixel rows that a GPU run's stage finishes on its device (`finish_crops`: flips, NCHW, float; not
+  counted, it runs on the GPU); `finish_crops` of the second, on the CPU, must be the first bit for bit or
+  the run stops.
 
 Rows are 2040×1356 RGB PNGs (DIV2K's typical size; a mosaic of scikit-image's photographs resized
 up, since DIV2K is not here), prepared by `trilevel data prepare`'s own code: whole images with the LR
@@ -43,6 +44,7 @@ times are estimates (no GPU here), the larger of two bounds on an H100 (stated i
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -61,7 +63,15 @@ if str(ROOT) not in sys.path:
 
 from bench.common import median  # noqa: E402
 from workers.batches import epoch_generator, patch_batches  # noqa: E402
-from workers.pipeline import _read_unit, collate_crops, decoded_rows, unit_float  # noqa: E402
+from workers.pipeline import (  # noqa: E402
+    DeviceCrops,
+    _read_unit,
+    crop_draws,
+    cut_crops,
+    cut_device_crops,
+    decoded_rows,
+    finish_crops,
+)
 from workers.shards.folders import prepare_dataset  # noqa: E402
 from workers.shards.format import read_manifest  # noqa: E402
 
@@ -138,25 +148,27 @@ def _row_batches(n: int, crops: int, steps: int) -> list[list[int]]:
 
 
 def crop_seconds(rows: list[dict[str, Any]], crops: int) -> dict[str, float]:
-    """CPU seconds per pair of the cut converting to float (today) and of the uint8 cut, batch by batch interleaved.
+    """CPU seconds per pair of today's cut (NCHW float) and of the cut for the device, batch by batch interleaved.
 
-    Both cut the same batches from the same generator state (checked: `unit_float` of the uint8 batch is the
-    float batch bit for bit), each batch first by one then by the other, alternating who goes first, so load
-    on the shared machine hits both alike.
+    Both cut the same batches with the same draws (checked: `finish_crops` of the device cut, on the CPU, is the
+    float batch bit for bit; the finish itself runs on the GPU in a GPU run and is not counted), each batch
+    first by one then by the other, alternating who goes first, so load on the shared machine hits both alike.
     """
     batches = [[rows[i] for i in b] for b in _row_batches(len(rows), crops, max(1, len(rows) * crops // TRAIN_BATCH))]
-    spent = {"float": 0.0, "uint8": 0.0}
-    gens = {name: epoch_generator(0, 0) for name in spent}
+    spent = {"float": 0.0, "device": 0.0}
+    gen = epoch_generator(0, 0)
+    cut = {"float": cut_crops, "device": cut_device_crops}
     made = 0
     for n, batch in enumerate(batches):
+        draws = crop_draws(len(batch), gen)
         out = {}
-        for name in ("float", "uint8") if n % 2 == 0 else ("uint8", "float"):
+        for name in ("float", "device") if n % 2 == 0 else ("device", "float"):
             start = time.thread_time()
-            out[name] = collate_crops(batch, PATCH, SCALE, gens[name], to_float=name == "float")
+            out[name] = cut[name](batch, PATCH, SCALE, draws)
             spent[name] += time.thread_time() - start
-        for f, u in zip(out["float"], out["uint8"], strict=True):
-            if not torch.equal(unit_float(u).view(torch.int32), f.view(torch.int32)):
-                raise AssertionError("the uint8 crops made float differ from the float crops")
+        for f, d in zip(out["float"], finish_crops(out["device"], "cpu"), strict=True):
+            if not torch.equal(d.view(torch.int32), f.view(torch.int32)):
+                raise AssertionError("the crops finished for the device differ from the float crops")
         made += len(batch)
     return {name: seconds / made for name, seconds in spent.items()}
 
@@ -168,10 +180,10 @@ def cpu_seconds_per_crop(path: str, encoding: str, crops: int) -> dict[str, floa
     return {
         "decode_s_per_row": decode,
         "crop_s_float": crop["float"],
-        "crop_s_uint8": crop["uint8"],
+        "crop_s_device": crop["device"],
         # each decoded row serves `crops` crops; the crops' own cost is per crop made
         "s_per_crop_float": decode / crops + crop["float"],
-        "s_per_crop_uint8": decode / crops + crop["uint8"],
+        "s_per_crop_device": decode / crops + crop["device"],
     }
 
 
@@ -195,9 +207,45 @@ def codec_table(path: str, rounds: int) -> list[dict[str, Any]]:
             times.append((time.process_time() - start) / n)
         label = codec if level is None else f"{codec} {level}"
         mb = target.stat().st_size / n / 2**20
-        out.append({"codec": label, "mb_per_row": mb, "read_ms_per_row": 1e3 * median(times)})
+        native = _stored_share(Path(path) / "native.parquet", codec, level)
+        out.append({"codec": label, "mb_per_row": mb, "read_ms_per_row": 1e3 * median(times), "native_share": native})
         target.unlink()
     return out
+
+
+NATIVE = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")  # photographs at their own resolution
+
+
+@functools.cache
+def _native_photos() -> tuple[np.ndarray, ...]:
+    import skimage.data
+
+    return tuple(np.ascontiguousarray(getattr(skimage.data, name)()[..., :3]) for name in NATIVE)
+
+
+def _stored_share(target: Path, codec: str | None, level: int | None) -> float:
+    """Stored bytes / raw bytes of scikit-image's photographs at their own resolution (no upscaling, unlike the
+    bench's mosaics, whose smooth upscaled tiles compress far better than photographs do), in `codec`; PNG
+    (level 1, as `data prepare` writes it) for codec None."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    photos = _native_photos()
+    raw = sum(photo.nbytes for photo in photos)
+    if codec is None:
+        stored = 0
+        for photo in photos:
+            buf = io.BytesIO()
+            Image.fromarray(photo).save(buf, format="PNG", compress_level=1)
+            stored += len(buf.getvalue())
+        return stored / raw
+    pq.write_table(pa.table({"hr": pa.array([p.tobytes() for p in photos], pa.binary())}), target, compression=codec,
+                   compression_level=level)  # fmt: skip
+    stored = target.stat().st_size
+    target.unlink()
+    return stored / raw
 
 
 def decode_threads(
@@ -227,7 +275,7 @@ def decode_threads(
 
 
 def crop_threads(
-    rows: list[dict[str, Any]], rounds: int, threads: tuple[int, ...] = (1, 2), to_float: bool = True
+    rows: list[dict[str, Any]], rounds: int, threads: tuple[int, ...] = (1, 2), for_device: bool = False
 ) -> dict[int, dict]:
     """Pairs per wall second of `patch_batches` on rows in memory (k = 16, batch 16) at each `cut_threads`.
 
@@ -242,9 +290,9 @@ def crop_threads(
             w0, c0 = time.perf_counter(), time.process_time()
             batches = patch_batches(
                 rows, batch_size=TRAIN_BATCH, patch=PATCH, scale=SCALE, generator=epoch_generator(0, 0),
-                steps=steps, name="bench", crops_per_image=16, cut_threads=t, to_float=to_float,
+                steps=steps, name="bench", crops_per_image=16, cut_threads=t, for_device=for_device,
             )  # fmt: skip
-            pairs = sum(lr.shape[0] for lr, _ in batches)
+            pairs = sum(batch[0].shape[0] for batch in batches)
             wall[t].append((time.perf_counter() - w0) / pairs)
             cpu[t].append((time.process_time() - c0) / pairs)
     return {t: {"pairs_per_wall_s": 1 / median(wall[t]), "cpu_ms_per_pair": 1e3 * median(cpu[t])} for t in threads}
@@ -272,9 +320,17 @@ def gpu_step_estimates(launch_us: float, tflops: float) -> dict[str, Any]:
     train_step()  # warm-up: Adam's state exists, as in every later step
     counts = count_launches(train_step)
     macs = count(genotype).gmacs * 1e9 * (PATCH * PATCH) / (256 * 256) * TRAIN_BATCH
-    train_launches = counts["launches"] + ADAM_CUDA_LAUNCHES
+    # the batch's finish on the GPU (`finish_crops`, every flip wanted) and its 3 host-to-device copies
+    crops = DeviceCrops(
+        torch.zeros(TRAIN_BATCH, PATCH, PATCH, 3, dtype=torch.uint8),
+        torch.zeros(TRAIN_BATCH, PATCH * SCALE, PATCH * SCALE, 3, dtype=torch.uint8),
+        torch.ones(TRAIN_BATCH, 3, dtype=torch.bool),
+    )
+    finish = count_launches(lambda: finish_crops(crops, "cpu"))["launches"] + 3
+    train_launches = counts["launches"] + ADAM_CUDA_LAUNCHES + finish
     train = {
         "launches": train_launches,
+        "finish_launches": finish,
         "cpu_optimizer_launches": counts["optimizer_launches"],
         "launch_bound_s": train_launches * launch_us * 1e-6,
         "compute_bound_s": 3 * 2 * macs / (tflops * 1e12),
@@ -322,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def rates(row: dict[str, Any]) -> None:
         row["pairs_per_s_today"] = rate(row["ms_per_crop_float"] / 1e3, row["crop_ms_float"] / 1e3, 1)
         for n in thread_counts:
-            row[f"pairs_per_s_uint8_{n}"] = rate(row["ms_per_crop_uint8"] / 1e3, row["crop_ms_uint8"] / 1e3, n)
+            row[f"pairs_per_s_device_{n}"] = rate(row["ms_per_crop_device"] / 1e3, row["crop_ms_device"] / 1e3, n)
 
     with tempfile.TemporaryDirectory() as tmp:
         source = _sources(Path(tmp) / "src", images, size)
@@ -339,15 +395,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "layout": name, "crops_per_image": crops, "rows": manifest.rows,
                     "mb_per_row": manifest.data["bytes"] / manifest.rows / 2**20,
                     "decode_ms_per_row": 1e3 * m["decode_s_per_row"],
-                    "crop_ms_float": 1e3 * m["crop_s_float"], "crop_ms_uint8": 1e3 * m["crop_s_uint8"],
-                    "ms_per_crop_float": 1e3 * m["s_per_crop_float"], "ms_per_crop_uint8": 1e3 * m["s_per_crop_uint8"],
+                    "crop_ms_float": 1e3 * m["crop_s_float"], "crop_ms_device": 1e3 * m["crop_s_device"],
+                    "ms_per_crop_float": 1e3 * m["s_per_crop_float"],
+                    "ms_per_crop_device": 1e3 * m["s_per_crop_device"],
                 }  # fmt: skip
                 rates(row)
                 rows_out.append(row)
             if options and manifest.encoding == "png":  # decoded once per trial and kept: a pass costs the crops
                 last = rows_out[-1]
                 row = {**last, "layout": name + ", in memory", "crops_per_image": "any", "decode_ms_per_row": 0.0}
-                row.update(ms_per_crop_float=last["crop_ms_float"], ms_per_crop_uint8=last["crop_ms_uint8"])
+                row.update(ms_per_crop_float=last["crop_ms_float"], ms_per_crop_device=last["crop_ms_device"])
                 rates(row)
                 rows_out.append(row)
             if "subimages" in options and manifest.encoding == "raw":
@@ -357,16 +414,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             threads[name] = decode_threads(pool_rows, max(rounds, 2), thread_counts, manifest.encoding)
         in_memory = decoded_rows(out, SCALE)  # the last layout's rows (sub-images), decoded once
         cutting = {
-            "float": crop_threads(in_memory, max(rounds, 2), thread_counts, to_float=True),
-            "uint8": crop_threads(in_memory, max(rounds, 2), thread_counts, to_float=False),
+            "float": crop_threads(in_memory, max(rounds, 2), thread_counts),
+            "device": crop_threads(in_memory, max(rounds, 2), thread_counts, for_device=True),
         }
     today = rows_out[0]["ms_per_crop_float"]
     for row in rows_out:
-        row["x_today"] = today / row["ms_per_crop_uint8"]
+        row["x_today"] = today / row["ms_per_crop_device"]
         for step, consumption in consumed.items():
             row[f"headroom_{step}_today"] = row["pairs_per_s_today"] / consumption
             for n in thread_counts:
-                row[f"headroom_{step}_uint8_{n}"] = row[f"pairs_per_s_uint8_{n}"] / consumption
+                row[f"headroom_{step}_device_{n}"] = row[f"pairs_per_s_device_{n}"] / consumption
     report = {"size": list(size), "images": images, "rounds": rounds, "cpus": args.cpus, "gpu": gpu,
               "consumed_pairs_per_s": consumed, "rows": rows_out, "codecs": codecs, "decode_threads": threads,
               "crop_threads": cutting, "load_average": list(os.getloadavg())}  # fmt: skip
@@ -388,7 +445,8 @@ def _print(report: dict[str, Any], args: argparse.Namespace, thread_counts: tupl
     t, s = gpu["train"], gpu["search_late"]
     assumed = f"H100, {args.launch_us:g} µs/launch, {args.tflops:g} TFLOP/s"
     train_line = (
-        f"train {t['step_s'] * 1e3:.1f} ms ({t['launches']} launches; compute bound "
+        f"train {t['step_s'] * 1e3:.1f} ms ({t['launches']} launches, {t['finish_launches']} of them the batch's "
+        f"finish; compute bound "
         f"{t['compute_bound_s'] * 1e3:.2f} ms) → {consumed['train']:.0f} pairs/s"
     )
     search_line = f"late search {s['step_s'] * 1e3:.1f} ms ({s['launches']} launches) → {consumed['search_late']:.0f}"
@@ -397,25 +455,29 @@ def _print(report: dict[str, Any], args: argparse.Namespace, thread_counts: tupl
     after = " / ".join(f"{n} thr" for n in thread_counts)
     print(
         f"| layout ({images} × {size[0]}×{size[1]}) | k | rows | MB/row | read+decode ms/row | crop ms/pair float → "
-        f"uint8 | CPU ms per pair (uint8) | pairs/s per worker ({args.cpus:g} CPUs): today → uint8 {after} "
+        f"device | CPU ms per pair (device) | pairs/s per worker ({args.cpus:g} CPUs): today → device {after} "
         f"| × today | headroom vs train step: today → {after} | vs late search step |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in report["rows"]:
-        rates = " / ".join(f"{r[f'pairs_per_s_uint8_{n}']:,.0f}" for n in thread_counts)
-        heads = " / ".join(f"{r[f'headroom_train_uint8_{n}']:.2f}" for n in thread_counts)
-        search = r[f"headroom_search_late_uint8_{thread_counts[-1]}"]
+        rates = " / ".join(f"{r[f'pairs_per_s_device_{n}']:,.0f}" for n in thread_counts)
+        heads = " / ".join(f"{r[f'headroom_train_device_{n}']:.2f}" for n in thread_counts)
+        search = r[f"headroom_search_late_device_{thread_counts[-1]}"]
         print(
             f"| {r['layout']} | {r['crops_per_image']} | {r['rows']} | {r['mb_per_row']:.2f} | "
-            f"{r['decode_ms_per_row']:.2f} | {r['crop_ms_float']:.3f} → {r['crop_ms_uint8']:.3f} | "
-            f"{r['ms_per_crop_uint8']:.3f} | {r['pairs_per_s_today']:,.0f} → {rates} | {r['x_today']:.0f} | "
+            f"{r['decode_ms_per_row']:.2f} | {r['crop_ms_float']:.3f} → {r['crop_ms_device']:.3f} | "
+            f"{r['ms_per_crop_device']:.3f} | {r['pairs_per_s_today']:,.0f} → {rates} | {r['x_today']:.0f} | "
             f"{r['headroom_train_today']:.2f} → {heads} | {r['headroom_search_late_today']:.1f} → {search:.1f} |"
         )
     if report["codecs"]:
-        print("\n| raw 480/240 sub-image shards, Parquet codec | MB per row | read + decode ms per row |")
-        print("|---|---|---|")
+        png = _stored_share(Path("unused"), None, None)
+        print(
+            "\n| raw 480/240 sub-image shards, Parquet codec | MB per row | read + decode ms per row "
+            f"| stored / raw bytes of native photographs (PNG: {png:.2f}) |"
+        )
+        print("|---|---|---|---|")
         for c in report["codecs"]:
-            print(f"| {c['codec']} | {c['mb_per_row']:.3f} | {c['read_ms_per_row']:.2f} |")
+            print(f"| {c['codec']} | {c['mb_per_row']:.3f} | {c['read_ms_per_row']:.2f} | {c['native_share']:.2f} |")
     head = " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in thread_counts)
     arrow = " → ".join(map(str, thread_counts))
     print(f"\n| in one process, rate per wall s at | {head} | CPU ms per row or pair, {arrow} threads |")

@@ -54,7 +54,7 @@ def test_gpu_check_runs_at_tiny_shapes_and_prints_every_row(one_thread, capsys):
 
 
 def test_data_feed_cuts_and_decodes_a_few_small_rows(one_thread, tmp_path):
-    """bench/data_feed.py's measurements on small rows: the float and uint8 cuts (which the bench checks give the
+    """bench/data_feed.py's measurements on small rows: the float and device cuts (which the bench checks give the
     same values, else it raises), reading and decoding PNG and raw shards, the codec rewrite, decoding on threads."""
     import numpy as np
     import pyarrow.parquet as pq
@@ -75,7 +75,7 @@ def test_data_feed_cuts_and_decodes_a_few_small_rows(one_thread, tmp_path):
         seconds, rows[encoding] = read_seconds(out, encoding)
         assert seconds > 0 and len(rows[encoding]) == 6  # 2 + 4 BasicSR crops
     cut = crop_seconds(rows["raw"], crops=4)
-    assert cut["float"] > 0 and cut["uint8"] > 0
+    assert cut["float"] > 0 and cut["device"] > 0
     codecs = codec_table(str(tmp_path / "raw"), rounds=1)
     assert [c["codec"] for c in codecs] == ["none", "lz4", "zstd 1", "zstd 3"] and all(
         c["mb_per_row"] > 0 for c in codecs

@@ -10,13 +10,13 @@ patches.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-from workers.pipeline import crop_draws, cut_crops
+from workers.pipeline import DeviceCrops, crop_draws, cut_crops, cut_device_crops
 from workers.shards.format import DataError
 
 __all__ = ["epoch_generator", "patch_batches"]
@@ -41,9 +41,9 @@ def patch_batches(
     name: str,
     crops_per_image: int = 1,
     cut_threads: int = 1,
-    to_float: bool = True,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield exactly `steps` (LR, HR) float batches from `source` (uint8 with `to_float=False`).
+    for_device: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]] | Iterator[DeviceCrops]:
+    """Yield exactly `steps` (LR, HR) float batches from `source` (`DeviceCrops` with `for_device=True`).
 
     A list of rows (cached in memory) is drawn in seeded random order, permutation after
     permutation, so every batch holds `batch_size` crops even when the data has fewer images. A
@@ -64,8 +64,9 @@ def patch_batches(
     drawn ahead. The stage loop takes it from `data.cut_threads` (`bench/data_feed.py` measures the
     scaling).
 
-    `to_float=False` yields the uint8 crops for `workers.pipeline.unit_float` to convert on the
-    training device: the same float values, without the conversion's CPU time on the cutting thread.
+    `for_device=True` yields each batch as `workers.pipeline.cut_device_crops` cuts it (uint8 NHWC crops of
+    whole pixel rows and their flips) for `finish_crops` on the training device: the same float batches,
+    bit for bit, for ~1/4 of the cutting thread's CPU (`bench/data_feed.py`).
     """
     if crops_per_image < 1:
         raise ValueError(f"data.crops_per_image must be >= 1, got {crops_per_image}")
@@ -75,22 +76,22 @@ def patch_batches(
         drawn = _cached_draws(source, batch_size, crops_per_image, generator, steps, name)
     else:
         drawn = _streamed_draws(source, batch_size, crops_per_image, generator, steps, name)
-    yield from _cut_in_order(drawn, patch, scale, cut_threads, to_float)
+    yield from _cut_in_order(drawn, patch, scale, cut_threads, cut_device_crops if for_device else cut_crops)
 
 
 def _cut_in_order(
-    drawn: Iterator[tuple[Any, list[list[float]]]], patch: int, scale: int, threads: int, to_float: bool = True
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """`cut_crops` of every (rows, draws) in order: here at 1 thread, else on a pool, 2 × threads ahead."""
+    drawn: Iterator[tuple[Any, list[list[float]]]], patch: int, scale: int, threads: int, cut: Callable[..., Any]
+) -> Iterator[Any]:
+    """`cut` of every (rows, draws) in order: here at 1 thread, else on a pool, 2 × threads ahead."""
     if threads == 1:
         for rows, draws in drawn:
-            yield cut_crops(rows, patch, scale, draws, to_float=to_float)
+            yield cut(rows, patch, scale, draws)
         return
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(threads, thread_name_prefix="crop-cut") as pool:
         try:
             for rows, draws in drawn:
-                pending.append(pool.submit(cut_crops, rows, patch, scale, draws, to_float=to_float))
+                pending.append(pool.submit(cut, rows, patch, scale, draws))
                 if len(pending) >= 2 * threads:
                     yield pending.popleft().result()
             while pending:

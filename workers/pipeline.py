@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -46,12 +46,15 @@ __all__ = [
     "TRAIN_A",
     "TRAIN_W",
     "VAL",
+    "DeviceCrops",
     "collate_crops",
     "crop_draws",
     "cut_crops",
+    "cut_device_crops",
     "data_config",
     "decode_pair",
     "decoded_rows",
+    "finish_crops",
     "image_ids",
     "random_patch_pairs",
     "read_pairs",
@@ -390,6 +393,12 @@ def random_patch_pairs(
     return _to_unit(torch.stack(out_lr)), _to_unit(torch.stack(out_hr))
 
 
+def _flip_flags(u: Sequence[float]) -> tuple[bool, bool, bool]:
+    """(horizontal flip, vertical flip, transpose) of the crop drawn by uniforms `u`, as `_flips` decides them."""
+    augment = len(u) > 3
+    return u[2] < 0.5, augment and u[3] < 0.5, augment and u[4] < 0.5
+
+
 def _column(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], key: str) -> list[np.ndarray]:
     if isinstance(batch, Mapping):
         return list(batch[key])  # a stacked N,h,w,3 array or an object array of ragged HxWx3 arrays
@@ -415,7 +424,6 @@ def collate_crops(
     generator: torch.Generator,
     *,
     augment: bool = False,
-    to_float: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop each row of a ``read_pairs`` batch (images of any sizes), then stack: like ``random_patch_pairs``.
 
@@ -426,7 +434,7 @@ def collate_crops(
     n = len(_column(batch_rows, "lr"))
     if not n:
         raise ValueError("collate_crops got an empty batch: no rows to crop")
-    return cut_crops(batch_rows, patch, scale, crop_draws(n, generator, augment=augment), to_float=to_float)
+    return cut_crops(batch_rows, patch, scale, crop_draws(n, generator, augment=augment))
 
 
 def cut_crops(
@@ -434,13 +442,8 @@ def cut_crops(
     patch: int,
     scale: int,
     draws: Sequence[Sequence[float]],
-    *,
-    to_float: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The crops of a batch given their draws (`crop_draws`): LR ``[N,3,p,p]``, HR ``[N,3,p*s,p*s]``, float in [0, 1].
-
-    `to_float=False` returns the rows' uint8 instead, for `unit_float` to convert on the training device
-    (the same values; ~1/3 of a cut's CPU is the conversion: `bench/data_feed.py`).
 
     Why apart from the draws: drawing is sequential (one generator), cutting is not, so cuts of later
     batches can run on other threads while the draws stay in order (`workers.batches.patch_batches`).
@@ -467,6 +470,69 @@ def cut_crops(
         y, x = _offset(lr.shape[:2], hr.shape[:2], patch, scale, draws[i], ids[i])
         out_lr[i] = _chw_view(lr, y, x, patch, draws[i])
         out_hr[i] = _chw_view(hr, y * scale, x * scale, big, draws[i])
-    if not to_float:
-        return torch.from_numpy(out_lr), torch.from_numpy(out_hr)
     return _to_unit(torch.from_numpy(out_lr)), _to_unit(torch.from_numpy(out_hr))
+
+
+class DeviceCrops(NamedTuple):
+    """A batch's crops as the CPU cuts them for the training device to finish (`finish_crops`).
+
+    Unflipped uint8 NHWC crops (each a copy of whole pixel rows) and each crop's flips: the flips, the
+    channel de-interleave to NCHW and the float conversion, ~3/4 of `cut_crops`' CPU, are left to the device.
+    """
+
+    lr: torch.Tensor  # [N, p, p, 3] uint8
+    hr: torch.Tensor  # [N, p*s, p*s, 3] uint8
+    flips: torch.Tensor  # [N, 3] bool: horizontal flip, vertical flip, transpose
+
+
+def cut_device_crops(
+    batch_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    patch: int,
+    scale: int,
+    draws: Sequence[Sequence[float]],
+) -> DeviceCrops:
+    """The crops of a batch given their draws, as `cut_crops` cuts them but left for `finish_crops` on the device.
+
+    Why: on one thread the cut caps a worker's feed, and most of its CPU is the strided HWC → CHW copy
+    and the conversion (`bench/data_feed.py`); copying whole pixel rows is ~4x cheaper, and a GPU does the
+    rest of a batch in a few kernels. `finish_crops` of this is `cut_crops` of the same draws, bit for bit.
+    """
+    lrs, hrs = _column(batch_rows, "lr"), _column(batch_rows, "hr")
+    ids = _ids(batch_rows, len(lrs))
+    if not lrs or len(draws) != len(lrs):
+        raise ValueError(f"cut_device_crops got {len(lrs)} rows and {len(draws)} draws: one per row, at least one row")
+    big = patch * scale
+    out_lr = np.empty((len(lrs), patch, patch, 3), dtype=np.uint8)
+    out_hr = np.empty((len(hrs), big, big, 3), dtype=np.uint8)
+    flips = np.empty((len(lrs), 3), dtype=bool)
+    for i, (lr, hr) in enumerate(zip(lrs, hrs, strict=True)):
+        lr, hr = np.asarray(lr), np.asarray(hr)
+        if (lr.dtype, hr.dtype, lr.shape[2:], hr.shape[2:]) != (np.uint8, np.uint8, (3,), (3,)):
+            raise ValueError(
+                f"{ids[i]}: LR {lr.dtype} {lr.shape} / HR {hr.dtype} {hr.shape} are not uint8 HxWx3 images"
+            )
+        y, x = _offset(lr.shape[:2], hr.shape[:2], patch, scale, draws[i], ids[i])
+        out_lr[i] = lr[y : y + patch, x : x + patch]
+        out_hr[i] = hr[y * scale : y * scale + big, x * scale : x * scale + big]
+        flips[i] = _flip_flags(draws[i])
+    return DeviceCrops(torch.from_numpy(out_lr), torch.from_numpy(out_hr), torch.from_numpy(flips))
+
+
+def finish_crops(crops: DeviceCrops, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """LR ``[N,3,p,p]`` and HR float batches on `device` from `cut_device_crops`: `cut_crops`' values, bit for bit.
+
+    Flips, transposes and the NCHW permutation only move bytes, selected per crop with ``torch.where``; the
+    float values come from `unit_float` (a table of the CPU's values off the CPU). Which flips any crop needs
+    is read from the CPU copy of the flags, so the device is never synchronised.
+    """
+    device = torch.device(device)
+    wanted = crops.flips.any(dim=0).tolist()  # on the CPU: which of the three moves any crop of the batch needs
+    masks = crops.flips.to(device).view(-1, 3, 1, 1, 1)
+    out = []
+    for batch in (crops.lr, crops.hr):
+        x = batch.to(device)
+        for k, move in enumerate((lambda t: t.flip(2), lambda t: t.flip(1), lambda t: t.transpose(1, 2))):
+            if wanted[k]:
+                x = torch.where(masks[:, k], move(x), x)
+        out.append(unit_float(x.permute(0, 3, 1, 2).contiguous()))
+    return out[0], out[1]

@@ -119,23 +119,37 @@ def test_collate_crops_matches_random_patch_pairs_and_takes_ragged_rows():
     torch.testing.assert_close(hp[..., ::4, ::4], lp)
 
 
-def test_uint8_crops_made_float_by_unit_float_are_the_float_crops_bit_for_bit():
-    """What the stage loop does (uint8 batches, converted on the device by a table of the CPU's values): the
-    values `collate_crops` converting on the CPU gives, every one of the 256 included."""
-    from workers.pipeline import _to_unit, _unit_lookup, unit_float
+@pytest.mark.parametrize("augment", [False, True])
+def test_crops_finished_on_the_device_are_the_cpus_float_crops_bit_for_bit(augment):
+    """What the stage loop does off the CPU: uint8 NHWC crops of whole pixel rows, flipped, made NCHW and float
+    on the device (`finish_crops`, here on the CPU device), are `cut_crops`' batch bit for bit; the float values
+    off the CPU come from a table of the CPU's 256 values (CUDA divides by a scalar via its reciprocal)."""
+    from workers.pipeline import (
+        _to_unit,
+        _unit_lookup,
+        crop_draws,
+        cut_crops,
+        cut_device_crops,
+        finish_crops,
+        unit_float,
+    )
 
     values = torch.arange(256, dtype=torch.uint8)
-    assert torch.equal(_unit_lookup(values).view(torch.int32), _to_unit(values).view(torch.int32))  # on a GPU
+    assert torch.equal(_unit_lookup(values).view(torch.int32), _to_unit(values).view(torch.int32))
     rng = np.random.default_rng(1)
-    rows = [{"lr": rng.integers(0, 256, (9 + i, 11, 3), dtype=np.uint8)} for i in range(3)]
-    rows = [{**row, "hr": row["lr"].repeat(4, axis=0).repeat(4, axis=1)} for row in rows]
-    floats = collate_crops(rows, 8, 4, torch.Generator().manual_seed(2), augment=True)
-    uint8 = collate_crops(rows, 8, 4, torch.Generator().manual_seed(2), augment=True, to_float=False)
-    assert all(u.dtype == torch.uint8 for u in uint8)
-    for u, f in zip(uint8, floats, strict=True):
-        assert torch.equal(unit_float(u).view(torch.int32), f.view(torch.int32))
+    rows = [{"id": str(i), "lr": rng.integers(0, 256, (9 + i, 11, 3), dtype=np.uint8)} for i in range(6)]
+    rows = [{**row, "hr": rng.integers(0, 256, (4 * row["lr"].shape[0], 44, 3), dtype=np.uint8)} for row in rows]
+    draws = crop_draws(len(rows), torch.Generator().manual_seed(2), augment=augment)
+    crops = cut_device_crops(rows, 8, 4, draws)
+    assert crops.lr.shape == (6, 8, 8, 3) and crops.hr.shape == (6, 32, 32, 3) and crops.flips.shape == (6, 3)
+    assert crops.flips[:, 0].any() and (crops.flips[:, 1:].any() if augment else not crops.flips[:, 1:].any())
+    for got, want in zip(finish_crops(crops, "cpu"), cut_crops(rows, 8, 4, draws), strict=True):
+        assert got.shape == want.shape and got.is_contiguous()
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     with pytest.raises(ValueError, match=r"unit_float takes a uint8 batch, got torch\.float32"):
-        unit_float(floats[0])
+        unit_float(want)
+    with pytest.raises(ValueError, match="3: LR int64"):
+        cut_device_crops([*rows[:3], {**rows[3], "lr": rows[3]["lr"].astype(np.int64)}], 8, 4, draws[:4])
 
 
 def test_crops_name_the_row_that_is_too_small():

@@ -287,9 +287,10 @@ def test_the_workers_use_the_threads_they_asked_for(tmp_path):
     assert seen == [2]
 
 
-def test_the_stage_loops_batches_at_any_cut_threads_are_todays_float_batches(tmp_path):
-    """`data.cut_threads` and uint8 batches made float on the stage's device (`unit_float`) change nothing: the
-    batches are, bit for bit, those one cutting thread converting on the CPU gives (what the loop did before)."""
+def test_the_stage_loops_batches_at_any_cut_threads_and_finished_on_the_device_are_todays(tmp_path):
+    """`data.cut_threads` and crops finished on the device (`finish_crops`, what a GPU run does; here on the CPU
+    device) change nothing: the batches are, bit for bit, those one cutting thread finishing them on the CPU
+    gives (what the loop always did)."""
     from workers.batches import epoch_generator, patch_batches
     from workers.pipeline import worker_rows
     from workers.stages import StageContext
@@ -298,16 +299,15 @@ def test_the_stage_loops_batches_at_any_cut_threads_are_todays_float_batches(tmp
         return [t.numpy().tobytes() for batch in batches for t in batch]
 
     io = want = None
-    for threads in (1, 2):
+    for threads, on_device in ((1, False), (2, True), (1, True)):
         (run,) = tiny_plan(str(tmp_path), (f"data.cut_threads={threads}",)).runs
         settings = run.settings.stages[0]
         assert settings.cut_threads == threads
         role, name = next(iter(settings.datasets.items()))
         if io is None:  # the rows (decoded once) do not depend on the cutting threads
             source = run.settings.datasets[name]
-            io = LocalStageIO(
-                checkpoints=str(tmp_path / "c"), datasets={name: worker_rows(source.path, 4, source.role)}
-            )
+            rows = worker_rows(source.path, 4, source.role)
+            io = LocalStageIO(checkpoints=str(tmp_path / "c"), datasets={name: rows})
             want = bits(
                 patch_batches(
                     io.rows(name),
@@ -320,6 +320,9 @@ def test_the_stage_loops_batches_at_any_cut_threads_are_todays_float_batches(tmp
                     crops_per_image=settings.crops_per_image,
                 )
             )
-        got = list(StageContext(run.settings, io).batches(settings, role, 1, 0, settings.optim))
+        context = StageContext(run.settings, io)
+        assert not context.finish_on_device  # a CPU run finishes on the cutting thread, as always
+        context.finish_on_device = on_device
+        got = list(context.batches(settings, role, 1, 0, settings.optim))
         assert all(lr.dtype == torch.float32 and target is hr for lr, target, hr in got)  # no teacher: HR targets
         assert bits((lr, hr) for lr, _, hr in got) == want
