@@ -266,11 +266,13 @@ def _start_head(
 
 
 @contextlib.contextmanager
-def ray_node(gcs: str, num_cpus: int) -> Iterator[dict]:
+def ray_node(gcs: str, num_cpus: int, env: dict[str, str] | None = None) -> Iterator[dict]:
     """A worker node joining the head at `gcs` (`ray start --address --block`), a process group of its own.
 
     Yields its marker and `kill()`: SIGKILL of everything the node runs (its raylet, its workers), at once,
-    as a machine that is lost. Stopped the same way at the end if it is still up.
+    as a machine that is lost. Stopped the same way at the end if it is still up. `env` adds variables to the
+    node's processes (its workers inherit them). It starts no log monitor: on this machine it writes its logs
+    where the head's log monitor already reads them (one per host, Ray says; each more sends every line again).
     """
     for attempt in range(START_ATTEMPTS):
         marker = secrets.token_hex(8)
@@ -280,12 +282,12 @@ def ray_node(gcs: str, num_cpus: int) -> Iterator[dict]:
             "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
             "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
-            "--min-worker-port", str(workers), "--max-worker-port", str(workers + 99),
+            "--min-worker-port", str(workers), "--max-worker-port", str(workers + 99), "--include-log-monitor", "false",
         ]  # fmt: skip
         log = Path(f"/tmp/trl-node-{marker[:8]}.log")
         with open(log, "w") as out:
             process = subprocess.Popen(
-                cmd, env=_env(marker), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, env=_env(marker) | (env or {}), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         try:
             _wait_log(log, "--block", process, timeout_s=120)
