@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+# The module's tests in one test process, one after the other: handed out one by one (as xdist does single tests),
+# the module's fixture ran the README example twice in `make test` (two ~27 s setups).
+pytestmark = pytest.mark.xdist_group("tune-api")
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 SANE, ABSURD = "lr=0.001", "lr=1.0"
 
