@@ -9,10 +9,28 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["cli", "main"]
+from orchestrator.cli.common import INTERRUPTED_EXIT
+
+__all__ = ["INTERRUPTED_EXIT", "InterruptibleGroup", "cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class InterruptibleGroup(click.Group):
+    """A group whose commands exit 130 on Ctrl-C wherever it lands, not click's "Aborted!" with status 1.
+
+    The sweep commands turn an interrupt inside Tune's loop into 130 themselves; one that lands before
+    (planning, taking a lease, starting Ray) or after (the summary) reached click, which reports exit
+    status 1: a script or scheduler could not tell an interrupted run from a failed one.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted.", err=True)
+            raise click.exceptions.Exit(INTERRUPTED_EXIT) from None
+
+
+@click.group(cls=InterruptibleGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="trilevel-nas")
 def cli() -> None:
     """Trilevel NAS for efficient super-resolution, on Ray, tracked in MLflow."""
@@ -44,5 +62,9 @@ def _register_commands() -> None:
 
 def main() -> None:
     """Console-script entry point (`trilevel`, `python -m orchestrator`)."""
-    _register_commands()
+    try:
+        _register_commands()  # imports every command module: a Ctrl-C can land here too
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted.", err=True)
+        raise SystemExit(INTERRUPTED_EXIT) from None
     cli()

@@ -166,6 +166,9 @@ MODEL = SharedOption(
 JSON = SharedOption("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 
 
+INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by SIGINT (128 + 2)
+
+
 # --- errors ------------------------------------------------------------------------------------------------------
 # Errors the user can act on (bad input, missing files, unreachable servers, failed jobs) besides ValueError
 # (ExperimentError, DataError, bad genotypes), OSError and MLflow's, by module. They are looked up only among
@@ -177,6 +180,7 @@ _USER_ERRORS = (
     ("orchestrator.export", "ExportError"),
     ("orchestrator.upscale.errors", "UpscaleError"),
     ("orchestrator.sweep_lease", "SweepBusy"),
+    ("orchestrator.cluster", "RayUnreachable"),
 )
 
 

@@ -14,6 +14,7 @@ from orchestrator.cli.common import (
     ADDRESS,
     DEFAULT_MLFLOW_EXPERIMENT,
     DRY_RUN,
+    INTERRUPTED_EXIT,
     NO_REUSE,
     RANDOM,
     SCALE,
@@ -108,7 +109,7 @@ def reproduce(
                     "MLflow runs and the sweep's are KILLED. Run the same command again to resume.",
                     err=True,
                 )
-                raise click.exceptions.Exit(130)
+                raise click.exceptions.Exit(INTERRUPTED_EXIT)
     summary = _summary(plan, durations)
     click.echo(summary)
 

@@ -13,6 +13,7 @@ from orchestrator.cli.common import (
     ADDRESS,
     DEFAULT_STORAGE,
     EXPERIMENT_OPTIONS,
+    INTERRUPTED_EXIT,
     SET,
     STORAGE,
     TRACKING_URI,
@@ -31,8 +32,6 @@ from orchestrator.experiment import (
 
 if TYPE_CHECKING:
     from orchestrator.sweep import SweepOutcome
-
-INTERRUPTED_EXIT = 130  # what a shell reports for a command ended by SIGINT (128 + 2)
 
 
 def _load(

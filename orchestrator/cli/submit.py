@@ -17,6 +17,7 @@ import click
 from orchestrator.cli.common import (
     DRY_RUN,
     EXPERIMENT,
+    INTERRUPTED_EXIT,
     JOB_SERVER,
     NAME,
     NO_REUSE,
@@ -135,7 +136,7 @@ def submit(
         status = wait_for_job(address, submission_id, echo=lambda chunk: click.echo(chunk, nl=False))
     except KeyboardInterrupt:
         click.echo(f"\nStopped following; job {submission_id} goes on (`trilevel stop` ends it).", err=True)
-        raise SystemExit(130) from None
+        raise SystemExit(INTERRUPTED_EXIT) from None
     click.echo(f"Job {submission_id} {status}.", err=True)
 
 
@@ -158,7 +159,7 @@ def logs(submission_id: str, address: str, follow: bool) -> None:
         for chunk in job_logs(address, submission_id, follow=follow):
             click.echo(chunk, nl=False)
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        raise SystemExit(INTERRUPTED_EXIT) from None
 
 
 @click.command()

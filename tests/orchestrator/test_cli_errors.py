@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
+import signal
+import socket
+import time
 
 import click
 import pytest
@@ -32,3 +36,45 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback():
     assert user.exit_code == 1 and user.output == "Error: no job server at 127.0.0.1:1\n"
     bug = CliRunner().invoke(command, ["bug"])
     assert isinstance(bug.exception, KeyError)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_address_where_no_ray_answers_fails_at_once_naming_it(tmp_path):
+    """`ray.init` retries a dead GCS address for ~20 minutes; the CLI must say so in seconds, before any run."""
+    from orchestrator.cli import cli
+    from orchestrator.cli.reproduce import reproduce
+    from orchestrator.cli.run import sweep
+
+    cli.add_command(sweep)
+    cli.add_command(reproduce)
+    address = f"127.0.0.1:{_free_port()}"
+    common = ["--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    for command in (["sweep", "table8", "--scale", "tiny"], ["reproduce", "--scale", "tiny", "--tables", "9"]):
+        result = CliRunner().invoke(cli, [*command, *common, "--address", address])
+        assert result.exit_code == 1, result.output
+        assert f"no Ray cluster answers at --address {address}" in result.output, result.output
+        assert "Connection refused" in result.output and "Traceback" not in result.output
+
+
+def test_ctrl_c_anywhere_in_a_command_exits_130_not_click_s_aborted():
+    """A real SIGINT outside Tune's loop (planning, a lease, Ray's start): status 130, as a shell reports it."""
+    from orchestrator.cli import INTERRUPTED_EXIT, InterruptibleGroup
+
+    group = InterruptibleGroup()
+
+    @group.command()
+    def plan() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C delivers it; Python raises KeyboardInterrupt
+        time.sleep(10)
+        raise AssertionError("the interrupt did not reach the command")
+
+    result = CliRunner().invoke(group, ["plan"])
+    assert result.exit_code == INTERRUPTED_EXIT == 130, result.output
+    assert "Interrupted." in result.output and "Aborted!" not in result.output
+    plain = click.Group(commands=[plan])
+    assert CliRunner().invoke(plain, ["plan"]).exit_code == 1  # click's own handling, which this replaces
