@@ -109,7 +109,8 @@ class DataSpec(_Strict):
         ge=1,
         le=16,
         description="threads of a training worker that cut the random crops from decoded rows (the same batches in "
-        "the same order at any count); 2 keeps a GPU's train step fed where one thread cannot (BENCHMARKS.md)",
+        "the same order at any count); one fed a GPU's train step ~9x over in BENCHMARKS.md, a second gained nothing "
+        "where it could be measured",
     )
     cache_mb: float = Field(
         1024.0,

@@ -66,7 +66,7 @@ def patch_batches(
 
     `for_device=True` yields each batch as `workers.pipeline.cut_device_crops` cuts it (uint8 NHWC crops of
     whole pixel rows and their flips) for `finish_crops` on the training device: the same float batches,
-    bit for bit, for ~1/4 of the cutting thread's CPU (`bench/data_feed.py`).
+    bit for bit, for ~0.3 of the cutting thread's CPU (`bench/data_feed.py`).
     """
     if crops_per_image < 1:
         raise ValueError(f"data.crops_per_image must be >= 1, got {crops_per_image}")

@@ -477,7 +477,7 @@ class DeviceCrops(NamedTuple):
     """A batch's crops as the CPU cuts them for the training device to finish (`finish_crops`).
 
     Unflipped uint8 NHWC crops (each a copy of whole pixel rows) and each crop's flips: the flips, the
-    channel de-interleave to NCHW and the float conversion, ~3/4 of `cut_crops`' CPU, are left to the device.
+    channel de-interleave to NCHW and the float conversion, ~70 % of `cut_crops`' CPU, are left to the device.
     """
 
     lr: torch.Tensor  # [N, p, p, 3] uint8
@@ -494,7 +494,7 @@ def cut_device_crops(
     """The crops of a batch given their draws, as `cut_crops` cuts them but left for `finish_crops` on the device.
 
     Why: on one thread the cut caps a worker's feed, and most of its CPU is the strided HWC → CHW copy
-    and the conversion (`bench/data_feed.py`); copying whole pixel rows is ~4x cheaper, and a GPU does the
+    and the conversion (`bench/data_feed.py`); copying whole pixel rows is ~3x cheaper, and a GPU does the
     rest of a batch in a few kernels. `finish_crops` of this is `cut_crops` of the same draws, bit for bit.
     """
     lrs, hrs = _column(batch_rows, "lr"), _column(batch_rows, "hr")

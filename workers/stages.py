@@ -106,7 +106,7 @@ class StageContext:
         Rows are decoded and cut on a background thread, a batch ahead of the step (`workers.prefetch`;
         `data.cut_threads` threads cut). Off the CPU, a batch is cut as uint8 crops of whole pixel rows and
         finished on the device (flips, NCHW, float: `finish_crops`, the CPU's batch bit for bit), so the
-        cutting thread does ~1/4 of the work and a quarter of the bytes are copied; on the CPU the cutting
+        cutting thread does ~0.3 of the work and a quarter of the bytes are copied; on the CPU the cutting
         thread finishes it. The copy, the finish and the teacher stay on this thread.
         """
         name = settings.datasets[role]
