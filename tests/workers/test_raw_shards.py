@@ -89,6 +89,10 @@ def test_the_manifest_and_the_shards_say_how_pixels_are_stored(tmp_path):
     # decoded pixels counted once at preparation, the same for both: HR + LR of 136x132 and 128x168
     pixels = 136 * 132 + 128 * 168
     assert raw.data["decoded_bytes"] == png.data["decoded_bytes"] == int(3 * pixels * (1 + 1 / 16))
+    from orchestrator.plan import _decoded_mb, data_facts
+
+    # what decides whether a training set is decoded once and kept (`data.cache_mb`): the count, not the bytes stored
+    assert _decoded_mb(data_facts(str(tmp_path / "raw"), "data.train")) == raw.data["decoded_bytes"] / 2**20
     meta = pq.ParquetFile(raw.shards[0])
     assert meta.schema_arrow.metadata[b"trilevel_nas.encoding"] == b"raw"
     assert meta.metadata.row_group(0).column(3).compression == RAW_COMPRESSION.upper()  # the hr column
