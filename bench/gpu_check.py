@@ -16,10 +16,13 @@ Prints one Markdown table (and writes `bench/results/gpu_check.json`):
 - **seconds per step**: pretrain (dense), late search (radius 0.95: sparse, nearly one-hot) and train
   (the zoo's trilevel-b-psnr at batch 16, LR 32×32), each the median of `--steps` after a warm-up,
   synchronised. Steps per epoch × epochs × these = a stage's GPU time.
-- **data rate vs consumption**: LR/HR patch pairs per second that one worker's CPU decodes and crops
-  from the built-in photographs (the in-process path, MATLAB bicubic per decoded image) against the
-  pairs a train step consumes per second at the measured step time. Below 1× the GPU waits for data:
-  store LR at `data prepare` time, use sub-image shards, give workers more CPUs.
+- **data rate vs consumption**: LR/HR patch pairs per second one worker's feed produces at `--cpus`
+  CPUs (`bench.data_feed`'s measurement: process CPU seconds to read + decode a shard row and cut its
+  crops, on a DIV2K-sized photograph prepared by `data prepare`'s own code) against the pairs a train
+  step consumes per second at the step time measured here, for two ways of preparing the data: the
+  default (whole PNGs, LR computed on every read, 1 crop per row) and the recommended one
+  (`--subimages 480/240 --compute-lr --encoding raw`, `data.crops_per_image=16`). On a GPU the cut is
+  the one a GPU run uses (uint8 crops, finished on the device). Below 1× the GPU waits for data.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -112,39 +114,52 @@ def step_seconds(shapes: dict[str, Any], device: torch.device, steps: int) -> di
     return out
 
 
-def data_rate(shapes: dict[str, Any], seconds: float) -> float:
-    """Train-batch LR/HR pairs per second one process decodes and crops from the built-in photographs."""
-    from workers.batches import epoch_generator, patch_batches
-    from workers.pipeline import worker_rows
-    from workers.shards.demo import write_demo_dataset
+RECOMMENDED = {"compute_lr": True, "subimages": (480, 240), "encoding": "raw"}  # README's `data prepare` advice
+DATA_LAYOUTS = (  # (name, `data prepare` options, data.crops_per_image)
+    ("default: whole PNGs, LR on read, k = 1", {}, 1),
+    ("recommended: raw 480/240 sub-images, stored LR, k = 16", RECOMMENDED, 16),
+)
 
+
+def data_rates(quick: bool, cpus: float, device: torch.device) -> dict[str, dict[str, float]]:
+    """Pairs/s one worker's feed produces at `cpus` CPUs per data layout (`bench.data_feed`'s measurement).
+
+    Rate = min(cpus / CPU s per pair, 1 / cut s per pair): decoding spreads over the worker's CPUs (Ray Data
+    tasks), the crops run on one cutting thread (`data.cut_threads` = 1).
+    """
+    from bench.data_feed import SCALE, _sources, cpu_seconds_per_crop
+    from workers.shards.folders import prepare_dataset
+    from workers.shards.format import read_manifest
+
+    cut = "device" if device.type == "cuda" else "float"  # what a run on this device cuts on the CPU
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        write_demo_dataset(tmp)
-        start, pairs = time.perf_counter(), 0
-        while not pairs or time.perf_counter() - start < seconds:  # at least one pass
-            rows = worker_rows(f"{tmp}/train", shapes["config"].scale, "all")  # decoded (bicubic too) every pass
-            batches = patch_batches(
-                rows, batch_size=shapes["train_batch"], patch=shapes["lr"], scale=shapes["config"].scale,
-                generator=epoch_generator(0, pairs, 0, 0), steps=len(rows), name="demo",
-            )  # fmt: skip
-            pairs += sum(lr.shape[0] for lr, _ in batches)
-        return pairs / (time.perf_counter() - start)
+        source = _sources(Path(tmp) / "src", 1, (1020, 680) if quick else (2040, 1356))
+        for n, (name, options, crops) in enumerate(DATA_LAYOUTS):
+            prepared = str(Path(tmp) / f"layout{n}")
+            prepare_dataset([str(source)], prepared, SCALE, workers=1, **options)
+            spent = cpu_seconds_per_crop(prepared, read_manifest(prepared).encoding, crops)
+            per_pair, cut_s = spent[f"s_per_crop_{cut}"], spent[f"crop_s_{cut}"]
+            out[name] = {"cpu_s_per_pair": per_pair, "pairs_per_s": min(cpus / per_pair, 1 / cut_s)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a CPU smoke run)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement (after one warm-up)")
-    parser.add_argument("--data-seconds", type=float, default=20.0, help="how long to measure the data rate")
+    parser.add_argument("--cpus", type=float, default=4.0, help="CPUs per worker the data rate is scaled to")
     args = parser.parse_args(argv)
     shapes = QUICK if args.quick else PAPER
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = driver_info()
     steps = step_seconds(shapes, device, args.steps)
-    produced = data_rate(shapes, args.data_seconds)
+    data = data_rates(args.quick, args.cpus, device)
     consumed = shapes["train_batch"] / steps["train_s"]
+    produced = data[DATA_LAYOUTS[-1][0]]["pairs_per_s"]  # the recommended layout
     report = {"driver": info, "device": str(device), "shapes": "quick" if args.quick else "paper", **steps}
-    report |= {"data_pairs_per_s": produced, "train_pairs_per_s": consumed, "data_headroom": produced / consumed}
+    report |= {"data": data, "cpus_per_worker": args.cpus, "train_pairs_per_s": consumed}
+    report |= {"data_pairs_per_s": produced, "data_headroom": produced / consumed}
     rows = [
         ("torch / CUDA", f"{info['torch']} / {info['cuda'] or 'none'}"),
         ("GPU (capability, memory)", f"{info.get('gpu') or 'none'} ({info.get('capability', '-')}, "
@@ -159,10 +174,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("pretrain step (dense, radius 0)", f"{steps['pretrain_s']:.3f} s"),
         ("search step (late, radius 0.95)", f"{steps['search_late_s']:.3f} s"),
         (f"train step (trilevel-b-psnr, batch {shapes['train_batch']})", f"{steps['train_s']:.3f} s"),
-        ("data: pairs/s one process decodes and crops", f"{produced:.1f}"),
         ("train step consumes pairs/s", f"{consumed:.1f}"),
-        ("data headroom (≥ 1: the GPU never waits)", f"{produced / consumed:.2f}×"),
     ]
+    for name, rate in data.items():
+        rows.append((f"data, {name}: pairs/s at {args.cpus:g} CPUs", f"{rate['pairs_per_s']:.1f}"))
+        rows.append((f"data headroom, {name} (≥ 1: the GPU never waits)", f"{rate['pairs_per_s'] / consumed:.2f}×"))
     print(f"gpu_check on {device} ({report['shapes']} shapes)\n\n| check | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

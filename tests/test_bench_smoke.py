@@ -45,12 +45,14 @@ def test_search_step_runs_sparse_and_dense_and_updates_parameters(one_thread):
 def test_gpu_check_runs_at_tiny_shapes_and_prints_every_row(one_thread, capsys):
     from bench.gpu_check import main
 
-    report = main(["--quick", "--steps", "1", "--data-seconds", "0"])
+    report = main(["--quick", "--steps", "1"])
     table = capsys.readouterr().out
     for row in ("torch / CUDA", "peak", "pretrain step", "search step", "train step", "data headroom"):
         assert row in table, row
     assert report["pretrain_s"] > 0 and report["search_late_s"] > 0 and report["train_s"] > 0
     assert report["data_pairs_per_s"] > 0 and report["data_headroom"] > 0
+    default, recommended = report["data"].values()  # raw sub-images with stored LR cost far less CPU per pair
+    assert recommended["cpu_s_per_pair"] < default["cpu_s_per_pair"] / 4, report["data"]
 
 
 def test_data_feed_cuts_and_decodes_a_few_small_rows(one_thread, tmp_path):
