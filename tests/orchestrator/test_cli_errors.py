@@ -6,13 +6,18 @@ import importlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli.common import _USER_ERRORS, friendly_errors, user_error_message
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("module", "name"), _USER_ERRORS)
@@ -45,20 +50,19 @@ def _free_port() -> int:
 
 
 def test_an_address_where_no_ray_answers_fails_at_once_naming_it(tmp_path):
-    """`ray.init` retries a dead GCS address for ~20 minutes; the CLI must say so in seconds, before any run."""
-    from orchestrator.cli import cli
-    from orchestrator.cli.reproduce import reproduce
-    from orchestrator.cli.run import sweep
+    """`ray.init` retries a dead GCS address for ~20 minutes; the CLI must say so in seconds, before any run.
 
-    cli.add_command(sweep)
-    cli.add_command(reproduce)
+    A real `python -m orchestrator sweep` process, as a user runs it (in this process a session's Ray may
+    already be connected, and a connected process is not asked to connect again).
+    """
     address = f"127.0.0.1:{_free_port()}"
-    common = ["--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
-    for command in (["sweep", "table8", "--scale", "tiny"], ["reproduce", "--scale", "tiny", "--tables", "9"]):
-        result = CliRunner().invoke(cli, [*command, *common, "--address", address])
-        assert result.exit_code == 1, result.output
-        assert f"no Ray cluster answers at --address {address}" in result.output, result.output
-        assert "Connection refused" in result.output and "Traceback" not in result.output
+    where = ["--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    command = [sys.executable, "-m", "orchestrator", "sweep", "table8", "--scale", "tiny", *where, "--address", address]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    assert f"no Ray cluster answers at --address {address}" in said and "Connection refused" in said, said
+    assert "Traceback" not in said
 
 
 def test_ctrl_c_anywhere_in_a_command_exits_130_not_click_s_aborted():
@@ -73,8 +77,12 @@ def test_ctrl_c_anywhere_in_a_command_exits_130_not_click_s_aborted():
         time.sleep(10)
         raise AssertionError("the interrupt did not reach the command")
 
-    result = CliRunner().invoke(group, ["plan"])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's; xdist workers ignore SIGINT
+    try:
+        result = CliRunner().invoke(group, ["plan"])
+        plain = CliRunner().invoke(click.Group(commands=[plan]), ["plan"])  # click's own handling, replaced here
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert result.exit_code == INTERRUPTED_EXIT == 130, result.output
     assert "Interrupted." in result.output and "Aborted!" not in result.output
-    plain = click.Group(commands=[plan])
-    assert CliRunner().invoke(plain, ["plan"]).exit_code == 1  # click's own handling, which this replaces
+    assert plain.exit_code == 1 and "Aborted!" in plain.output
