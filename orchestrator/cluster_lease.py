@@ -36,13 +36,13 @@ import contextlib
 import json
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.sweep_lease import (
+    ReentrantHolds,
     SweepBusy,
     busy_message,
     on_object_store,
@@ -178,8 +178,7 @@ def _connected() -> bool:
     return ray.is_initialized()
 
 
-_held: dict[str, tuple[ClusterLease | None, int]] = {}  # actor name → (lease, nesting depth) in this process
-_held_lock = threading.Lock()
+_holds = ReentrantHolds()  # actor name → the cluster lease
 
 
 @contextlib.contextmanager
@@ -189,19 +188,13 @@ def hold_on_cluster(storage: str, name: str) -> Iterator[None]:
     Nothing on a filesystem (the file lease holds there) or without a connected Ray (then no other driver
     can share this one's cluster). Re-entrant within a process.
     """
-    key = join_storage(storage, name)
-    with _held_lock:
-        lease, depth = _held.get(key, (None, 0))
-        if depth == 0 and on_object_store(storage) and _connected():
-            lease = ClusterLease(storage, name)
-            lease.acquire()
-        _held[key] = (lease, depth + 1)
-    try:
+
+    def take() -> ClusterLease | None:
+        if not (on_object_store(storage) and _connected()):
+            return None
+        lease = ClusterLease(storage, name)
+        lease.acquire()
+        return lease
+
+    with _holds.hold(join_storage(storage, name), take):
         yield
-    finally:
-        with _held_lock:
-            lease, depth = _held.pop(key)
-            if depth > 1:
-                _held[key] = (lease, depth - 1)
-            elif lease is not None:
-                lease.release()

@@ -34,10 +34,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from workers.storage import join_storage, read_bytes, resolve_uri, write_bytes
 
@@ -46,6 +46,7 @@ __all__ = [
     "LEASE_TTL_S",
     "SWEEP_FILE",
     "Holder",
+    "ReentrantHolds",
     "SweepBusy",
     "SweepLease",
     "busy_message",
@@ -336,8 +337,42 @@ class SweepLease:
                 os.unlink(self.path)
 
 
-_held: dict[str, tuple[SweepLease | None, int]] = {}  # lease path → (lease, nesting depth) in this process
-_held_lock = threading.Lock()
+class _Lease(Protocol):
+    def release(self) -> None: ...
+
+
+class ReentrantHolds:
+    """The leases this process holds, by key, with how deeply each is held: the first hold takes the lease,
+    the last one out releases it.
+
+    Why: the CLI takes a sweep's leases before (file) or right after (cluster) connecting to Ray, and
+    `run_sweep` takes them again inside; a second acquire would find the process's own lease and refuse it.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[_Lease | None, int]] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, key: str, take: Callable[[], _Lease | None]) -> Iterator[None]:
+        """Hold `key` for the block; `take()` runs at the outermost hold only and returns the lease (or None)."""
+        with self._lock:
+            lease, depth = self._held.get(key, (None, 0))
+            if depth == 0:
+                lease = take()
+            self._held[key] = (lease, depth + 1)
+        try:
+            yield
+        finally:
+            with self._lock:
+                lease, depth = self._held.pop(key)
+                if depth > 1:
+                    self._held[key] = (lease, depth - 1)
+                elif lease is not None:
+                    lease.release()
+
+
+_holds = ReentrantHolds()  # lease path → the file lease
 
 
 @contextlib.contextmanager
@@ -349,28 +384,20 @@ def hold_sweep(storage: str, name: str) -> Iterator[str]:
     :mod:`orchestrator.cluster_lease`).
     """
     identity = sweep_id(storage, name)
-    key = join_storage(storage, name)
-    with _held_lock:
-        lease, depth = _held.get(key, (None, 0))
-        if depth == 0:
-            if _is_local(storage):
-                lease = SweepLease(storage, name)
-                lease.acquire()
-            else:
-                _log.warning(
-                    "storage %s is an object store: sweep %s has no lease on it, only one on the Ray cluster, which "
-                    "refuses a second driver on this cluster but not one on another cluster (or a local Ray) "
-                    "sharing the bucket; use a shared filesystem path to have a lease across clusters",
-                    storage,
-                    name,
-                )
-        _held[key] = (lease, depth + 1)
-    try:
+
+    def take() -> SweepLease | None:
+        if not _is_local(storage):
+            _log.warning(
+                "storage %s is an object store: sweep %s has no lease on it, only one on the Ray cluster, which "
+                "refuses a second driver on this cluster but not one on another cluster (or a local Ray) "
+                "sharing the bucket; use a shared filesystem path to have a lease across clusters",
+                storage,
+                name,
+            )
+            return None
+        lease = SweepLease(storage, name)
+        lease.acquire()
+        return lease
+
+    with _holds.hold(join_storage(storage, name), take):
         yield identity
-    finally:
-        with _held_lock:
-            lease, depth = _held.pop(key)
-            if depth > 1:
-                _held[key] = (lease, depth - 1)
-            elif lease is not None:
-                lease.release()
