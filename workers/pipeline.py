@@ -437,6 +437,16 @@ def collate_crops(
     return cut_crops(batch_rows, patch, scale, crop_draws(n, generator, augment=augment))
 
 
+def _batch_rows(
+    batch_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], draws: Sequence[Sequence[float]], cut: str
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """A batch's LR and HR rows and their names, checked to match `draws` one for one (`cut` names the caller)."""
+    lrs, hrs = _column(batch_rows, "lr"), _column(batch_rows, "hr")
+    if not lrs or len(draws) != len(lrs):
+        raise ValueError(f"{cut} got {len(lrs)} rows and {len(draws)} draws: one draw per row, at least one row")
+    return lrs, hrs, _ids(batch_rows, len(lrs))
+
+
 def cut_crops(
     batch_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     patch: int,
@@ -453,14 +463,11 @@ def cut_crops(
     CPU (`bench/data_feed.py`). The bytes are those of the per-crop version (`bench/crop_reference.py`,
     tested equal).
     """
-    lrs, hrs = _column(batch_rows, "lr"), _column(batch_rows, "hr")
-    ids = _ids(batch_rows, len(lrs))
-    if not lrs or len(draws) != len(lrs):
-        raise ValueError(f"cut_crops got {len(lrs)} rows and {len(draws)} draws: one draw per row, at least one row")
+    lrs, hrs, ids = _batch_rows(batch_rows, draws, "cut_crops")
     big = patch * scale
     out_lr = np.empty((len(lrs), 3, patch, patch), dtype=np.asarray(lrs[0]).dtype)
     out_hr = np.empty((len(hrs), 3, big, big), dtype=np.asarray(hrs[0]).dtype)
-    for i, (lr, hr) in enumerate(zip(lrs, hrs, strict=True)):
+    for i, (lr, hr) in enumerate(zip(lrs, hrs, strict=True)):  # inline, not a helper: it runs for every pair
         lr, hr = np.asarray(lr), np.asarray(hr)
         if (lr.dtype, hr.dtype, lr.shape[2:], hr.shape[2:]) != (out_lr.dtype, out_hr.dtype, (3,), (3,)):
             raise ValueError(
@@ -497,10 +504,7 @@ def cut_device_crops(
     and the conversion (`bench/data_feed.py`); copying whole pixel rows is ~3x cheaper, and a GPU does the
     rest of a batch in a few kernels. `finish_crops` of this is `cut_crops` of the same draws, bit for bit.
     """
-    lrs, hrs = _column(batch_rows, "lr"), _column(batch_rows, "hr")
-    ids = _ids(batch_rows, len(lrs))
-    if not lrs or len(draws) != len(lrs):
-        raise ValueError(f"cut_device_crops got {len(lrs)} rows and {len(draws)} draws: one per row, at least one row")
+    lrs, hrs, ids = _batch_rows(batch_rows, draws, "cut_device_crops")
     big = patch * scale
     out_lr = np.empty((len(lrs), patch, patch, 3), dtype=np.uint8)
     out_hr = np.empty((len(hrs), big, big, 3), dtype=np.uint8)
