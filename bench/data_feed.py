@@ -108,7 +108,8 @@ def _photograph(width: int, height: int, seed: int) -> np.ndarray:
     return canvas
 
 
-def _sources(folder: Path, count: int, size: tuple[int, int]) -> Path:
+def photograph_folder(folder: Path, count: int, size: tuple[int, int]) -> Path:
+    """`count` DIV2K-sized PNG photographs (mosaics, `_photograph`) in a new HR folder under `folder`."""
     hr = folder / "DIV2K_like_HR"
     hr.mkdir(parents=True)
     for n in range(count):
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row[f"pairs_per_s_device_{n}"] = rate(row["ms_per_crop_device"] / 1e3, row["crop_ms_device"] / 1e3, n)
 
     with tempfile.TemporaryDirectory() as tmp:
-        source = _sources(Path(tmp) / "src", images, size)
+        source = photograph_folder(Path(tmp) / "src", images, size)
         codecs: list[dict[str, Any]] = []
         for name, options, crop_counts in LAYOUTS:
             out = str(Path(tmp) / name.replace("/", "-").replace(" ", "_").replace(",", ""))

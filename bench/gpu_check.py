@@ -127,14 +127,14 @@ def data_rates(quick: bool, cpus: float, device: torch.device) -> dict[str, dict
     Rate = min(cpus / CPU s per pair, 1 / cut s per pair): decoding spreads over the worker's CPUs (Ray Data
     tasks), the crops run on one cutting thread (`data.cut_threads` = 1).
     """
-    from bench.data_feed import SCALE, _sources, cpu_seconds_per_crop
+    from bench.data_feed import SCALE, cpu_seconds_per_crop, photograph_folder
     from workers.shards.folders import prepare_dataset
     from workers.shards.format import read_manifest
 
     cut = "device" if device.type == "cuda" else "float"  # what a run on this device cuts on the CPU
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        source = _sources(Path(tmp) / "src", 1, (1020, 680) if quick else (2040, 1356))
+        source = photograph_folder(Path(tmp) / "src", 1, (1020, 680) if quick else (2040, 1356))
         for n, (name, options, crops) in enumerate(DATA_LAYOUTS):
             prepared = str(Path(tmp) / f"layout{n}")
             prepare_dataset([str(source)], prepared, SCALE, workers=1, **options)
